@@ -1,0 +1,195 @@
+//! The cache that answers the go command: the local disk tier, per-key locks and the run's
+//! statistics. Remote tiers slot in behind the disk here; the session ([`crate::session`])
+//! only sees the [`Handler`] interface.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::Config;
+use crate::disk::{DiskCache, Entry, Spooled};
+use crate::lock::Locker;
+use crate::protocol::{ActionId, OutputId};
+use crate::session::Handler;
+use crate::stats::Stats;
+
+/// How old a leftover temporary file must be before it is removed at start-up.
+const TMP_SWEEP_AGE: Duration = Duration::from_secs(3600);
+
+/// Why a request could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot store output under {dir}: the disk is full ({source})")]
+    DiskFull { dir: PathBuf, source: io::Error },
+    #[error("cannot store output under {dir}: the file system is read-only ({source})")]
+    ReadOnly { dir: PathBuf, source: io::Error },
+    #[error("cannot {action} under {dir}: {source}")]
+    Io {
+        action: &'static str,
+        dir: PathBuf,
+        source: io::Error,
+    },
+    #[error("put without a body has OutputID {0}, which is not the sha256 of empty content")]
+    EmptyBodyMismatch(OutputId),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CacheError {
+    fn io(action: &'static str, dir: PathBuf, source: io::Error) -> Self {
+        match source.raw_os_error() {
+            Some(28) | Some(122) => CacheError::DiskFull { dir, source },
+            Some(30) => CacheError::ReadOnly { dir, source },
+            _ => CacheError::Io {
+                action,
+                dir,
+                source,
+            },
+        }
+    }
+}
+
+/// What the session needs to report at close.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// Print a summary on stderr.
+    pub stats: bool,
+    /// Write the figures as JSON here.
+    pub stats_file: Option<PathBuf>,
+}
+
+/// The tiered cache.
+#[derive(Debug)]
+pub struct Cache {
+    disk: DiskCache,
+    locks: Locker,
+    stats: Arc<Stats>,
+    report: ReportOptions,
+}
+
+impl Cache {
+    /// Opens the cache that `config` describes. Never fails: a cache directory that cannot be
+    /// created is said once on stderr, and then every get misses and every put fails with a
+    /// clear message, which is what the go command can act on.
+    pub fn open(config: &Config) -> Self {
+        let disk = DiskCache::at(&config.cache_dir);
+        match disk.prepare() {
+            Ok(()) => {
+                let sweeper = disk.clone();
+                // Not on the request path: a killed process's leftovers can wait.
+                std::thread::spawn(move || {
+                    if let Ok(n) = sweeper.sweep_tmp(TMP_SWEEP_AGE)
+                        && n > 0
+                    {
+                        tracing::debug!("removed {n} stale temporary files");
+                    }
+                });
+            }
+            Err(err) => tracing::warn!(
+                "{}",
+                CacheError::io("create the cache directory", disk.root().to_path_buf(), err)
+            ),
+        }
+        Self {
+            disk,
+            locks: Locker::new(config.lock_type, &config.lock_dir),
+            stats: Arc::new(Stats::new()),
+            report: ReportOptions {
+                stats: config.stats,
+                stats_file: config.stats_file.clone(),
+            },
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn store(
+        &self,
+        action: &ActionId,
+        output: OutputId,
+        body: Option<Spooled>,
+    ) -> Result<(PathBuf, u64, bool), CacheError> {
+        let dir = || self.disk.root().to_path_buf();
+        let (size, stored) = match body {
+            Some(body) => (body.size, self.disk.store_output(body)),
+            None if output == OutputId::of(&[]) => (0, self.disk.store_empty_output()),
+            None => return Err(CacheError::EmptyBodyMismatch(output)),
+        };
+        let (path, already) =
+            stored.map_err(|err| CacheError::io("store an output", dir(), err))?;
+        self.disk
+            .write_entry(action, &output, size, SystemTime::now())
+            .map_err(|err| CacheError::io("store an action entry", dir(), err))?;
+        Ok((path, size, already))
+    }
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, CacheError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| CacheError::Internal(err.to_string()))?
+}
+
+impl Handler for Arc<Cache> {
+    fn spool_file(&self) -> io::Result<tempfile::NamedTempFile> {
+        self.disk.spool_file()
+    }
+
+    async fn get(&self, action_id: ActionId) -> Result<Option<Entry>, CacheError> {
+        let start = Instant::now();
+        let disk = self.disk.clone();
+        let found = blocking(move || {
+            disk.get(&action_id).map_err(|err| {
+                CacheError::io("read an action entry", disk.root().to_path_buf(), err)
+            })
+        })
+        .await;
+        match &found {
+            Ok(entry) => self
+                .stats
+                .record_get(entry.as_ref().map(|e| e.size), start.elapsed()),
+            Err(_) => self.stats.record_get_error(start.elapsed()),
+        }
+        found
+    }
+
+    async fn put(
+        &self,
+        action_id: ActionId,
+        output_id: OutputId,
+        body: Option<Spooled>,
+    ) -> Result<PathBuf, CacheError> {
+        let start = Instant::now();
+        let _guard = self.locks.lock(&output_id.0).await;
+        let cache = self.clone();
+        let stored = blocking(move || cache.store(&action_id, output_id, body)).await;
+        match &stored {
+            Ok((_, size, already)) => self.stats.record_put(*size, *already, start.elapsed()),
+            Err(_) => self.stats.record_put_error(start.elapsed()),
+        }
+        stored.map(|(path, _, _)| path)
+    }
+
+    fn bad_request(&self) {
+        self.stats.record_bad_request();
+    }
+
+    async fn close(&self) {
+        let report = self.stats.report();
+        if self.report.stats {
+            eprint!("{report}");
+        }
+        if let Some(path) = &self.report.stats_file {
+            let json = serde_json::to_vec_pretty(&report).expect("the report serializes");
+            if let Err(err) = std::fs::write(path, json) {
+                tracing::warn!("cannot write stats file {}: {err}", path.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The command line: every option is a flag and a `GOREMOTECACHE_*` variable, declared once
+//! here with clap, and validated once into a [`Config`].
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::lock::LockType;
+
+const ABOUT: &str = "A GOCACHEPROG build cache for the go command: local disk first, a shared remote store behind it";
+
+const LONG_ABOUT: &str = "\
+goremotecache is a GOCACHEPROG program: the go command (Go 1.24 and later) starts it and asks it
+for build and test results over stdin/stdout. It keeps them on local disk, safely shared by
+every go command on the machine.
+
+Use it by setting GOCACHEPROG (the go command splits the value like a shell, so options may
+follow the program):
+
+    export GOCACHEPROG=goremotecache
+    export GOCACHEPROG=\"goremotecache --stats --cache-dir /var/cache/goremotecache\"
+
+Every option can also be set with the GOREMOTECACHE_* variable shown beside it, which is the
+simplest way to configure it in CI.";
+
+const AFTER_HELP: &str = "\
+Examples:
+    GOCACHEPROG=goremotecache go build ./...
+    GOCACHEPROG=\"goremotecache --stats\" go test ./...
+    goremotecache clear-local          empty the local cache
+
+Exit status: 0 on success; 2 for bad options; 1 for any other failure.";
+
+/// goremotecache's command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "goremotecache",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub options: Options,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands; without one, goremotecache serves the go command on stdin/stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Empty the local cache and lock directories. Refuses directories that goremotecache did
+    /// not create (they carry its CACHEDIR.TAG).
+    ClearLocal,
+    /// Print the version and the protocol commands this build answers.
+    Version,
+}
+
+/// Options shared by every mode.
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// Directory of the local cache. Outputs are stored here and the go command reads them
+    /// in place, so it must be on a local file system. [default: <temp dir>/goremotecache/cache]
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_CACHE_DIR",
+        value_name = "DIR",
+        global = true
+    )]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Directory of the lock files that let several goremotecache processes share one cache
+    /// directory. [default: <temp dir>/goremotecache/locks]
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_LOCK_DIR",
+        value_name = "DIR",
+        global = true
+    )]
+    pub lock_dir: Option<PathBuf>,
+
+    /// How concurrent work on one key is serialized: `fslock` also excludes other processes
+    /// sharing the lock directory (parallel go commands, gopls, linters); `memory` only
+    /// within this process.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_LOCK_TYPE",
+        value_enum,
+        default_value_t = LockType::Fslock,
+        global = true
+    )]
+    pub lock_type: LockType,
+
+    /// Log every request and decision on stderr.
+    #[arg(long, env = "GOREMOTECACHE_DEBUG", global = true)]
+    pub debug: bool,
+
+    /// Print a summary on stderr when the go command closes the session: gets, hits, misses,
+    /// puts, bytes, time spent.
+    #[arg(long, env = "GOREMOTECACHE_STATS")]
+    pub stats: bool,
+
+    /// Write the same summary as JSON to PATH when the session ends.
+    #[arg(long, env = "GOREMOTECACHE_STATS_FILE", value_name = "PATH")]
+    pub stats_file: Option<PathBuf>,
+}
+
+/// Options, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Absolute and valid UTF-8 (it is sent to the go command in JSON).
+    pub cache_dir: PathBuf,
+    pub lock_dir: PathBuf,
+    pub lock_type: LockType,
+    pub debug: bool,
+    pub stats: bool,
+    pub stats_file: Option<PathBuf>,
+}
+
+/// An option whose value cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag}: {path} is not valid UTF-8; the go command needs cache paths as text")]
+    NotUtf8 { flag: &'static str, path: String },
+    #[error("--{flag}: cannot resolve {path} against the current directory: {source}")]
+    NoCurrentDir {
+        flag: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--{flag}: the path is empty")]
+    Empty { flag: &'static str },
+}
+
+impl Config {
+    /// Validates the options, filling in defaults.
+    pub fn from_options(options: &Options) -> Result<Self, ConfigError> {
+        let base = std::env::temp_dir().join("goremotecache");
+        let cache_dir = resolve_dir(
+            "cache-dir",
+            options.cache_dir.as_deref(),
+            &base.join("cache"),
+        )?;
+        let lock_dir = resolve_dir("lock-dir", options.lock_dir.as_deref(), &base.join("locks"))?;
+        Ok(Self {
+            cache_dir,
+            lock_dir,
+            lock_type: options.lock_type,
+            debug: options.debug,
+            stats: options.stats,
+            stats_file: options.stats_file.clone(),
+        })
+    }
+}
+
+fn resolve_dir(
+    flag: &'static str,
+    given: Option<&Path>,
+    default: &Path,
+) -> Result<PathBuf, ConfigError> {
+    let path = given.unwrap_or(default);
+    if path.as_os_str().is_empty() {
+        return Err(ConfigError::Empty { flag });
+    }
+    let absolute = std::path::absolute(path).map_err(|source| ConfigError::NoCurrentDir {
+        flag,
+        path: path.display().to_string(),
+        source,
+    })?;
+    if absolute.to_str().is_none() {
+        return Err(ConfigError::NotUtf8 {
+            flag,
+            path: absolute.display().to_string(),
+        });
+    }
+    Ok(absolute)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn relative_directories_become_absolute() {
+        let cli = Cli::try_parse_from(["goremotecache", "--cache-dir", "rel/cache"]).unwrap();
+        let config = Config::from_options(&cli.options).unwrap();
+        assert!(config.cache_dir.is_absolute());
+        assert!(config.cache_dir.ends_with("rel/cache"));
+        assert!(config.lock_dir.ends_with("goremotecache/locks"));
+        assert_eq!(config.lock_type, LockType::Fslock);
+    }
+
+    #[test]
+    fn options_may_follow_a_subcommand() {
+        let cli =
+            Cli::try_parse_from(["goremotecache", "clear-local", "--cache-dir", "/x/y"]).unwrap();
+        assert_eq!(cli.command, Some(Command::ClearLocal));
+        assert_eq!(cli.options.cache_dir.as_deref(), Some(Path::new("/x/y")));
+    }
+
+    #[test]
+    fn empty_paths_are_refused() {
+        let cli = Cli::try_parse_from(["goremotecache", "--cache-dir", ""]).unwrap();
+        assert!(matches!(
+            Config::from_options(&cli.options),
+            Err(ConfigError::Empty { flag: "cache-dir" })
+        ));
+    }
+
+    #[test]
+    fn non_utf8_paths_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = std::ffi::OsStr::from_bytes(b"/tmp/\xff");
+        let cli = Cli::try_parse_from([
+            std::ffi::OsStr::new("goremotecache"),
+            "--cache-dir".as_ref(),
+            bad,
+        ])
+        .unwrap();
+        assert!(matches!(
+            Config::from_options(&cli.options),
+            Err(ConfigError::NotUtf8 { .. })
+        ));
+    }
+}

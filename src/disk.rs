@@ -1,0 +1,400 @@
+//! The local disk tier: the authority that every build reads from and writes to first.
+//!
+//! Layout under the cache directory (sharded by the first two hex digits, like Go's own
+//! cache):
+//!
+//! ```text
+//! CACHEDIR.TAG          marks the directory as goremotecache's (clear-local checks it)
+//! o/<xx>/<outputid>     outputs, content-addressed, mode 0644, no file extension
+//! a/<xx>/<actionid>     action entries: "v1 <outputid> <size> <put time ns>\n"
+//! tmp/                  bodies being written; renamed into place when complete
+//! ```
+//!
+//! Every file appears by an atomic rename of a complete temporary file, so a crash at any
+//! point leaves nothing that [`DiskCache::get`] could serve: an action entry names an output
+//! only after the output is in place, and a get checks the output's size. Outputs are never
+//! rewritten in place (the go command mmaps some of them) and never deleted at exit (`go list
+//! -export` prints their paths for later readers). Several processes may share a directory.
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tempfile::NamedTempFile;
+
+use crate::protocol::{ActionId, OutputId};
+
+/// The file that marks a directory as created by goremotecache.
+pub const MARKER: &str = "CACHEDIR.TAG";
+const MARKER_TEXT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This directory is a cache created by goremotecache (a GOCACHEPROG program).\n\
+# `goremotecache clear-local` empties it. See https://bford.info/cachedir/\n";
+
+const ENTRY_VERSION: &str = "v1";
+
+/// A cached action: what a `get` hit answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub output_id: OutputId,
+    pub size: u64,
+    /// When the output was put, as the go command's test cache expects.
+    pub time: SystemTime,
+    /// Absolute path of the output file.
+    pub disk_path: PathBuf,
+}
+
+/// A `put` body spooled to a temporary file in the cache's `tmp/` directory.
+#[derive(Debug)]
+pub struct Spooled {
+    pub file: NamedTempFile,
+    pub size: u64,
+    pub output_id: OutputId,
+}
+
+/// The local disk cache. Cheap to share; all methods are blocking file operations.
+#[derive(Debug, Clone)]
+pub struct DiskCache {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl DiskCache {
+    /// The cache at `root`, which must be absolute, without touching the disk.
+    pub fn at(root: &Path) -> Self {
+        debug_assert!(root.is_absolute());
+        Self {
+            root: root.to_path_buf(),
+            tmp: root.join("tmp"),
+        }
+    }
+
+    /// Opens (creating it if needed) the cache at `root`, which must be absolute.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let cache = Self::at(root);
+        cache.prepare()?;
+        Ok(cache)
+    }
+
+    /// Creates the cache directory and its `tmp/` if needed.
+    pub fn prepare(&self) -> io::Result<()> {
+        prepare_dir(&self.root)?;
+        fs::create_dir_all(&self.tmp)
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where bodies are spooled before they are stored.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Creates a temporary file for a body, mode 0644, on the cache's file system.
+    pub fn spool_file(&self) -> io::Result<NamedTempFile> {
+        let create = || {
+            tempfile::Builder::new()
+                .prefix("put-")
+                .permissions(Permissions::from_mode(0o644))
+                .tempfile_in(&self.tmp)
+        };
+        match create() {
+            // `clear-local` may have removed the directory under a running process.
+            Err(err) if is_absent(&err) => {
+                self.prepare()?;
+                create()
+            }
+            other => other,
+        }
+    }
+
+    /// Where the output with this ID lives.
+    pub fn output_path(&self, id: &OutputId) -> PathBuf {
+        shard_path(&self.root, "o", &id.to_hex())
+    }
+
+    fn action_path(&self, id: &ActionId) -> PathBuf {
+        shard_path(&self.root, "a", &id.to_hex())
+    }
+
+    /// Looks up an action. A missing, unreadable or inconsistent entry, or an output whose
+    /// size is not the recorded one, is a miss (`None`); only unexpected I/O errors are errors.
+    pub fn get(&self, action: &ActionId) -> io::Result<Option<Entry>> {
+        let text = match fs::read_to_string(self.action_path(action)) {
+            Ok(text) => text,
+            Err(err) if is_absent(&err) => return Ok(None),
+            Err(err) if err.kind() == io::ErrorKind::InvalidData => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let Some((output_id, size, time)) = parse_entry(&text) else {
+            return Ok(None);
+        };
+        let disk_path = self.output_path(&output_id);
+        match fs::metadata(&disk_path) {
+            Ok(meta) if meta.is_file() && meta.len() == size => Ok(Some(Entry {
+                output_id,
+                size,
+                time,
+                disk_path,
+            })),
+            Ok(_) => Ok(None),
+            Err(err) if is_absent(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Whether the output is in place with the expected size.
+    pub fn has_output(&self, id: &OutputId, size: u64) -> bool {
+        fs::metadata(self.output_path(id)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    /// Moves a verified body into place as an output, unless an identical one is already
+    /// there. Returns the output's path and whether it was already present.
+    pub fn store_output(&self, body: Spooled) -> io::Result<(PathBuf, bool)> {
+        let path = self.output_path(&body.output_id);
+        if self.has_output(&body.output_id, body.size) {
+            return Ok((path, true));
+        }
+        let file = body.file;
+        persist(file, &path)?;
+        Ok((path, false))
+    }
+
+    /// Writes the empty output (the go command puts many).
+    pub fn store_empty_output(&self) -> io::Result<(PathBuf, bool)> {
+        let id = OutputId::of(&[]);
+        if self.has_output(&id, 0) {
+            return Ok((self.output_path(&id), true));
+        }
+        let file = self.spool_file()?;
+        self.store_output(Spooled {
+            file,
+            size: 0,
+            output_id: id,
+        })
+    }
+
+    /// Records that `action` produced `output` of `size` bytes at `time`, atomically
+    /// replacing any earlier entry.
+    pub fn write_entry(
+        &self,
+        action: &ActionId,
+        output: &OutputId,
+        size: u64,
+        time: SystemTime,
+    ) -> io::Result<()> {
+        let nanos = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let mut file = self.spool_file()?;
+        writeln!(file, "{ENTRY_VERSION} {} {size} {nanos}", output.to_hex())?;
+        persist(file, &self.action_path(action))
+    }
+
+    /// Removes temporary files older than `age`, left by processes that were killed. Younger
+    /// ones may belong to a process that is still writing them.
+    pub fn sweep_tmp(&self, age: Duration) -> io::Result<usize> {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.tmp)? {
+            let entry = entry?;
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() > age);
+            if old && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn shard_path(root: &Path, kind: &str, hex: &str) -> PathBuf {
+    let mut path = root.join(kind);
+    path.push(&hex[..2]);
+    path.push(hex);
+    path
+}
+
+/// Renames a complete temporary file into place, creating its shard directory if needed.
+fn persist(file: NamedTempFile, path: &Path) -> io::Result<()> {
+    let file = match file.persist(path) {
+        Ok(_) => return Ok(()),
+        Err(err) if is_absent(&err.error) => err.file,
+        Err(err) => return Err(err.error),
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    file.persist(path).map(drop).map_err(|err| err.error)
+}
+
+fn parse_entry(text: &str) -> Option<(OutputId, u64, SystemTime)> {
+    let mut fields = text.trim_end().split(' ');
+    if fields.next()? != ENTRY_VERSION {
+        return None;
+    }
+    let output = OutputId::from_hex(fields.next()?)?;
+    let size = fields.next()?.parse().ok()?;
+    let nanos: u64 = fields.next()?.parse().ok()?;
+    if fields.next().is_some() {
+        return None;
+    }
+    Some((
+        output,
+        size,
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos),
+    ))
+}
+
+fn is_absent(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound
+}
+
+/// Creates `dir` if needed and marks it as goremotecache's when it is new or empty. A
+/// directory that already holds other files is used but not marked, so that `clear-local`
+/// will never empty it.
+pub fn prepare_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let marker = dir.join(MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    if fs::read_dir(dir)?.next().is_some() {
+        tracing::debug!(dir = %dir.display(), "directory is not empty and has no {MARKER}: not marking it");
+        return Ok(());
+    }
+    let mut file = tempfile::Builder::new()
+        .prefix(".marker-")
+        .permissions(Permissions::from_mode(0o644))
+        .tempfile_in(dir)?;
+    file.write_all(MARKER_TEXT.as_bytes())?;
+    file.persist(&marker).map_err(|err| err.error)?;
+    Ok(())
+}
+
+/// Whether `dir` carries goremotecache's marker.
+pub fn is_marked(dir: &Path) -> bool {
+    fs::read_to_string(dir.join(MARKER)).is_ok_and(|text| text.contains("goremotecache"))
+}
+
+/// Opens a file for appending, creating it (used for lock files).
+pub(crate) fn open_lock_file(path: &Path) -> io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+    };
+    match open() {
+        Err(err) if is_absent(&err) => {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            open()
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spooled(cache: &DiskCache, data: &[u8]) -> Spooled {
+        let mut file = cache.spool_file().unwrap();
+        file.write_all(data).unwrap();
+        Spooled {
+            file,
+            size: data.len() as u64,
+            output_id: OutputId::of(data),
+        }
+    }
+
+    #[test]
+    fn put_then_get_returns_the_original_time_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path()).unwrap();
+        let action = ActionId([7; 32]);
+        assert_eq!(cache.get(&action).unwrap(), None);
+        let body = spooled(&cache, b"hello");
+        let output = body.output_id;
+        let (path, existed) = cache.store_output(body).unwrap();
+        assert!(!existed);
+        let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        cache.write_entry(&action, &output, 5, time).unwrap();
+        let entry = cache.get(&action).unwrap().unwrap();
+        assert_eq!(entry.time, time);
+        assert_eq!(entry.disk_path, path);
+        assert_eq!(fs::read(&path).unwrap(), b"hello");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert!(path.extension().is_none());
+        assert!(is_marked(dir.path()));
+    }
+
+    #[test]
+    fn a_second_identical_output_leaves_the_first_file_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path()).unwrap();
+        let (path, _) = cache.store_output(spooled(&cache, b"same")).unwrap();
+        let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap());
+        let (again, existed) = cache.store_output(spooled(&cache, b"same")).unwrap();
+        assert!(existed);
+        assert_eq!(again, path);
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap()),
+            inode
+        );
+        assert_eq!(fs::read_dir(cache.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_entry_whose_output_has_the_wrong_size_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path()).unwrap();
+        let action = ActionId([1; 32]);
+        let (path, _) = cache.store_output(spooled(&cache, b"12345")).unwrap();
+        cache
+            .write_entry(&action, &OutputId::of(b"12345"), 5, SystemTime::now())
+            .unwrap();
+        assert!(cache.get(&action).unwrap().is_some());
+        fs::write(&path, b"123").unwrap();
+        assert_eq!(cache.get(&action).unwrap(), None);
+    }
+
+    #[test]
+    fn garbled_entries_are_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path()).unwrap();
+        let action = ActionId([2; 32]);
+        for text in [
+            "",
+            "v1",
+            "v2 00 1 1",
+            "v1 zz 1 1\n",
+            "v1 00 1 1 extra",
+            "\u{0}\u{1}",
+        ] {
+            let path = cache.action_path(&action);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, text).unwrap();
+            assert_eq!(cache.get(&action).unwrap(), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_non_empty_foreign_directory_is_not_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("precious"), b"x").unwrap();
+        DiskCache::open(dir.path()).unwrap();
+        assert!(!is_marked(dir.path()));
+    }
+}

@@ -1,0 +1,250 @@
+//! Counters of what one run did, printed as a summary on stderr (`--stats`) and written as
+//! JSON (`--stats-file`) when the go command closes the session.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Live counters, updated by request handlers.
+#[derive(Debug)]
+pub struct Stats {
+    started: Instant,
+    gets: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    get_errors: AtomicU64,
+    hit_bytes: AtomicU64,
+    get_nanos: AtomicU64,
+    puts: AtomicU64,
+    put_errors: AtomicU64,
+    put_bytes: AtomicU64,
+    puts_already_stored: AtomicU64,
+    put_nanos: AtomicU64,
+    bad_requests: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            gets: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            get_errors: AtomicU64::new(0),
+            hit_bytes: AtomicU64::new(0),
+            get_nanos: AtomicU64::new(0),
+            puts: AtomicU64::new(0),
+            put_errors: AtomicU64::new(0),
+            put_bytes: AtomicU64::new(0),
+            puts_already_stored: AtomicU64::new(0),
+            put_nanos: AtomicU64::new(0),
+            bad_requests: AtomicU64::new(0),
+        }
+    }
+
+    /// A get that found `size` bytes (`Some`) or missed (`None`).
+    pub fn record_get(&self, hit: Option<u64>, took: Duration) {
+        add(&self.gets, 1);
+        add(&self.get_nanos, nanos(took));
+        match hit {
+            Some(size) => {
+                add(&self.hits, 1);
+                add(&self.hit_bytes, size);
+            }
+            None => add(&self.misses, 1),
+        }
+    }
+
+    /// A get that failed on a local I/O error (answered as a miss).
+    pub fn record_get_error(&self, took: Duration) {
+        add(&self.get_errors, 1);
+        self.record_get(None, took);
+    }
+
+    /// A put that stored `size` bytes; `already` when the output was on disk before.
+    pub fn record_put(&self, size: u64, already: bool, took: Duration) {
+        add(&self.puts, 1);
+        add(&self.put_bytes, size);
+        add(&self.put_nanos, nanos(took));
+        if already {
+            add(&self.puts_already_stored, 1);
+        }
+    }
+
+    /// A put that could not be stored.
+    pub fn record_put_error(&self, took: Duration) {
+        add(&self.puts, 1);
+        add(&self.put_errors, 1);
+        add(&self.put_nanos, nanos(took));
+    }
+
+    /// A request that could not be parsed or was invalid.
+    pub fn record_bad_request(&self) {
+        add(&self.bad_requests, 1);
+    }
+
+    /// The figures as they are now.
+    pub fn report(&self) -> Report {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Report {
+            gets: get(&self.gets),
+            hits: get(&self.hits),
+            misses: get(&self.misses),
+            get_errors: get(&self.get_errors),
+            hit_bytes: get(&self.hit_bytes),
+            get_seconds: get(&self.get_nanos) as f64 / 1e9,
+            puts: get(&self.puts),
+            put_errors: get(&self.put_errors),
+            put_bytes: get(&self.put_bytes),
+            puts_already_stored: get(&self.puts_already_stored),
+            put_seconds: get(&self.put_nanos) as f64 / 1e9,
+            bad_requests: get(&self.bad_requests),
+            run_seconds: self.started.elapsed().as_secs_f64(),
+            peak_rss_bytes: peak_rss_bytes(),
+        }
+    }
+}
+
+/// A snapshot of [`Stats`]; its JSON form is what `--stats-file` writes.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub gets: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Gets that failed on a local I/O error and were answered as misses.
+    pub get_errors: u64,
+    pub hit_bytes: u64,
+    /// Time spent answering gets, summed over concurrent requests.
+    pub get_seconds: f64,
+    pub puts: u64,
+    pub put_errors: u64,
+    pub put_bytes: u64,
+    /// Puts whose output was already on disk (nothing written).
+    pub puts_already_stored: u64,
+    /// Time spent storing puts (after their bodies arrived), summed over concurrent requests.
+    pub put_seconds: f64,
+    pub bad_requests: u64,
+    /// Time from start to the end of the session.
+    pub run_seconds: f64,
+    /// The process's peak resident memory, where the OS tells it.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = if self.gets == 0 {
+            0.0
+        } else {
+            100.0 * self.hits as f64 / self.gets as f64
+        };
+        writeln!(
+            f,
+            "goremotecache: {} gets: {} hits ({rate:.1}%), {} misses, {} errors, {} read, {:.3}s",
+            self.gets,
+            self.hits,
+            self.misses,
+            self.get_errors,
+            human_bytes(self.hit_bytes),
+            self.get_seconds
+        )?;
+        writeln!(
+            f,
+            "goremotecache: {} puts: {} written, {} already stored, {} errors, {:.3}s",
+            self.puts,
+            human_bytes(self.put_bytes),
+            self.puts_already_stored,
+            self.put_errors,
+            self.put_seconds
+        )?;
+        write!(f, "goremotecache: run {:.3}s", self.run_seconds)?;
+        if let Some(rss) = self.peak_rss_bytes {
+            write!(f, ", peak memory {}", human_bytes(rss))?;
+        }
+        if self.bad_requests > 0 {
+            write!(f, ", {} bad requests", self.bad_requests)?;
+        }
+        writeln!(f)
+    }
+}
+
+/// `1.5 MiB`, `300 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Peak resident set size from `/proc/self/status` (Linux); `None` elsewhere.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_counts_and_prints() {
+        let stats = Stats::new();
+        stats.record_get(Some(2048), Duration::from_millis(1));
+        stats.record_get(None, Duration::from_millis(1));
+        stats.record_get_error(Duration::from_millis(1));
+        stats.record_put(100, false, Duration::from_millis(2));
+        stats.record_put(100, true, Duration::from_millis(2));
+        stats.record_put_error(Duration::from_millis(2));
+        let report = stats.report();
+        assert_eq!(
+            (report.gets, report.hits, report.misses, report.get_errors),
+            (3, 1, 2, 1)
+        );
+        assert_eq!(
+            (report.puts, report.put_bytes, report.puts_already_stored),
+            (3, 200, 1)
+        );
+        assert_eq!(report.put_errors, 1);
+        let text = report.to_string();
+        assert!(
+            text.contains("3 gets: 1 hits (33.3%), 2 misses, 1 errors, 2.0 KiB read"),
+            "{text}"
+        );
+        assert!(
+            text.contains("3 puts: 200 B written, 1 already stored, 1 errors"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(156 * 1024 * 1024), "156.0 MiB");
+    }
+}

@@ -151,9 +151,11 @@ impl Handler for Arc<Cache> {
         })
         .await;
         match &found {
-            Ok(entry) => self
-                .stats
-                .record_get(entry.as_ref().map(|e| e.size), start.elapsed()),
+            Ok(entry) => {
+                tracing::debug!(action = %action_id, hit = entry.is_some(), "get");
+                self.stats
+                    .record_get(entry.as_ref().map(|e| e.size), start.elapsed())
+            }
             Err(_) => self.stats.record_get_error(start.elapsed()),
         }
         found
@@ -170,7 +172,10 @@ impl Handler for Arc<Cache> {
         let cache = self.clone();
         let stored = blocking(move || cache.store(&action_id, output_id, body)).await;
         match &stored {
-            Ok((_, size, already)) => self.stats.record_put(*size, *already, start.elapsed()),
+            Ok((_, size, already)) => {
+                tracing::debug!(action = %action_id, output = %output_id, size, already, "put");
+                self.stats.record_put(*size, *already, start.elapsed())
+            }
             Err(_) => self.stats.record_put_error(start.elapsed()),
         }
         stored.map(|(path, _, _)| path)

@@ -207,10 +207,12 @@ mod tests {
 
     #[test]
     fn empty_paths_are_refused() {
-        let cli = Cli::try_parse_from(["goremotecache", "--cache-dir", ""]).unwrap();
+        assert!(Cli::try_parse_from(["goremotecache", "--cache-dir", ""]).is_err());
+        let mut options = Cli::try_parse_from(["goremotecache"]).unwrap().options;
+        options.lock_dir = Some(PathBuf::new());
         assert!(matches!(
-            Config::from_options(&cli.options),
-            Err(ConfigError::Empty { flag: "cache-dir" })
+            Config::from_options(&options),
+            Err(ConfigError::Empty { flag: "lock-dir" })
         ));
     }
 

@@ -4,7 +4,6 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
@@ -64,7 +63,7 @@ pub struct ReportOptions {
 pub struct Cache {
     disk: DiskCache,
     locks: Locker,
-    stats: Arc<Stats>,
+    stats: Stats,
     report: ReportOptions,
 }
 
@@ -94,7 +93,7 @@ impl Cache {
         Self {
             disk,
             locks: Locker::new(config.lock_type, &config.lock_dir),
-            stats: Arc::new(Stats::new()),
+            stats: Stats::new(),
             report: ReportOptions {
                 stats: config.stats,
                 stats_file: config.stats_file.clone(),
@@ -105,26 +104,26 @@ impl Cache {
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
+}
 
-    fn store(
-        &self,
-        action: &ActionId,
-        output: OutputId,
-        body: Option<Spooled>,
-    ) -> Result<(PathBuf, u64, bool), CacheError> {
-        let dir = || self.disk.root().to_path_buf();
-        let (size, stored) = match body {
-            Some(body) => (body.size, self.disk.store_output(body)),
-            None if output == OutputId::of(&[]) => (0, self.disk.store_empty_output()),
-            None => return Err(CacheError::EmptyBodyMismatch(output)),
-        };
-        let (path, already) =
-            stored.map_err(|err| CacheError::io("store an output", dir(), err))?;
-        self.disk
-            .write_entry(action, &output, size, SystemTime::now())
-            .map_err(|err| CacheError::io("store an action entry", dir(), err))?;
-        Ok((path, size, already))
-    }
+/// Stores a put's output, then its action entry (in that order, so that an entry never
+/// names a missing output). Returns the output's path, its size and whether it was there.
+fn store(
+    disk: &DiskCache,
+    action: &ActionId,
+    output: OutputId,
+    body: Option<Spooled>,
+) -> Result<(PathBuf, u64, bool), CacheError> {
+    let dir = || disk.root().to_path_buf();
+    let (size, stored) = match body {
+        Some(body) => (body.size, disk.store_output(body)),
+        None if output == OutputId::of(&[]) => (0, disk.store_empty_output()),
+        None => return Err(CacheError::EmptyBodyMismatch(output)),
+    };
+    let (path, already) = stored.map_err(|err| CacheError::io("store an output", dir(), err))?;
+    disk.write_entry(action, &output, size, SystemTime::now())
+        .map_err(|err| CacheError::io("store an action entry", dir(), err))?;
+    Ok((path, size, already))
 }
 
 /// Runs blocking file work off the async workers.
@@ -136,7 +135,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|err| CacheError::Internal(err.to_string()))?
 }
 
-impl Handler for Arc<Cache> {
+impl Handler for Cache {
     fn spool_file(&self) -> io::Result<tempfile::NamedTempFile> {
         self.disk.spool_file()
     }
@@ -169,8 +168,8 @@ impl Handler for Arc<Cache> {
     ) -> Result<PathBuf, CacheError> {
         let start = Instant::now();
         let _guard = self.locks.lock(&output_id.0).await;
-        let cache = self.clone();
-        let stored = blocking(move || cache.store(&action_id, output_id, body)).await;
+        let disk = self.disk.clone();
+        let stored = blocking(move || store(&disk, &action_id, output_id, body)).await;
         match &stored {
             Ok((_, size, already)) => {
                 tracing::debug!(action = %action_id, output = %output_id, size, already, "put");

@@ -77,8 +77,8 @@ enum Event {
 
 /// Serves requests from `input`, answering on `output`, until `close` or end of input. The
 /// handshake must already have been written.
-pub async fn run<H: Handler + Clone>(
-    handler: H,
+pub async fn run<H: Handler>(
+    handler: Arc<H>,
     input: impl Read + Send + 'static,
     output: impl Write + Send + 'static,
 ) -> End {
@@ -155,7 +155,7 @@ enum Work {
 
 /// Runs one request to its answer. The work runs in a task of its own so that even a panic
 /// in it is answered (with `Err`) instead of leaving the go command waiting forever.
-async fn answer<H: Handler + Clone>(handler: H, id: i64, work: Work) -> Response {
+async fn answer<H: Handler>(handler: Arc<H>, id: i64, work: Work) -> Response {
     let outcome = tokio::spawn(async move {
         match work {
             Work::Get(action_id) => match handler.get(action_id).await {
@@ -187,7 +187,7 @@ async fn answer<H: Handler + Clone>(handler: H, id: i64, work: Work) -> Response
     outcome.unwrap_or_else(|err| Response::error(id, format!("internal error: {err}")))
 }
 
-fn read_loop<H: Handler>(input: impl Read, handler: H, events: mpsc::Sender<Event>) {
+fn read_loop<H: Handler>(input: impl Read, handler: Arc<H>, events: mpsc::Sender<Event>) {
     let mut reader = RequestReader::new(BufReader::with_capacity(INPUT_BUFFER, input));
     loop {
         let next = reader.next_request(&mut || handler.spool_file(), &mut |file, info| {

@@ -13,11 +13,19 @@ fn a_cold_build_stores_and_a_warm_build_compiles_nothing() {
     let project = GoProject::new("build");
     let cold = project.go(&["build", "-x", "./..."]);
     assert!(!cold.compiles().is_empty(), "a cold build must compile");
-    assert!(cold.stat("puts") > 50, "cold build stored little: {:?}", cold.stats);
+    assert!(
+        cold.stat("puts") > 50,
+        "cold build stored little: {:?}",
+        cold.stats
+    );
     assert_eq!(cold.stat("put_errors"), 0);
 
     let warm = project.go(&["build", "-x", "./..."]);
-    assert_eq!(warm.compiles(), Vec::<String>::new(), "a warm build compiled");
+    assert_eq!(
+        warm.compiles(),
+        Vec::<String>::new(),
+        "a warm build compiled"
+    );
     assert!(warm.stat("hits") > 50, "{:?}", warm.stats);
 
     // The binary built from cached packages runs.
@@ -32,18 +40,34 @@ fn test_results_are_cached_until_the_test_cache_is_cleaned() {
     let project = GoProject::new("test");
     let first = project.go(&["test", "./..."]);
     assert!(!first.stdout().contains("(cached)"), "{}", first.stdout());
-    assert!(first.stdout().contains("ok  \texample.com/e2e/report"), "{}", first.stdout());
+    assert!(
+        first.stdout().contains("ok  \texample.com/e2e/report"),
+        "{}",
+        first.stdout()
+    );
 
     let second = project.go(&["test", "./..."]);
     for pkg in ["mathx", "report", "text"] {
         let line = format!("ok  \texample.com/e2e/{pkg}\t(cached)");
-        assert!(second.stdout().contains(&line), "missing {line:?} in:\n{}", second.stdout());
+        assert!(
+            second.stdout().contains(&line),
+            "missing {line:?} in:\n{}",
+            second.stdout()
+        );
     }
 
     project.go(&["clean", "-testcache"]);
     let third = project.go(&["test", "-x", "./..."]);
-    assert!(!third.stdout().contains("(cached)"), "tests did not run again:\n{}", third.stdout());
-    assert_eq!(third.compiles(), Vec::<String>::new(), "packages were compiled again");
+    assert!(
+        !third.stdout().contains("(cached)"),
+        "tests did not run again:\n{}",
+        third.stdout()
+    );
+    assert_eq!(
+        third.compiles(),
+        Vec::<String>::new(),
+        "packages were compiled again"
+    );
 
     let fourth = project.go(&["test", "./..."]);
     assert!(fourth.stdout().contains("(cached)"), "{}", fourth.stdout());
@@ -53,7 +77,13 @@ fn test_results_are_cached_until_the_test_cache_is_cleaned() {
 fn go_list_export_paths_outlive_the_cache_program() {
     let project = GoProject::new("list");
     project.go(&["build", "./..."]);
-    let list = project.go(&["list", "-export", "-f", "{{.ImportPath}} {{.Export}}", "./..."]);
+    let list = project.go(&[
+        "list",
+        "-export",
+        "-f",
+        "{{.ImportPath}} {{.Export}}",
+        "./...",
+    ]);
     let mut checked = 0;
     for line in list.stdout().lines() {
         let (pkg, path) = line.split_once(' ').unwrap();
@@ -62,8 +92,14 @@ fn go_list_export_paths_outlive_the_cache_program() {
         }
         let path = Path::new(path);
         assert!(path.is_absolute(), "{pkg}: {path:?}");
-        assert!(path.starts_with(&project.cache_dir), "{pkg}: {path:?} is not in the cache");
-        assert!(path.extension().is_none(), "{pkg}: {path:?} has an extension");
+        assert!(
+            path.starts_with(&project.cache_dir),
+            "{pkg}: {path:?} is not in the cache"
+        );
+        assert!(
+            path.extension().is_none(),
+            "{pkg}: {path:?} has an extension"
+        );
         let meta = std::fs::metadata(path).unwrap_or_else(|err| panic!("{pkg}: {path:?}: {err}"));
         assert!(meta.len() > 0);
         checked += 1;
@@ -78,7 +114,10 @@ fn go_vet_runs_through_the_cache() {
     assert!(first.stat("puts") > 0);
     assert!(!first.tool_runs(&["vet"]).is_empty(), "vet did not run");
     let second = project.go(&["vet", "-x", "./..."]);
-    assert_eq!(second.tool_runs(&["compile", "asm", "vet"]), Vec::<String>::new());
+    assert_eq!(
+        second.tool_runs(&["compile", "asm", "vet"]),
+        Vec::<String>::new()
+    );
     assert!(second.stat("hits") > 0);
 }
 
@@ -88,7 +127,11 @@ fn four_builds_at_once_share_one_cache() {
     let children: Vec<_> = (0..4)
         .map(|_| {
             let (mut command, _) = project.command(&["build", "./..."]);
-            command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+            command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     for child in children {
@@ -100,5 +143,9 @@ fn four_builds_at_once_share_one_cache() {
         );
     }
     let warm = project.go(&["build", "-x", "./..."]);
-    assert_eq!(warm.compiles(), Vec::<String>::new(), "a warm build compiled");
+    assert_eq!(
+        warm.compiles(),
+        Vec::<String>::new(),
+        "a warm build compiled"
+    );
 }

@@ -46,7 +46,10 @@ impl Client {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).expect("reading the handshake");
-        assert_eq!(line, "{\"ID\":0,\"KnownCommands\":[\"get\",\"put\",\"close\"]}\n");
+        assert_eq!(
+            line,
+            "{\"ID\":0,\"KnownCommands\":[\"get\",\"put\",\"close\"]}\n"
+        );
         Self {
             child,
             stdin,
@@ -75,7 +78,10 @@ impl Client {
     }
 
     pub fn get(&mut self, id: i64, action: ActionId) {
-        self.send(&protocol::encode_request(id, &protocol::Command::Get { action_id: action }));
+        self.send(&protocol::encode_request(
+            id,
+            &protocol::Command::Get { action_id: action },
+        ));
     }
 
     /// Sends a put with its body, encoded as the go command does.
@@ -86,6 +92,11 @@ impl Client {
 
     pub fn close_request(&mut self, id: i64) {
         self.send(&protocol::encode_request(id, &protocol::Command::Close));
+    }
+
+    /// Takes stdin, to write to it from another thread.
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.stdin.take().expect("stdin is open")
     }
 
     /// Closes stdin (what `go list` and a dying go command do).
@@ -99,7 +110,10 @@ impl Client {
         if self.stdout.read_line(&mut line).unwrap() == 0 {
             return None;
         }
-        Some(serde_json::from_str(&line).unwrap_or_else(|err| panic!("bad response {line:?}: {err}")))
+        Some(
+            serde_json::from_str(&line)
+                .unwrap_or_else(|err| panic!("bad response {line:?}: {err}")),
+        )
     }
 
     /// Waits for the process to exit and returns its stderr.
@@ -109,7 +123,10 @@ impl Client {
         std::io::Read::read_to_string(&mut self.stdout, &mut rest).unwrap();
         assert!(rest.is_empty(), "unexpected output after the end: {rest:?}");
         let output = self.child.wait_with_output().unwrap();
-        (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 }
 
@@ -168,7 +185,10 @@ pub fn go() -> &'static str {
             .and_then(|rest| rest.split(['.', 'r', 'b']).next())
             .and_then(|m| m.parse().ok())
             .unwrap_or_else(|| panic!("cannot read the go version from {version:?}"));
-        assert!(minor >= 24, "these tests need Go 1.24 or later, found {version}");
+        assert!(
+            minor >= 24,
+            "these tests need Go 1.24 or later, found {version}"
+        );
         go
     })
 }

@@ -200,7 +200,8 @@ fn broken_bodies_are_refused_and_the_stream_stays_in_step() {
     let missing = header.to_vec();
     let trailing = [header, b"\"", b64_body, b"\"xyz\n"].concat();
 
-    let cases: [(&str, Vec<u8>, fn(&BodyError) -> bool); 7] = [
+    type Check = fn(&BodyError) -> bool;
+    let cases: [(&str, Vec<u8>, Check); 7] = [
         ("truncated", truncated, |e| {
             matches!(e, BodyError::Truncated)
         }),

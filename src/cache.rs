@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
-use crate::disk::{DiskCache, Entry, Spooled};
+use crate::disk::{DiskCache, Entry, Spooled, explain_io};
 use crate::lock::Locker;
-use crate::protocol::{ActionId, OutputId};
+use crate::protocol::{ActionId, BodyError, OutputId, RequestError};
 use crate::session::Handler;
 use crate::stats::Stats;
 
@@ -19,11 +19,7 @@ const TMP_SWEEP_AGE: Duration = Duration::from_secs(3600);
 /// Why a request could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cannot store output under {dir}: the disk is full ({source})")]
-    DiskFull { dir: PathBuf, source: io::Error },
-    #[error("cannot store output under {dir}: the file system is read-only ({source})")]
-    ReadOnly { dir: PathBuf, source: io::Error },
-    #[error("cannot {action} under {dir}: {source}")]
+    #[error("cannot {action} under {}: {}", dir.display(), explain_io(source))]
     Io {
         action: &'static str,
         dir: PathBuf,
@@ -37,14 +33,10 @@ pub enum CacheError {
 
 impl CacheError {
     fn io(action: &'static str, dir: PathBuf, source: io::Error) -> Self {
-        match source.raw_os_error() {
-            Some(28) | Some(122) => CacheError::DiskFull { dir, source },
-            Some(30) => CacheError::ReadOnly { dir, source },
-            _ => CacheError::Io {
-                action,
-                dir,
-                source,
-            },
+        CacheError::Io {
+            action,
+            dir,
+            source,
         }
     }
 }
@@ -180,8 +172,15 @@ impl Handler for Cache {
         stored.map(|(path, _, _)| path)
     }
 
-    fn bad_request(&self) {
-        self.stats.record_bad_request();
+    fn refused(&self, err: &RequestError) {
+        match err {
+            // The body could not be written locally: a failed put, not a bad request.
+            RequestError::BadBody {
+                reason: BodyError::Store(_),
+                ..
+            } => self.stats.record_put_error(Duration::ZERO),
+            _ => self.stats.record_bad_request(),
+        }
     }
 
     async fn close(&self) {

@@ -252,6 +252,19 @@ fn parse_entry(text: &str) -> Option<(OutputId, u64, SystemTime)> {
     ))
 }
 
+/// Says what an I/O error means for the cache in words a user acts on: a full disk and a
+/// read-only file system are named as such.
+pub fn explain_io(err: &io::Error) -> String {
+    match err.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            format!("the disk is full ({err})")
+        }
+        io::ErrorKind::ReadOnlyFilesystem => format!("the file system is read-only ({err})"),
+        io::ErrorKind::PermissionDenied => format!("permission denied ({err})"),
+        _ => err.to_string(),
+    }
+}
+
 fn is_absent(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::NotFound
 }

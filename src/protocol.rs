@@ -175,7 +175,7 @@ pub enum BodyError {
     },
     #[error("unexpected text after the body's closing quote")]
     TrailingGarbage,
-    #[error("cannot store body: {0}")]
+    #[error("cannot store the body: {}", crate::disk::explain_io(.0))]
     Store(io::Error),
     #[error("reading body: {0}")]
     Read(io::Error),

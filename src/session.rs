@@ -51,8 +51,8 @@ pub trait Handler: Send + Sync + 'static {
         body: Option<Spooled>,
     ) -> impl Future<Output = Result<PathBuf, CacheError>> + Send;
 
-    /// Counts a request that could not be served.
-    fn bad_request(&self);
+    /// Counts a request that could not be served (already answered with `Err` if it had an ID).
+    fn refused(&self, err: &RequestError);
 
     /// Called once, after every request has been answered and before `close` is answered.
     fn close(&self) -> impl Future<Output = ()> + Send;
@@ -126,7 +126,7 @@ pub async fn run<H: Handler>(
             }
             Event::Bad(err) => {
                 tracing::warn!("{err}");
-                handler.bad_request();
+                handler.refused(&err);
                 if let Some(id) = err.id() {
                     let _ = answers.send(Response::error(id, err.to_string()));
                 }

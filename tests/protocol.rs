@@ -63,7 +63,7 @@ impl Handler for Delaying {
         Err(CacheError::Internal("not used".into()))
     }
 
-    fn bad_request(&self) {}
+    fn refused(&self, _: &goremotecache::protocol::RequestError) {}
 
     async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);

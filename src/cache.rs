@@ -96,6 +96,25 @@ impl Cache {
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
+
+    fn record_get(
+        &self,
+        action_id: &ActionId,
+        found: &Result<Option<Entry>, CacheError>,
+        start: Instant,
+    ) {
+        match found {
+            Ok(entry) => {
+                tracing::debug!(action = %action_id, hit = entry.is_some(), "get");
+                let size = entry.as_ref().map(|e| e.size);
+                self.stats.record_get(size, start.elapsed());
+            }
+            Err(err) => {
+                tracing::debug!(action = %action_id, "get failed: {err}");
+                self.stats.record_get_error(start.elapsed());
+            }
+        }
+    }
 }
 
 /// Stores a put's output, then its action entry (in that order, so that an entry never
@@ -132,6 +151,16 @@ impl Handler for Cache {
         self.disk.spool_file()
     }
 
+    fn get_now(&self, action_id: ActionId) -> Option<Result<Option<Entry>, CacheError>> {
+        // The disk is the only tier: its answer is final, and a lookup is a few system calls.
+        let start = Instant::now();
+        let found = self.disk.get(&action_id).map_err(|err| {
+            CacheError::io("read an action entry", self.disk.root().to_path_buf(), err)
+        });
+        self.record_get(&action_id, &found, start);
+        Some(found)
+    }
+
     async fn get(&self, action_id: ActionId) -> Result<Option<Entry>, CacheError> {
         let start = Instant::now();
         let disk = self.disk.clone();
@@ -141,14 +170,7 @@ impl Handler for Cache {
             })
         })
         .await;
-        match &found {
-            Ok(entry) => {
-                tracing::debug!(action = %action_id, hit = entry.is_some(), "get");
-                self.stats
-                    .record_get(entry.as_ref().map(|e| e.size), start.elapsed())
-            }
-            Err(_) => self.stats.record_get_error(start.elapsed()),
-        }
+        self.record_get(&action_id, &found, start);
         found
     }
 

@@ -2,9 +2,11 @@
 //!
 //! The concurrency shape: a reader thread parses requests and spools `put` bodies to
 //! temporary files (the input is one stream, so this part is serial); an async dispatcher
-//! spawns a task per request, at most [`MAX_IN_FLIGHT`] at once; a writer thread owns the
-//! output and writes answers in the order they complete, batching those that are ready
-//! together into one write. `close`, or the end of input, waits for every request in flight
+//! spawns a task per request, at most [`MAX_IN_FLIGHT`] at once; one [`Answers`] writer owns
+//! the output and writes each answer as one line the moment it is ready, whichever thread
+//! produced it. Gets that the disk answers at once are answered by the reader thread itself
+//! (no hand-off between threads: on a warm build every get is such a get, and each
+//! millisecond a get waits is added to the build). `close`, or the end of input, waits for every request in flight
 //! to be answered, lets the [`Handler`] finish (statistics), answers `close` and returns, and
 //! the caller exits, which closes stdout.
 
@@ -12,7 +14,8 @@ use std::future::Future;
 use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc as std_mpsc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tempfile::NamedTempFile;
 use tokio::sync::{Semaphore, mpsc};
@@ -35,6 +38,11 @@ const INPUT_BUFFER: usize = 256 * 1024;
 pub trait Handler: Send + Sync + 'static {
     /// A new temporary file for a `put` body, on the file system where it will be stored.
     fn spool_file(&self) -> io::Result<NamedTempFile>;
+
+    /// Answers a get at once when that needs no waiting (a hit on local disk, or a miss with
+    /// nothing behind the disk). The reader thread calls it, so that the common warm-build
+    /// case costs no thread hand-off; `None` sends the request to [`Handler::get`].
+    fn get_now(&self, action_id: ActionId) -> Option<Result<Option<Entry>, CacheError>>;
 
     /// Looks up an action: `Ok(None)` is a miss.
     fn get(
@@ -84,15 +92,12 @@ pub async fn run<H: Handler>(
 ) -> End {
     let (events_tx, mut events) = mpsc::channel(64);
     let reader_handler = handler.clone();
+    let answers = Arc::new(Answers::new(output));
+    let reader_answers = answers.clone();
     std::thread::Builder::new()
         .name("goremotecache-reader".into())
-        .spawn(move || read_loop(input, reader_handler, events_tx))
+        .spawn(move || read_loop(input, reader_handler, events_tx, reader_answers))
         .expect("spawning the reader thread");
-    let (answers, answers_rx) = std_mpsc::channel::<Response>();
-    let writer = std::thread::Builder::new()
-        .name("goremotecache-writer".into())
-        .spawn(move || write_loop(output, answers_rx))
-        .expect("spawning the writer thread");
 
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = JoinSet::new();
@@ -120,7 +125,7 @@ pub async fn run<H: Handler>(
                 let answers = answers.clone();
                 tasks.spawn(async move {
                     let response = answer(handler, id, work).await;
-                    let _ = answers.send(response);
+                    answers.send(&response);
                     drop(permit);
                 });
             }
@@ -128,7 +133,7 @@ pub async fn run<H: Handler>(
                 tracing::warn!("{err}");
                 handler.refused(&err);
                 if let Some(id) = err.id() {
-                    let _ = answers.send(Response::error(id, err.to_string()));
+                    answers.send(&Response::error(id, err.to_string()));
                 }
             }
             Event::End(end) => break end,
@@ -141,10 +146,8 @@ pub async fn run<H: Handler>(
     while tasks.join_next().await.is_some() {}
     handler.close().await;
     if let Some(id) = close_id {
-        let _ = answers.send(Response::new(id));
+        answers.send(&Response::new(id));
     }
-    drop(answers);
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     end
 }
 
@@ -158,17 +161,7 @@ enum Work {
 async fn answer<H: Handler>(handler: Arc<H>, id: i64, work: Work) -> Response {
     let outcome = tokio::spawn(async move {
         match work {
-            Work::Get(action_id) => match handler.get(action_id).await {
-                Ok(Some(entry)) => match entry.disk_path.to_str() {
-                    Some(path) => Response::hit(id, entry.output_id, entry.size, entry.time, path),
-                    None => Response::error(id, "cache path is not valid UTF-8"),
-                },
-                Ok(None) => Response::miss(id),
-                Err(err) => {
-                    tracing::debug!("get {action_id}: {err}");
-                    Response::error(id, err.to_string())
-                }
-            },
+            Work::Get(action_id) => get_response(id, action_id, handler.get(action_id).await),
             Work::Put(action_id, output_id, body) => {
                 match handler.put(action_id, output_id, body).await {
                     Ok(path) => match path.to_str() {
@@ -187,7 +180,31 @@ async fn answer<H: Handler>(handler: Arc<H>, id: i64, work: Work) -> Response {
     outcome.unwrap_or_else(|err| Response::error(id, format!("internal error: {err}")))
 }
 
-fn read_loop<H: Handler>(input: impl Read, handler: Arc<H>, events: mpsc::Sender<Event>) {
+/// The answer to a get.
+fn get_response(
+    id: i64,
+    action_id: ActionId,
+    found: Result<Option<Entry>, CacheError>,
+) -> Response {
+    match found {
+        Ok(Some(entry)) => match entry.disk_path.to_str() {
+            Some(path) => Response::hit(id, entry.output_id, entry.size, entry.time, path),
+            None => Response::error(id, "cache path is not valid UTF-8"),
+        },
+        Ok(None) => Response::miss(id),
+        Err(err) => {
+            tracing::debug!("get {action_id}: {err}");
+            Response::error(id, err.to_string())
+        }
+    }
+}
+
+fn read_loop<H: Handler>(
+    input: impl Read,
+    handler: Arc<H>,
+    events: mpsc::Sender<Event>,
+    answers: Arc<Answers>,
+) {
     let mut reader = RequestReader::new(BufReader::with_capacity(INPUT_BUFFER, input));
     loop {
         let next = reader.next_request(&mut || handler.spool_file(), &mut |file, info| {
@@ -198,6 +215,16 @@ fn read_loop<H: Handler>(input: impl Read, handler: Arc<H>, events: mpsc::Sender
             })
         });
         let (event, last) = match next {
+            Ok(Some(Incoming::Request(
+                Request {
+                    id,
+                    command: Command::Get { action_id },
+                },
+                _,
+            ))) if let Some(found) = handler.get_now(action_id) => {
+                answers.send(&get_response(id, action_id, found));
+                continue;
+            }
             Ok(Some(Incoming::Request(request, body))) => {
                 let close = request.command == Command::Close;
                 (Event::Request(request, body), close)
@@ -212,18 +239,43 @@ fn read_loop<H: Handler>(input: impl Read, handler: Arc<H>, events: mpsc::Sender
     }
 }
 
-fn write_loop(mut output: impl Write, answers: std_mpsc::Receiver<Response>) {
-    let mut buf = Vec::with_capacity(4096);
-    while let Ok(first) = answers.recv() {
-        buf.clear();
-        first.write_line(&mut buf);
-        while let Ok(more) = answers.try_recv() {
-            more.write_line(&mut buf);
+/// The single writer of answers: each is written and flushed as one line under a lock, so
+/// that lines never interleave. After a write error (the go command is gone) answers are
+/// dropped; the reader then sees the end of input.
+pub struct Answers {
+    output: Mutex<Box<dyn Write + Send>>,
+    broken: AtomicBool,
+}
+
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answers")
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl Answers {
+    fn new(output: impl Write + Send + 'static) -> Self {
+        Self {
+            output: Mutex::new(Box::new(output)),
+            broken: AtomicBool::new(false),
         }
-        if let Err(err) = output.write_all(&buf).and_then(|()| output.flush()) {
-            // The go command is gone; the reader will see the end of input.
-            tracing::debug!("writing answers failed: {err}");
+    }
+
+    fn send(&self, response: &Response) {
+        if self.broken.load(Ordering::Relaxed) {
             return;
+        }
+        let mut line = Vec::with_capacity(256);
+        response.write_line(&mut line);
+        let mut output = self
+            .output
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(err) = output.write_all(&line).and_then(|()| output.flush()) {
+            tracing::debug!("writing answers failed: {err}");
+            self.broken.store(true, Ordering::Relaxed);
         }
     }
 }

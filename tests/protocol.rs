@@ -35,6 +35,10 @@ impl Handler for Delaying {
         tempfile::NamedTempFile::new_in(self.dir.path())
     }
 
+    fn get_now(&self, _: ActionId) -> Option<Result<Option<Entry>, CacheError>> {
+        None
+    }
+
     async fn get(&self, action_id: ActionId) -> Result<Option<Entry>, CacheError> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);

@@ -93,17 +93,29 @@ pub struct Options {
     pub lock_type: LockType,
 
     /// Log every request and decision on stderr.
-    #[arg(long, env = "GOREMOTECACHE_DEBUG", global = true)]
+    #[arg(long, env = "GOREMOTECACHE_DEBUG", global = true, value_parser = parse_switch)]
     pub debug: bool,
 
     /// Print a summary on stderr when the go command closes the session: gets, hits, misses,
     /// puts, bytes, time spent.
-    #[arg(long, env = "GOREMOTECACHE_STATS")]
+    #[arg(long, env = "GOREMOTECACHE_STATS", value_parser = parse_switch)]
     pub stats: bool,
 
     /// Write the same summary as JSON to PATH when the session ends.
     #[arg(long, env = "GOREMOTECACHE_STATS_FILE", value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
+}
+
+/// A switch's value from a variable: `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off`, and
+/// empty for off (so that `GOREMOTECACHE_STATS=` in a CI file turns it off, not the build).
+fn parse_switch(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
+        "" | "0" | "false" | "no" | "off" | "n" | "f" => Ok(false),
+        other => Err(format!(
+            "{other:?} is not a switch value: use true or false"
+        )),
+    }
 }
 
 /// Options, validated.
@@ -185,6 +197,21 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn switches_read_the_usual_spellings() {
+        for (text, value) in [
+            ("1", true),
+            ("Yes", true),
+            ("on", true),
+            ("", false),
+            ("off", false),
+            ("0", false),
+        ] {
+            assert_eq!(parse_switch(text), Ok(value), "{text:?}");
+        }
+        assert!(parse_switch("maybe").is_err());
     }
 
     #[test]

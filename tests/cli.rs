@@ -42,7 +42,10 @@ fn help_explains_every_option_and_how_to_set_gocacheprog() {
         "clear-local",
         "version",
     ] {
-        assert!(help.contains(expected), "--help lacks {expected:?}:\n{help}");
+        assert!(
+            help.contains(expected),
+            "--help lacks {expected:?}:\n{help}"
+        );
     }
 }
 
@@ -87,7 +90,12 @@ fn environment_variables_configure_the_cache() {
     );
     client.put(1, action(1), b"from the environment");
     let answer = client.read().unwrap();
-    assert!(answer["DiskPath"].as_str().unwrap().starts_with(cache.to_str().unwrap()));
+    assert!(
+        answer["DiskPath"]
+            .as_str()
+            .unwrap()
+            .starts_with(cache.to_str().unwrap())
+    );
     client.get(2, action(1));
     client.get(3, action(2));
     client.read().unwrap();
@@ -96,9 +104,13 @@ fn environment_variables_configure_the_cache() {
     client.read().unwrap();
     let (status, stderr) = client.finish();
     assert!(status.success());
-    assert!(stderr.contains("2 gets: 1 hits (50.0%), 1 misses"), "{stderr}");
+    assert!(
+        stderr.contains("2 gets: 1 hits (50.0%), 1 misses"),
+        "{stderr}"
+    );
     assert!(!locks.exists(), "memory locks created the lock directory");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
     assert_eq!(report["gets"], 2);
     assert_eq!(report["hits"], 1);
     assert_eq!(report["puts"], 1);
@@ -154,8 +166,14 @@ fn clear_local_empties_the_cache_it_created() {
     ];
     let (code, out, err) = run(&args, &[]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("{}: removed 2 files (5.0 KiB)", cache.display())), "{out}");
-    assert!(out.contains(&format!("{}: removed", locks.display())), "{out}");
+    assert!(
+        out.contains(&format!("{}: removed 2 files (5.0 KiB)", cache.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{}: removed", locks.display())),
+        "{out}"
+    );
 
     // The cleared cache misses, and works again.
     let mut client = Client::on_dir(dir.path(), &[]);
@@ -172,12 +190,20 @@ fn clear_local_empties_the_cache_it_created() {
 fn clear_local_refuses_directories_it_did_not_create() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("precious.txt"), b"keep me").unwrap();
-    let (code, _, err) = run(&["clear-local", "--cache-dir", dir.path().to_str().unwrap()], &[]);
+    let (code, _, err) = run(
+        &["clear-local", "--cache-dir", dir.path().to_str().unwrap()],
+        &[],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("refusing to clear"), "{err}");
     assert!(dir.path().join("precious.txt").exists());
 
-    for dangerous in ["/", std::env::var("HOME").unwrap_or_else(|_| "/root".into()).as_str()] {
+    for dangerous in [
+        "/",
+        std::env::var("HOME")
+            .unwrap_or_else(|_| "/root".into())
+            .as_str(),
+    ] {
         let (code, _, err) = run(&["clear-local", "--cache-dir", dangerous], &[]);
         assert_eq!(code, 1, "{dangerous}");
         assert!(err.contains("refusing to clear"), "{err}");
@@ -192,5 +218,8 @@ fn the_terminal_hint_stays_off_the_go_commands_stderr() {
     client.close_stdin();
     let (status, stderr) = client.finish();
     assert!(status.success());
-    assert!(!stderr.contains("meant to be started by the go command"), "{stderr}");
+    assert!(
+        !stderr.contains("meant to be started by the go command"),
+        "{stderr}"
+    );
 }

@@ -29,6 +29,7 @@ import argparse
 import base64
 import datetime
 import hashlib
+import io
 import json
 import os
 import shlex
@@ -302,6 +303,53 @@ def bench_handshake(binary, tmp, runs):
     return result
 
 
+def mean_round_trip_us(argv, greeting_lines, setup, request, count):
+    """Reads `greeting_lines` lines from the program `argv`, sends each `setup` line reading one
+    answer line after it, then times `count` requests sent one at a time, each followed by a
+    read of its answer line; returns the mean round trip in microseconds."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    out = io.BufferedReader(proc.stdout, 65536)
+    try:
+        for _ in range(greeting_lines):
+            out.readline()
+        for line in setup:
+            proc.stdin.write(line)
+            out.readline()
+        requests = [request(i) for i in range(count)]
+        start = time.perf_counter()
+        for line in requests:
+            proc.stdin.write(line)
+            if not out.readline():
+                raise BenchError(f"{argv[0]} stopped answering")
+        elapsed = time.perf_counter() - start
+    finally:
+        proc.stdin.close()
+        proc.wait()
+        proc.stdout.close()
+    return 1e6 * elapsed / count
+
+
+def bench_round_trip(binary, tmp, count):
+    """A get's round trip over the pipes, against `cat` echoing lines of the same size (the
+    floor for any program at the other end of a pipe)."""
+    progress(f"get round trip x{count}...", end=" ")
+    work = os.path.join(tmp, "rtt")
+    body = b"round trip"
+    action = base64.b64encode(b"\x01" * 32).decode()
+    output = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    put = (json.dumps({"ID": 1, "Command": "put", "ActionID": action, "OutputID": output,
+                       "BodySize": len(body)}) + "\n\n\"" + base64.b64encode(body).decode() + "\"\n").encode()
+
+    def get(i):
+        return json.dumps({"ID": i + 2, "Command": "get", "ActionID": action}) + "\n"
+
+    argv = [binary, "--cache-dir", os.path.join(work, "cache"), "--lock-dir", os.path.join(work, "locks")]
+    grc = mean_round_trip_us(argv, 1, [put], lambda i: (get(i) + "\n").encode(), count)
+    floor = mean_round_trip_us(["stdbuf", "-o0", "cat"], 0, [], lambda i: get(i).encode(), count)
+    progress(f"goremotecache {grc:.1f} us, cat {floor:.1f} us")
+    return {"grc_us": grc, "cat_us": floor, "count": count}
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. Storing a 35 MiB body
 
@@ -418,7 +466,7 @@ def rss_row(label, rss):
     return [label, mib(rss), "—", mib(rss), f"< {RSS_TARGET // MIB} MiB", yes_no(rss < RSS_TARGET)]
 
 
-def build_rows(builds, handshake, put, runs, handshake_runs):
+def build_rows(builds, handshake, put, rtt, runs, handshake_runs):
     cold_go, cold_grc = builds["cold_go"], builds["cold_grc"]
     med_go, med_grc = statistics.median(builds["warm_go"]), statistics.median(builds["warm_grc"])
     min_go, min_grc = min(builds["warm_go"]), min(builds["warm_grc"])
@@ -441,6 +489,8 @@ def build_rows(builds, handshake, put, runs, handshake_runs):
          f"{handshake['median_ms']:.2f} ms", hs_target, yes_no(handshake["median_ms"] < HANDSHAKE_TARGET_MS)],
         [f"exec to handshake, p90 of {handshake_runs}", f"{handshake['p90_ms']:.2f} ms", "—",
          f"{handshake['p90_ms']:.2f} ms", hs_target, yes_no(handshake["p90_ms"] < HANDSHAKE_TARGET_MS)],
+        [f"get round trip, mean of {rtt['count']} sequential (baseline: `cat` echo)",
+         f"{rtt['grc_us']:.1f} µs", f"{rtt['cat_us']:.1f} µs", f"{rtt['grc_us'] / rtt['cat_us']:.2f}×", "—", "—"],
         rss_row(f"peak RSS storing a {PUT_BODY_SIZE // MIB} MiB put", put["peak_rss"]),
         [f"{PUT_BODY_SIZE // MIB} MiB put: wall time, throughput", secs(put["seconds"]), "—",
          f"{put['mib_per_s']:.0f} MiB/s", "—", "—"],
@@ -481,10 +531,11 @@ def main():
     try:
         builds = bench_go_build_std(binary, tmp, args.runs)
         handshake = bench_handshake(binary, tmp, args.handshake_runs)
+        rtt = bench_round_trip(binary, tmp, 3000)
         put = bench_big_put(binary, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = markdown(env, build_rows(builds, handshake, put, args.runs, args.handshake_runs), binary, command)
+    text = markdown(env, build_rows(builds, handshake, put, rtt, args.runs, args.handshake_runs), binary, command)
     sys.stdout.write(text)
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -243,13 +243,19 @@ fn persist(file: NamedTempFile, path: &Path) -> io::Result<()> {
 /// The longest action entry read; a longer file is not an entry of ours (a miss).
 const ENTRY_MAX: usize = 256;
 
-/// Reads until `buf` is full or the file ends.
+/// Reads until `buf` is full, the file ends, or what was read ends a line (an entry is one
+/// line, so a complete entry costs one `read`).
 fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     let mut len = 0;
     while len < buf.len() {
         match file.read(&mut buf[len..]) {
             Ok(0) => break,
-            Ok(n) => len += n,
+            Ok(n) => {
+                len += n;
+                if buf[len - 1] == b'\n' {
+                    break;
+                }
+            }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),
         }

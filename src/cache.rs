@@ -1,9 +1,15 @@
-//! The cache that answers the go command: the local disk tier, per-key locks and the run's
-//! statistics. Remote tiers slot in behind the disk here; the session ([`crate::session`])
-//! only sees the [`Handler`] interface.
+//! The cache that answers the go command: the local disk tier, the remote tier behind it
+//! (optional), per-key locks and the run's statistics. The session ([`crate::session`]) only
+//! sees the [`Handler`] interface.
+//!
+//! A get looks at the local disk first; a local miss asks the remote once, under the key's
+//! lock, so that concurrent gets of one key (in this process or in others sharing the lock
+//! directory) fetch it once. A put is stored on local disk and answered; its upload happens
+//! behind it.
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
@@ -11,7 +17,9 @@ use crate::disk::{DiskCache, Entry, Spooled, explain_io};
 use crate::lock::Locker;
 use crate::protocol::{ActionId, BodyError, OutputId, RequestError};
 use crate::session::Handler;
+use crate::remote::tier::RemoteTier;
 use crate::stats::Stats;
+use crate::uploader::Job;
 
 /// How old a leftover temporary file must be before it is removed at start-up.
 const TMP_SWEEP_AGE: Duration = Duration::from_secs(3600);
@@ -55,14 +63,17 @@ pub struct ReportOptions {
 pub struct Cache {
     disk: DiskCache,
     locks: Locker,
-    stats: Stats,
+    stats: Arc<Stats>,
     report: ReportOptions,
+    remote: Option<RemoteTier>,
 }
 
 impl Cache {
     /// Opens the cache that `config` describes. Never fails: a cache directory that cannot be
     /// created is said once on stderr, and then every get misses and every put fails with a
-    /// clear message, which is what the go command can act on.
+    /// clear message, which is what the go command can act on. A remote store that cannot be
+    /// set up is said once too, and the cache works on local disk alone. Call it inside a
+    /// tokio runtime: the remote tier's upload workers start here.
     pub fn open(config: &Config) -> Self {
         let disk = DiskCache::at(&config.cache_dir);
         match disk.prepare() {
@@ -82,14 +93,23 @@ impl Cache {
                 CacheError::io("create the cache directory", disk.root().to_path_buf(), err)
             ),
         }
+        let stats = Arc::new(Stats::with_remote(config.remote.is_some()));
+        let remote = config.remote.as_ref().and_then(|remote| {
+            RemoteTier::start(remote, &disk, stats.clone())
+                .map_err(|err| {
+                    tracing::warn!("remote cache {err}; going on with the local cache only");
+                })
+                .ok()
+        });
         Self {
             disk,
             locks: Locker::new(config.lock_type, &config.lock_dir),
-            stats: Stats::new(),
+            stats,
             report: ReportOptions {
                 stats: config.stats,
                 stats_file: config.stats_file.clone(),
             },
+            remote,
         }
     }
 
@@ -117,14 +137,48 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// A get that missed locally: the remote is asked once, under the key's lock. Another
+    /// task or process may have fetched the key while this one waited for the lock, so the
+    /// disk is asked again first.
+    async fn get_through(&self, action_id: ActionId) -> Result<Option<Entry>, CacheError> {
+        let read_disk = || {
+            let disk = self.disk.clone();
+            blocking(move || {
+                disk.get(&action_id).map_err(|err| {
+                    CacheError::io("read an action entry", disk.root().to_path_buf(), err)
+                })
+            })
+        };
+        let Some(remote) = self.remote.as_ref().filter(|r| r.reads()) else {
+            return read_disk().await;
+        };
+        let _guard = self.locks.lock(&action_id.0).await;
+        if let Some(entry) = read_disk().await? {
+            return Ok(Some(entry));
+        }
+        Ok(remote.fetch(&self.disk, action_id).await)
+    }
+}
+
+/// What storing a put did.
+#[derive(Debug)]
+struct Stored {
+    path: PathBuf,
+    size: u64,
+    /// The output was on disk already.
+    already: bool,
+    time: SystemTime,
+}
+
 /// Stores a put's output, then its action entry (in that order, so that an entry never
-/// names a missing output). Returns the output's path, its size and whether it was there.
+/// names a missing output).
 fn store(
     disk: &DiskCache,
     action: &ActionId,
     output: OutputId,
     body: Option<Spooled>,
-) -> Result<(PathBuf, u64, bool), CacheError> {
+) -> Result<Stored, CacheError> {
     let dir = || disk.root().to_path_buf();
     let (size, stored) = match body {
         Some(body) => (body.size, disk.store_output(body)),
@@ -132,9 +186,15 @@ fn store(
         None => return Err(CacheError::EmptyBodyMismatch(output)),
     };
     let (path, already) = stored.map_err(|err| CacheError::io("store an output", dir(), err))?;
-    disk.write_entry(action, &output, size, SystemTime::now())
+    let time = SystemTime::now();
+    disk.write_entry(action, &output, size, time)
         .map_err(|err| CacheError::io("store an action entry", dir(), err))?;
-    Ok((path, size, already))
+    Ok(Stored {
+        path,
+        size,
+        already,
+        time,
+    })
 }
 
 /// Runs blocking file work off the async workers.
@@ -152,24 +212,22 @@ impl Handler for Cache {
     }
 
     fn get_now(&self, action_id: ActionId) -> Option<Result<Option<Entry>, CacheError>> {
-        // The disk is the only tier: its answer is final, and a lookup is a few system calls.
+        // A local lookup is a few system calls; its answer is final unless it is a miss that
+        // the remote may fill, which needs waiting.
         let start = Instant::now();
         let found = self.disk.get(&action_id).map_err(|err| {
             CacheError::io("read an action entry", self.disk.root().to_path_buf(), err)
         });
+        if matches!(found, Ok(None)) && self.remote.as_ref().is_some_and(RemoteTier::reads) {
+            return None;
+        }
         self.record_get(&action_id, &found, start);
         Some(found)
     }
 
     async fn get(&self, action_id: ActionId) -> Result<Option<Entry>, CacheError> {
         let start = Instant::now();
-        let disk = self.disk.clone();
-        let found = blocking(move || {
-            disk.get(&action_id).map_err(|err| {
-                CacheError::io("read an action entry", disk.root().to_path_buf(), err)
-            })
-        })
-        .await;
+        let found = self.get_through(action_id).await;
         self.record_get(&action_id, &found, start);
         found
     }
@@ -185,13 +243,29 @@ impl Handler for Cache {
         let disk = self.disk.clone();
         let stored = blocking(move || store(&disk, &action_id, output_id, body)).await;
         match &stored {
-            Ok((_, size, already)) => {
-                tracing::debug!(action = %action_id, output = %output_id, size, already, "put");
-                self.stats.record_put(*size, *already, start.elapsed())
+            Ok(stored) => {
+                tracing::debug!(
+                    action = %action_id,
+                    output = %output_id,
+                    size = stored.size,
+                    already = stored.already,
+                    "put"
+                );
+                self.stats
+                    .record_put(stored.size, stored.already, start.elapsed());
+                if let Some(remote) = &self.remote {
+                    remote.upload_later(Job {
+                        action: action_id,
+                        output: output_id,
+                        size: stored.size,
+                        time: stored.time,
+                        path: stored.path.clone(),
+                    });
+                }
             }
             Err(_) => self.stats.record_put_error(start.elapsed()),
         }
-        stored.map(|(path, _, _)| path)
+        stored.map(|stored| stored.path)
     }
 
     fn refused(&self, err: &RequestError) {
@@ -206,6 +280,9 @@ impl Handler for Cache {
     }
 
     async fn close(&self) {
+        if let Some(remote) = &self.remote {
+            remote.finish().await;
+        }
         let report = self.stats.report();
         if self.report.stats {
             eprint!("{report}");

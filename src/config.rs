@@ -2,10 +2,12 @@
 //! here with clap, and validated once into a [`Config`].
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::lock::LockType;
+use crate::remote::s3::S3Config;
 
 const ABOUT: &str = "A GOCACHEPROG build cache for the go command: local disk first, a shared remote store behind it";
 
@@ -50,6 +52,12 @@ pub struct Cli {
 /// The subcommands; without one, goremotecache serves the go command on stdin/stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
 pub enum Command {
+    /// Delete every entry under the remote store's prefix (asks for --yes first).
+    ClearRemote {
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Empty the local cache and lock directories. Refuses directories that goremotecache did
     /// not create (they carry its CACHEDIR.TAG).
     ClearLocal,
@@ -104,6 +112,94 @@ pub struct Options {
     /// Write the same summary as JSON to PATH when the session ends.
     #[arg(long, env = "GOREMOTECACHE_STATS_FILE", value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
+
+    /// Where shared results live behind the local disk: `disk` (none), or `s3`.
+    /// [default: s3 when --s3-bucket is set, else disk]
+    #[arg(long, env = "GOREMOTECACHE_BACKEND", value_enum, global = true)]
+    pub backend: Option<Backend>,
+
+    /// The S3 bucket. A directory bucket (`name--zone--x-s3`) uses S3 Express One Zone.
+    #[arg(long, env = "GOREMOTECACHE_S3_BUCKET", value_name = "BUCKET", global = true)]
+    pub s3_bucket: Option<String>,
+
+    /// Key prefix for the entries in the bucket, so that several caches can share one.
+    #[arg(long, env = "GOREMOTECACHE_S3_PREFIX", value_name = "PREFIX", default_value = "", global = true)]
+    pub s3_prefix: String,
+
+    /// Endpoint of an S3-compatible store (MinIO, Ceph, R2, GCS, garage), such as
+    /// http://127.0.0.1:9000. [default: AWS]
+    #[arg(long, env = "GOREMOTECACHE_S3_ENDPOINT", value_name = "URL", global = true)]
+    pub s3_endpoint: Option<String>,
+
+    /// The bucket's region. [default: AWS_REGION, AWS_DEFAULT_REGION, then us-east-1]
+    #[arg(long, env = "GOREMOTECACHE_S3_REGION", value_name = "REGION", global = true)]
+    pub s3_region: Option<String>,
+
+    /// Put the bucket in the URL path (endpoint/bucket/key), as MinIO and Ceph usually need,
+    /// instead of in the host name.
+    #[arg(long, env = "GOREMOTECACHE_S3_FORCE_PATH_STYLE", value_parser = parse_switch, global = true)]
+    pub s3_force_path_style: bool,
+
+    /// Also ask the EC2 instance metadata service for credentials (off by default: off EC2 it
+    /// can stall for seconds).
+    #[arg(long, env = "GOREMOTECACHE_S3_INSTANCE_METADATA", value_parser = parse_switch, global = true)]
+    pub s3_instance_metadata: bool,
+
+    /// `read-write`; `read-only` never uploads (untrusted builds such as pull requests from
+    /// forks); `write-only` never reads remote entries (to refill a cache suspected bad).
+    #[arg(long, env = "GOREMOTECACHE_REMOTE_MODE", value_enum, default_value_t = RemoteMode::ReadWrite)]
+    pub remote_mode: RemoteMode,
+
+    /// How long the end of a build may wait for pending uploads; what is left is dropped
+    /// and counted.
+    #[arg(long, env = "GOREMOTECACHE_UPLOAD_WAIT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub upload_wait: Duration,
+
+    /// Uploads in flight at once.
+    #[arg(long, env = "GOREMOTECACHE_UPLOAD_CONCURRENCY", value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub upload_concurrency: u16,
+
+    /// Uploads waiting at most; past that, uploads are dropped (counted) rather than slow
+    /// the build.
+    #[arg(long, env = "GOREMOTECACHE_UPLOAD_QUEUE", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub upload_queue: u32,
+
+    /// Give up on one remote request (or a stalled transfer) after this long.
+    #[arg(long, env = "GOREMOTECACHE_REMOTE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub remote_timeout: Duration,
+
+    /// Give up connecting to the remote store after this long.
+    #[arg(long, env = "GOREMOTECACHE_REMOTE_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub remote_connect_timeout: Duration,
+}
+
+/// The remote tier behind the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// No remote tier: the local disk only.
+    Disk,
+    /// AWS S3, S3 Express One Zone, or an S3-compatible store.
+    S3,
+}
+
+/// What the cache does with the remote tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemoteMode {
+    ReadWrite,
+    ReadOnly,
+    WriteOnly,
+}
+
+/// The remote tier's settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteConfig {
+    pub s3: S3Config,
+    pub mode: RemoteMode,
+    pub upload_wait: Duration,
+    pub upload_concurrency: usize,
+    pub upload_queue: usize,
+    pub timeout: Duration,
 }
 
 /// A switch's value from a variable: `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off`, and
@@ -128,6 +224,8 @@ pub struct Config {
     pub debug: bool,
     pub stats: bool,
     pub stats_file: Option<PathBuf>,
+    /// `None`: the local disk only.
+    pub remote: Option<RemoteConfig>,
 }
 
 /// An option whose value cannot be used.
@@ -143,6 +241,10 @@ pub enum ConfigError {
     },
     #[error("--{flag}: the path is empty")]
     Empty { flag: &'static str },
+    #[error("--backend s3 needs a bucket: set --s3-bucket or GOREMOTECACHE_S3_BUCKET")]
+    NoBucket,
+    #[error("--s3-endpoint {0:?} is not a URL: write it as http://host:port or https://host")]
+    BadEndpoint(String),
 }
 
 impl Config {
@@ -162,8 +264,43 @@ impl Config {
             debug: options.debug,
             stats: options.stats,
             stats_file: options.stats_file.clone(),
+            remote: remote_config(options)?,
         })
     }
+}
+
+fn remote_config(options: &Options) -> Result<Option<RemoteConfig>, ConfigError> {
+    let bucket = options.s3_bucket.clone().filter(|b| !b.is_empty());
+    let backend = options
+        .backend
+        .unwrap_or(if bucket.is_some() { Backend::S3 } else { Backend::Disk });
+    if backend == Backend::Disk {
+        return Ok(None);
+    }
+    let bucket = bucket.ok_or(ConfigError::NoBucket)?;
+    let endpoint = options.s3_endpoint.clone().filter(|e| !e.is_empty());
+    if let Some(endpoint) = &endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        return Err(ConfigError::BadEndpoint(endpoint.clone()));
+    }
+    Ok(Some(RemoteConfig {
+        s3: S3Config {
+            bucket,
+            prefix: options.s3_prefix.trim_matches('/').to_string(),
+            endpoint,
+            region: options.s3_region.clone().filter(|r| !r.is_empty()),
+            force_path_style: options.s3_force_path_style,
+            instance_metadata: options.s3_instance_metadata,
+            connect_timeout: options.remote_connect_timeout,
+            request_timeout: options.remote_timeout,
+        },
+        mode: options.remote_mode,
+        upload_wait: options.upload_wait,
+        upload_concurrency: usize::from(options.upload_concurrency),
+        upload_queue: options.upload_queue as usize,
+        timeout: options.remote_timeout,
+    }))
 }
 
 fn resolve_dir(
@@ -193,6 +330,22 @@ fn resolve_dir(
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn a_bucket_turns_the_s3_backend_on() {
+        let cli = Cli::try_parse_from(["goremotecache", "--s3-bucket", "b", "--s3-prefix", "/ci/go/"]).unwrap();
+        let remote = Config::from_options(&cli.options).unwrap().remote.unwrap();
+        assert_eq!(remote.s3.bucket, "b");
+        assert_eq!(remote.s3.prefix, "ci/go");
+        assert_eq!(remote.mode, RemoteMode::ReadWrite);
+        assert_eq!(remote.upload_wait, Duration::from_secs(30));
+        let cli = Cli::try_parse_from(["goremotecache", "--s3-bucket", "b", "--backend", "disk"]).unwrap();
+        assert_eq!(Config::from_options(&cli.options).unwrap().remote, None);
+        let cli = Cli::try_parse_from(["goremotecache", "--backend", "s3"]).unwrap();
+        assert!(matches!(Config::from_options(&cli.options), Err(ConfigError::NoBucket)));
+        let cli = Cli::try_parse_from(["goremotecache", "--s3-bucket", "b", "--s3-endpoint", "localhost:9000"]).unwrap();
+        assert!(matches!(Config::from_options(&cli.options), Err(ConfigError::BadEndpoint(_))));
+    }
 
     #[test]
     fn the_command_line_is_consistent() {

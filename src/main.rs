@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => serve_stdio(&config),
         Some(Command::ClearLocal) => clear_local(&config),
+        Some(Command::ClearRemote { yes }) => clear_remote(&config, yes),
         Some(Command::Version) => {
             println!(
                 "goremotecache {} (GOCACHEPROG protocol commands: {})",
@@ -63,6 +64,7 @@ fn serve_stdio(config: &Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let _entered = runtime.enter();
     let cache = Arc::new(Cache::open(config));
     let end = runtime.block_on(session::run(cache, std::io::stdin(), stdout));
     tracing::debug!(?end, "session ended");
@@ -85,5 +87,28 @@ fn clear_local(config: &Config) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn clear_remote(config: &Config, yes: bool) -> anyhow::Result<()> {
+    let remote = config
+        .remote
+        .as_ref()
+        .context("no remote store is configured: set --s3-bucket (and --s3-prefix)")?;
+    let store = goremotecache::remote::tier::open_store(remote)?;
+    if !yes {
+        anyhow::bail!(
+            "this deletes every entry under {}; run again with --yes to do it",
+            store.location()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let location = store.location();
+    let progress = |n: u64| eprintln!("goremotecache: {location}: deleted {n} entries so far");
+    let deleted = runtime.block_on(store.clear(&progress))?;
+    println!("{location}: deleted {deleted} entries");
     Ok(())
 }

@@ -23,6 +23,34 @@ pub struct Stats {
     puts_already_stored: AtomicU64,
     put_nanos: AtomicU64,
     bad_requests: AtomicU64,
+    /// The remote tier's counters, when there is one.
+    pub remote: Option<RemoteStats>,
+}
+
+/// Counters of the remote tier. Handlers bump them with [`add`].
+#[derive(Debug, Default)]
+pub struct RemoteStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub errors: AtomicU64,
+    /// Entries that failed verification (bad header, size or sha256): misses, never stored.
+    pub corrupt: AtomicU64,
+    /// Entry bytes received.
+    pub bytes_down: AtomicU64,
+    /// Time gets spent waiting on the remote, summed over concurrent gets.
+    pub wait_nanos: AtomicU64,
+    pub uploads: AtomicU64,
+    /// Uploads that found an entry already there (nothing written).
+    pub uploads_existing: AtomicU64,
+    pub upload_errors: AtomicU64,
+    /// Uploads not done: queue full, remote switched off, or still pending at exit.
+    pub uploads_dropped: AtomicU64,
+    /// Entry bytes sent, and the raw bytes they hold.
+    pub bytes_up: AtomicU64,
+    pub raw_bytes_up: AtomicU64,
+    pub queue_high_water: AtomicU64,
+    /// Time spent at close waiting for uploads.
+    pub close_wait_nanos: AtomicU64,
 }
 
 impl Default for Stats {
@@ -31,17 +59,25 @@ impl Default for Stats {
     }
 }
 
-fn add(counter: &AtomicU64, n: u64) {
+/// Adds `n` to a counter.
+pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
-fn nanos(d: Duration) -> u64 {
+/// A duration as whole nanoseconds, for a counter.
+pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Stats {
     pub fn new() -> Self {
+        Self::with_remote(false)
+    }
+
+    /// Counters for a cache with (`true`) or without a remote tier.
+    pub fn with_remote(remote: bool) -> Self {
         Self {
+            remote: remote.then(RemoteStats::default),
             started: Instant::now(),
             gets: AtomicU64::new(0),
             hits: AtomicU64::new(0),
@@ -117,6 +153,26 @@ impl Stats {
             bad_requests: get(&self.bad_requests),
             run_seconds: self.started.elapsed().as_secs_f64(),
             peak_rss_bytes: peak_rss_bytes(),
+            remote: self.remote.as_ref().map(|r| RemoteReport {
+                hits: get(&r.hits),
+                misses: get(&r.misses),
+                errors: get(&r.errors),
+                corrupt: get(&r.corrupt),
+                bytes_down: get(&r.bytes_down),
+                wait_seconds: get(&r.wait_nanos) as f64 / 1e9,
+                uploads: get(&r.uploads),
+                uploads_existing: get(&r.uploads_existing),
+                upload_errors: get(&r.upload_errors),
+                uploads_dropped: get(&r.uploads_dropped),
+                bytes_up: get(&r.bytes_up),
+                raw_bytes_up: get(&r.raw_bytes_up),
+                compression_ratio: match get(&r.bytes_up) {
+                    0 => None,
+                    up => Some(get(&r.raw_bytes_up) as f64 / up as f64),
+                },
+                queue_high_water: get(&r.queue_high_water),
+                close_wait_seconds: get(&r.close_wait_nanos) as f64 / 1e9,
+            }),
         }
     }
 }
@@ -144,6 +200,29 @@ pub struct Report {
     pub run_seconds: f64,
     /// The process's peak resident memory, where the OS tells it.
     pub peak_rss_bytes: Option<u64>,
+    /// The remote tier's figures, when there is one.
+    pub remote: Option<RemoteReport>,
+}
+
+/// A snapshot of [`RemoteStats`].
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RemoteReport {
+    pub hits: u64,
+    pub misses: u64,
+    pub errors: u64,
+    pub corrupt: u64,
+    pub bytes_down: u64,
+    pub wait_seconds: f64,
+    pub uploads: u64,
+    pub uploads_existing: u64,
+    pub upload_errors: u64,
+    pub uploads_dropped: u64,
+    pub bytes_up: u64,
+    pub raw_bytes_up: u64,
+    /// Raw bytes per stored byte of the entries uploaded.
+    pub compression_ratio: Option<f64>,
+    pub queue_high_water: u64,
+    pub close_wait_seconds: f64,
 }
 
 impl fmt::Display for Report {
@@ -172,6 +251,31 @@ impl fmt::Display for Report {
             self.put_errors,
             self.put_seconds
         )?;
+        if let Some(r) = &self.remote {
+            writeln!(
+                f,
+                "goremotecache: remote: {} hits, {} misses, {} errors, {} corrupt, {} down, {:.3}s waiting",
+                r.hits,
+                r.misses,
+                r.errors,
+                r.corrupt,
+                human_bytes(r.bytes_down),
+                r.wait_seconds
+            )?;
+            let ratio = r.compression_ratio.map_or("-".to_string(), |x| format!("{x:.2}x"));
+            writeln!(
+                f,
+                "goremotecache: uploads: {} stored, {} already there, {} errors, {} dropped, {} up ({} raw, compression {ratio}), queue peak {}, {:.3}s waiting at close",
+                r.uploads,
+                r.uploads_existing,
+                r.upload_errors,
+                r.uploads_dropped,
+                human_bytes(r.bytes_up),
+                human_bytes(r.raw_bytes_up),
+                r.queue_high_water,
+                r.close_wait_seconds
+            )?;
+        }
         write!(f, "goremotecache: run {:.3}s", self.run_seconds)?;
         if let Some(rss) = self.peak_rss_bytes {
             write!(f, ", peak memory {}", human_bytes(rss))?;

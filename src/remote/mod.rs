@@ -1,0 +1,154 @@
+//! The remote tier's contract: a [`RemoteStore`] holds one entry (see [`crate::format`]) per
+//! action ID, and every backend (S3 today, the HTTP cache server next) implements it. The
+//! cache never sees a backend's own types, only this trait and [`RemoteError`].
+//!
+//! Behaviour that does not depend on the backend is a wrapper around a store rather than a
+//! flag threaded through it: [`ReadOnly`] and [`WriteOnly`] here, the circuit breaker in
+//! [`crate::cache`].
+
+use std::fmt;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::protocol::ActionId;
+
+pub mod s3;
+pub mod tier;
+
+/// The bytes of an entry as they arrive.
+pub type ByteStream = BoxStream<'static, Result<Bytes, RemoteError>>;
+
+/// An encoded entry to upload.
+#[derive(Debug, Clone)]
+pub enum Upload {
+    /// Small entries travel in memory: one request, nothing to stream.
+    Bytes(Bytes),
+    /// Larger ones are streamed from a file, never held whole in memory.
+    File { path: PathBuf, len: u64 },
+}
+
+impl Upload {
+    pub fn len(&self) -> u64 {
+        match self {
+            Upload::Bytes(bytes) => bytes.len() as u64,
+            Upload::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The entry was stored.
+    Stored,
+    /// An entry for the key existed already; nothing was written.
+    Exists,
+    /// The store does not take writes (read-only mode).
+    Skipped,
+}
+
+/// Why a remote operation failed. A failure is never a failed build: the cache turns it into
+/// a miss or a dropped upload.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    /// Credentials are missing or wrong, or lack a permission: retrying will not help.
+    #[error("access denied: {0}")]
+    Denied(String),
+    /// The store is misconfigured (no such bucket, bad endpoint or region).
+    #[error("not usable: {0}")]
+    Config(String),
+    /// A timeout, a refused or reset connection, a 5xx or a throttling answer: may pass.
+    #[error("unavailable: {0}")]
+    Transient(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl RemoteError {
+    /// Whether the store should not be asked again during this run.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, RemoteError::Denied(_) | RemoteError::Config(_))
+    }
+}
+
+/// A remote store of entries. Contracts:
+///
+/// - `get` makes one request. `Ok(None)` means there is no entry; the stream yields the
+///   entry's bytes exactly as they were put, and an error in the middle of it means the bytes
+///   so far must be thrown away.
+/// - `put` creates the entry only if the key has none (conditional create), so entries are
+///   never replaced; a concurrent creator wins and the loser sees [`PutOutcome::Exists`]. The
+///   entry becomes visible whole or not at all.
+/// - `clear` deletes every entry under this store's prefix and nothing else.
+#[async_trait]
+pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
+    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError>;
+
+    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError>;
+
+    /// Deletes every entry, calling `progress` with the running count now and then.
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError>;
+
+    /// Where the entries are, for messages: `s3://bucket/prefix`.
+    fn location(&self) -> String;
+}
+
+/// The object key of an action's entry below a store's prefix. The `v1/` part names the
+/// entry format's version: a new format gets a new key prefix, so old and new never mix.
+pub fn entry_key(action: &ActionId) -> String {
+    format!("v1/{}", action.to_hex())
+}
+
+/// Never uploads: for untrusted builds (pull requests from forks).
+#[derive(Debug)]
+pub struct ReadOnly<S>(pub S);
+
+#[async_trait]
+impl<S: RemoteStore> RemoteStore for ReadOnly<S> {
+    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+        self.0.get(action).await
+    }
+
+    async fn put(&self, _: &ActionId, _: Upload) -> Result<PutOutcome, RemoteError> {
+        Ok(PutOutcome::Skipped)
+    }
+
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+        self.0.clear(progress).await
+    }
+
+    fn location(&self) -> String {
+        self.0.location()
+    }
+}
+
+/// Never reads remote entries: to refill a cache that is suspected bad.
+#[derive(Debug)]
+pub struct WriteOnly<S>(pub S);
+
+#[async_trait]
+impl<S: RemoteStore> RemoteStore for WriteOnly<S> {
+    async fn get(&self, _: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+        Ok(None)
+    }
+
+    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
+        self.0.put(action, entry).await
+    }
+
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+        self.0.clear(progress).await
+    }
+
+    fn location(&self) -> String {
+        self.0.location()
+    }
+}

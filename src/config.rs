@@ -294,6 +294,7 @@ fn remote_config(options: &Options) -> Result<Option<RemoteConfig>, ConfigError>
             instance_metadata: options.s3_instance_metadata,
             connect_timeout: options.remote_connect_timeout,
             request_timeout: options.remote_timeout,
+            static_credentials: None,
         },
         mode: options.remote_mode,
         upload_wait: options.upload_wait,

@@ -44,6 +44,9 @@ pub struct S3Config {
     pub connect_timeout: Duration,
     /// Give up on a request (or a stalled read or write in one) after this long.
     pub request_timeout: Duration,
+    /// A fixed access key ID and secret (for embedding and tests); `None` takes the standard
+    /// AWS credential chain, as the command line always does.
+    pub static_credentials: Option<(String, String)>,
 }
 
 /// Entries in an S3 bucket.
@@ -76,6 +79,12 @@ impl S3Store {
         }
         if !config.instance_metadata {
             builder = builder.disable_ec2_metadata();
+        }
+        if let Some((key, secret)) = &config.static_credentials {
+            builder = builder
+                .access_key_id(key)
+                .secret_access_key(secret)
+                .disable_config_load();
         }
         let op = Operator::new(builder).map_err(|err| RemoteError::Config(err.to_string()))?;
         let client = reqwest::Client::builder()

@@ -1,0 +1,223 @@
+//! An in-process S3 server for tests: s3s with its filesystem backend, checking SigV4
+//! signatures, on 127.0.0.1 with a port of its own, in a thread with its own runtime. It
+//! counts requests by method and can inject HTTP-level faults (a status answer, a truncated
+//! or damaged body) into the answers to object GETs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::{S3Service, S3ServiceBuilder};
+
+pub const ACCESS_KEY: &str = "AKIDGOREMOTECACHE";
+pub const SECRET_KEY: &str = "test-secret-key-for-goremotecache";
+pub const BUCKET: &str = "gocache";
+
+/// A fault to inject into object GETs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Answer with this status and an empty body, without touching the store.
+    Status(u16),
+    /// Answer with the first half of the object only (a well-formed, shorter answer).
+    Truncate,
+    /// Flip one byte in the middle of the object.
+    Flip,
+}
+
+#[derive(Default)]
+struct Shared {
+    counts: Mutex<HashMap<String, u64>>,
+    fault: Mutex<Option<Fault>>,
+}
+
+/// A running server; dropped, it stops.
+pub struct S3Server {
+    pub endpoint: String,
+    pub root: tempfile::TempDir,
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+#[derive(Clone)]
+struct Counting {
+    inner: S3Service,
+    shared: Arc<Shared>,
+}
+
+impl Service<http::Request<hyper::body::Incoming>> for Counting {
+    type Response = http::Response<s3s::Body>;
+    type Error = s3s::HttpError;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let method = req.method().to_string();
+        let object_get = method == "GET" && req.uri().query().is_none_or(|q| !q.contains("list-type"));
+        *self.shared.counts.lock().unwrap().entry(method).or_default() += 1;
+        let fault = if object_get {
+            self.shared.fault.lock().unwrap().unwrap_or(Fault::None)
+        } else {
+            Fault::None
+        };
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if let Fault::Status(code) = fault {
+                return Ok(http::Response::builder()
+                    .status(code)
+                    .body(s3s::Body::from(Bytes::new()))
+                    .unwrap());
+            }
+            let response = Service::call(&inner, req).await?;
+            if fault == Fault::None || !response.status().is_success() {
+                return Ok(response);
+            }
+            let (mut parts, body) = response.into_parts();
+            let mut bytes = body.collect().await.map(|c| c.to_bytes().to_vec()).unwrap_or_default();
+            match fault {
+                Fault::Truncate => bytes.truncate(bytes.len() / 2),
+                Fault::Flip if !bytes.is_empty() => {
+                    let middle = bytes.len() / 2;
+                    bytes[middle] ^= 0x20;
+                }
+                _ => {}
+            }
+            parts.headers.insert(http::header::CONTENT_LENGTH, bytes.len().into());
+            parts.headers.remove(http::header::ETAG);
+            Ok(http::Response::from_parts(parts, s3s::Body::from(Bytes::from(bytes))))
+        })
+    }
+}
+
+impl S3Server {
+    /// Starts a server with one bucket, [`BUCKET`].
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
+        let shared = Arc::new(Shared::default());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let mut builder = S3ServiceBuilder::new(fs);
+        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = Counting {
+            inner: builder.build(),
+            shared: shared.clone(),
+        };
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(async move {
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                let connection = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+        });
+        Self {
+            endpoint: format!("http://{addr}"),
+            root,
+            shared,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The directory that holds the bucket's objects.
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.path().join(BUCKET)
+    }
+
+    /// Requests seen with this HTTP method.
+    pub fn count(&self, method: &str) -> u64 {
+        self.shared.counts.lock().unwrap().get(method).copied().unwrap_or(0)
+    }
+
+    pub fn reset_counts(&self) {
+        self.shared.counts.lock().unwrap().clear();
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        *self.shared.fault.lock().unwrap() = Some(fault);
+    }
+
+    /// Stops serving: connections are cut and new ones refused.
+    pub fn stop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    /// The goremotecache options that point at this server, with `prefix`.
+    pub fn args(&self, prefix: &str) -> Vec<String> {
+        s3_args(&self.endpoint, prefix)
+    }
+
+    /// The entry files stored in the bucket.
+    pub fn entry_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if !path.to_string_lossy().contains(".s3s") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.bucket_dir(), &mut out);
+        out
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The goremotecache options for an S3 store at `endpoint`.
+pub fn s3_args(endpoint: &str, prefix: &str) -> Vec<String> {
+    [
+        "--s3-bucket",
+        BUCKET,
+        "--s3-prefix",
+        prefix,
+        "--s3-endpoint",
+        endpoint,
+        "--s3-region",
+        "us-east-1",
+        "--s3-force-path-style",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The environment that gives goremotecache this server's credentials and nothing else.
+pub fn credentials(secret: &str) -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), secret.into()),
+        ("AWS_CONFIG_FILE".into(), "/nonexistent/goremotecache-test".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent/goremotecache-test".into()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ]
+}

@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::disk::{DiskCache, Entry, Spooled, explain_io};
 use crate::lock::Locker;
 use crate::protocol::{ActionId, BodyError, OutputId, RequestError};
-use crate::session::Handler;
 use crate::remote::tier::RemoteTier;
+use crate::session::Handler;
 use crate::stats::Stats;
 use crate::uploader::Job;
 

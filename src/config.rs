@@ -119,20 +119,41 @@ pub struct Options {
     pub backend: Option<Backend>,
 
     /// The S3 bucket. A directory bucket (`name--zone--x-s3`) uses S3 Express One Zone.
-    #[arg(long, env = "GOREMOTECACHE_S3_BUCKET", value_name = "BUCKET", global = true)]
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_S3_BUCKET",
+        value_name = "BUCKET",
+        global = true
+    )]
     pub s3_bucket: Option<String>,
 
     /// Key prefix for the entries in the bucket, so that several caches can share one.
-    #[arg(long, env = "GOREMOTECACHE_S3_PREFIX", value_name = "PREFIX", default_value = "", global = true)]
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_S3_PREFIX",
+        value_name = "PREFIX",
+        default_value = "",
+        global = true
+    )]
     pub s3_prefix: String,
 
     /// Endpoint of an S3-compatible store (MinIO, Ceph, R2, GCS, garage), such as
     /// http://127.0.0.1:9000. [default: AWS]
-    #[arg(long, env = "GOREMOTECACHE_S3_ENDPOINT", value_name = "URL", global = true)]
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_S3_ENDPOINT",
+        value_name = "URL",
+        global = true
+    )]
     pub s3_endpoint: Option<String>,
 
     /// The bucket's region. [default: AWS_REGION, AWS_DEFAULT_REGION, then us-east-1]
-    #[arg(long, env = "GOREMOTECACHE_S3_REGION", value_name = "REGION", global = true)]
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_S3_REGION",
+        value_name = "REGION",
+        global = true
+    )]
     pub s3_region: Option<String>,
 
     /// Put the bucket in the URL path (endpoint/bucket/key), as MinIO and Ceph usually need,
@@ -271,9 +292,11 @@ impl Config {
 
 fn remote_config(options: &Options) -> Result<Option<RemoteConfig>, ConfigError> {
     let bucket = options.s3_bucket.clone().filter(|b| !b.is_empty());
-    let backend = options
-        .backend
-        .unwrap_or(if bucket.is_some() { Backend::S3 } else { Backend::Disk });
+    let backend = options.backend.unwrap_or(if bucket.is_some() {
+        Backend::S3
+    } else {
+        Backend::Disk
+    });
     if backend == Backend::Disk {
         return Ok(None);
     }
@@ -334,18 +357,39 @@ mod tests {
 
     #[test]
     fn a_bucket_turns_the_s3_backend_on() {
-        let cli = Cli::try_parse_from(["goremotecache", "--s3-bucket", "b", "--s3-prefix", "/ci/go/"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "goremotecache",
+            "--s3-bucket",
+            "b",
+            "--s3-prefix",
+            "/ci/go/",
+        ])
+        .unwrap();
         let remote = Config::from_options(&cli.options).unwrap().remote.unwrap();
         assert_eq!(remote.s3.bucket, "b");
         assert_eq!(remote.s3.prefix, "ci/go");
         assert_eq!(remote.mode, RemoteMode::ReadWrite);
         assert_eq!(remote.upload_wait, Duration::from_secs(30));
-        let cli = Cli::try_parse_from(["goremotecache", "--s3-bucket", "b", "--backend", "disk"]).unwrap();
+        let cli = Cli::try_parse_from(["goremotecache", "--s3-bucket", "b", "--backend", "disk"])
+            .unwrap();
         assert_eq!(Config::from_options(&cli.options).unwrap().remote, None);
         let cli = Cli::try_parse_from(["goremotecache", "--backend", "s3"]).unwrap();
-        assert!(matches!(Config::from_options(&cli.options), Err(ConfigError::NoBucket)));
-        let cli = Cli::try_parse_from(["goremotecache", "--s3-bucket", "b", "--s3-endpoint", "localhost:9000"]).unwrap();
-        assert!(matches!(Config::from_options(&cli.options), Err(ConfigError::BadEndpoint(_))));
+        assert!(matches!(
+            Config::from_options(&cli.options),
+            Err(ConfigError::NoBucket)
+        ));
+        let cli = Cli::try_parse_from([
+            "goremotecache",
+            "--s3-bucket",
+            "b",
+            "--s3-endpoint",
+            "localhost:9000",
+        ])
+        .unwrap();
+        assert!(matches!(
+            Config::from_options(&cli.options),
+            Err(ConfigError::BadEndpoint(_))
+        ));
     }
 
     #[test]

@@ -134,7 +134,10 @@ pub const SAMPLE_LEN: usize = SAMPLE;
 /// Writes an entry for a body of known header to `out`, compressing the body as it streams
 /// through when the header says so. Returns the bytes written.
 pub fn write_entry(header: &Header, body: &mut impl Read, out: &mut impl Write) -> io::Result<u64> {
-    let mut counter = Counting { inner: out, count: 0 };
+    let mut counter = Counting {
+        inner: out,
+        count: 0,
+    };
     counter.write_all(&header.encode())?;
     if header.compressed() {
         let mut encoder = zstd::stream::write::Encoder::new(&mut counter, ZSTD_LEVEL)?;
@@ -246,7 +249,9 @@ impl<W: Write> Write for Checked<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.size += buf.len() as u64;
         if self.over_limit() {
-            return Err(io::Error::other("entry body is longer than its header says"));
+            return Err(io::Error::other(
+                "entry body is longer than its header says",
+            ));
         }
         self.hasher.update(buf);
         self.inner.write_all(buf)?;
@@ -340,7 +345,10 @@ mod tests {
             for (name, bytes) in cases {
                 let mut out = Vec::new();
                 let result = read_entry(&mut &bytes[..], &mut out);
-                assert!(result.is_err(), "{name} (compressed: {compress}) was accepted");
+                assert!(
+                    result.is_err(),
+                    "{name} (compressed: {compress}) was accepted"
+                );
             }
         }
     }

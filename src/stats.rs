@@ -262,7 +262,9 @@ impl fmt::Display for Report {
                 human_bytes(r.bytes_down),
                 r.wait_seconds
             )?;
-            let ratio = r.compression_ratio.map_or("-".to_string(), |x| format!("{x:.2}x"));
+            let ratio = r
+                .compression_ratio
+                .map_or("-".to_string(), |x| format!("{x:.2}x"));
             writeln!(
                 f,
                 "goremotecache: uploads: {} stored, {} already there, {} errors, {} dropped, {} up ({} raw, compression {ratio}), queue peak {}, {:.3}s waiting at close",

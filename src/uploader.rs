@@ -108,7 +108,10 @@ impl Uploader {
     }
 
     fn remote_stats(&self) -> &RemoteStats {
-        self.stats.remote.as_ref().expect("an uploader has remote stats")
+        self.stats
+            .remote
+            .as_ref()
+            .expect("an uploader has remote stats")
     }
 
     /// Queues an upload; drops it (counted) if the queue is full or closed.
@@ -141,7 +144,8 @@ impl Uploader {
         let deadline = start + wait;
         let mut said = false;
         loop {
-            let tick = Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now()));
+            let tick =
+                Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(tick, &mut worker).await {
                 Ok(_) => break,
                 Err(_) if Instant::now() >= deadline => {
@@ -167,15 +171,24 @@ impl Uploader {
             }
         }
         if said {
-            eprintln!("goremotecache: uploads finished in {:.1}s", start.elapsed().as_secs_f64());
+            eprintln!(
+                "goremotecache: uploads finished in {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
         }
-        add(&self.remote_stats().close_wait_nanos, nanos(start.elapsed()));
+        add(
+            &self.remote_stats().close_wait_nanos,
+            nanos(start.elapsed()),
+        );
     }
 }
 
 impl Shared {
     fn stats(&self) -> &RemoteStats {
-        self.stats.remote.as_ref().expect("an uploader has remote stats")
+        self.stats
+            .remote
+            .as_ref()
+            .expect("an uploader has remote stats")
     }
 
     async fn upload(&self, job: Job) {
@@ -246,7 +259,10 @@ enum UploadError {
 
 /// Encodes the entry for `job` from its local file: in memory when small, else into a
 /// temporary file (returned too, so that it lives until the upload is done).
-fn encode(job: &Job, tmp_dir: &std::path::Path) -> io::Result<(Upload, Option<tempfile::NamedTempFile>)> {
+fn encode(
+    job: &Job,
+    tmp_dir: &std::path::Path,
+) -> io::Result<(Upload, Option<tempfile::NamedTempFile>)> {
     let mut file = File::open(&job.path)?;
     let len = file.metadata()?.len();
     if len != job.size {
@@ -275,8 +291,14 @@ fn encode(job: &Job, tmp_dir: &std::path::Path) -> io::Result<(Upload, Option<te
         format::write_entry(&header, &mut body, &mut out)?;
         return Ok((Upload::Bytes(Bytes::from(out)), None));
     }
-    let mut temp = tempfile::Builder::new().prefix("upload-").tempfile_in(tmp_dir)?;
-    let len = format::write_entry(&header, &mut body, &mut io::BufWriter::new(temp.as_file_mut()))?;
+    let mut temp = tempfile::Builder::new()
+        .prefix("upload-")
+        .tempfile_in(tmp_dir)?;
+    let len = format::write_entry(
+        &header,
+        &mut body,
+        &mut io::BufWriter::new(temp.as_file_mut()),
+    )?;
     Ok((
         Upload::File {
             path: temp.path().to_path_buf(),

@@ -41,7 +41,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn get_bytes(store: &dyn RemoteStore, key: &ActionId) -> Result<Option<Vec<u8>>, RemoteError> {
+async fn get_bytes(
+    store: &dyn RemoteStore,
+    key: &ActionId,
+) -> Result<Option<Vec<u8>>, RemoteError> {
     match store.get(key).await? {
         None => Ok(None),
         Some(stream) => {
@@ -56,17 +59,30 @@ fn put_get_exists_and_clear() {
     let server = S3Server::start();
     let store = store(&server, "conformance");
     runtime().block_on(async {
-        assert_eq!(get_bytes(&store, &action(1)).await.unwrap(), None, "a missing key is None");
+        assert_eq!(
+            get_bytes(&store, &action(1)).await.unwrap(),
+            None,
+            "a missing key is None"
+        );
 
         let small = Bytes::from(pseudo_random(1, 1000));
-        assert_eq!(store.put(&action(1), Upload::Bytes(small.clone())).await.unwrap(), PutOutcome::Stored);
+        assert_eq!(
+            store
+                .put(&action(1), Upload::Bytes(small.clone()))
+                .await
+                .unwrap(),
+            PutOutcome::Stored
+        );
         let other = Bytes::from_static(b"a different entry");
         assert_eq!(
             store.put(&action(1), Upload::Bytes(other)).await.unwrap(),
             PutOutcome::Exists,
             "an existing entry must not be replaced"
         );
-        assert_eq!(get_bytes(&store, &action(1)).await.unwrap().unwrap(), small.to_vec());
+        assert_eq!(
+            get_bytes(&store, &action(1)).await.unwrap().unwrap(),
+            small.to_vec()
+        );
 
         // A large entry streams from a file, in parts.
         let big = pseudo_random(2, 19 * 1024 * 1024 + 7);
@@ -76,16 +92,31 @@ fn put_get_exists_and_clear() {
             path: file.path().to_path_buf(),
             len: big.len() as u64,
         };
-        assert_eq!(store.put(&action(2), upload.clone()).await.unwrap(), PutOutcome::Stored);
-        assert_eq!(store.put(&action(2), upload).await.unwrap(), PutOutcome::Exists);
+        assert_eq!(
+            store.put(&action(2), upload.clone()).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(
+            store.put(&action(2), upload).await.unwrap(),
+            PutOutcome::Exists
+        );
         assert!(get_bytes(&store, &action(2)).await.unwrap().unwrap() == big);
 
         // An empty entry is still an entry.
-        store.put(&action(3), Upload::Bytes(Bytes::new())).await.unwrap();
-        assert_eq!(get_bytes(&store, &action(3)).await.unwrap(), Some(Vec::new()));
+        store
+            .put(&action(3), Upload::Bytes(Bytes::new()))
+            .await
+            .unwrap();
+        assert_eq!(
+            get_bytes(&store, &action(3)).await.unwrap(),
+            Some(Vec::new())
+        );
 
         let counted = std::sync::Mutex::new(Vec::new());
-        let deleted = store.clear(&|n| counted.lock().unwrap().push(n)).await.unwrap();
+        let deleted = store
+            .clear(&|n| counted.lock().unwrap().push(n))
+            .await
+            .unwrap();
         assert_eq!(deleted, 3);
         for n in 1..=3 {
             assert_eq!(get_bytes(&store, &action(n)).await.unwrap(), None);
@@ -98,7 +129,10 @@ fn a_get_is_one_request() {
     let server = S3Server::start();
     let store = store(&server, "one-request");
     runtime().block_on(async {
-        store.put(&action(1), Upload::Bytes(Bytes::from_static(b"entry"))).await.unwrap();
+        store
+            .put(&action(1), Upload::Bytes(Bytes::from_static(b"entry")))
+            .await
+            .unwrap();
         server.reset_counts();
         get_bytes(&store, &action(1)).await.unwrap().unwrap();
         get_bytes(&store, &action(2)).await.unwrap();
@@ -113,9 +147,13 @@ fn prefixes_are_separate_and_clear_keeps_to_its_own() {
     let a = store(&server, "team-a");
     let b = store(&server, "team-b/nested");
     runtime().block_on(async {
-        a.put(&action(1), Upload::Bytes(Bytes::from_static(b"a"))).await.unwrap();
+        a.put(&action(1), Upload::Bytes(Bytes::from_static(b"a")))
+            .await
+            .unwrap();
         assert_eq!(get_bytes(&b, &action(1)).await.unwrap(), None);
-        b.put(&action(1), Upload::Bytes(Bytes::from_static(b"b"))).await.unwrap();
+        b.put(&action(1), Upload::Bytes(Bytes::from_static(b"b")))
+            .await
+            .unwrap();
         assert_eq!(b.clear(&|_| {}).await.unwrap(), 1);
         assert_eq!(get_bytes(&a, &action(1)).await.unwrap().unwrap(), b"a");
     });
@@ -130,11 +168,16 @@ fn wrong_credentials_are_denied() {
     wrong.static_credentials = Some((ACCESS_KEY.into(), "not-the-secret".into()));
     let bad = S3Store::new(&wrong).unwrap();
     runtime().block_on(async {
-        good.put(&action(1), Upload::Bytes(Bytes::from_static(b"x"))).await.unwrap();
+        good.put(&action(1), Upload::Bytes(Bytes::from_static(b"x")))
+            .await
+            .unwrap();
         let err = get_bytes(&bad, &action(1)).await.unwrap_err();
         assert!(matches!(err, RemoteError::Denied(_)), "{err:?}");
         assert!(err.is_fatal());
-        let err = bad.put(&action(2), Upload::Bytes(Bytes::from_static(b"y"))).await.unwrap_err();
+        let err = bad
+            .put(&action(2), Upload::Bytes(Bytes::from_static(b"y")))
+            .await
+            .unwrap_err();
         assert!(matches!(err, RemoteError::Denied(_)), "{err:?}");
     });
 }
@@ -142,14 +185,22 @@ fn wrong_credentials_are_denied() {
 #[test]
 fn an_unreachable_store_fails_fast_and_transiently() {
     // A port that nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let store = S3Store::new(&config(&format!("http://127.0.0.1:{port}"), "x")).unwrap();
     runtime().block_on(async {
         let start = Instant::now();
         let err = get_bytes(&store, &action(1)).await.unwrap_err();
         assert!(matches!(err, RemoteError::Transient(_)), "{err:?}");
         assert!(!err.is_fatal());
-        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            start.elapsed()
+        );
     });
 }
 
@@ -162,16 +213,31 @@ fn read_only_and_write_only_wrappers() {
     runtime().block_on(async {
         server.reset_counts();
         assert_eq!(
-            read_only.put(&action(1), Upload::Bytes(Bytes::from_static(b"r"))).await.unwrap(),
+            read_only
+                .put(&action(1), Upload::Bytes(Bytes::from_static(b"r")))
+                .await
+                .unwrap(),
             PutOutcome::Skipped
         );
         assert_eq!(server.count("PUT"), 0);
-        write_only.put(&action(1), Upload::Bytes(Bytes::from_static(b"w"))).await.unwrap();
+        write_only
+            .put(&action(1), Upload::Bytes(Bytes::from_static(b"w")))
+            .await
+            .unwrap();
         assert_eq!(server.count("PUT"), 1);
         server.reset_counts();
         assert_eq!(get_bytes(&write_only, &action(1)).await.unwrap(), None);
         assert_eq!(server.count("GET"), 0);
-        assert_eq!(get_bytes(&read_only, &action(1)).await.unwrap().unwrap(), b"w");
-        assert_eq!(get_bytes(plain.as_ref(), &action(1)).await.unwrap().unwrap(), b"w");
+        assert_eq!(
+            get_bytes(&read_only, &action(1)).await.unwrap().unwrap(),
+            b"w"
+        );
+        assert_eq!(
+            get_bytes(plain.as_ref(), &action(1))
+                .await
+                .unwrap()
+                .unwrap(),
+            b"w"
+        );
     });
 }

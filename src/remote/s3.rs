@@ -67,10 +67,17 @@ impl S3Store {
             .region
             .clone()
             .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()))
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok().filter(|r| !r.is_empty()))
+            .or_else(|| {
+                std::env::var("AWS_DEFAULT_REGION")
+                    .ok()
+                    .filter(|r| !r.is_empty())
+            })
             .unwrap_or_else(|| "us-east-1".to_string());
         let root = format!("/{}", config.prefix.trim_matches('/'));
-        let mut builder = S3::default().bucket(&config.bucket).root(&root).region(&region);
+        let mut builder = S3::default()
+            .bucket(&config.bucket)
+            .root(&root)
+            .region(&region);
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint(endpoint);
         }
@@ -149,20 +156,37 @@ impl RemoteStore for S3Store {
             }
         };
         let rest = stream.map_err(classify_io);
-        Ok(Some(futures::stream::once(async move { Ok(first) }).chain(rest).boxed()))
+        Ok(Some(
+            futures::stream::once(async move { Ok(first) })
+                .chain(rest)
+                .boxed(),
+        ))
     }
 
     async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
         let key = entry_key(action);
         let written = match entry {
-            Upload::Bytes(bytes) => self.op.write_with(&key, bytes).if_not_exists(true).await.map(drop),
+            Upload::Bytes(bytes) => self
+                .op
+                .write_with(&key, bytes)
+                .if_not_exists(true)
+                .await
+                .map(drop),
             Upload::File { path, .. } => {
-                let writer = self.op.writer_with(&key).chunk(PART).if_not_exists(true).await;
+                let writer = self
+                    .op
+                    .writer_with(&key)
+                    .chunk(PART)
+                    .if_not_exists(true)
+                    .await;
                 match writer {
                     Ok(mut writer) => {
                         let result = async {
                             let mut file = tokio::fs::File::open(&path).await.map_err(|err| {
-                                opendal::Error::new(ErrorKind::Unexpected, format!("reading {}: {err}", path.display()))
+                                opendal::Error::new(
+                                    ErrorKind::Unexpected,
+                                    format!("reading {}: {err}", path.display()),
+                                )
                             })?;
                             let mut buf = vec![0u8; 1024 * 1024];
                             loop {
@@ -195,7 +219,12 @@ impl RemoteStore for S3Store {
     }
 
     async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
-        let entries = self.op.lister_with("v1/").recursive(true).await.map_err(classify)?;
+        let entries = self
+            .op
+            .lister_with("v1/")
+            .recursive(true)
+            .await
+            .map_err(classify)?;
         let mut deleted = 0u64;
         let mut deletes = entries
             .map_err(classify)
@@ -208,7 +237,7 @@ impl RemoteStore for S3Store {
         while let Some(result) = deletes.next().await {
             result?;
             deleted += 1;
-            if deleted % 1000 == 0 {
+            if deleted.is_multiple_of(1000) {
                 progress(deleted);
             }
         }
@@ -228,7 +257,10 @@ fn opendal_kind(err: &std::io::Error) -> Option<ErrorKind> {
 }
 
 fn classify_io(err: std::io::Error) -> RemoteError {
-    match err.into_inner().map(|inner| inner.downcast::<opendal::Error>()) {
+    match err
+        .into_inner()
+        .map(|inner| inner.downcast::<opendal::Error>())
+    {
         Some(Ok(err)) => classify(*err),
         Some(Err(inner)) => RemoteError::Transient(inner.to_string()),
         None => RemoteError::Transient("reading the entry failed".into()),

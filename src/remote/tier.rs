@@ -64,7 +64,11 @@ enum FetchError {
 
 impl RemoteTier {
     /// Starts the tier (and its upload workers, on the current tokio runtime).
-    pub fn start(config: &RemoteConfig, disk: &DiskCache, stats: Arc<Stats>) -> Result<Self, RemoteError> {
+    pub fn start(
+        config: &RemoteConfig,
+        disk: &DiskCache,
+        stats: Arc<Stats>,
+    ) -> Result<Self, RemoteError> {
         let store = open_store(config)?;
         Ok(Self::with_store(store, config, disk, stats))
     }
@@ -99,7 +103,10 @@ impl RemoteTier {
     }
 
     fn remote_stats(&self) -> &RemoteStats {
-        self.stats.remote.as_ref().expect("a remote tier has remote stats")
+        self.stats
+            .remote
+            .as_ref()
+            .expect("a remote tier has remote stats")
     }
 
     /// Whether a local miss should ask the remote.
@@ -124,7 +131,10 @@ impl RemoteTier {
             Ok(Some(entry)) => {
                 add(&stats.hits, 1);
                 self.health.success();
-                self.downloaded.lock().unwrap_or_else(|p| p.into_inner()).insert(action);
+                self.downloaded
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(action);
                 Some(entry)
             }
             Ok(None) => {
@@ -152,14 +162,19 @@ impl RemoteTier {
         }
     }
 
-    async fn try_fetch(&self, disk: &DiskCache, action: ActionId) -> Result<Option<Entry>, FetchError> {
+    async fn try_fetch(
+        &self,
+        disk: &DiskCache,
+        action: ActionId,
+    ) -> Result<Option<Entry>, FetchError> {
         let Some(mut stream) = self.store.get(&action).await.map_err(FetchError::Remote)? else {
             return Ok(None);
         };
         let spool = disk.spool_file().map_err(FetchError::Local)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let target = disk.clone();
-        let decoder = tokio::task::spawn_blocking(move || decode_and_store(&target, action, spool, rx));
+        let decoder =
+            tokio::task::spawn_blocking(move || decode_and_store(&target, action, spool, rx));
         let mut received = 0u64;
         let mut failed = None;
         while let Some(chunk) = stream.next().await {
@@ -198,7 +213,12 @@ impl RemoteTier {
             add(&self.remote_stats().uploads_dropped, 1);
             return;
         }
-        if self.downloaded.lock().unwrap_or_else(|p| p.into_inner()).contains(&job.action) {
+        if self
+            .downloaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&job.action)
+        {
             return;
         }
         self.uploader.enqueue(job);

@@ -209,6 +209,10 @@ pub struct GoProject {
     pub lock_dir: PathBuf,
     gocache: PathBuf,
     runs: std::cell::Cell<u32>,
+    /// More goremotecache options (a remote store's).
+    pub args: Vec<String>,
+    /// More environment for the go command and goremotecache.
+    pub env: Vec<(String, String)>,
 }
 
 /// What one go command printed, and goremotecache's figures for it.
@@ -226,11 +230,14 @@ impl GoRun {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
 
-    /// A figure from the stats file (summed over every goremotecache the command started).
+    /// A figure from the stats file; `remote.hits` reaches into the remote section.
     pub fn stat(&self, name: &str) -> u64 {
-        self.stats
-            .as_ref()
-            .and_then(|s| s[name].as_u64())
+        let mut value = self.stats.as_ref();
+        for part in name.split('.') {
+            value = value.and_then(|v| v.get(part));
+        }
+        value
+            .and_then(Value::as_u64)
             .unwrap_or_else(|| panic!("no {name} in stats: {:?}", self.stats))
     }
 
@@ -264,20 +271,37 @@ impl GoProject {
             module,
             root,
             runs: std::cell::Cell::new(0),
+            args: Vec::new(),
+            env: Vec::new(),
         };
         std::fs::create_dir_all(&project.gocache).unwrap();
         project
     }
 
+    /// Moves to a new machine: fresh local cache, lock and GOCACHE directories (the module
+    /// stays where it is, as a CI checkout does).
+    pub fn switch_machine(&mut self, name: &str) {
+        let dir = self.root.path().join(name);
+        self.cache_dir = dir.join("cache");
+        self.lock_dir = dir.join("locks");
+        self.gocache = dir.join("gocache");
+        std::fs::create_dir_all(&self.gocache).unwrap();
+    }
+
     /// The GOCACHEPROG value for this project's cache, writing stats to `stats_file`.
     pub fn gocacheprog(&self, stats_file: &Path) -> String {
-        format!(
+        let mut line = format!(
             "{} --cache-dir {} --lock-dir {} --stats-file {}",
             bin(),
             self.cache_dir.display(),
             self.lock_dir.display(),
             stats_file.display()
-        )
+        );
+        for arg in &self.args {
+            line.push(' ');
+            line.push_str(arg);
+        }
+        line
     }
 
     /// A go command in the module directory, configured to use only this project's caches.
@@ -298,7 +322,12 @@ impl GoProject {
             .env("GO111MODULE", "on")
             .env("CGO_ENABLED", "0")
             .env_remove("GOREMOTECACHE_CACHE_DIR")
-            .env_remove("GOREMOTECACHE_LOCK_DIR");
+            .env_remove("GOREMOTECACHE_LOCK_DIR")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE");
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
         (command, stats_file)
     }
 

@@ -58,8 +58,15 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let method = req.method().to_string();
-        let object_get = method == "GET" && req.uri().query().is_none_or(|q| !q.contains("list-type"));
-        *self.shared.counts.lock().unwrap().entry(method).or_default() += 1;
+        let object_get =
+            method == "GET" && req.uri().query().is_none_or(|q| !q.contains("list-type"));
+        *self
+            .shared
+            .counts
+            .lock()
+            .unwrap()
+            .entry(method)
+            .or_default() += 1;
         let fault = if object_get {
             self.shared.fault.lock().unwrap().unwrap_or(Fault::None)
         } else {
@@ -78,7 +85,11 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
                 return Ok(response);
             }
             let (mut parts, body) = response.into_parts();
-            let mut bytes = body.collect().await.map(|c| c.to_bytes().to_vec()).unwrap_or_default();
+            let mut bytes = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes().to_vec())
+                .unwrap_or_default();
             match fault {
                 Fault::Truncate => bytes.truncate(bytes.len() / 2),
                 Fault::Flip if !bytes.is_empty() => {
@@ -87,9 +98,14 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
                 }
                 _ => {}
             }
-            parts.headers.insert(http::header::CONTENT_LENGTH, bytes.len().into());
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, bytes.len().into());
             parts.headers.remove(http::header::ETAG);
-            Ok(http::Response::from_parts(parts, s3s::Body::from(Bytes::from(bytes))))
+            Ok(http::Response::from_parts(
+                parts,
+                s3s::Body::from(Bytes::from(bytes)),
+            ))
         })
     }
 }
@@ -146,7 +162,13 @@ impl S3Server {
 
     /// Requests seen with this HTTP method.
     pub fn count(&self, method: &str) -> u64 {
-        self.shared.counts.lock().unwrap().get(method).copied().unwrap_or(0)
+        self.shared
+            .counts
+            .lock()
+            .unwrap()
+            .get(method)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn reset_counts(&self) {
@@ -216,8 +238,14 @@ pub fn credentials(secret: &str) -> Vec<(String, String)> {
     vec![
         ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
         ("AWS_SECRET_ACCESS_KEY".into(), secret.into()),
-        ("AWS_CONFIG_FILE".into(), "/nonexistent/goremotecache-test".into()),
-        ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent/goremotecache-test".into()),
+        (
+            "AWS_CONFIG_FILE".into(),
+            "/nonexistent/goremotecache-test".into(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            "/nonexistent/goremotecache-test".into(),
+        ),
         ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
     ]
 }

@@ -1,0 +1,236 @@
+//! End to end with the real go command and an S3 store (the in-process s3s server): a fresh
+//! machine gets its results from the bucket, modes do what they say, and no fault of the
+//! store fails a build or gets a damaged entry served.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::GoProject;
+use support::s3::{Fault, S3Server, SECRET_KEY, credentials, s3_args};
+
+fn project(tag: &str, server: &S3Server, prefix: &str) -> GoProject {
+    let mut project = GoProject::new(tag);
+    project.args = server.args(prefix);
+    project.env = credentials(SECRET_KEY);
+    project
+}
+
+/// Builds and tests on machine A, which uploads everything.
+fn warm_the_bucket(project: &GoProject) {
+    let build = project.go(&["build", "./..."]);
+    assert!(build.stat("remote.uploads") > 50, "{:?}", build.stats);
+    assert_eq!(build.stat("remote.upload_errors"), 0, "{:?}", build.stats);
+    assert_eq!(build.stat("remote.uploads_dropped"), 0, "{:?}", build.stats);
+    let test = project.go(&["test", "./..."]);
+    assert_eq!(test.stat("remote.upload_errors"), 0, "{:?}", test.stats);
+}
+
+#[test]
+fn a_fresh_machine_gets_every_result_from_the_bucket() {
+    let server = S3Server::start();
+    let mut project = project("s3-fresh", &server, "ci");
+    warm_the_bucket(&project);
+
+    project.switch_machine("machine-b");
+    server.reset_counts();
+    let build = project.go(&["build", "-x", "./..."]);
+    assert_eq!(build.compiles(), Vec::<String>::new(), "machine B compiled");
+    let remote_hits = build.stat("remote.hits");
+    assert!(remote_hits > 50, "{:?}", build.stats);
+    assert_eq!(build.stat("remote.corrupt"), 0);
+    assert_eq!(
+        build.stat("remote.uploads"),
+        0,
+        "downloaded entries were uploaded again"
+    );
+    // One request per remote get, hit or miss.
+    assert_eq!(
+        server.count("GET"),
+        build.stat("remote.hits") + build.stat("remote.misses"),
+        "{:?}",
+        build.stats
+    );
+    let test = project.go(&["test", "./..."]);
+    for pkg in ["mathx", "report", "text"] {
+        let line = format!("ok  \texample.com/e2e/{pkg}\t(cached)");
+        assert!(
+            test.stdout().contains(&line),
+            "missing {line:?} in:\n{}",
+            test.stdout()
+        );
+    }
+}
+
+#[test]
+fn prefixes_keep_caches_apart() {
+    let server = S3Server::start();
+    let mut project = project("s3-prefix", &server, "team-a");
+    warm_the_bucket(&project);
+    project.switch_machine("other-team");
+    project.args = server.args("team-b");
+    let build = project.go(&["build", "-x", "./..."]);
+    assert!(!build.compiles().is_empty(), "team-b got team-a's results");
+    assert_eq!(build.stat("remote.hits"), 0, "{:?}", build.stats);
+}
+
+#[test]
+fn read_only_never_uploads_and_write_only_never_reads() {
+    let server = S3Server::start();
+    let mut project = project("s3-modes", &server, "modes");
+    project
+        .args
+        .extend(["--remote-mode".into(), "read-only".into()]);
+    let build = project.go(&["build", "./..."]);
+    assert_eq!(server.count("PUT"), 0, "read-only mode uploaded");
+    assert_eq!(build.stat("remote.uploads"), 0);
+
+    project.switch_machine("writer");
+    project.args = server.args("modes");
+    project
+        .args
+        .extend(["--remote-mode".into(), "write-only".into()]);
+    server.reset_counts();
+    let build = project.go(&["build", "./..."]);
+    assert_eq!(
+        server.count("GET"),
+        0,
+        "write-only mode read remote entries"
+    );
+    assert!(build.stat("remote.uploads") > 50, "{:?}", build.stats);
+}
+
+/// Damaged entries in the bucket are misses: the build compiles what it must, and what it
+/// builds is right.
+#[test]
+fn damaged_entries_are_never_served() {
+    let server = S3Server::start();
+    let mut project = project("s3-damaged", &server, "damaged");
+    warm_the_bucket(&project);
+    let files = server.entry_files();
+    assert!(files.len() > 50);
+    for (n, file) in files.iter().enumerate() {
+        let mut bytes = std::fs::read(file).unwrap();
+        match n % 3 {
+            0 => bytes.truncate(bytes.len() / 2),
+            1 if bytes.len() > 60 => {
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0x01;
+            }
+            _ => bytes[0] = b'X',
+        }
+        std::fs::write(file, bytes).unwrap();
+    }
+    project.switch_machine("after-damage");
+    let build = project.go(&["build", "./..."]);
+    assert_eq!(build.stat("remote.hits"), 0, "{:?}", build.stats);
+    assert!(build.stat("remote.corrupt") > 50, "{:?}", build.stats);
+    let exe = project.root.path().join("e2e-after-damage");
+    project.go(&["build", "-o", exe.to_str().unwrap(), "./cmd/e2e"]);
+    let out = std::process::Command::new(&exe).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "TOTAL 9!\n");
+}
+
+/// HTTP-level faults on every object GET: the build succeeds, compiles what it must, and
+/// never stores what it could not verify.
+#[test]
+fn http_faults_are_misses() {
+    let server = S3Server::start();
+    let mut project = project("s3-faults", &server, "faults");
+    warm_the_bucket(&project);
+    for (n, fault) in [
+        Fault::Status(503),
+        Fault::Status(500),
+        Fault::Truncate,
+        Fault::Flip,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        server.set_fault(fault);
+        project.switch_machine(&format!("fault-{n}"));
+        let build = project.go(&["build", "./..."]);
+        assert_eq!(build.stat("remote.hits"), 0, "{fault:?}: {:?}", build.stats);
+        let (errors, corrupt) = (build.stat("remote.errors"), build.stat("remote.corrupt"));
+        assert!(errors + corrupt > 0, "{fault:?}: {:?}", build.stats);
+    }
+    server.set_fault(Fault::None);
+    project.switch_machine("healed");
+    let build = project.go(&["build", "-x", "./..."]);
+    assert_eq!(
+        build.compiles(),
+        Vec::<String>::new(),
+        "the bucket's entries were lost"
+    );
+}
+
+#[test]
+fn an_unreachable_store_costs_one_warning() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut project = GoProject::new("s3-unreachable");
+    project.args = s3_args(&format!("http://127.0.0.1:{port}"), "x");
+    project.env = credentials(SECRET_KEY);
+    let start = Instant::now();
+    let build = project.go(&["build", "./..."]);
+    let warnings: Vec<_> = build
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("remote cache"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("local cache only"), "{warnings:?}");
+    assert!(start.elapsed() < Duration::from_secs(120));
+    let warm = project.go(&["build", "-x", "./..."]);
+    assert_eq!(
+        warm.compiles(),
+        Vec::<String>::new(),
+        "the local cache did not work"
+    );
+}
+
+#[test]
+fn wrong_credentials_cost_one_warning() {
+    let server = S3Server::start();
+    let mut project = project("s3-denied", &server, "denied");
+    project.env = credentials("not-the-secret");
+    let build = project.go(&["build", "./..."]);
+    let warnings: Vec<_> = build
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("remote cache"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("access denied"), "{warnings:?}");
+    assert_eq!(server.count("PUT"), 0);
+}
+
+#[test]
+fn a_store_killed_in_the_middle_of_a_build_does_not_fail_it() {
+    let mut server = S3Server::start();
+    let project = project("s3-killed", &server, "killed");
+    let (mut command, _) = project.command(&["test", "./..."]);
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the build get going, with uploads under way, then take the store away.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.count("PUT") < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.stop();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok  \texample.com/e2e/report"));
+}

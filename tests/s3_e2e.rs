@@ -7,6 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::GoProject;
+use support::proxy::{Mode, Proxy};
 use support::s3::{Fault, S3Server, SECRET_KEY, credentials, s3_args};
 
 fn project(tag: &str, server: &S3Server, prefix: &str) -> GoProject {
@@ -233,4 +234,66 @@ fn a_store_killed_in_the_middle_of_a_build_does_not_fail_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok  \texample.com/e2e/report"));
+}
+
+/// A store that accepts connections and never answers: the build goes on, slowed by one
+/// timeout at most, and says so once.
+#[test]
+fn a_store_that_swallows_requests_does_not_stall_the_build() {
+    let server = S3Server::start();
+    let proxy = Proxy::start(&server.endpoint, Mode::Swallow);
+    let mut project = GoProject::new("s3-swallow");
+    project.args = s3_args(&proxy.endpoint, "swallow");
+    project.args.extend([
+        "--remote-timeout".into(),
+        "2s".into(),
+        "--upload-wait".into(),
+        "5s".into(),
+    ]);
+    project.env = credentials(SECRET_KEY);
+    let start = Instant::now();
+    let build = project.go(&["build", "./..."]);
+    let took = start.elapsed();
+    let warnings: Vec<_> = build
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("remote cache"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(build.stat("remote.errors") >= 1, "{:?}", build.stats);
+    // Three timeouts in a row switch the remote off; the rest is a local build.
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+}
+
+#[test]
+fn connections_reset_by_the_store_do_not_fail_the_build() {
+    let server = S3Server::start();
+    let proxy = Proxy::start(&server.endpoint, Mode::Reset);
+    let mut project = GoProject::new("s3-reset");
+    project.args = s3_args(&proxy.endpoint, "reset");
+    project.env = credentials(SECRET_KEY);
+    let build = project.go(&["test", "./..."]);
+    assert!(build.stdout().contains("ok  \texample.com/e2e/report"));
+    assert!(build.stat("remote.errors") >= 1, "{:?}", build.stats);
+    assert_eq!(build.stat("remote.hits"), 0);
+}
+
+/// Through a link with 20 ms of round trip, a fresh machine still gets everything.
+#[test]
+fn a_slow_link_still_serves_a_fresh_machine() {
+    let server = S3Server::start();
+    let proxy = Proxy::start(&server.endpoint, Mode::Delay(Duration::from_millis(20)));
+    let mut project = GoProject::new("s3-slow");
+    project.args = s3_args(&proxy.endpoint, "slow");
+    project.env = credentials(SECRET_KEY);
+    warm_the_bucket(&project);
+    project.switch_machine("slow-b");
+    let build = project.go(&["build", "-x", "./..."]);
+    assert_eq!(build.compiles(), Vec::<String>::new());
+    assert_eq!(build.stat("remote.errors"), 0, "{:?}", build.stats);
+    proxy.set_mode(Mode::Reset);
+    project.switch_machine("slow-c");
+    let build = project.go(&["build", "./..."]);
+    assert_eq!(build.stat("remote.hits"), 0);
 }

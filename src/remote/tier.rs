@@ -118,14 +118,7 @@ impl RemoteTier {
     pub async fn fetch(&self, disk: &DiskCache, action: ActionId) -> Option<Entry> {
         let stats = self.remote_stats();
         let start = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.try_fetch(disk, action))
-            .await
-            .unwrap_or_else(|_| {
-                Err(FetchError::Remote(RemoteError::Transient(format!(
-                    "no complete answer within {}",
-                    humantime::format_duration(self.timeout)
-                ))))
-            });
+        let result = self.try_fetch(disk, action).await;
         add(&stats.wait_nanos, nanos(start.elapsed()));
         match result {
             Ok(Some(entry)) => {
@@ -167,7 +160,16 @@ impl RemoteTier {
         disk: &DiskCache,
         action: ActionId,
     ) -> Result<Option<Entry>, FetchError> {
-        let Some(mut stream) = self.store.get(&action).await.map_err(FetchError::Remote)? else {
+        // The answer must start, and then keep coming, within the timeout; a large entry on
+        // a slow link may take longer in all, as long as it does not stall.
+        let stalled = || {
+            FetchError::Remote(RemoteError::Transient(format!(
+                "no answer for {}",
+                humantime::format_duration(self.timeout)
+            )))
+        };
+        let opened = tokio::time::timeout(self.timeout, self.store.get(&action)).await;
+        let Some(mut stream) = opened.map_err(|_| stalled())?.map_err(FetchError::Remote)? else {
             return Ok(None);
         };
         let spool = disk.spool_file().map_err(FetchError::Local)?;
@@ -177,7 +179,15 @@ impl RemoteTier {
             tokio::task::spawn_blocking(move || decode_and_store(&target, action, spool, rx));
         let mut received = 0u64;
         let mut failed = None;
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let chunk = match tokio::time::timeout(self.timeout, stream.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => Err(RemoteError::Transient(format!(
+                    "the answer stalled for {}",
+                    humantime::format_duration(self.timeout)
+                ))),
+            };
             match chunk {
                 Ok(bytes) => {
                     received += bytes.len() as u64;

@@ -1,0 +1,149 @@
+//! The S3 tier driven over the protocol by a test client: concurrent gets of one key fetch
+//! it once, in one process and across processes sharing a cache, and uploads stream
+//! large bodies.
+
+mod support;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use goremotecache::protocol::OutputId;
+use support::s3::{S3Server, SECRET_KEY, credentials};
+use support::{Client, action, pseudo_random};
+
+fn client(server: &S3Server, dir: &std::path::Path, prefix: &str) -> Client {
+    let cache = dir.join("cache");
+    let locks = dir.join("locks");
+    let mut args: Vec<String> = vec![
+        "--cache-dir".into(),
+        cache.to_str().unwrap().into(),
+        "--lock-dir".into(),
+        locks.to_str().unwrap().into(),
+        "--stats".into(),
+    ];
+    args.extend(server.args(prefix));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = credentials(SECRET_KEY);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Client::start_with(&args, &env)
+}
+
+fn close(mut client: Client, id: i64) -> String {
+    client.close_request(id);
+    assert_eq!(client.read().unwrap(), serde_json::json!({"ID": id}));
+    let (status, stderr) = client.finish();
+    assert!(status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn concurrent_gets_of_one_key_fetch_it_once() {
+    let server = S3Server::start();
+    let body = pseudo_random(5, 2 * 1024 * 1024);
+    let first = tempfile::tempdir().unwrap();
+    let mut writer = client(&server, first.path(), "once");
+    writer.put(1, action(1), &body);
+    writer.read().unwrap();
+    let stderr = close(writer, 2);
+    assert!(stderr.contains("uploads: 1 stored"), "{stderr}");
+    assert_eq!(server.count("PUT"), 1);
+
+    // Two processes on one fresh cache, each asking twice at once.
+    let shared = tempfile::tempdir().unwrap();
+    server.reset_counts();
+    let mut a = client(&server, shared.path(), "once");
+    let mut b = client(&server, shared.path(), "once");
+    let mut both = Vec::new();
+    both.extend(goremotecache::protocol::encode_request(
+        1,
+        &goremotecache::protocol::Command::Get {
+            action_id: action(1),
+        },
+    ));
+    both.extend(goremotecache::protocol::encode_request(
+        2,
+        &goremotecache::protocol::Command::Get {
+            action_id: action(1),
+        },
+    ));
+    a.send(&both);
+    b.send(&both);
+    for client in [&mut a, &mut b] {
+        for _ in 0..2 {
+            let answer = client.read().unwrap();
+            assert_eq!(
+                answer["OutputID"],
+                B64.encode(OutputId::of(&body).0),
+                "{answer}"
+            );
+            let served = std::fs::read(answer["DiskPath"].as_str().unwrap()).unwrap();
+            assert!(served == body);
+        }
+    }
+    close(a, 3);
+    close(b, 3);
+    assert_eq!(server.count("GET"), 1, "the key was fetched more than once");
+}
+
+#[test]
+fn a_large_body_uploads_and_comes_back_whole() {
+    let server = S3Server::start();
+    // Incompressible and larger than what is uploaded from memory.
+    let body = pseudo_random(6, 12 * 1024 * 1024 + 3);
+    let first = tempfile::tempdir().unwrap();
+    let mut writer = client(&server, first.path(), "large");
+    writer.put(1, action(7), &body);
+    writer.read().unwrap();
+    let stderr = close(writer, 2);
+    assert!(stderr.contains("uploads: 1 stored"), "{stderr}");
+    assert!(
+        stderr.contains("compression -") || stderr.contains("compression 1.00x"),
+        "{stderr}"
+    );
+
+    let second = tempfile::tempdir().unwrap();
+    let mut reader = client(&server, second.path(), "large");
+    reader.get(1, action(7));
+    let answer = reader.read().unwrap();
+    assert_eq!(answer["Size"], body.len());
+    assert!(std::fs::read(answer["DiskPath"].as_str().unwrap()).unwrap() == body);
+    let stderr = close(reader, 2);
+    assert!(stderr.contains("remote: 1 hits"), "{stderr}");
+}
+
+#[test]
+fn clear_remote_asks_first_then_deletes_its_prefix_only() {
+    let server = S3Server::start();
+    for (prefix, n) in [("keep", 1), ("drop", 2), ("drop", 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = client(&server, dir.path(), prefix);
+        writer.put(1, action(n), format!("entry {n}").as_bytes());
+        writer.read().unwrap();
+        close(writer, 2);
+    }
+    let run = |extra: &[&str]| {
+        let mut command = std::process::Command::new(support::bin());
+        command
+            .arg("clear-remote")
+            .args(server.args("drop"))
+            .args(extra);
+        for (key, value) in credentials(SECRET_KEY) {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+    let refused = run(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("run again with --yes"));
+    assert_eq!(server.entry_files().len(), 3);
+    let done = run(&["--yes"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&done.stdout),
+        "s3://gocache/drop: deleted 2 entries\n"
+    );
+    assert_eq!(server.entry_files().len(), 1);
+}

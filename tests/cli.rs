@@ -40,13 +40,44 @@ fn help_explains_every_option_and_how_to_set_gocacheprog() {
         "--stats-file",
         "GOREMOTECACHE_STATS_FILE",
         "clear-local",
+        "clear-remote",
         "version",
+        "--backend",
+        "GOREMOTECACHE_BACKEND",
+        "--s3-bucket",
+        "GOREMOTECACHE_S3_BUCKET",
+        "--s3-prefix",
+        "--s3-endpoint",
+        "--s3-region",
+        "--s3-force-path-style",
+        "--s3-instance-metadata",
+        "--remote-mode",
+        "GOREMOTECACHE_REMOTE_MODE",
+        "--upload-wait",
+        "--upload-concurrency",
+        "--upload-queue",
+        "--remote-timeout",
+        "--remote-connect-timeout",
     ] {
         assert!(
             help.contains(expected),
             "--help lacks {expected:?}:\n{help}"
         );
     }
+}
+
+#[test]
+fn s3_options_are_checked_before_the_handshake() {
+    let (code, out, err) = run(&["--backend", "s3"], &[]);
+    assert_eq!(code, 2);
+    assert_eq!(out, "", "a handshake was written before the options were refused");
+    assert!(err.contains("--backend s3 needs a bucket"), "{err}");
+    let (code, _, err) = run(&["--s3-bucket", "b", "--s3-endpoint", "minio:9000"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a URL"), "{err}");
+    let (code, _, err) = run(&["--upload-wait", "soon"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("soon"), "{err}");
 }
 
 #[test]

@@ -70,7 +70,10 @@ fn help_explains_every_option_and_how_to_set_gocacheprog() {
 fn s3_options_are_checked_before_the_handshake() {
     let (code, out, err) = run(&["--backend", "s3"], &[]);
     assert_eq!(code, 2);
-    assert_eq!(out, "", "a handshake was written before the options were refused");
+    assert_eq!(
+        out, "",
+        "a handshake was written before the options were refused"
+    );
     assert!(err.contains("--backend s3 needs a bucket"), "{err}");
     let (code, _, err) = run(&["--s3-bucket", "b", "--s3-endpoint", "minio:9000"], &[]);
     assert_eq!(code, 2);

@@ -297,3 +297,30 @@ fn a_slow_link_still_serves_a_fresh_machine() {
     let build = project.go(&["build", "./..."]);
     assert_eq!(build.stat("remote.hits"), 0);
 }
+
+/// A fresh machine builds from a bucket in an S3 server of another implementation than the
+/// in-process one (moto, from PyPI): `scripts/test-external-s3.sh` starts it, creates the
+/// bucket, and runs this test with GOREMOTECACHE_TEST_S3_ENDPOINT, GOREMOTECACHE_TEST_S3_BUCKET
+/// and the server's credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+#[test]
+#[ignore = "needs an external S3 server: run scripts/test-external-s3.sh"]
+fn an_external_s3_server_serves_a_fresh_machine() {
+    let endpoint = std::env::var("GOREMOTECACHE_TEST_S3_ENDPOINT")
+        .expect("GOREMOTECACHE_TEST_S3_ENDPOINT names the external S3 server");
+    let bucket = std::env::var("GOREMOTECACHE_TEST_S3_BUCKET").unwrap_or_else(|_| "gocache".into());
+    let prefix = format!("external-{}", std::process::id());
+    let mut project = GoProject::new("s3-external");
+    project.args = support::s3::bucket_args(&bucket, &endpoint, &prefix);
+    warm_the_bucket(&project);
+    project.switch_machine("external-b");
+    let build = project.go(&["build", "-x", "./..."]);
+    assert_eq!(build.compiles(), Vec::<String>::new(), "machine B compiled");
+    assert!(build.stat("remote.hits") > 50, "{:?}", build.stats);
+    let test = project.go(&["test", "./..."]);
+    assert!(
+        test.stdout()
+            .contains("ok  \texample.com/e2e/report\t(cached)"),
+        "{}",
+        test.stdout()
+    );
+}

@@ -215,11 +215,16 @@ impl Drop for S3Server {
     }
 }
 
-/// The goremotecache options for an S3 store at `endpoint`.
+/// The goremotecache options for the test bucket in an S3 store at `endpoint`.
 pub fn s3_args(endpoint: &str, prefix: &str) -> Vec<String> {
+    bucket_args(BUCKET, endpoint, prefix)
+}
+
+/// The goremotecache options for `bucket` in an S3 store at `endpoint`.
+pub fn bucket_args(bucket: &str, endpoint: &str, prefix: &str) -> Vec<String> {
     [
         "--s3-bucket",
-        BUCKET,
+        bucket,
         "--s3-prefix",
         prefix,
         "--s3-endpoint",

@@ -24,12 +24,17 @@ fn main() {
     println!("endpoint {}", server.endpoint);
     let mut proxies = Vec::new();
     for arg in std::env::args().skip(1) {
-        let ms: u64 = arg.parse().unwrap_or_else(|_| panic!("{arg:?} is not a delay in ms"));
+        let ms: u64 = arg
+            .parse()
+            .unwrap_or_else(|_| panic!("{arg:?} is not a delay in ms"));
         if ms == 0 {
             println!("proxy 0 {}", server.endpoint);
             continue;
         }
-        let proxy = proxy::Proxy::start(&server.endpoint, proxy::Mode::Delay(Duration::from_millis(ms)));
+        let proxy = proxy::Proxy::start(
+            &server.endpoint,
+            proxy::Mode::Delay(Duration::from_millis(ms)),
+        );
         println!("proxy {ms} {}", proxy.endpoint);
         proxies.push(proxy);
     }

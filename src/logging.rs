@@ -5,18 +5,28 @@
 use std::fmt;
 
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Sends log messages to stderr; `debug` shows everything, otherwise only warnings and errors.
+/// Sends log messages to stderr: warnings and errors, and with `debug` goremotecache's own
+/// debug messages too (not those of the HTTP and S3 libraries, which would drown them).
 pub fn init(debug: bool) {
-    let level = if debug { Level::DEBUG } else { Level::WARN };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .event_format(Prefixed)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let ours = if debug { Level::DEBUG } else { Level::WARN };
+    let filter = Targets::new()
+        .with_target("goremotecache", ours)
+        .with_default(Level::WARN);
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .event_format(Prefixed),
+        )
+        .with(filter)
         .try_init();
 }
 

@@ -177,12 +177,7 @@ fn an_unreachable_store_costs_one_warning() {
     project.env = credentials(SECRET_KEY);
     let start = Instant::now();
     let build = project.go(&["build", "./..."]);
-    let warnings: Vec<_> = build
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("remote cache"))
-        .map(str::to_owned)
-        .collect();
+    let warnings = remote_warnings(&build);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("local cache only"), "{warnings:?}");
     assert!(start.elapsed() < Duration::from_secs(120));
@@ -200,12 +195,7 @@ fn wrong_credentials_cost_one_warning() {
     let mut project = project("s3-denied", &server, "denied");
     project.env = credentials("not-the-secret");
     let build = project.go(&["build", "./..."]);
-    let warnings: Vec<_> = build
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("remote cache"))
-        .map(str::to_owned)
-        .collect();
+    let warnings = remote_warnings(&build);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("access denied"), "{warnings:?}");
     assert_eq!(server.count("PUT"), 0);
@@ -254,12 +244,7 @@ fn a_store_that_swallows_requests_does_not_stall_the_build() {
     let start = Instant::now();
     let build = project.go(&["build", "./..."]);
     let took = start.elapsed();
-    let warnings: Vec<_> = build
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("remote cache"))
-        .map(str::to_owned)
-        .collect();
+    let warnings = remote_warnings(&build);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(build.stat("remote.errors") >= 1, "{:?}", build.stats);
     // Three timeouts in a row switch the remote off; the rest is a local build.
@@ -322,5 +307,70 @@ fn an_external_s3_server_serves_a_fresh_machine() {
             .contains("ok  \texample.com/e2e/report\t(cached)"),
         "{}",
         test.stdout()
+    );
+}
+
+/// The warnings that a build printed about the remote cache.
+fn remote_warnings(build: &support::GoRun) -> Vec<String> {
+    build
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("remote cache"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn missing_credentials_cost_one_clear_warning() {
+    let server = S3Server::start();
+    let mut project = project("s3-no-credentials", &server, "nocreds");
+    project.env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), String::new()),
+        ("AWS_SECRET_ACCESS_KEY".into(), String::new()),
+        (
+            "AWS_CONFIG_FILE".into(),
+            "/nonexistent/goremotecache-test".into(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            "/nonexistent/goremotecache-test".into(),
+        ),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE".into(), String::new()),
+        ("HOME".into(), project.root.path().to_str().unwrap().into()),
+    ];
+    let build = project.go(&["build", "./..."]);
+    let warnings = remote_warnings(&build);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("no usable AWS credentials"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[0].len() < 600,
+        "the warning is a wall of text: {}",
+        warnings[0]
+    );
+    assert_eq!(server.count("GET") + server.count("PUT"), 0);
+}
+
+#[test]
+fn a_missing_bucket_costs_one_warning() {
+    let server = S3Server::start();
+    let mut project = project("s3-no-bucket", &server, "nobucket");
+    let at = project
+        .args
+        .iter()
+        .position(|a| a == "--s3-bucket")
+        .unwrap();
+    project.args[at + 1] = "no-such-bucket".into();
+    let build = project.go(&["build", "./..."]);
+    let warnings = remote_warnings(&build);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("s3://no-such-bucket"), "{warnings:?}");
+    let warm = project.go(&["build", "-x", "./..."]);
+    assert_eq!(
+        warm.compiles(),
+        Vec::<String>::new(),
+        "the local cache did not work"
     );
 }

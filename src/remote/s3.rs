@@ -121,14 +121,37 @@ impl S3Store {
 
 /// Sorts OpenDAL's errors into what the cache acts on.
 fn classify(err: opendal::Error) -> RemoteError {
-    let message = err.to_string();
+    let message = describe(&err);
+    // A request that could not be signed had no usable credentials: retrying cannot help.
+    let unsigned = err.to_string().contains("reqsign::Sign");
     match err.kind() {
         ErrorKind::PermissionDenied => RemoteError::Denied(message),
+        _ if unsigned => RemoteError::Denied(format!(
+            "no usable AWS credentials ({message}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or web identity"
+        )),
         ErrorKind::ConfigInvalid => RemoteError::Config(message),
         _ if err.is_temporary() => RemoteError::Transient(message),
         ErrorKind::RateLimited | ErrorKind::Unexpected => RemoteError::Transient(message),
         _ => RemoteError::Other(message),
     }
+}
+
+/// OpenDAL's message and its cause, without the context it adds for debugging.
+fn describe(err: &opendal::Error) -> String {
+    const MAX: usize = 400;
+    let mut text = format!("{}: {}", err.kind(), err.message());
+    if let Some(source) = std::error::Error::source(err) {
+        text.push_str(&format!(" ({source})"));
+    }
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 #[async_trait]

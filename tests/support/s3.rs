@@ -31,10 +31,12 @@ pub enum Fault {
     Flip,
 }
 
-#[derive(Default)]
 struct Shared {
     counts: Mutex<HashMap<String, u64>>,
     fault: Mutex<Option<Fault>>,
+    /// Where the buckets are: a request for any other bucket is answered NoSuchBucket, as S3
+    /// does (s3s-fs alone would create it on a put).
+    root: PathBuf,
 }
 
 /// A running server; dropped, it stops.
@@ -67,6 +69,26 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
             .unwrap()
             .entry(method)
             .or_default() += 1;
+        let bucket = req
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if !bucket.is_empty() && !self.shared.root.join(&bucket).is_dir() {
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><BucketName>{bucket}</BucketName></Error>"
+            );
+            return Box::pin(async move {
+                Ok(http::Response::builder()
+                    .status(404)
+                    .header(http::header::CONTENT_TYPE, "application/xml")
+                    .body(s3s::Body::from(Bytes::from(body)))
+                    .unwrap())
+            });
+        }
         let fault = if object_get {
             self.shared.fault.lock().unwrap().unwrap_or(Fault::None)
         } else {
@@ -115,7 +137,11 @@ impl S3Server {
     pub fn start() -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            counts: Mutex::default(),
+            fault: Mutex::default(),
+            root: root.path().to_path_buf(),
+        });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

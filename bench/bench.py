@@ -497,24 +497,28 @@ def build_rows(builds, handshake, put, rtt, runs, handshake_runs):
     ]
 
 
-def markdown(env, rows, binary, command):
+def markdown_table(title, env, intro, rows, note=None):
+    """A Markdown section: a heading with the machine and commit, an intro line, the table."""
     header = ["measurement", "goremotecache", "baseline", "ratio or value", "target", "met"]
     lines = [
-        f"### goremotecache benchmark — {env['date']}, {env['go']}, nproc {env['nproc']}, "
-        f"commit {env['commit']}",
+        f"### {title} — {env['date']}, {env['go']}, nproc {env['nproc']}, commit {env['commit']}",
         "",
-        f"Command: `{command}` (binary: `{binary}`)",
+        intro,
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += [
-        "",
-        "Baseline: Go's own cache (GOCACHE, GOCACHEPROG unset). Warm runs interleave Go's cache "
-        "and goremotecache; ratio = goremotecache / baseline.",
-    ]
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def markdown(env, rows, binary, command):
+    return markdown_table(
+        "goremotecache benchmark", env, f"Command: `{command}` (binary: `{binary}`)", rows,
+        "Baseline: Go's own cache (GOCACHE, GOCACHEPROG unset). Warm runs interleave Go's cache "
+        "and goremotecache; ratio = goremotecache / baseline.")
 
 
 # ---------------------------------------------------------------------------------------------

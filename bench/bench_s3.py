@@ -191,18 +191,10 @@ def main():
 
 
 def markdown(env, rows, command):
-    header = ["measurement", "goremotecache", "baseline", "ratio or value", "target", "met"]
-    lines = [
-        f"### goremotecache S3 benchmark — {env['date']}, {env['go']}, nproc {env['nproc']}, commit {env['commit']}",
-        "",
+    return bench.markdown_table(
+        "goremotecache S3 benchmark", env,
         f"Command: `{command}`. Store: the in-process s3s server of the tests on loopback; latency "
-        "added by a TCP proxy on loopback.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+        "added by a TCP proxy on loopback.", rows)
 
 
 if __name__ == "__main__":

@@ -135,9 +135,7 @@ impl Cache {
             }
         }
     }
-}
 
-impl Cache {
     /// A get that missed locally: the remote is asked once, under the key's lock. Another
     /// task or process may have fetched the key while this one waited for the lock, so the
     /// disk is asked again first.

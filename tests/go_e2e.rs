@@ -29,10 +29,7 @@ fn a_cold_build_stores_and_a_warm_build_compiles_nothing() {
     assert!(warm.stat("hits") > 50, "{:?}", warm.stats);
 
     // The binary built from cached packages runs.
-    let exe = project.root.path().join("e2e-bin");
-    project.go(&["build", "-o", exe.to_str().unwrap(), "./cmd/e2e"]);
-    let out = std::process::Command::new(&exe).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "TOTAL 9!\n");
+    assert_eq!(project.build_and_run_command("e2e-bin"), "TOTAL 9!\n");
 }
 
 #[test]

@@ -126,10 +126,10 @@ fn damaged_entries_are_never_served() {
     let build = project.go(&["build", "./..."]);
     assert_eq!(build.stat("remote.hits"), 0, "{:?}", build.stats);
     assert!(build.stat("remote.corrupt") > 50, "{:?}", build.stats);
-    let exe = project.root.path().join("e2e-after-damage");
-    project.go(&["build", "-o", exe.to_str().unwrap(), "./cmd/e2e"]);
-    let out = std::process::Command::new(&exe).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "TOTAL 9!\n");
+    assert_eq!(
+        project.build_and_run_command("e2e-after-damage"),
+        "TOTAL 9!\n"
+    );
 }
 
 /// HTTP-level faults on every object GET: the build succeeds, compiles what it must, and

@@ -7,10 +7,17 @@ mod support;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use goremotecache::protocol::OutputId;
+use std::time::Duration;
+
+use support::proxy::{Mode, Proxy};
 use support::s3::{S3Server, SECRET_KEY, credentials};
 use support::{Client, action, pseudo_random};
 
 fn client(server: &S3Server, dir: &std::path::Path, prefix: &str) -> Client {
+    client_at(&server.endpoint, dir, prefix, &[])
+}
+
+fn client_at(endpoint: &str, dir: &std::path::Path, prefix: &str, extra: &[&str]) -> Client {
     let cache = dir.join("cache");
     let locks = dir.join("locks");
     let mut args: Vec<String> = vec![
@@ -20,7 +27,8 @@ fn client(server: &S3Server, dir: &std::path::Path, prefix: &str) -> Client {
         locks.to_str().unwrap().into(),
         "--stats".into(),
     ];
-    args.extend(server.args(prefix));
+    args.extend(support::s3::s3_args(endpoint, prefix));
+    args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let env = credentials(SECRET_KEY);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -146,4 +154,66 @@ fn clear_remote_asks_first_then_deletes_its_prefix_only() {
         "s3://gocache/drop: deleted 2 entries\n"
     );
     assert_eq!(server.entry_files().len(), 1);
+}
+
+/// Puts `count` small entries and closes, through a link that adds `delay` to each round trip.
+fn put_many_then_close(endpoint: &str, count: u32, extra: &[&str]) -> (String, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let stats_file = dir.path().join("stats.json");
+    let mut args = vec![
+        "--stats-file",
+        stats_file.to_str().unwrap(),
+        "--upload-concurrency",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let mut writer = client_at(endpoint, dir.path(), "slow", &args);
+    for n in 0..count {
+        writer.put(
+            i64::from(n) + 1,
+            action(100 + n),
+            format!("entry {n}").as_bytes(),
+        );
+    }
+    for _ in 0..count {
+        assert!(writer.read().unwrap()["DiskPath"].is_string());
+    }
+    let stderr = close(writer, i64::from(count) + 1);
+    let stats = serde_json::from_slice(&std::fs::read(&stats_file).unwrap()).unwrap();
+    (stderr, stats)
+}
+
+#[test]
+fn close_waits_for_uploads_and_says_so() {
+    let server = S3Server::start();
+    let proxy = Proxy::start(&server.endpoint, Mode::Delay(Duration::from_millis(150)));
+    // One upload at a time, 150 ms or more each: 12 take about two seconds.
+    let (stderr, stats) = put_many_then_close(&proxy.endpoint, 12, &[]);
+    assert!(stderr.contains("goremotecache: waiting for "), "{stderr}");
+    assert!(stderr.contains("uploads finished in"), "{stderr}");
+    assert_eq!(stats["remote"]["uploads"], 12, "{stats}");
+    assert_eq!(stats["remote"]["uploads_dropped"], 0, "{stats}");
+    assert!(
+        stats["remote"]["close_wait_seconds"].as_f64().unwrap() > 1.0,
+        "{stats}"
+    );
+    assert!(
+        stats["remote"]["queue_high_water"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+}
+
+#[test]
+fn uploads_past_the_wait_are_dropped_and_counted() {
+    let server = S3Server::start();
+    let proxy = Proxy::start(&server.endpoint, Mode::Delay(Duration::from_millis(400)));
+    let (stderr, stats) = put_many_then_close(&proxy.endpoint, 20, &["--upload-wait", "1s"]);
+    assert!(
+        stderr.contains("uploads not finished after 1s were dropped"),
+        "{stderr}"
+    );
+    let dropped = stats["remote"]["uploads_dropped"].as_u64().unwrap();
+    let stored = stats["remote"]["uploads"].as_u64().unwrap();
+    assert!(dropped > 0, "{stats}");
+    assert_eq!(dropped + stored, 20, "{stats}");
 }

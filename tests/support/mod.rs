@@ -332,6 +332,17 @@ impl GoProject {
         (command, stats_file)
     }
 
+    /// Builds the module's command and runs it: what a build from cached packages must
+    /// print is `TOTAL 9!`.
+    pub fn build_and_run_command(&self, name: &str) -> String {
+        let exe = self.root.path().join(name);
+        self.go(&["build", "-o", exe.to_str().unwrap(), "./cmd/e2e"]);
+        let out = Command::new(&exe)
+            .output()
+            .expect("running the built command");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs the go command and requires it to succeed.
     pub fn go(&self, args: &[&str]) -> GoRun {
         let (mut command, stats_file) = self.command(args);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::lock::LockType;
+use crate::remote::http::HttpConfig;
 use crate::remote::s3::S3Config;
 
 const ABOUT: &str = "A GOCACHEPROG build cache for the go command: local disk first, a shared remote store behind it";
@@ -50,8 +51,11 @@ pub struct Cli {
 }
 
 /// The subcommands; without one, goremotecache serves the go command on stdin/stdout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
+    /// Run the HTTP cache server: other machines (and `docker build`s) use it with
+    /// `--backend http`. It stores on --storage-dir, or in S3 with the --s3-* options.
+    Serve(ServeArgs),
     /// Delete every entry under the remote store's prefix (asks for --yes first).
     ClearRemote {
         /// Really delete.
@@ -113,8 +117,9 @@ pub struct Options {
     #[arg(long, env = "GOREMOTECACHE_STATS_FILE", value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
 
-    /// Where shared results live behind the local disk: `disk` (none), or `s3`.
-    /// [default: s3 when --s3-bucket is set, else disk]
+    /// Where shared results live behind the local disk: `disk` (none), `s3`, or `http` (a
+    /// `goremotecache serve` server). [default: s3 when --s3-bucket is set, http when
+    /// --http-url is set, else disk]
     #[arg(long, env = "GOREMOTECACHE_BACKEND", value_enum, global = true)]
     pub backend: Option<Backend>,
 
@@ -166,6 +171,19 @@ pub struct Options {
     #[arg(long, env = "GOREMOTECACHE_S3_INSTANCE_METADATA", value_parser = parse_switch, global = true)]
     pub s3_instance_metadata: bool,
 
+    /// The URL of a `goremotecache serve` server, such as http://cache.internal:8321.
+    #[arg(long, env = "GOREMOTECACHE_HTTP_URL", value_name = "URL")]
+    pub http_url: Option<String>,
+
+    /// The bearer token for the server (read-only or read-write, as the server says).
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_HTTP_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub http_token: Option<String>,
+
     /// `read-write`; `read-only` never uploads (untrusted builds such as pull requests from
     /// forks); `write-only` never reads remote entries (to refill a cache suspected bad).
     #[arg(long, env = "GOREMOTECACHE_REMOTE_MODE", value_enum, default_value_t = RemoteMode::ReadWrite)]
@@ -201,6 +219,98 @@ pub enum Backend {
     Disk,
     /// AWS S3, S3 Express One Zone, or an S3-compatible store.
     S3,
+    /// A `goremotecache serve` server.
+    Http,
+}
+
+/// Options of `goremotecache serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8321"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Store entries in this directory (otherwise in S3, with the --s3-* options).
+    #[arg(long, env = "GOREMOTECACHE_STORAGE_DIR", value_name = "DIR")]
+    pub storage_dir: Option<PathBuf>,
+
+    /// A file of bearer tokens, one a line: `rw TOKEN` or `ro TOKEN` (see docs/http-api.md).
+    /// Read again on SIGHUP.
+    #[arg(long, env = "GOREMOTECACHE_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Bearer tokens as `rw:TOKEN,ro:TOKEN` (in addition to --token-file).
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_TOKENS",
+        value_name = "LIST",
+        hide_env_values = true
+    )]
+    pub tokens: Option<String>,
+
+    /// Let requests without a token read (GET and HEAD); writing always needs a token.
+    #[arg(long, env = "GOREMOTECACHE_ALLOW_ANONYMOUS_READ", value_parser = parse_switch)]
+    pub allow_anonymous_read: bool,
+
+    /// The largest entry a PUT may send; larger ones get 413.
+    #[arg(long, env = "GOREMOTECACHE_MAX_ENTRY_SIZE", value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub max_entry_size: u64,
+
+    /// Connections served at once; more are closed.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 1024
+    )]
+    pub max_connections: usize,
+
+    /// Requests handled at once; more get 503.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_MAX_IN_FLIGHT",
+        value_name = "N",
+        default_value_t = 512
+    )]
+    pub max_in_flight: usize,
+}
+
+/// `1048576`, `64KiB`, `256MiB`, `1GiB`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 256MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}: use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Which remote store, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    S3(S3Config),
+    Http(HttpConfig),
 }
 
 /// What the cache does with the remote tier.
@@ -215,7 +325,7 @@ pub enum RemoteMode {
 /// The remote tier's settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteConfig {
-    pub s3: S3Config,
+    pub store: StoreConfig,
     pub mode: RemoteMode,
     pub upload_wait: Duration,
     pub upload_concurrency: usize,
@@ -264,6 +374,10 @@ pub enum ConfigError {
     Empty { flag: &'static str },
     #[error("--backend s3 needs a bucket: set --s3-bucket or GOREMOTECACHE_S3_BUCKET")]
     NoBucket,
+    #[error("--backend http needs the server's URL: set --http-url or GOREMOTECACHE_HTTP_URL")]
+    NoUrl,
+    #[error("--http-url {0:?} is not a URL: write it as http://host:port or https://host")]
+    BadUrl(String),
     #[error("--s3-endpoint {0:?} is not a URL: write it as http://host:port or https://host")]
     BadEndpoint(String),
 }
@@ -292,38 +406,63 @@ impl Config {
 
 fn remote_config(options: &Options) -> Result<Option<RemoteConfig>, ConfigError> {
     let bucket = options.s3_bucket.clone().filter(|b| !b.is_empty());
-    let backend = options.backend.unwrap_or(if bucket.is_some() {
-        Backend::S3
-    } else {
-        Backend::Disk
+    let url = options.http_url.clone().filter(|u| !u.is_empty());
+    let backend = options.backend.unwrap_or(match (&bucket, &url) {
+        (Some(_), _) => Backend::S3,
+        (None, Some(_)) => Backend::Http,
+        (None, None) => Backend::Disk,
     });
-    if backend == Backend::Disk {
-        return Ok(None);
-    }
-    let bucket = bucket.ok_or(ConfigError::NoBucket)?;
-    let endpoint = options.s3_endpoint.clone().filter(|e| !e.is_empty());
-    if let Some(endpoint) = &endpoint
-        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-    {
-        return Err(ConfigError::BadEndpoint(endpoint.clone()));
-    }
+    let store = match backend {
+        Backend::Disk => return Ok(None),
+        Backend::S3 => StoreConfig::S3(s3_config(options)?.ok_or(ConfigError::NoBucket)?),
+        Backend::Http => {
+            let url = url.ok_or(ConfigError::NoUrl)?;
+            if !is_url(&url) {
+                return Err(ConfigError::BadUrl(url));
+            }
+            StoreConfig::Http(HttpConfig {
+                url,
+                token: options.http_token.clone().filter(|t| !t.is_empty()),
+                connect_timeout: options.remote_connect_timeout,
+                request_timeout: options.remote_timeout,
+            })
+        }
+    };
     Ok(Some(RemoteConfig {
-        s3: S3Config {
-            bucket,
-            prefix: options.s3_prefix.trim_matches('/').to_string(),
-            endpoint,
-            region: options.s3_region.clone().filter(|r| !r.is_empty()),
-            force_path_style: options.s3_force_path_style,
-            instance_metadata: options.s3_instance_metadata,
-            connect_timeout: options.remote_connect_timeout,
-            request_timeout: options.remote_timeout,
-            static_credentials: None,
-        },
+        store,
         mode: options.remote_mode,
         upload_wait: options.upload_wait,
         upload_concurrency: usize::from(options.upload_concurrency),
         upload_queue: options.upload_queue as usize,
         timeout: options.remote_timeout,
+    }))
+}
+
+fn is_url(text: &str) -> bool {
+    text.starts_with("http://") || text.starts_with("https://")
+}
+
+/// The S3 settings, if a bucket is named (also the storage of `serve`).
+pub fn s3_config(options: &Options) -> Result<Option<S3Config>, ConfigError> {
+    let Some(bucket) = options.s3_bucket.clone().filter(|b| !b.is_empty()) else {
+        return Ok(None);
+    };
+    let endpoint = options.s3_endpoint.clone().filter(|e| !e.is_empty());
+    if let Some(endpoint) = &endpoint
+        && !is_url(endpoint)
+    {
+        return Err(ConfigError::BadEndpoint(endpoint.clone()));
+    }
+    Ok(Some(S3Config {
+        bucket,
+        prefix: options.s3_prefix.trim_matches('/').to_string(),
+        endpoint,
+        region: options.s3_region.clone().filter(|r| !r.is_empty()),
+        force_path_style: options.s3_force_path_style,
+        instance_metadata: options.s3_instance_metadata,
+        connect_timeout: options.remote_connect_timeout,
+        request_timeout: options.remote_timeout,
+        static_credentials: None,
     }))
 }
 
@@ -366,8 +505,11 @@ mod tests {
         ])
         .unwrap();
         let remote = Config::from_options(&cli.options).unwrap().remote.unwrap();
-        assert_eq!(remote.s3.bucket, "b");
-        assert_eq!(remote.s3.prefix, "ci/go");
+        let StoreConfig::S3(s3) = &remote.store else {
+            panic!("{remote:?}")
+        };
+        assert_eq!(s3.bucket, "b");
+        assert_eq!(s3.prefix, "ci/go");
         assert_eq!(remote.mode, RemoteMode::ReadWrite);
         assert_eq!(remote.upload_wait, Duration::from_secs(30));
         let cli = Cli::try_parse_from(["goremotecache", "--s3-bucket", "b", "--backend", "disk"])
@@ -390,6 +532,43 @@ mod tests {
             Config::from_options(&cli.options),
             Err(ConfigError::BadEndpoint(_))
         ));
+    }
+
+    #[test]
+    fn a_url_turns_the_http_backend_on() {
+        let cli = Cli::try_parse_from([
+            "goremotecache",
+            "--http-url",
+            "http://cache:8321/",
+            "--http-token",
+            "t",
+        ])
+        .unwrap();
+        let remote = Config::from_options(&cli.options).unwrap().remote.unwrap();
+        let StoreConfig::Http(http) = &remote.store else {
+            panic!("{remote:?}")
+        };
+        assert_eq!(http.url, "http://cache:8321/");
+        assert_eq!(http.token.as_deref(), Some("t"));
+        let cli = Cli::try_parse_from(["goremotecache", "--backend", "http"]).unwrap();
+        assert!(matches!(
+            Config::from_options(&cli.options),
+            Err(ConfigError::NoUrl)
+        ));
+        let cli = Cli::try_parse_from(["goremotecache", "--http-url", "cache:8321"]).unwrap();
+        assert!(matches!(
+            Config::from_options(&cli.options),
+            Err(ConfigError::BadUrl(_))
+        ));
+    }
+
+    #[test]
+    fn sizes_read_binary_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod lock;
 pub mod logging;
 pub mod protocol;
 pub mod remote;
+pub mod server;
 pub mod session;
 pub mod stats;
 pub mod uploader;

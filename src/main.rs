@@ -21,10 +21,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match cli.command {
+    let result = match &cli.command {
         None => serve_stdio(&config),
         Some(Command::ClearLocal) => clear_local(&config),
-        Some(Command::ClearRemote { yes }) => clear_remote(&config, yes),
+        Some(Command::ClearRemote { yes }) => clear_remote(&config, *yes),
+        Some(Command::Serve(args)) => {
+            logging::init(config.debug);
+            match goremotecache::config::s3_config(&cli.options) {
+                Ok(s3) => goremotecache::server::serve(args, s3).map_err(anyhow::Error::from),
+                Err(err) => {
+                    eprintln!("goremotecache: {err}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         Some(Command::Version) => {
             println!(
                 "goremotecache {} (GOCACHEPROG protocol commands: {})",

@@ -147,7 +147,15 @@ impl Uploader {
             let tick =
                 Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(tick, &mut worker).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    if said {
+                        eprintln!(
+                            "goremotecache: uploads finished in {:.1}s",
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    break;
+                }
                 Err(_) if Instant::now() >= deadline => {
                     worker.abort();
                     let left = self.pending.swap(0, Ordering::SeqCst);
@@ -169,12 +177,6 @@ impl Uploader {
                     said = true;
                 }
             }
-        }
-        if said {
-            eprintln!(
-                "goremotecache: uploads finished in {:.1}s",
-                start.elapsed().as_secs_f64()
-            );
         }
         add(
             &self.remote_stats().close_wait_nanos,

@@ -212,6 +212,7 @@ fn uploads_past_the_wait_are_dropped_and_counted() {
         stderr.contains("uploads not finished after 1s were dropped"),
         "{stderr}"
     );
+    assert!(!stderr.contains("uploads finished in"), "{stderr}");
     let dropped = stats["remote"]["uploads_dropped"].as_u64().unwrap();
     let stored = stats["remote"]["uploads"].as_u64().unwrap();
     assert!(dropped > 0, "{stats}");

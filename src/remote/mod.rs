@@ -15,6 +15,8 @@ use futures::stream::BoxStream;
 
 use crate::protocol::ActionId;
 
+pub mod disk_store;
+pub mod http;
 pub mod s3;
 pub mod tier;
 
@@ -94,6 +96,9 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
 
     async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError>;
 
+    /// The size of the entry for `action`, if there is one, without fetching it.
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError>;
+
     /// Deletes every entry, calling `progress` with the running count now and then.
     async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError>;
 
@@ -121,6 +126,10 @@ impl<S: RemoteStore> RemoteStore for ReadOnly<S> {
         Ok(PutOutcome::Skipped)
     }
 
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
+        self.0.head(action).await
+    }
+
     async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
         self.0.clear(progress).await
     }
@@ -144,6 +153,10 @@ impl<S: RemoteStore> RemoteStore for WriteOnly<S> {
         self.0.put(action, entry).await
     }
 
+    async fn head(&self, _: &ActionId) -> Result<Option<u64>, RemoteError> {
+        Ok(None)
+    }
+
     async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
         self.0.clear(progress).await
     }
@@ -151,4 +164,32 @@ impl<S: RemoteStore> RemoteStore for WriteOnly<S> {
     fn location(&self) -> String {
         self.0.location()
     }
+}
+
+/// Streams a file in chunks read on a blocking thread (no whole file in memory).
+pub fn file_stream(file: std::fs::File) -> ByteStream {
+    use futures::StreamExt;
+    use std::io::Read;
+    const CHUNK: usize = 256 * 1024;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, RemoteError>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    let _ = tx.blocking_send(Err(RemoteError::Other(format!("reading: {err}"))));
+                    return;
+                }
+            }
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }

@@ -241,6 +241,14 @@ impl RemoteStore for S3Store {
         }
     }
 
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
+        match self.op.stat(&entry_key(action)).await {
+            Ok(meta) => Ok(Some(meta.content_length())),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(classify(err)),
+        }
+    }
+
     async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
         let entries = self
             .op

@@ -17,9 +17,10 @@ use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::http::HttpStore;
 use super::s3::S3Store;
 use super::{ReadOnly, RemoteError, RemoteStore, WriteOnly};
-use crate::config::{RemoteConfig, RemoteMode};
+use crate::config::{RemoteConfig, RemoteMode, StoreConfig};
 use crate::disk::{DiskCache, Entry, Spooled};
 use crate::format::{self, FormatError};
 use crate::health::Health;
@@ -48,12 +49,18 @@ pub struct RemoteTier {
 /// Builds the store that `config` names, wrapped for its mode. No network or credential
 /// work happens here.
 pub fn open_store(config: &RemoteConfig) -> Result<Arc<dyn RemoteStore>, RemoteError> {
-    let store = S3Store::new(&config.s3)?;
-    Ok(match config.mode {
+    match &config.store {
+        StoreConfig::S3(s3) => Ok(with_mode(S3Store::new(s3)?, config.mode)),
+        StoreConfig::Http(http) => Ok(with_mode(HttpStore::new(http)?, config.mode)),
+    }
+}
+
+fn with_mode<S: RemoteStore>(store: S, mode: RemoteMode) -> Arc<dyn RemoteStore> {
+    match mode {
         RemoteMode::ReadWrite => Arc::new(store),
         RemoteMode::ReadOnly => Arc::new(ReadOnly(store)),
         RemoteMode::WriteOnly => Arc::new(WriteOnly(store)),
-    })
+    }
 }
 
 enum FetchError {

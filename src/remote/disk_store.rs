@@ -1,0 +1,215 @@
+//! A remote store on a local directory: the storage of `goremotecache serve --storage-dir`.
+//!
+//! Entries are files at `<dir>/v1/<xx>/<actionid-hex>`, in the entry format as uploaded. A put
+//! is written to `<dir>/tmp/`, verified (header, size, sha256), and only then renamed into
+//! place, without replacing an existing entry; so a server killed at any moment leaves
+//! nothing torn or unverified where a get could find it.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload};
+use crate::format;
+use crate::protocol::ActionId;
+
+/// Entries in a directory.
+#[derive(Debug, Clone)]
+pub struct DiskStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl DiskStore {
+    /// Opens (creating) the store at `root`.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        fs::create_dir_all(root.join("v1"))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            tmp,
+        })
+    }
+
+    fn path(&self, action: &ActionId) -> PathBuf {
+        let hex = action.to_hex();
+        self.root.join("v1").join(&hex[..2]).join(hex)
+    }
+
+    /// Where a put's bytes go before they are verified.
+    pub fn temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix("put-")
+            .tempfile_in(&self.tmp)
+    }
+
+    /// Verifies a complete entry in `temp` and moves it into place unless an entry exists.
+    /// Blocking.
+    pub fn commit(
+        &self,
+        action: &ActionId,
+        temp: tempfile::NamedTempFile,
+    ) -> Result<PutOutcome, RemoteError> {
+        let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
+        let mut reader = BufReader::new(File::open(temp.path()).map_err(local)?);
+        format::read_entry(&mut reader, &mut io::sink())
+            .map_err(|err| RemoteError::Other(format!("rejected entry: {err}")))?;
+        let path = self.path(action);
+        if path.exists() {
+            return Ok(PutOutcome::Exists);
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(local)?;
+        }
+        // persist_noclobber: a concurrent put of the same key that got there first wins.
+        match temp.persist_noclobber(&path) {
+            Ok(_) => Ok(PutOutcome::Stored),
+            Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => Ok(PutOutcome::Exists),
+            Err(err) => Err(local(err.error)),
+        }
+    }
+
+    /// The size of the entry for `action`, if there is one.
+    pub fn size(&self, action: &ActionId) -> Option<u64> {
+        fs::metadata(self.path(action))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+    }
+
+    /// Removes temporary files left by a killed server.
+    pub fn sweep(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.tmp)? {
+            if fs::remove_file(entry?.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[async_trait]
+impl RemoteStore for DiskStore {
+    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+        let file = match File::open(self.path(action)) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(RemoteError::Other(format!("storage: {err}"))),
+        };
+        Ok(Some(super::file_stream(file)))
+    }
+
+    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
+        let store = self.clone();
+        let action = *action;
+        tokio::task::spawn_blocking(move || {
+            let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
+            let mut temp = store.temp_file().map_err(local)?;
+            {
+                let mut out = BufWriter::new(temp.as_file_mut());
+                match entry {
+                    Upload::Bytes(bytes) => out.write_all(&bytes).map_err(local)?,
+                    Upload::File { path, .. } => {
+                        io::copy(&mut File::open(path).map_err(local)?, &mut out).map_err(local)?;
+                    }
+                }
+                out.flush().map_err(local)?;
+            }
+            store.commit(&action, temp)
+        })
+        .await
+        .map_err(|err| RemoteError::Other(err.to_string()))?
+    }
+
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
+        Ok(self.size(action))
+    }
+
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+        let mut deleted = 0u64;
+        let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
+        for shard in fs::read_dir(self.root.join("v1")).map_err(local)? {
+            let shard = shard.map_err(local)?.path();
+            for entry in fs::read_dir(&shard).map_err(local)? {
+                fs::remove_file(entry.map_err(local)?.path()).map_err(local)?;
+                deleted += 1;
+                if deleted.is_multiple_of(1000) {
+                    progress(deleted);
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Header;
+    use bytes::Bytes;
+    use futures::StreamExt;
+    use std::time::SystemTime;
+
+    fn entry(body: &[u8]) -> Bytes {
+        let header = Header {
+            flags: 0,
+            output_id: crate::protocol::OutputId::of(body),
+            size: body.len() as u64,
+            time: SystemTime::now(),
+        };
+        let mut out = Vec::new();
+        format::write_entry(&header, &mut &body[..], &mut out).unwrap();
+        Bytes::from(out)
+    }
+
+    #[tokio::test]
+    async fn stores_verified_entries_once_and_refuses_damaged_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        let key = ActionId([9; 32]);
+        assert!(store.get(&key).await.unwrap().is_none());
+        let good = entry(b"body");
+        assert_eq!(
+            store.put(&key, Upload::Bytes(good.clone())).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(
+            store
+                .put(&key, Upload::Bytes(entry(b"other")))
+                .await
+                .unwrap(),
+            PutOutcome::Exists
+        );
+        let got: Vec<Bytes> = store
+            .get(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        assert_eq!(got.concat(), good.to_vec());
+
+        let mut bad = good.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let other = ActionId([8; 32]);
+        assert!(
+            store
+                .put(&other, Upload::Bytes(Bytes::from(bad)))
+                .await
+                .is_err()
+        );
+        assert!(store.get(&other).await.unwrap().is_none());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(store.clear(&|_| {}).await.unwrap(), 1);
+    }
+}

@@ -1,0 +1,572 @@
+//! `goremotecache serve`: an HTTP cache server over the entry format, storing on a local
+//! directory or in S3 (then it is a stateless front that can run as several replicas, and the
+//! credential-holding sidecar for `docker build`).
+//!
+//! API (documented in `docs/http-api.md`): `GET`, `HEAD` and `PUT /v1/ac/<actionid-hex>`,
+//! `GET /healthz`, `GET /metrics`. Bearer tokens are read-only or read-write. Keys other than
+//! 64 lowercase hex digits are refused before anything else looks at them; a `PUT` body is
+//! spooled to a temporary file (never held in memory), limited to `--max-entry-size`, and
+//! verified against its header before the store sees it. Headers must arrive within
+//! [`HEADER_TIMEOUT`] and a body must not stall for [`BODY_STALL`]; connections and the work in
+//! flight are bounded; SIGTERM stops accepting, finishes what is in flight and exits.
+
+use std::future::Future;
+use std::io::{self, BufReader};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::format;
+use crate::protocol::ActionId;
+use crate::remote::{PutOutcome, RemoteStore, Upload};
+
+pub mod metrics;
+pub mod tokens;
+
+use metrics::Metrics;
+use tokens::{Scope, Tokens};
+
+/// Request headers must be complete within this.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body that sends nothing for this long is cut off.
+pub const BODY_STALL: Duration = Duration::from_secs(30);
+/// How long SIGTERM waits for requests in flight.
+pub const DRAIN: Duration = Duration::from_secs(30);
+
+/// What a running server needs.
+#[derive(Debug)]
+pub struct ServerState {
+    pub store: Arc<dyn RemoteStore>,
+    pub tokens: RwLock<Tokens>,
+    pub anonymous_read: bool,
+    pub max_entry_size: u64,
+    /// Where `PUT` bodies are spooled.
+    pub spool_dir: PathBuf,
+    /// Requests handled at once; past it, 503.
+    pub in_flight: Semaphore,
+    pub metrics: Metrics,
+}
+
+/// The routes.
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route(
+            "/v1/ac/{key}",
+            get(get_entry).head(head_entry).put(put_entry),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+/// Serves `listener` until `shutdown` completes, then finishes the requests in flight (for at
+/// most [`DRAIN`]). At most `max_connections` connections are served at once; more are closed
+/// at once.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let app = router(state);
+    let connections = Arc::new(Semaphore::new(max_connections.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                tracing::warn!("accepting a connection failed: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::debug!("connection limit reached; closing a new connection");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained =
+        tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            "requests still in flight after {}s were cut off",
+            DRAIN.as_secs()
+        );
+    }
+}
+
+/// A request refused: a status and a one-line reason (small, unlike a whole `Response`).
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, format!("{}\n", self.reason)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Either the answer or the refusal, as a response.
+fn respond(result: Result<Response, Refusal>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+impl ServerState {
+    /// Checks the request's bearer token for `needed`.
+    fn authorize(&self, headers: &HeaderMap, needed: Scope) -> Result<(), Refusal> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let scope = match presented {
+            None if needed == Scope::Read && self.anonymous_read => return Ok(()),
+            None => None,
+            Some(token) => self
+                .tokens
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .scope_of(token.trim().as_bytes()),
+        };
+        match scope {
+            Some(scope) if scope >= needed => Ok(()),
+            Some(_) => Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "this token may only read",
+            )),
+            None => Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is needed",
+            )),
+        }
+    }
+
+    /// Counts one request and its latency.
+    fn observe(&self, method: &str, response: &Response, start: Instant) {
+        self.metrics
+            .observe(method, response.status().as_u16(), start.elapsed());
+    }
+}
+
+/// A key is exactly 64 lowercase hex digits; nothing else reaches the store.
+fn parse_key(key: &str) -> Result<ActionId, Refusal> {
+    let valid = key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    valid
+        .then(|| ActionId::from_hex(key))
+        .flatten()
+        .ok_or_else(|| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "the key must be 64 lowercase hex digits",
+            )
+        })
+}
+
+async fn get_entry(
+    State(state): State<Arc<ServerState>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let start = Instant::now();
+    let response = respond(fetch(&state, &key, &headers).await);
+    state.observe("GET", &response, start);
+    response
+}
+
+async fn fetch(
+    state: &Arc<ServerState>,
+    key: &str,
+    headers: &HeaderMap,
+) -> Result<Response, Refusal> {
+    state.authorize(headers, Scope::Read)?;
+    let action = parse_key(key)?;
+    let _permit = state
+        .in_flight
+        .try_acquire()
+        .map_err(|_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "busy"))?;
+    match state.store.get(&action).await {
+        Ok(None) => {
+            state.metrics.misses.inc();
+            Err(Refusal::new(StatusCode::NOT_FOUND, "no entry"))
+        }
+        Ok(Some(stream)) => {
+            state.metrics.hits.inc();
+            let metrics = state.metrics.clone();
+            let counted = stream.inspect(move |chunk| {
+                if let Ok(bytes) = chunk {
+                    metrics.bytes_out.inc_by(bytes.len() as u64);
+                }
+            });
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                Body::from_stream(counted),
+            )
+                .into_response())
+        }
+        Err(err) => {
+            state.metrics.storage_errors.inc();
+            tracing::warn!("storage get {action}: {err}");
+            Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("storage: {err}"),
+            ))
+        }
+    }
+}
+
+async fn head_entry(
+    State(state): State<Arc<ServerState>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let start = Instant::now();
+    let response = respond(head(&state, &key, &headers).await);
+    state.observe("HEAD", &response, start);
+    response
+}
+
+async fn head(
+    state: &Arc<ServerState>,
+    key: &str,
+    headers: &HeaderMap,
+) -> Result<Response, Refusal> {
+    state.authorize(headers, Scope::Read)?;
+    let action = parse_key(key)?;
+    match state.store.head(&action).await {
+        Ok(Some(size)) => {
+            Ok((StatusCode::OK, [(header::CONTENT_LENGTH, size.to_string())]).into_response())
+        }
+        Ok(None) => Err(Refusal::new(StatusCode::NOT_FOUND, "")),
+        Err(err) => {
+            state.metrics.storage_errors.inc();
+            tracing::warn!("storage head {action}: {err}");
+            Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, ""))
+        }
+    }
+}
+
+async fn put_entry(
+    State(state): State<Arc<ServerState>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let start = Instant::now();
+    let response = respond(store(&state, &key, &headers, body).await);
+    state.observe("PUT", &response, start);
+    response
+}
+
+async fn store(
+    state: &Arc<ServerState>,
+    key: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    state.authorize(headers, Scope::ReadWrite)?;
+    let action = parse_key(key)?;
+    let too_large = || {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("an entry may have at most {} bytes", state.max_entry_size),
+        )
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > state.max_entry_size) {
+        return Err(too_large());
+    }
+    let _permit = state
+        .in_flight
+        .try_acquire()
+        .map_err(|_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "busy"))?;
+    let internal = |err: io::Error| {
+        tracing::warn!("spooling a put: {err}");
+        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot spool the entry")
+    };
+    let temp = tempfile::Builder::new()
+        .prefix("put-")
+        .tempfile_in(&state.spool_dir)
+        .map_err(internal)?;
+    let mut file = tokio::fs::File::from_std(temp.reopen().map_err(internal)?);
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    loop {
+        let chunk = match tokio::time::timeout(BODY_STALL, stream.next()).await {
+            Err(_) => {
+                return Err(Refusal::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body stalled",
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(err))) => {
+                return Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the body: {err}"),
+                ));
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        size += chunk.len() as u64;
+        if size > state.max_entry_size {
+            return Err(too_large());
+        }
+        file.write_all(&chunk).await.map_err(internal)?;
+    }
+    file.flush().await.map_err(internal)?;
+    drop(file);
+    state.metrics.bytes_in.inc_by(size);
+
+    let path = temp.path().to_path_buf();
+    let verified = tokio::task::spawn_blocking(move || {
+        let mut input = BufReader::new(std::fs::File::open(path)?);
+        format::read_entry(&mut input, &mut io::sink())
+            .map_err(|err| io::Error::other(err.to_string()))
+    })
+    .await
+    .map_err(|err| internal(io::Error::other(err.to_string())))?;
+    if let Err(err) = verified {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!("rejected entry: {err}"),
+        ));
+    }
+    let upload = Upload::File {
+        path: temp.path().to_path_buf(),
+        len: size,
+    };
+    match state.store.put(&action, upload).await {
+        Ok(PutOutcome::Stored) => Ok(StatusCode::CREATED.into_response()),
+        Ok(PutOutcome::Exists | PutOutcome::Skipped) => Ok(StatusCode::OK.into_response()),
+        Err(err) => {
+            state.metrics.storage_errors.inc();
+            tracing::warn!("storage put {action}: {err}");
+            Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("storage: {err}"),
+            ))
+        }
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<ServerState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "serve needs somewhere to store entries: --storage-dir DIR, or --s3-bucket (with the other --s3-* options)"
+    )]
+    NoStorage,
+    #[error(
+        "serve needs tokens (--token-file or GOREMOTECACHE_TOKENS), or --allow-anonymous-read for a read-only cache"
+    )]
+    NoTokens,
+    #[error("tokens: {0}")]
+    Tokens(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// `goremotecache serve`: builds the server from its options, binds, and serves until
+/// SIGTERM or Ctrl-C. SIGHUP reads the token file again.
+pub fn serve(
+    args: &crate::config::ServeArgs,
+    s3: Option<crate::remote::s3::S3Config>,
+) -> Result<(), ServeError> {
+    let tokens = load_tokens(args)?;
+    if tokens.is_empty() && !args.allow_anonymous_read {
+        return Err(ServeError::NoTokens);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("goremotecache-serve")
+        .build()
+        .map_err(|err| ServeError::Storage(format!("starting the runtime: {err}")))?;
+    runtime.block_on(async {
+        let (store, spool_dir, _spool_guard): (
+            Arc<dyn RemoteStore>,
+            PathBuf,
+            Option<tempfile::TempDir>,
+        ) = match (&args.storage_dir, s3) {
+            (Some(dir), _) => {
+                let store = crate::remote::disk_store::DiskStore::open(dir)
+                    .map_err(|err| ServeError::Storage(format!("{}: {err}", dir.display())))?;
+                let spool = dir.join("tmp");
+                (Arc::new(store), spool, None)
+            }
+            (None, Some(s3)) => {
+                let store = crate::remote::s3::S3Store::new(&s3)
+                    .map_err(|err| ServeError::Storage(err.to_string()))?;
+                let spool = tempfile::Builder::new()
+                    .prefix("goremotecache-serve-")
+                    .tempdir()
+                    .map_err(|err| ServeError::Storage(format!("a spool directory: {err}")))?;
+                (Arc::new(store), spool.path().to_path_buf(), Some(spool))
+            }
+            (None, None) => return Err(ServeError::NoStorage),
+        };
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: args.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+        eprintln!(
+            "goremotecache: serving http://{addr} from {}: {} tokens, anonymous reads {}",
+            store.location(),
+            tokens.len(),
+            if args.allow_anonymous_read {
+                "allowed"
+            } else {
+                "refused"
+            }
+        );
+        let state = Arc::new(ServerState {
+            store,
+            tokens: RwLock::new(tokens),
+            anonymous_read: args.allow_anonymous_read,
+            max_entry_size: args.max_entry_size,
+            spool_dir,
+            in_flight: Semaphore::new(args.max_in_flight.max(1)),
+            metrics: Metrics::new(),
+        });
+        tokio::spawn(reload_on_hangup(args.clone(), state.clone()));
+        run(listener, state, args.max_connections, shutdown_signal()).await;
+        eprintln!("goremotecache: server stopped");
+        Ok(())
+    })
+}
+
+fn load_tokens(args: &crate::config::ServeArgs) -> Result<Tokens, ServeError> {
+    let mut tokens = Tokens::default();
+    if let Some(path) = &args.token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| ServeError::Tokens(format!("{}: {err}", path.display())))?;
+        tokens.extend(
+            Tokens::parse_file(&text)
+                .map_err(|err| ServeError::Tokens(format!("{}: {err}", path.display())))?,
+        );
+    }
+    if let Some(list) = &args.tokens {
+        tokens.extend(
+            Tokens::parse_list(list)
+                .map_err(|err| ServeError::Tokens(format!("GOREMOTECACHE_TOKENS: {err}")))?,
+        );
+    }
+    Ok(tokens)
+}
+
+/// Reads the tokens again on each SIGHUP; a file that does not parse keeps the old tokens.
+async fn reload_on_hangup(args: crate::config::ServeArgs, state: Arc<ServerState>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match load_tokens(&args) {
+            Ok(tokens) => {
+                let count = tokens.len();
+                *state.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+                eprintln!("goremotecache: tokens reloaded: {count} tokens");
+            }
+            Err(err) => eprintln!("goremotecache: keeping the old tokens: {err}"),
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    eprintln!("goremotecache: stopping: finishing the requests in flight");
+}

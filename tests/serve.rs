@@ -1,0 +1,438 @@
+//! `goremotecache serve` as a running binary: builds through it with the real go command (on
+//! disk storage and on S3 storage), the auth matrix, the bad-input matrix, metrics, token
+//! reload and shutdown.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use goremotecache::format::{self, Header};
+use goremotecache::protocol::OutputId;
+use support::GoProject;
+use support::s3::{S3Server, SECRET_KEY, credentials};
+
+const RW: &str = "rw-token-0123456789abcdef";
+const RO: &str = "ro-token-0123456789abcdef";
+
+/// A running server and its address.
+struct Server {
+    child: Child,
+    addr: String,
+    token_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str], env: &[(String, String)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("tokens");
+        std::fs::write(
+            &token_file,
+            format!("# test tokens\nrw {RW} writer\nro {RO}\n"),
+        )
+        .unwrap();
+        let mut command = Command::new(support::bin());
+        command
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let addr = line
+            .split("serving http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .trim_end_matches(':')
+            .to_string();
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            rest
+        });
+        Self {
+            child,
+            addr,
+            token_file,
+            _dir: dir,
+        }
+    }
+
+    fn on_disk(extra: &[&str]) -> (Self, tempfile::TempDir) {
+        let storage = tempfile::tempdir().unwrap();
+        let mut args = vec!["--storage-dir", storage.path().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        (Self::start(&args, &[]), storage)
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// One request; returns the status and the body.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        if let Some(token) = token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {text:?}"));
+        let body_at = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(answer.len(), |p| p + 4);
+        let chunked = text[..body_at]
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let body = &answer[body_at..];
+        (
+            status,
+            if chunked {
+                dechunk(body)
+            } else {
+                body.to_vec()
+            },
+        )
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size line");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
+}
+
+fn entry(body: &[u8]) -> Vec<u8> {
+    let header = Header {
+        flags: 0,
+        output_id: OutputId::of(body),
+        size: body.len() as u64,
+        time: std::time::SystemTime::now(),
+    };
+    let mut out = Vec::new();
+    format::write_entry(&header, &mut &body[..], &mut out).unwrap();
+    out
+}
+
+const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn key_path(key: &str) -> String {
+    format!("/v1/ac/{key}")
+}
+
+fn through(project: &mut GoProject, server: &Server, token: &str) {
+    project.args = vec![
+        "--http-url".into(),
+        server.url(),
+        "--http-token".into(),
+        token.into(),
+    ];
+}
+
+#[test]
+fn a_fresh_machine_builds_from_a_server_on_disk() {
+    let (server, _storage) = Server::on_disk(&[]);
+    let mut project = GoProject::new("serve-disk");
+    through(&mut project, &server, RW);
+    let cold = project.go(&["build", "./..."]);
+    assert!(cold.stat("remote.uploads") > 50, "{:?}", cold.stats);
+    assert_eq!(cold.stat("remote.upload_errors"), 0, "{:?}", cold.stats);
+    project.go(&["test", "./..."]);
+    project.switch_machine("machine-b");
+    let warm = project.go(&["build", "-x", "./..."]);
+    assert_eq!(warm.compiles(), Vec::<String>::new(), "machine B compiled");
+    assert!(warm.stat("remote.hits") > 50);
+    let test = project.go(&["test", "./..."]);
+    assert!(
+        test.stdout()
+            .contains("ok  \texample.com/e2e/report\t(cached)"),
+        "{}",
+        test.stdout()
+    );
+    // A read-only token reads but never writes.
+    project.switch_machine("machine-c");
+    through(&mut project, &server, RO);
+    let read_only = project.go(&["build", "./..."]);
+    assert!(read_only.stat("remote.hits") > 50);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_fresh_machine_builds_from_a_server_on_s3() {
+    let s3 = S3Server::start();
+    let mut args: Vec<String> = s3.args("served");
+    args.extend(["--max-entry-size".to_string(), "64MiB".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&args, &credentials(SECRET_KEY));
+    let mut project = GoProject::new("serve-s3");
+    through(&mut project, &server, RW);
+    project.go(&["build", "./..."]);
+    assert!(s3.count("PUT") > 50, "nothing reached the bucket");
+    project.switch_machine("machine-b");
+    let warm = project.go(&["build", "-x", "./..."]);
+    assert_eq!(warm.compiles(), Vec::<String>::new(), "machine B compiled");
+}
+
+#[test]
+fn the_auth_matrix() {
+    let (server, _storage) = Server::on_disk(&[]);
+    let path = key_path(KEY);
+    let body = entry(b"an entry");
+    // No token, an unknown token: 401 for everything.
+    for token in [None, Some("not-a-known-token-at-all")] {
+        assert_eq!(server.request("GET", &path, token, b"").0, 401, "{token:?}");
+        assert_eq!(
+            server.request("HEAD", &path, token, b"").0,
+            401,
+            "{token:?}"
+        );
+        assert_eq!(
+            server.request("PUT", &path, token, &body).0,
+            401,
+            "{token:?}"
+        );
+    }
+    // Read-only: reads, 403 on write.
+    assert_eq!(server.request("GET", &path, Some(RO), b"").0, 404);
+    assert_eq!(server.request("PUT", &path, Some(RO), &body).0, 403);
+    // Read-write: creates, then finds it existing.
+    assert_eq!(server.request("PUT", &path, Some(RW), &body).0, 201);
+    assert_eq!(server.request("PUT", &path, Some(RW), &body).0, 200);
+    let (status, got) = server.request("GET", &path, Some(RO), b"");
+    assert_eq!(status, 200);
+    assert_eq!(got, body);
+    assert_eq!(server.request("HEAD", &path, Some(RW), b"").0, 200);
+    // The health check needs no token.
+    assert_eq!(
+        server.request("GET", "/healthz", None, b""),
+        (200, b"ok\n".to_vec())
+    );
+}
+
+#[test]
+fn anonymous_reads_are_an_explicit_choice() {
+    let (server, _storage) = Server::on_disk(&["--allow-anonymous-read"]);
+    let path = key_path(KEY);
+    assert_eq!(server.request("GET", &path, None, b"").0, 404);
+    assert_eq!(server.request("PUT", &path, None, &entry(b"x")).0, 401);
+    assert_eq!(server.request("PUT", &path, Some(RW), &entry(b"x")).0, 201);
+    assert_eq!(server.request("GET", &path, None, b"").0, 200);
+}
+
+#[test]
+fn the_bad_input_matrix() {
+    let (server, storage) = Server::on_disk(&["--max-entry-size", "64KiB"]);
+    for key in [
+        "0123",
+        &KEY.to_uppercase(),
+        &format!("{KEY}0"),
+        "..%2F..%2Fetc%2Fpasswd",
+        &format!("{}zz", &KEY[..62]),
+    ] {
+        let (status, _) = server.request("GET", &key_path(key), Some(RW), b"");
+        assert!(status == 400 || status == 404, "{key}: {status}");
+        if status == 404 {
+            // Only a route that does not match at all may say 404; a key never reaches storage.
+            assert!(key.contains('%'), "{key}");
+        }
+        assert_ne!(
+            server
+                .request("PUT", &key_path(key), Some(RW), &entry(b"x"))
+                .0,
+            201,
+            "{key}"
+        );
+    }
+    let (status, text) = server.request("PUT", &key_path(KEY), Some(RW), &vec![0u8; 70 * 1024]);
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&text));
+    let (status, text) = server.request("PUT", &key_path(KEY), Some(RW), b"not an entry at all");
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&text).contains("rejected entry"));
+    let mut damaged = entry(b"some output bytes");
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    assert_eq!(
+        server.request("PUT", &key_path(KEY), Some(RW), &damaged).0,
+        400
+    );
+    assert_eq!(
+        server.request("GET", &key_path(KEY), Some(RW), b"").0,
+        404,
+        "a refused entry is visible"
+    );
+    let stored: Vec<_> = std::fs::read_dir(storage.path().join("v1"))
+        .unwrap()
+        .collect();
+    assert!(stored.is_empty(), "refused entries were stored: {stored:?}");
+}
+
+#[test]
+fn stalled_headers_are_cut_off() {
+    let (server, _storage) = Server::on_disk(&[]);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(25),
+        "took {took:?}"
+    );
+}
+
+#[test]
+fn metrics_count_requests_hits_and_bytes() {
+    let (server, _storage) = Server::on_disk(&[]);
+    let body = entry(b"metered");
+    server.request("PUT", &key_path(KEY), Some(RW), &body);
+    server.request("GET", &key_path(KEY), Some(RW), b"");
+    server.request("GET", &key_path(&KEY.replace('0', "1")), Some(RW), b"");
+    let (status, text) = server.request("GET", "/metrics", None, b"");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(text).unwrap();
+    for expected in [
+        "goremotecache_requests_total{method=\"PUT\",status=\"201\"} 1",
+        "goremotecache_requests_total{method=\"GET\",status=\"200\"} 1",
+        "goremotecache_requests_total{method=\"GET\",status=\"404\"} 1",
+        "goremotecache_hits_total 1",
+        "goremotecache_misses_total 1",
+        &format!("goremotecache_received_bytes_total {}", body.len()),
+        &format!("goremotecache_sent_bytes_total {}", body.len()),
+        "goremotecache_storage_errors_total 0",
+        "goremotecache_request_duration_seconds_bucket",
+    ] {
+        assert!(
+            text.contains(expected),
+            "metrics lack {expected:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn sighup_reloads_tokens_and_sigterm_stops_cleanly() {
+    let (server, _storage) = Server::on_disk(&[]);
+    let new_token = "brand-new-token-0123456789";
+    assert_eq!(
+        server
+            .request("GET", &key_path(KEY), Some(new_token), b"")
+            .0,
+        401
+    );
+    std::fs::write(&server.token_file, format!("ro {new_token}\n")).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server
+        .request("GET", &key_path(KEY), Some(new_token), b"")
+        .0
+        != 404
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new token was never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        server.request("GET", &key_path(KEY), Some(RW), b"").0,
+        401,
+        "the old token still works"
+    );
+    assert!(server.stop().success());
+}
+
+#[test]
+fn serve_refuses_to_start_without_storage_or_tokens() {
+    let out = Command::new(support::bin())
+        .args(["serve", "--tokens", &format!("rw:{RW}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("serve needs somewhere to store entries")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(support::bin())
+        .args(["serve", "--storage-dir", dir.path().to_str().unwrap()])
+        .env_remove("GOREMOTECACHE_TOKENS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serve needs tokens"));
+}

@@ -502,7 +502,7 @@ fn sixty_four_clients_under_load_lose_nothing() {
                     if put.status().as_u16() == 201 {
                         acked.push((key.clone(), Sha256::digest(&bytes).into()));
                     }
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         let (key, hash) = &acked[(n as usize / 2) % acked.len()];
                         let got = client
                             .get(format!("{url}/v1/ac/{key}"))

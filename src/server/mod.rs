@@ -467,6 +467,11 @@ pub fn serve(
             (Some(dir), _) => {
                 let store = crate::remote::disk_store::DiskStore::open(dir)
                     .map_err(|err| ServeError::Storage(format!("{}: {err}", dir.display())))?;
+                if let Ok(n) = store.sweep(Duration::from_secs(3600))
+                    && n > 0
+                {
+                    tracing::info!("removed {n} stale temporary files");
+                }
                 let spool = dir.join("tmp");
                 (Arc::new(store), spool, None)
             }

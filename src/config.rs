@@ -184,6 +184,11 @@ pub struct Options {
     )]
     pub http_token: Option<String>,
 
+    /// A PEM file of certificate authorities to trust for --http-url, besides the system's
+    /// (for a server with a private CA's certificate).
+    #[arg(long, env = "GOREMOTECACHE_HTTP_CA_FILE", value_name = "PEM")]
+    pub http_ca_file: Option<PathBuf>,
+
     /// `read-write`; `read-only` never uploads (untrusted builds such as pull requests from
     /// forks); `write-only` never reads remote entries (to refill a cache suspected bad).
     #[arg(long, env = "GOREMOTECACHE_REMOTE_MODE", value_enum, default_value_t = RemoteMode::ReadWrite)]
@@ -269,6 +274,24 @@ pub struct ServeArgs {
         default_value_t = 1024
     )]
     pub max_connections: usize,
+
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 
     /// Requests handled at once; more get 503.
     #[arg(
@@ -423,6 +446,7 @@ fn remote_config(options: &Options) -> Result<Option<RemoteConfig>, ConfigError>
             StoreConfig::Http(HttpConfig {
                 url,
                 token: options.http_token.clone().filter(|t| !t.is_empty()),
+                ca_file: options.http_ca_file.clone(),
                 connect_timeout: options.remote_connect_timeout,
                 request_timeout: options.remote_timeout,
             })

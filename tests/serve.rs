@@ -55,8 +55,9 @@ impl Server {
         let mut line = String::new();
         stderr.read_line(&mut line).unwrap();
         let addr = line
-            .split("serving http://")
+            .split("serving ")
             .nth(1)
+            .and_then(|rest| rest.split("://").nth(1))
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .trim_end_matches(':')
@@ -626,4 +627,123 @@ fn a_server_killed_during_uploads_serves_nothing_torn_after_restart() {
         "after the kill: {whole} of {} entries whole, the rest absent",
         entries.len()
     );
+}
+
+/// A certificate for 127.0.0.1 signed by a CA of the test's own, made with openssl.
+fn make_certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=goremotecache test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn tls_serves_https_and_the_http_backend_trusts_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(certs.path());
+    let storage = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &[
+            "--storage-dir",
+            storage.path().to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let https = format!("https://{}", server.addr);
+    // Plain HTTP to a TLS port gets no answer.
+    assert!(std::panic::catch_unwind(|| server.request("GET", "/healthz", None, b"")).is_err());
+    let curl = Command::new("curl")
+        .args([
+            "-sS",
+            "--cacert",
+            ca.to_str().unwrap(),
+            &format!("{https}/healthz"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        "ok\n",
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+
+    let mut project = GoProject::new("serve-tls");
+    project.args = vec![
+        "--http-url".into(),
+        https.clone(),
+        "--http-token".into(),
+        RW.into(),
+        "--http-ca-file".into(),
+        ca.to_str().unwrap().into(),
+    ];
+    let cold = project.go(&["build", "./..."]);
+    assert!(cold.stat("remote.uploads") > 50, "{:?}", cold.stats);
+    project.switch_machine("tls-b");
+    let warm = project.go(&["build", "-x", "./..."]);
+    assert_eq!(warm.compiles(), Vec::<String>::new());
 }

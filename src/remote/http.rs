@@ -17,6 +17,8 @@ pub struct HttpConfig {
     pub url: String,
     /// The bearer token; `None` for a server that allows anonymous reads.
     pub token: Option<String>,
+    /// A PEM file of certificate authorities to trust besides the system's (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -27,23 +29,37 @@ pub struct HttpStore {
     client: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// Set once a put was refused with 403: the token is read-only.
+    read_only_said: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl HttpStore {
     /// Builds the client; no request is made.
     pub fn new(config: &HttpConfig) -> Result<Self, RemoteError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|err| {
+                RemoteError::Config(format!("--http-ca-file {}: {err}", path.display()))
+            })?;
+            let certificate = reqwest::Certificate::from_pem(&pem).map_err(|err| {
+                RemoteError::Config(format!("--http-ca-file {}: {err}", path.display()))
+            })?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let client = builder
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.request_timeout)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Under the server's 10 s header timeout, which also closes idle connections.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(|err| RemoteError::Config(format!("building the HTTP client: {err}")))?;
         Ok(Self {
             client,
             base: config.url.trim_end_matches('/').to_string(),
             token: config.token.clone().filter(|t| !t.is_empty()),
+            read_only_said: Default::default(),
         })
     }
 
@@ -121,6 +137,19 @@ impl RemoteStore for HttpStore {
         match response.status() {
             StatusCode::CREATED => Ok(PutOutcome::Stored),
             StatusCode::OK => Ok(PutOutcome::Exists),
+            // A read-only token: reads go on, uploads are skipped (said once).
+            StatusCode::FORBIDDEN => {
+                if !self
+                    .read_only_said
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "the token for {} may only read: uploads are skipped (--remote-mode read-only says so up front)",
+                        self.base
+                    );
+                }
+                Ok(PutOutcome::Skipped)
+            }
             _ => Err(failed(response).await),
         }
     }

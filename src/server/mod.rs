@@ -80,6 +80,7 @@ pub async fn run(
     listener: TcpListener,
     state: Arc<ServerState>,
     max_connections: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let app = router(state);
@@ -106,18 +107,17 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
+        let tls = tls.clone();
         tasks.spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stop.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match tls {
+                None => serve_connection(stream, service, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, service, stop).await,
+                        Ok(Err(err)) => tracing::debug!("TLS handshake failed: {err}"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
             }
             drop(permit);
@@ -134,6 +134,54 @@ pub async fn run(
             DRAIN.as_secs()
         );
     }
+}
+
+/// Serves HTTP/1.1 on one connection until it ends, or until `stop` says to finish.
+async fn serve_connection<S>(
+    stream: S,
+    service: TowerToHyperService<Router>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stop.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// The TLS configuration of `--tls-cert` and `--tls-key`.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls_error = |what: &std::path::Path, err: &dyn std::fmt::Display| {
+        ServeError::Tls(format!("{}: {err}", what.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|err| tls_error(cert, &err))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| tls_error(cert, &err))?;
+    if certs.is_empty() {
+        return Err(tls_error(cert, &"no certificate in the file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|err| tls_error(key, &err))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|err| tls_error(cert, &err))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// A request refused: a status and a one-line reason (small, unlike a whole `Response`).
@@ -436,6 +484,8 @@ pub enum ServeError {
     Tokens(String),
     #[error("storage: {0}")]
     Storage(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("listening on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -450,6 +500,10 @@ pub fn serve(
     s3: Option<crate::remote::s3::S3Config>,
 ) -> Result<(), ServeError> {
     let tokens = load_tokens(args)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     if tokens.is_empty() && !args.allow_anonymous_read {
         return Err(ServeError::NoTokens);
     }
@@ -497,7 +551,8 @@ pub fn serve(
             source,
         })?;
         eprintln!(
-            "goremotecache: serving http://{addr} from {}: {} tokens, anonymous reads {}",
+            "goremotecache: serving {}://{addr} from {}: {} tokens, anonymous reads {}",
+            if tls.is_some() { "https" } else { "http" },
             store.location(),
             tokens.len(),
             if args.allow_anonymous_read {
@@ -516,7 +571,14 @@ pub fn serve(
             metrics: Metrics::new(),
         });
         tokio::spawn(reload_on_hangup(args.clone(), state.clone()));
-        run(listener, state, args.max_connections, shutdown_signal()).await;
+        run(
+            listener,
+            state,
+            args.max_connections,
+            tls,
+            shutdown_signal(),
+        )
+        .await;
         eprintln!("goremotecache: server stopped");
         Ok(())
     })

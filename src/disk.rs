@@ -204,20 +204,25 @@ impl DiskCache {
     /// Removes temporary files older than `age`, left by processes that were killed. Younger
     /// ones may belong to a process that is still writing them.
     pub fn sweep_tmp(&self, age: Duration) -> io::Result<usize> {
-        let now = SystemTime::now();
-        let mut removed = 0;
-        for entry in fs::read_dir(&self.tmp)? {
-            let entry = entry?;
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() > age);
-            if old && fs::remove_file(entry.path()).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        remove_older_than(&self.tmp, age)
     }
+}
+
+/// Removes the files in `dir` last modified more than `age` ago; returns how many.
+pub fn remove_older_than(dir: &Path, age: Duration) -> io::Result<usize> {
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() > age);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn shard_path(root: &Path, kind: &str, hex: &str) -> PathBuf {

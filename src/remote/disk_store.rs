@@ -83,19 +83,7 @@ impl DiskStore {
     /// Removes temporary files older than `age`, left by a killed server (younger ones may
     /// belong to another server on the same directory).
     pub fn sweep(&self, age: std::time::Duration) -> io::Result<usize> {
-        let now = std::time::SystemTime::now();
-        let mut removed = 0;
-        for entry in fs::read_dir(&self.tmp)? {
-            let entry = entry?;
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > age);
-            if old && fs::remove_file(entry.path()).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        crate::disk::remove_older_than(&self.tmp, age)
     }
 }
 

@@ -43,15 +43,7 @@ fn test_results_are_cached_until_the_test_cache_is_cleaned() {
         first.stdout()
     );
 
-    let second = project.go(&["test", "./..."]);
-    for pkg in ["mathx", "report", "text"] {
-        let line = format!("ok  \texample.com/e2e/{pkg}\t(cached)");
-        assert!(
-            second.stdout().contains(&line),
-            "missing {line:?} in:\n{}",
-            second.stdout()
-        );
-    }
+    project.assert_tests_cached();
 
     project.go(&["clean", "-testcache"]);
     let third = project.go(&["test", "-x", "./..."]);

@@ -33,12 +33,8 @@ fn a_fresh_machine_gets_every_result_from_the_bucket() {
     let mut project = project("s3-fresh", &server, "ci");
     warm_the_bucket(&project);
 
-    project.switch_machine("machine-b");
     server.reset_counts();
-    let build = project.go(&["build", "-x", "./..."]);
-    assert_eq!(build.compiles(), Vec::<String>::new(), "machine B compiled");
-    let remote_hits = build.stat("remote.hits");
-    assert!(remote_hits > 50, "{:?}", build.stats);
+    let build = project.build_on_fresh_machine("machine-b");
     assert_eq!(build.stat("remote.corrupt"), 0);
     assert_eq!(
         build.stat("remote.uploads"),
@@ -52,15 +48,7 @@ fn a_fresh_machine_gets_every_result_from_the_bucket() {
         "{:?}",
         build.stats
     );
-    let test = project.go(&["test", "./..."]);
-    for pkg in ["mathx", "report", "text"] {
-        let line = format!("ok  \texample.com/e2e/{pkg}\t(cached)");
-        assert!(
-            test.stdout().contains(&line),
-            "missing {line:?} in:\n{}",
-            test.stdout()
-        );
-    }
+    project.assert_tests_cached();
 }
 
 #[test]
@@ -273,9 +261,7 @@ fn a_slow_link_still_serves_a_fresh_machine() {
     project.args = s3_args(&proxy.endpoint, "slow");
     project.env = credentials(SECRET_KEY);
     warm_the_bucket(&project);
-    project.switch_machine("slow-b");
-    let build = project.go(&["build", "-x", "./..."]);
-    assert_eq!(build.compiles(), Vec::<String>::new());
+    let build = project.build_on_fresh_machine("slow-b");
     assert_eq!(build.stat("remote.errors"), 0, "{:?}", build.stats);
     proxy.set_mode(Mode::Reset);
     project.switch_machine("slow-c");
@@ -297,17 +283,8 @@ fn an_external_s3_server_serves_a_fresh_machine() {
     let mut project = GoProject::new("s3-external");
     project.args = support::s3::bucket_args(&bucket, &endpoint, &prefix);
     warm_the_bucket(&project);
-    project.switch_machine("external-b");
-    let build = project.go(&["build", "-x", "./..."]);
-    assert_eq!(build.compiles(), Vec::<String>::new(), "machine B compiled");
-    assert!(build.stat("remote.hits") > 50, "{:?}", build.stats);
-    let test = project.go(&["test", "./..."]);
-    assert!(
-        test.stdout()
-            .contains("ok  \texample.com/e2e/report\t(cached)"),
-        "{}",
-        test.stdout()
-    );
+    project.build_on_fresh_machine("external-b");
+    project.assert_tests_cached();
 }
 
 /// The warnings that a build printed about the remote cache.

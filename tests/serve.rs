@@ -207,17 +207,8 @@ fn a_fresh_machine_builds_from_a_server_on_disk() {
     assert!(cold.stat("remote.uploads") > 50, "{:?}", cold.stats);
     assert_eq!(cold.stat("remote.upload_errors"), 0, "{:?}", cold.stats);
     project.go(&["test", "./..."]);
-    project.switch_machine("machine-b");
-    let warm = project.go(&["build", "-x", "./..."]);
-    assert_eq!(warm.compiles(), Vec::<String>::new(), "machine B compiled");
-    assert!(warm.stat("remote.hits") > 50);
-    let test = project.go(&["test", "./..."]);
-    assert!(
-        test.stdout()
-            .contains("ok  \texample.com/e2e/report\t(cached)"),
-        "{}",
-        test.stdout()
-    );
+    project.build_on_fresh_machine("machine-b");
+    project.assert_tests_cached();
     // A read-only token reads but never writes.
     project.switch_machine("machine-c");
     through(&mut project, &server, RO);
@@ -237,9 +228,7 @@ fn a_fresh_machine_builds_from_a_server_on_s3() {
     through(&mut project, &server, RW);
     project.go(&["build", "./..."]);
     assert!(s3.count("PUT") > 50, "nothing reached the bucket");
-    project.switch_machine("machine-b");
-    let warm = project.go(&["build", "-x", "./..."]);
-    assert_eq!(warm.compiles(), Vec::<String>::new(), "machine B compiled");
+    project.build_on_fresh_machine("machine-b");
 }
 
 #[test]
@@ -444,6 +433,28 @@ fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// GETs `key` and requires it to be there with the sha256 `hash`.
+async fn read_back(client: &reqwest::Client, url: &str, key: &str, hash: &[u8; 32]) {
+    use sha2::{Digest, Sha256};
+    let got = client
+        .get(format!("{url}/v1/ac/{key}"))
+        .bearer_auth(RO)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.status().as_u16(),
+        200,
+        "{key} was acknowledged but is gone"
+    );
+    let got = got.bytes().await.unwrap();
+    assert_eq!(
+        &<[u8; 32]>::from(Sha256::digest(&got)),
+        hash,
+        "{key} differs from its put"
+    );
+}
+
 /// The server's peak resident memory, from /proc.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -505,19 +516,7 @@ fn sixty_four_clients_under_load_lose_nothing() {
                     }
                     if n.is_multiple_of(2) {
                         let (key, hash) = &acked[(n as usize / 2) % acked.len()];
-                        let got = client
-                            .get(format!("{url}/v1/ac/{key}"))
-                            .bearer_auth(RO)
-                            .send()
-                            .await
-                            .unwrap();
-                        assert_eq!(got.status().as_u16(), 200);
-                        let got = got.bytes().await.unwrap();
-                        assert_eq!(
-                            &<[u8; 32]>::from(Sha256::digest(&got)),
-                            hash,
-                            "a read differed from its put"
-                        );
+                        read_back(&client, &url, key, hash).await;
                     }
                 }
                 acked
@@ -529,23 +528,7 @@ fn sixty_four_clients_under_load_lose_nothing() {
         }
         // Every acknowledged put, read back after the load.
         for (key, hash) in &all {
-            let got = client
-                .get(format!("{url}/v1/ac/{key}"))
-                .bearer_auth(RO)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(
-                got.status().as_u16(),
-                200,
-                "{key} was acknowledged but is gone"
-            );
-            let got = got.bytes().await.unwrap();
-            assert_eq!(
-                &<[u8; 32]>::from(Sha256::digest(&got)),
-                hash,
-                "{key} changed"
-            );
+            read_back(&client, &url, key, hash).await;
         }
         all
     });
@@ -743,7 +726,5 @@ fn tls_serves_https_and_the_http_backend_trusts_a_private_ca() {
     ];
     let cold = project.go(&["build", "./..."]);
     assert!(cold.stat("remote.uploads") > 50, "{:?}", cold.stats);
-    project.switch_machine("tls-b");
-    let warm = project.go(&["build", "-x", "./..."]);
-    assert_eq!(warm.compiles(), Vec::<String>::new());
+    project.build_on_fresh_machine("tls-b");
 }

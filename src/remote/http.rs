@@ -67,6 +67,18 @@ impl HttpStore {
         format!("{}/v1/ac/{}", self.base, action.to_hex())
     }
 
+    /// Sends a request without a body.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        action: &ActionId,
+    ) -> Result<reqwest::Response, RemoteError> {
+        self.request(method, action)
+            .send()
+            .await
+            .map_err(network_error)
+    }
+
     fn request(&self, method: reqwest::Method, action: &ActionId) -> reqwest::RequestBuilder {
         let request = self.client.request(method, self.url(action));
         match &self.token {
@@ -102,11 +114,7 @@ async fn failed(response: reqwest::Response) -> RemoteError {
 #[async_trait]
 impl RemoteStore for HttpStore {
     async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
-        let response = self
-            .request(reqwest::Method::GET, action)
-            .send()
-            .await
-            .map_err(network_error)?;
+        let response = self.send(reqwest::Method::GET, action).await?;
         match response.status() {
             StatusCode::OK => Ok(Some(response.bytes_stream().map_err(network_error).boxed())),
             StatusCode::NOT_FOUND => Ok(None),
@@ -155,11 +163,7 @@ impl RemoteStore for HttpStore {
     }
 
     async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
-        let response = self
-            .request(reqwest::Method::HEAD, action)
-            .send()
-            .await
-            .map_err(network_error)?;
+        let response = self.send(reqwest::Method::HEAD, action).await?;
         match response.status() {
             StatusCode::OK => Ok(response.content_length()),
             StatusCode::NOT_FOUND => Ok(None),

@@ -212,9 +212,16 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// Either the answer or the refusal, as a response.
-fn respond(result: Result<Response, Refusal>) -> Response {
-    result.unwrap_or_else(IntoResponse::into_response)
+/// Runs a handler's work, turns a refusal into its response, and counts the request.
+async fn timed(
+    state: &ServerState,
+    method: &str,
+    work: impl Future<Output = Result<Response, Refusal>>,
+) -> Response {
+    let start = Instant::now();
+    let response = work.await.unwrap_or_else(IntoResponse::into_response);
+    state.observe(method, &response, start);
+    response
 }
 
 impl ServerState {
@@ -272,10 +279,7 @@ async fn get_entry(
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let start = Instant::now();
-    let response = respond(fetch(&state, &key, &headers).await);
-    state.observe("GET", &response, start);
-    response
+    timed(&state, "GET", fetch(&state, &key, &headers)).await
 }
 
 async fn fetch(
@@ -325,10 +329,7 @@ async fn head_entry(
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let start = Instant::now();
-    let response = respond(head(&state, &key, &headers).await);
-    state.observe("HEAD", &response, start);
-    response
+    timed(&state, "HEAD", head(&state, &key, &headers)).await
 }
 
 async fn head(
@@ -357,10 +358,7 @@ async fn put_entry(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let start = Instant::now();
-    let response = respond(store(&state, &key, &headers, body).await);
-    state.observe("PUT", &response, start);
-    response
+    timed(&state, "PUT", store(&state, &key, &headers, body)).await
 }
 
 async fn store(

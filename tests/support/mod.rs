@@ -343,6 +343,33 @@ impl GoProject {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Moves to the fresh machine `name` and builds there: everything must come from the
+    /// remote store, so nothing is compiled. Returns the build.
+    pub fn build_on_fresh_machine(&mut self, name: &str) -> GoRun {
+        self.switch_machine(name);
+        let build = self.go(&["build", "-x", "./..."]);
+        assert_eq!(
+            build.compiles(),
+            Vec::<String>::new(),
+            "machine {name} compiled"
+        );
+        assert!(build.stat("remote.hits") > 50, "{:?}", build.stats);
+        build
+    }
+
+    /// Runs `go test ./...` and requires every package's result to come from the cache.
+    pub fn assert_tests_cached(&self) {
+        let test = self.go(&["test", "./..."]);
+        for pkg in ["mathx", "report", "text"] {
+            let line = format!("ok  \texample.com/e2e/{pkg}\t(cached)");
+            assert!(
+                test.stdout().contains(&line),
+                "missing {line:?} in:\n{}",
+                test.stdout()
+            );
+        }
+    }
+
     /// Runs the go command and requires it to succeed.
     pub fn go(&self, args: &[&str]) -> GoRun {
         let (mut command, stats_file) = self.command(args);

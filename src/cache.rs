@@ -65,7 +65,7 @@ pub struct Cache {
     locks: Locker,
     stats: Arc<Stats>,
     report: ReportOptions,
-    remote: Option<RemoteTier>,
+    remote: Option<Arc<RemoteTier>>,
 }
 
 impl Cache {
@@ -100,7 +100,11 @@ impl Cache {
                     tracing::warn!("remote cache {err}; going on with the local cache only");
                 })
                 .ok()
+                .map(Arc::new)
         });
+        if let Some(remote) = &remote {
+            remote.start_prefetch(&disk);
+        }
         Self {
             disk,
             locks: Locker::new(config.lock_type, &config.lock_dir),
@@ -128,6 +132,9 @@ impl Cache {
                 tracing::debug!(action = %action_id, hit = entry.is_some(), "get");
                 let size = entry.as_ref().map(|e| e.size);
                 self.stats.record_get(size, start.elapsed());
+                if let Some(remote) = &self.remote {
+                    remote.note_get(*action_id, size);
+                }
             }
             Err(err) => {
                 tracing::debug!(action = %action_id, "get failed: {err}");
@@ -216,7 +223,7 @@ impl Handler for Cache {
         let found = self.disk.get(&action_id).map_err(|err| {
             CacheError::io("read an action entry", self.disk.root().to_path_buf(), err)
         });
-        if matches!(found, Ok(None)) && self.remote.as_ref().is_some_and(RemoteTier::reads) {
+        if matches!(found, Ok(None)) && self.remote.as_ref().is_some_and(|r| r.reads()) {
             return None;
         }
         self.record_get(&action_id, &found, start);
@@ -252,6 +259,7 @@ impl Handler for Cache {
                 self.stats
                     .record_put(stored.size, stored.already, start.elapsed());
                 if let Some(remote) = &self.remote {
+                    remote.note_put(action_id, stored.size);
                     remote.upload_later(Job {
                         action: action_id,
                         output: output_id,

@@ -208,6 +208,40 @@ pub struct Options {
     #[arg(long, env = "GOREMOTECACHE_UPLOAD_QUEUE", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub upload_queue: u32,
 
+    /// Prefetch: right after the go command starts this program, fetch in parallel the remote
+    /// entries that the last runs of the same build asked for, so that the go command finds
+    /// them on local disk (see docs/prefetch.md). `--prefetch=off` turns it off.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_PREFETCH",
+        value_name = "on|off",
+        value_parser = parse_switch,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "on",
+        default_missing_value = "on"
+    )]
+    pub prefetch: bool,
+
+    /// What names "the same build" for prefetch, instead of the automatic key (working
+    /// directory, the go command's arguments, GOOS, GOARCH, GOFLAGS, Go version, CI job).
+    #[arg(long, env = "GOREMOTECACHE_PREFETCH_KEY", value_name = "TEXT")]
+    pub prefetch_key: Option<String>,
+
+    /// Prefetch requests in flight at once (entry gets on S3; batches of up to 256 entries
+    /// take one request each on an HTTP server).
+    #[arg(long, env = "GOREMOTECACHE_PREFETCH_CONCURRENCY", value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch_concurrency: u16,
+
+    /// Prefetch at most this many bytes (uncompressed) per run.
+    #[arg(long, env = "GOREMOTECACHE_PREFETCH_MAX_BYTES", value_name = "BYTES", default_value = "2GiB", value_parser = parse_size)]
+    pub prefetch_max_bytes: u64,
+
+    /// Prefetch at most this many entries per run.
+    #[arg(long, env = "GOREMOTECACHE_PREFETCH_MAX_ENTRIES", value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefetch_max_entries: u32,
+
     /// Give up on one remote request (or a stalled transfer) after this long.
     #[arg(long, env = "GOREMOTECACHE_REMOTE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub remote_timeout: Duration,
@@ -345,11 +379,23 @@ pub enum RemoteMode {
     WriteOnly,
 }
 
+/// Prefetch settings ([`crate::prefetch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefetchConfig {
+    /// `--prefetch-key`; `None`: the automatic key.
+    pub key: Option<String>,
+    pub concurrency: usize,
+    pub max_bytes: u64,
+    pub max_entries: usize,
+}
+
 /// The remote tier's settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteConfig {
     pub store: StoreConfig,
     pub mode: RemoteMode,
+    /// `None`: prefetch is off.
+    pub prefetch: Option<PrefetchConfig>,
     pub upload_wait: Duration,
     pub upload_concurrency: usize,
     pub upload_queue: usize,
@@ -455,6 +501,12 @@ fn remote_config(options: &Options) -> Result<Option<RemoteConfig>, ConfigError>
     Ok(Some(RemoteConfig {
         store,
         mode: options.remote_mode,
+        prefetch: options.prefetch.then(|| PrefetchConfig {
+            key: options.prefetch_key.clone().filter(|k| !k.is_empty()),
+            concurrency: usize::from(options.prefetch_concurrency),
+            max_bytes: options.prefetch_max_bytes,
+            max_entries: options.prefetch_max_entries as usize,
+        }),
         upload_wait: options.upload_wait,
         upload_concurrency: usize::from(options.upload_concurrency),
         upload_queue: options.upload_queue as usize,

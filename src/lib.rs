@@ -23,6 +23,7 @@ pub mod format;
 pub mod health;
 pub mod lock;
 pub mod logging;
+pub mod prefetch;
 pub mod protocol;
 pub mod remote;
 pub mod server;

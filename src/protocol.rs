@@ -75,6 +75,11 @@ id_type!(
     /// The sha256 of an output's content: 32 bytes.
     OutputId
 );
+id_type!(
+    /// The key of a prefetch manifest ([`crate::prefetch`]): the sha256 of what identifies
+    /// a build. Not part of the go command's protocol, but named and printed the same way.
+    BuildKey
+);
 
 impl OutputId {
     /// The OutputID of `data`: its sha256.

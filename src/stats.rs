@@ -51,6 +51,25 @@ pub struct RemoteStats {
     pub queue_high_water: AtomicU64,
     /// Time spent at close waiting for uploads.
     pub close_wait_nanos: AtomicU64,
+    /// Whether prefetch is on in this run.
+    pub prefetch_on: std::sync::atomic::AtomicBool,
+    /// Entries in the manifest found at start.
+    pub prefetch_listed: AtomicU64,
+    /// Entries of the manifest (within the budget) that were on local disk already.
+    pub prefetch_local: AtomicU64,
+    /// Entries that prefetch stored, and their (uncompressed) bytes.
+    pub prefetch_fetched: AtomicU64,
+    pub prefetch_bytes: AtomicU64,
+    /// Entries of the manifest that the remote did not have.
+    pub prefetch_missing: AtomicU64,
+    pub prefetch_errors: AtomicU64,
+    /// Prefetched entries that the go command then asked for, and those it never did.
+    pub prefetch_used: AtomicU64,
+    pub prefetch_wasted: AtomicU64,
+    /// Time from the start of the run to the end of the prefetch work.
+    pub prefetch_nanos: AtomicU64,
+    /// Entries in the manifest written at close (0: none written).
+    pub manifest_written: AtomicU64,
 }
 
 impl Default for Stats {
@@ -172,6 +191,18 @@ impl Stats {
                 },
                 queue_high_water: get(&r.queue_high_water),
                 close_wait_seconds: get(&r.close_wait_nanos) as f64 / 1e9,
+                prefetch: r.prefetch_on.load(Ordering::Relaxed).then(|| PrefetchReport {
+                    listed: get(&r.prefetch_listed),
+                    already_local: get(&r.prefetch_local),
+                    fetched: get(&r.prefetch_fetched),
+                    bytes: get(&r.prefetch_bytes),
+                    missing: get(&r.prefetch_missing),
+                    errors: get(&r.prefetch_errors),
+                    used: get(&r.prefetch_used),
+                    wasted: get(&r.prefetch_wasted),
+                    seconds: get(&r.prefetch_nanos) as f64 / 1e9,
+                    manifest_written: get(&r.manifest_written),
+                }),
             }),
         }
     }
@@ -223,6 +254,32 @@ pub struct RemoteReport {
     pub compression_ratio: Option<f64>,
     pub queue_high_water: u64,
     pub close_wait_seconds: f64,
+    /// Prefetch's figures, when it is on.
+    pub prefetch: Option<PrefetchReport>,
+}
+
+/// What prefetch did in a run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PrefetchReport {
+    /// Entries in the manifest found at start.
+    pub listed: u64,
+    /// Entries of the manifest (within the budget) already on local disk.
+    pub already_local: u64,
+    /// Entries prefetched into the local cache, and their uncompressed bytes.
+    pub fetched: u64,
+    pub bytes: u64,
+    /// Entries of the manifest that the remote did not have.
+    pub missing: u64,
+    pub errors: u64,
+    /// Prefetched entries the go command then asked for.
+    pub used: u64,
+    /// Prefetched entries it never asked for in this run.
+    pub wasted: u64,
+    /// Time from the start of the run until prefetching ended.
+    pub seconds: f64,
+    /// Entries in the manifest written at the end of the run (0: not written, as when
+    /// nothing changed).
+    pub manifest_written: u64,
 }
 
 impl fmt::Display for Report {
@@ -277,6 +334,25 @@ impl fmt::Display for Report {
                 r.queue_high_water,
                 r.close_wait_seconds
             )?;
+            if let Some(p) = &r.prefetch {
+                writeln!(
+                    f,
+                    "goremotecache: prefetch: {} listed, {} already local, {} fetched ({}) in {:.3}s, {} used, {} wasted, {} missing, {} errors; manifest {}",
+                    p.listed,
+                    p.already_local,
+                    p.fetched,
+                    human_bytes(p.bytes),
+                    p.seconds,
+                    p.used,
+                    p.wasted,
+                    p.missing,
+                    p.errors,
+                    match p.manifest_written {
+                        0 => "unchanged".to_string(),
+                        n => format!("of {n} entries written"),
+                    }
+                )?;
+            }
         }
         write!(f, "goremotecache: run {:.3}s", self.run_seconds)?;
         if let Some(rss) = self.peak_rss_bytes {

@@ -3,7 +3,8 @@
 //! Entries are files at `<dir>/v1/<xx>/<actionid-hex>`, in the entry format as uploaded. A put
 //! is written to `<dir>/tmp/`, verified (header, size, sha256), and only then renamed into
 //! place, without replacing an existing entry; so a server killed at any moment leaves
-//! nothing torn or unverified where a get could find it.
+//! nothing torn or unverified where a get could find it. Prefetch manifests are files at
+//! `<dir>/prefetch/<key-hex>`, replaced by renames.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Write};
@@ -11,9 +12,11 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
+use bytes::Bytes;
+
 use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload};
 use crate::format;
-use crate::protocol::ActionId;
+use crate::protocol::{ActionId, BuildKey};
 
 /// Entries in a directory.
 #[derive(Debug, Clone)]
@@ -28,6 +31,7 @@ impl DiskStore {
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp)?;
         fs::create_dir_all(root.join("v1"))?;
+        fs::create_dir_all(root.join("prefetch"))?;
         Ok(Self {
             root: root.to_path_buf(),
             tmp,
@@ -37,6 +41,10 @@ impl DiskStore {
     fn path(&self, action: &ActionId) -> PathBuf {
         let hex = action.to_hex();
         self.root.join("v1").join(&hex[..2]).join(hex)
+    }
+
+    fn manifest_path(&self, key: &BuildKey) -> PathBuf {
+        self.root.join("prefetch").join(key.to_hex())
     }
 
     /// Where a put's bytes go before they are verified.
@@ -127,21 +135,45 @@ impl RemoteStore for DiskStore {
     async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
         let mut deleted = 0u64;
         let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
+        let mut remove = |path: PathBuf| -> Result<(), RemoteError> {
+            fs::remove_file(path).map_err(local)?;
+            deleted += 1;
+            if deleted.is_multiple_of(1000) {
+                progress(deleted);
+            }
+            Ok(())
+        };
         for shard in fs::read_dir(self.root.join("v1")).map_err(local)? {
             let shard = shard.map_err(local)?.path();
             for entry in fs::read_dir(&shard).map_err(local)? {
-                fs::remove_file(entry.map_err(local)?.path()).map_err(local)?;
-                deleted += 1;
-                if deleted.is_multiple_of(1000) {
-                    progress(deleted);
-                }
+                remove(entry.map_err(local)?.path())?;
             }
+        }
+        for manifest in fs::read_dir(self.root.join("prefetch")).map_err(local)? {
+            remove(manifest.map_err(local)?.path())?;
         }
         Ok(deleted)
     }
 
     fn location(&self) -> String {
         self.root.display().to_string()
+    }
+
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        match fs::read(self.manifest_path(key)) {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(RemoteError::Other(format!("storage: {err}"))),
+        }
+    }
+
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+        let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
+        let mut temp = self.temp_file().map_err(local)?;
+        temp.write_all(&manifest).map_err(local)?;
+        temp.persist(self.manifest_path(key))
+            .map(drop)
+            .map_err(|err| local(err.error))
     }
 }
 

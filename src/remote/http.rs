@@ -4,11 +4,15 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 
-use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, file_stream};
-use crate::protocol::ActionId;
+use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, batch, file_stream};
+use crate::protocol::{ActionId, BuildKey};
+
+/// Entries asked for in one batch request (the server takes up to [`batch::MAX_KEYS`]).
+const BATCH: usize = 256;
 
 /// How to reach a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +84,11 @@ impl HttpStore {
     }
 
     fn request(&self, method: reqwest::Method, action: &ActionId) -> reqwest::RequestBuilder {
-        let request = self.client.request(method, self.url(action));
+        self.request_to(method, self.url(action))
+    }
+
+    fn request_to(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, url);
         match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -181,5 +189,52 @@ impl RemoteStore for HttpStore {
 
     fn location(&self) -> String {
         self.base.clone()
+    }
+
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        let url = format!("{}/v1/prefetch/{}", self.base, key.to_hex());
+        let response = self
+            .request_to(reqwest::Method::GET, url)
+            .send()
+            .await
+            .map_err(network_error)?;
+        match response.status() {
+            StatusCode::OK => Ok(Some(response.bytes().await.map_err(network_error)?)),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(failed(response).await),
+        }
+    }
+
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+        let url = format!("{}/v1/prefetch/{}", self.base, key.to_hex());
+        let response = self
+            .request_to(reqwest::Method::PUT, url)
+            .body(manifest)
+            .send()
+            .await
+            .map_err(network_error)?;
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            // A read-only token: said once by the first refused upload; nothing to do here.
+            StatusCode::FORBIDDEN => Ok(()),
+            _ => Err(failed(response).await),
+        }
+    }
+
+    fn batch_limit(&self) -> usize {
+        BATCH
+    }
+
+    async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
+        let response = self
+            .request_to(reqwest::Method::POST, format!("{}/v1/batch", self.base))
+            .body(batch::request_body(actions))
+            .send()
+            .await
+            .map_err(network_error)?;
+        match response.status() {
+            StatusCode::OK => Ok(response.bytes_stream().map_err(network_error).boxed()),
+            _ => Err(failed(response).await),
+        }
     }
 }

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use crate::protocol::ActionId;
+use crate::protocol::{ActionId, BuildKey};
 
+pub mod batch;
 pub mod disk_store;
 pub mod http;
 pub mod s3;
@@ -89,7 +90,12 @@ impl RemoteError {
 /// - `put` creates the entry only if the key has none (conditional create), so entries are
 ///   never replaced; a concurrent creator wins and the loser sees [`PutOutcome::Exists`]. The
 ///   entry becomes visible whole or not at all.
-/// - `clear` deletes every entry under this store's prefix and nothing else.
+/// - `clear` deletes every entry and prefetch manifest under this store's prefix and nothing
+///   else.
+/// - Manifests ([`crate::prefetch`]) are small named objects beside the entries; unlike
+///   entries, a put replaces them (the last writer wins).
+/// - `get_batch`, where `batch_limit` is not 0, fetches up to that many entries in one
+///   request, answering in the [`batch`] framing.
 #[async_trait]
 pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError>;
@@ -104,12 +110,35 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
 
     /// Where the entries are, for messages: `s3://bucket/prefix`.
     fn location(&self) -> String;
+
+    /// The prefetch manifest stored under `key`, read whole; `None` if there is none.
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError>;
+
+    /// Stores the prefetch manifest under `key`, replacing the one there.
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError>;
+
+    /// How many entries one [`RemoteStore::get_batch`] may ask for; 0 when the store has no
+    /// batch fetch (then prefetch asks entry by entry, many at once).
+    fn batch_limit(&self) -> usize {
+        0
+    }
+
+    /// Fetches the entries for `actions` in one request: the answer's bytes in the [`batch`]
+    /// framing.
+    async fn get_batch(&self, _actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
+        Err(RemoteError::Other("this store has no batch fetch".into()))
+    }
 }
 
 /// The object key of an action's entry below a store's prefix. The `v1/` part names the
 /// entry format's version: a new format gets a new key prefix, so old and new never mix.
 pub fn entry_key(action: &ActionId) -> String {
     format!("v1/{}", action.to_hex())
+}
+
+/// The object key of a prefetch manifest below a store's prefix, versioned like entries.
+pub fn manifest_key(key: &BuildKey) -> String {
+    format!("prefetch/v1/{}", key.to_hex())
 }
 
 /// Never uploads: for untrusted builds (pull requests from forks).
@@ -137,6 +166,22 @@ impl<S: RemoteStore> RemoteStore for ReadOnly<S> {
     fn location(&self) -> String {
         self.0.location()
     }
+
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        self.0.get_manifest(key).await
+    }
+
+    async fn put_manifest(&self, _: &BuildKey, _: Bytes) -> Result<(), RemoteError> {
+        Ok(())
+    }
+
+    fn batch_limit(&self) -> usize {
+        self.0.batch_limit()
+    }
+
+    async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
+        self.0.get_batch(actions).await
+    }
 }
 
 /// Never reads remote entries: to refill a cache that is suspected bad.
@@ -163,6 +208,14 @@ impl<S: RemoteStore> RemoteStore for WriteOnly<S> {
 
     fn location(&self) -> String {
         self.0.location()
+    }
+
+    async fn get_manifest(&self, _: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        Ok(None)
+    }
+
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+        self.0.put_manifest(key, manifest).await
     }
 }
 

@@ -12,14 +12,15 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use opendal::layers::TimeoutLayer;
 use opendal::services::S3;
 use opendal::{ErrorKind, HttpTransporter, Operator};
 use opendal_http_transport_reqwest::ReqwestTransport;
 
-use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, entry_key};
-use crate::protocol::ActionId;
+use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, entry_key, manifest_key};
+use crate::protocol::{ActionId, BuildKey};
 
 /// Multipart part size for large entries.
 const PART: usize = 8 * 1024 * 1024;
@@ -250,26 +251,29 @@ impl RemoteStore for S3Store {
     }
 
     async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
-        let entries = self
-            .op
-            .lister_with("v1/")
-            .recursive(true)
-            .await
-            .map_err(classify)?;
         let mut deleted = 0u64;
-        let mut deletes = entries
-            .map_err(classify)
-            .try_filter(|entry| futures::future::ready(entry.metadata().is_file()))
-            .map_ok(|entry| {
-                let op = self.op.clone();
-                async move { op.delete(entry.path()).await.map_err(classify) }
-            })
-            .try_buffer_unordered(CLEAR_CONCURRENCY);
-        while let Some(result) = deletes.next().await {
-            result?;
-            deleted += 1;
-            if deleted.is_multiple_of(1000) {
-                progress(deleted);
+        // Entries first, then the manifests that list them.
+        for dir in ["v1/", "prefetch/"] {
+            let entries = self
+                .op
+                .lister_with(dir)
+                .recursive(true)
+                .await
+                .map_err(classify)?;
+            let mut deletes = entries
+                .map_err(classify)
+                .try_filter(|entry| futures::future::ready(entry.metadata().is_file()))
+                .map_ok(|entry| {
+                    let op = self.op.clone();
+                    async move { op.delete(entry.path()).await.map_err(classify) }
+                })
+                .try_buffer_unordered(CLEAR_CONCURRENCY);
+            while let Some(result) = deletes.next().await {
+                result?;
+                deleted += 1;
+                if deleted.is_multiple_of(1000) {
+                    progress(deleted);
+                }
             }
         }
         Ok(deleted)
@@ -277,6 +281,22 @@ impl RemoteStore for S3Store {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        match self.op.read(&manifest_key(key)).await {
+            Ok(buffer) => Ok(Some(buffer.to_bytes())),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(classify(err)),
+        }
+    }
+
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+        self.op
+            .write(&manifest_key(key), manifest)
+            .await
+            .map(drop)
+            .map_err(classify)
     }
 }
 

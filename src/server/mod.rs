@@ -3,7 +3,8 @@
 //! credential-holding sidecar for `docker build`).
 //!
 //! API (documented in `docs/http-api.md`): `GET`, `HEAD` and `PUT /v1/ac/<actionid-hex>`,
-//! `GET /healthz`, `GET /metrics`. Bearer tokens are read-only or read-write. Keys other than
+//! `POST /v1/batch` (many entries in one streamed answer, for prefetch), `GET` and `PUT
+//! /v1/prefetch/<key-hex>` (prefetch manifests), `GET /healthz`, `GET /metrics`. Bearer tokens are read-only or read-write. Keys other than
 //! 64 lowercase hex digits are refused before anything else looks at them; a `PUT` body is
 //! spooled to a temporary file (never held in memory), limited to `--max-entry-size`, and
 //! verified against its header before the store sees it. Headers must arrive within
@@ -17,11 +18,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use bytes::Bytes;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -31,8 +33,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::format;
-use crate::protocol::ActionId;
-use crate::remote::{PutOutcome, RemoteStore, Upload};
+use crate::protocol::{ActionId, BuildKey};
+use crate::remote::{PutOutcome, RemoteStore, Upload, batch};
 
 pub mod metrics;
 pub mod tokens;
@@ -46,6 +48,10 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_STALL: Duration = Duration::from_secs(30);
 /// How long SIGTERM waits for requests in flight.
 pub const DRAIN: Duration = Duration::from_secs(30);
+/// The largest prefetch manifest accepted.
+pub const MAX_MANIFEST: usize = 16 << 20;
+/// Entries of one batch read from storage ahead of the one being sent.
+const BATCH_AHEAD: usize = 8;
 
 /// What a running server needs.
 #[derive(Debug)]
@@ -68,6 +74,8 @@ pub fn router(state: Arc<ServerState>) -> Router {
             "/v1/ac/{key}",
             get(get_entry).head(head_entry).put(put_entry),
         )
+        .route("/v1/batch", post(get_batch))
+        .route("/v1/prefetch/{key}", get(get_manifest).put(put_manifest))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
         .with_state(state)
@@ -274,6 +282,96 @@ fn parse_key(key: &str) -> Result<ActionId, Refusal> {
         })
 }
 
+/// A storage failure: counted, logged, answered 503.
+fn storage_failure(state: &ServerState, what: &str, err: impl std::fmt::Display) -> Refusal {
+    state.metrics.storage_errors.inc();
+    tracing::warn!("storage {what}: {err}");
+    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("storage: {err}"))
+}
+
+/// Reads a whole request body of at most `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Refusal> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {limit} bytes or was cut off: {err}"),
+        )
+    })?;
+    Ok(bytes)
+}
+
+async fn get_manifest(
+    State(state): State<Arc<ServerState>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    timed(&state, "GET", async {
+        state.authorize(&headers, Scope::Read)?;
+        let key = BuildKey(parse_key(&key)?.0);
+        match state.store.get_manifest(&key).await {
+            Ok(Some(bytes)) => Ok((StatusCode::OK, bytes).into_response()),
+            Ok(None) => Err(Refusal::new(StatusCode::NOT_FOUND, "no manifest")),
+            Err(err) => Err(storage_failure(&state, "get manifest", err)),
+        }
+    })
+    .await
+}
+
+async fn put_manifest(
+    State(state): State<Arc<ServerState>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    timed(&state, "PUT", async {
+        state.authorize(&headers, Scope::ReadWrite)?;
+        let key = BuildKey(parse_key(&key)?.0);
+        let bytes = read_body(body, MAX_MANIFEST).await?;
+        state.metrics.bytes_in.inc_by(bytes.len() as u64);
+        match state.store.put_manifest(&key, bytes).await {
+            Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+            Err(err) => Err(storage_failure(&state, "put manifest", err)),
+        }
+    })
+    .await
+}
+
+/// `POST /v1/batch`: the entries for the keys in the body, streamed in the [`batch`] framing
+/// in the order asked; a few are read from storage ahead of the one being sent.
+async fn get_batch(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    timed(&state, "POST", async {
+        state.authorize(&headers, Scope::Read)?;
+        let body = read_body(body, batch::MAX_KEYS * 66).await?;
+        let keys = batch::parse_keys(&body)
+            .map_err(|err| Refusal::new(StatusCode::BAD_REQUEST, err))?;
+        // The answer outlives this handler: its slot is given back when the stream ends.
+        state
+            .in_flight
+            .try_acquire()
+            .map_err(|_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "busy"))?
+            .forget();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(BATCH_AHEAD);
+        let sender = state.clone();
+        tokio::spawn(async move {
+            send_batch(&sender, keys, tx).await;
+            sender.in_flight.add_permits(1);
+        });
+        let frames = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/x-goremotecache-batch")],
+            Body::from_stream(frames),
+        )
+            .into_response())
+    })
+    .await
+}
+
+
 async fn get_entry(
     State(state): State<Arc<ServerState>>,
     Path(key): Path<String>,
@@ -320,6 +418,72 @@ async fn fetch(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("storage: {err}"),
             ))
+        }
+    }
+}
+
+/// Sends the frames of a batch answer until done or the client is gone.
+async fn send_batch(
+    state: &ServerState,
+    keys: Vec<ActionId>,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>,
+) {
+    let send = |bytes: Bytes| {
+        let tx = tx.clone();
+        async move { tx.send(Ok(bytes)).await.is_ok() }
+    };
+    let store = state.store.clone();
+    let mut opened = futures::stream::iter(keys)
+        .map(|action| {
+            let store = store.clone();
+            async move { (action, store.get(&action).await) }
+        })
+        .buffered(BATCH_AHEAD);
+    'keys: while let Some((action, found)) = opened.next().await {
+        let mut stream = match found {
+            Ok(Some(stream)) => stream,
+            Ok(None) => {
+                state.metrics.misses.inc();
+                if !send(batch::missing(&action)).await {
+                    return;
+                }
+                continue;
+            }
+            Err(err) => {
+                state.metrics.storage_errors.inc();
+                tracing::warn!("storage get {action}: {err}");
+                if !send(batch::failed(&action, &format!("storage: {err}"))).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        state.metrics.hits.inc();
+        if !send(batch::start(&action)).await {
+            return;
+        }
+        while let Some(chunk) = stream.next().await {
+            let sent = match chunk {
+                Ok(bytes) if bytes.is_empty() => true,
+                Ok(bytes) => {
+                    state.metrics.bytes_out.inc_by(bytes.len() as u64);
+                    send(batch::chunk_header(bytes.len())).await && send(bytes).await
+                }
+                Err(err) => {
+                    state.metrics.storage_errors.inc();
+                    tracing::warn!("storage get {action}: {err}");
+                    if !send(batch::failed(&action, &format!("storage: {err}"))).await {
+                        return;
+                    }
+                    continue 'keys;
+                }
+            };
+            if !sent {
+                return;
+            }
+        }
+        if !send(batch::end()).await {
+            return;
         }
     }
 }

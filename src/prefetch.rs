@@ -132,17 +132,29 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
+/// Flags of the go command that change what it prints, not what it builds: left out of the
+/// key, so that `go build -x ./...` prefetches what `go build ./...` asked for.
+const OUTPUT_FLAGS: &[&str] = &["-x", "-v", "-json", "-work"];
+
 /// The go command's arguments, from the parent process (Linux); `None` elsewhere.
 fn parent_args() -> Option<String> {
     let parent = std::os::unix::process::parent_id();
     let raw = std::fs::read(format!("/proc/{parent}/cmdline")).ok()?;
-    let mut args = raw.split(|&b| b == 0).map(String::from_utf8_lossy);
-    args.next()?; // the go binary's path: its version is taken apart
-    Some(
-        args.filter(|a| !a.is_empty())
-            .collect::<Vec<_>>()
-            .join("\u{1f}"),
-    )
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    // The first is the go binary's path: its version is a part of its own.
+    Some(build_args(args.get(1..)?))
+}
+
+/// The arguments that say what is built, joined.
+fn build_args(args: &[String]) -> String {
+    args.iter()
+        .filter(|a| !a.is_empty() && !OUTPUT_FLAGS.contains(&a.as_str()))
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
 }
 
 /// The Go version: `$GOROOT/VERSION` of the parent's binary (the go command), or of GOROOT.
@@ -250,7 +262,10 @@ impl Manifest {
                 let action = ActionId::from_hex(fields.next()?)?;
                 let size = fields.next()?.parse().ok()?;
                 let age = fields.next()?.parse().ok()?;
-                fields.next().is_none().then_some(ManifestEntry { action, size, age })
+                fields
+                    .next()
+                    .is_none()
+                    .then_some(ManifestEntry { action, size, age })
             })();
             match parsed {
                 Some(entry) if entries.len() < MAX_ENTRIES => entries.push(entry),
@@ -384,10 +399,26 @@ mod tests {
         };
         assert_ne!(base.key(), moved.key());
         assert_eq!(base.key(), base.clone().key());
-        assert_ne!(KeySource::explicit("x").key(), KeySource::explicit("y").key());
+        assert_ne!(
+            KeySource::explicit("x").key(),
+            KeySource::explicit("y").key()
+        );
         let auto = KeySource::automatic();
         assert_eq!(auto.parts[0].0, "cwd");
         assert!(auto.describe().contains("cwd="));
+    }
+
+    #[test]
+    fn output_flags_do_not_change_the_key() {
+        let args =
+            |list: &[&str]| build_args(&list.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        assert_eq!(args(&["build", "-x", "./..."]), args(&["build", "./..."]));
+        assert_eq!(
+            args(&["test", "-v", "-json", "./..."]),
+            args(&["test", "./..."])
+        );
+        assert_ne!(args(&["test", "./..."]), args(&["test", "-race", "./..."]));
+        assert_ne!(args(&["build", "./a", "b"]), args(&["build", "./a b"]));
     }
 
     #[test]

@@ -191,18 +191,21 @@ impl Stats {
                 },
                 queue_high_water: get(&r.queue_high_water),
                 close_wait_seconds: get(&r.close_wait_nanos) as f64 / 1e9,
-                prefetch: r.prefetch_on.load(Ordering::Relaxed).then(|| PrefetchReport {
-                    listed: get(&r.prefetch_listed),
-                    already_local: get(&r.prefetch_local),
-                    fetched: get(&r.prefetch_fetched),
-                    bytes: get(&r.prefetch_bytes),
-                    missing: get(&r.prefetch_missing),
-                    errors: get(&r.prefetch_errors),
-                    used: get(&r.prefetch_used),
-                    wasted: get(&r.prefetch_wasted),
-                    seconds: get(&r.prefetch_nanos) as f64 / 1e9,
-                    manifest_written: get(&r.manifest_written),
-                }),
+                prefetch: r
+                    .prefetch_on
+                    .load(Ordering::Relaxed)
+                    .then(|| PrefetchReport {
+                        listed: get(&r.prefetch_listed),
+                        already_local: get(&r.prefetch_local),
+                        fetched: get(&r.prefetch_fetched),
+                        bytes: get(&r.prefetch_bytes),
+                        missing: get(&r.prefetch_missing),
+                        errors: get(&r.prefetch_errors),
+                        used: get(&r.prefetch_used),
+                        wasted: get(&r.prefetch_wasted),
+                        seconds: get(&r.prefetch_nanos) as f64 / 1e9,
+                        manifest_written: get(&r.manifest_written),
+                    }),
             }),
         }
     }

@@ -281,7 +281,8 @@ fn an_external_s3_server_serves_a_fresh_machine() {
     let bucket = std::env::var("GOREMOTECACHE_TEST_S3_BUCKET").unwrap_or_else(|_| "gocache".into());
     let prefix = format!("external-{}", std::process::id());
     let mut project = GoProject::new("s3-external");
-    project.args = support::s3::bucket_args(&bucket, &endpoint, &prefix);
+    project.args =
+        support::s3::with_prefetch(support::s3::bucket_args(&bucket, &endpoint, &prefix));
     warm_the_bucket(&project);
     project.build_on_fresh_machine("external-b");
     project.assert_tests_cached();

@@ -132,7 +132,7 @@ fn clear_remote_asks_first_then_deletes_its_prefix_only() {
         let mut command = std::process::Command::new(support::bin());
         command
             .arg("clear-remote")
-            .args(server.args("drop"))
+            .args(support::s3::with_prefetch(server.args("drop")))
             .args(extra);
         for (key, value) in credentials(SECRET_KEY) {
             command.env(key, value);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use goremotecache::format::{self, Header};
 use goremotecache::protocol::OutputId;
 use support::GoProject;
-use support::s3::{S3Server, SECRET_KEY, credentials};
+use support::s3::{S3Server, SECRET_KEY, credentials, with_prefetch};
 
 const RW: &str = "rw-token-0123456789abcdef";
 const RO: &str = "ro-token-0123456789abcdef";
@@ -213,14 +213,15 @@ fn a_fresh_machine_builds_from_a_server_on_disk() {
     project.switch_machine("machine-c");
     through(&mut project, &server, RO);
     let read_only = project.go(&["build", "./..."]);
-    assert!(read_only.stat("remote.hits") > 50);
+    assert!(read_only.from_remote() > 50, "{:?}", read_only.stats);
     assert!(server.stop().success());
 }
 
 #[test]
 fn a_fresh_machine_builds_from_a_server_on_s3() {
     let s3 = S3Server::start();
-    let mut args: Vec<String> = s3.args("served");
+    // The server's storage options (prefetch is the client's business).
+    let mut args: Vec<String> = with_prefetch(s3.args("served"));
     args.extend(["--max-entry-size".to_string(), "64MiB".to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = Server::start(&args, &credentials(SECRET_KEY));
@@ -229,6 +230,133 @@ fn a_fresh_machine_builds_from_a_server_on_s3() {
     project.go(&["build", "./..."]);
     assert!(s3.count("PUT") > 50, "nothing reached the bucket");
     project.build_on_fresh_machine("machine-b");
+}
+
+/// The value of one metric line of the server's `/metrics`, 0 if absent.
+fn metric(server: &Server, line_start: &str) -> u64 {
+    let (status, text) = server.request("GET", "/metrics", None, b"");
+    assert_eq!(status, 200);
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix(line_start)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn prefetch_through_the_server_takes_a_few_batch_requests() {
+    let (server, _storage) = Server::on_disk(&[]);
+    let mut project = GoProject::new("serve-prefetch");
+    through(&mut project, &server, RW);
+    let cold = project.go(&["build", "./..."]);
+    assert!(
+        cold.stat("remote.prefetch.manifest_written") > 50,
+        "{:?}",
+        cold.stats
+    );
+    assert_eq!(
+        metric(&server, "goremotecache_requests_total{method=\"POST\""),
+        0
+    );
+    let hits_before = metric(
+        &server,
+        "goremotecache_requests_total{method=\"GET\",status=\"200\"}",
+    );
+
+    let build = project.build_on_fresh_machine("machine-b");
+    let listed = build.stat("remote.prefetch.listed");
+    assert!(build.stat("remote.prefetch.used") > 50, "{:?}", build.stats);
+    let batches = metric(
+        &server,
+        "goremotecache_requests_total{method=\"POST\",status=\"200\"}",
+    );
+    assert!(
+        batches >= 1 && batches <= listed.div_ceil(256),
+        "{batches} batch requests for {listed} entries"
+    );
+    // Besides the batches: the manifest, and the gets that came before prefetch.
+    let gets = metric(
+        &server,
+        "goremotecache_requests_total{method=\"GET\",status=\"200\"}",
+    );
+    assert_eq!(
+        gets - hits_before,
+        1 + build.stat("remote.hits"),
+        "{:?}",
+        build.stats
+    );
+}
+
+#[test]
+fn the_batch_endpoint_checks_its_input_and_frames_its_answer() {
+    use goremotecache::protocol::ActionId;
+    use goremotecache::remote::batch::{Decoder, Event};
+    let (server, _storage) = Server::on_disk(&[]);
+    let body = entry(&vec![7u8; 300_000]);
+    assert_eq!(
+        server.request("PUT", &key_path(KEY), Some(RW), &body).0,
+        201
+    );
+    let absent = KEY.replace('0', "f");
+    let ask = format!("{KEY}\n{absent}\n");
+    assert_eq!(
+        server.request("POST", "/v1/batch", None, ask.as_bytes()).0,
+        401
+    );
+    for bad in [
+        "not-a-key\n".to_string(),
+        KEY.to_uppercase(),
+        format!("{KEY}\n").repeat(1025),
+    ] {
+        let (status, _) = server.request("POST", "/v1/batch", Some(RO), bad.as_bytes());
+        assert_eq!(status, 400, "{}", &bad[..bad.len().min(80)]);
+    }
+    let (status, answer) = server.request("POST", "/v1/batch", Some(RO), ask.as_bytes());
+    assert_eq!(status, 200);
+    let mut decoder = Decoder::new();
+    decoder.push(&answer);
+    let mut events = Vec::new();
+    let mut data = Vec::new();
+    while let Some(event) = decoder.next_event().unwrap() {
+        match event {
+            Event::Data(bytes) => data.extend_from_slice(&bytes),
+            other => events.push(other),
+        }
+    }
+    assert!(decoder.at_frame_boundary());
+    let key = ActionId::from_hex(KEY).unwrap();
+    assert_eq!(
+        events,
+        vec![
+            Event::Start(key),
+            Event::End,
+            Event::Missing(ActionId::from_hex(&absent).unwrap())
+        ]
+    );
+    assert!(data == body, "the entry came back different");
+}
+
+#[test]
+fn manifests_are_stored_replaced_and_guarded() {
+    let (server, _storage) = Server::on_disk(&[]);
+    let path = format!("/v1/prefetch/{KEY}");
+    assert_eq!(server.request("GET", &path, Some(RO), b"").0, 404);
+    assert_eq!(server.request("PUT", &path, Some(RO), b"first").0, 403);
+    assert_eq!(server.request("PUT", &path, None, b"first").0, 401);
+    assert_eq!(
+        server
+            .request("PUT", "/v1/prefetch/..%2F..%2Fx", Some(RW), b"x")
+            .0,
+        400
+    );
+    assert_eq!(server.request("PUT", &path, Some(RW), b"first").0, 204);
+    assert_eq!(server.request("PUT", &path, Some(RW), b"second").0, 204);
+    assert_eq!(
+        server.request("GET", &path, Some(RO), b""),
+        (200, b"second".to_vec())
+    );
+    let too_big = vec![0u8; goremotecache::server::MAX_MANIFEST + 1];
+    assert_eq!(server.request("PUT", &path, Some(RW), &too_big).0, 413);
 }
 
 #[test]

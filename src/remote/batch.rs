@@ -216,7 +216,8 @@ mod tests {
     }
 
     fn answer() -> Vec<u8> {
-        let chunk = |data: &'static [u8]| [chunk_header(data.len()), Bytes::from_static(data)].concat();
+        let chunk =
+            |data: &'static [u8]| [chunk_header(data.len()), Bytes::from_static(data)].concat();
         let mut out = Vec::new();
         for piece in [
             start(&id(1)).to_vec(),
@@ -294,7 +295,11 @@ mod tests {
         ] {
             let mut decoder = Decoder::new();
             decoder.push(bad);
-            assert!(decoder.next_event().is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decoder.next_event().is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let mut decoder = Decoder::new();
         decoder.push(&start(&id(1)));

@@ -37,7 +37,7 @@ use crate::stats::{RemoteStats, Stats, add, nanos};
 use crate::uploader::{Job, Uploader};
 
 /// Chunks of an entry in flight between the network and the decoder.
-const CHANNEL_CHUNKS: usize = 8;
+const CHANNEL_CHUNKS: usize = 4;
 
 /// The remote tier of one run.
 #[derive(Debug)]
@@ -168,9 +168,10 @@ impl RemoteTier {
         );
         let reads = config.mode != RemoteMode::WriteOnly;
         if let Some(remote) = &stats.remote {
-            remote
-                .prefetch_on
-                .store(config.prefetch.is_some(), std::sync::atomic::Ordering::Relaxed);
+            remote.prefetch_on.store(
+                config.prefetch.is_some(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         let prefetch = config.prefetch.clone().map(|prefetch| {
             let source = match &prefetch.key {
@@ -331,10 +332,7 @@ impl RemoteTier {
 
     /// The next piece of an answer: it must come within the timeout (a large entry on a slow
     /// link may take longer in all, as long as it does not stall).
-    async fn next_piece(
-        &self,
-        stream: &mut ByteStream,
-    ) -> Option<Result<Bytes, RemoteError>> {
+    async fn next_piece(&self, stream: &mut ByteStream) -> Option<Result<Bytes, RemoteError>> {
         match tokio::time::timeout(self.timeout, stream.next()).await {
             Ok(piece) => piece,
             Err(_) => Some(Err(RemoteError::Transient(format!(
@@ -600,7 +598,10 @@ impl RemoteTier {
             .iter()
             .filter_map(|action| self.claim(*action).ok().map(|claim| (*action, claim)))
             .collect();
-        let keys: Vec<ActionId> = keys.into_iter().filter(|k| claims.contains_key(k)).collect();
+        let keys: Vec<ActionId> = keys
+            .into_iter()
+            .filter(|k| claims.contains_key(k))
+            .collect();
         if keys.is_empty() {
             return;
         }
@@ -700,7 +701,9 @@ impl RemoteTier {
             writer.abort().await;
         }
         if !decoder.at_frame_boundary() {
-            return Err(RemoteError::Transient("the batch answer was cut off".into()));
+            return Err(RemoteError::Transient(
+                "the batch answer was cut off".into(),
+            ));
         }
         Ok(())
     }
@@ -726,12 +729,9 @@ impl RemoteTier {
             return;
         }
         let bytes = Bytes::from(manifest.encode(&prefetch.source));
-        let put = tokio::time::timeout(
-            self.timeout,
-            self.store.put_manifest(&prefetch.key, bytes),
-        )
-        .await
-        .unwrap_or_else(|_| Err(self.stalled()));
+        let put = tokio::time::timeout(self.timeout, self.store.put_manifest(&prefetch.key, bytes))
+            .await
+            .unwrap_or_else(|_| Err(self.stalled()));
         match put {
             Ok(()) => add(
                 &self.remote_stats().manifest_written,
@@ -792,7 +792,7 @@ fn decode_and_store(
         current: Bytes::new(),
     };
     let header = {
-        let mut out = BufWriter::with_capacity(256 * 1024, spool.as_file_mut());
+        let mut out = BufWriter::with_capacity(64 * 1024, spool.as_file_mut());
         let header = format::read_entry(&mut input, &mut out).map_err(FetchError::Corrupt)?;
         out.flush().map_err(FetchError::Local)?;
         header

@@ -18,12 +18,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use bytes::Bytes;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bytes::Bytes;
 use futures::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -346,8 +346,8 @@ async fn get_batch(
     timed(&state, "POST", async {
         state.authorize(&headers, Scope::Read)?;
         let body = read_body(body, batch::MAX_KEYS * 66).await?;
-        let keys = batch::parse_keys(&body)
-            .map_err(|err| Refusal::new(StatusCode::BAD_REQUEST, err))?;
+        let keys =
+            batch::parse_keys(&body).map_err(|err| Refusal::new(StatusCode::BAD_REQUEST, err))?;
         // The answer outlives this handler: its slot is given back when the stream ends.
         state
             .in_flight
@@ -370,7 +370,6 @@ async fn get_batch(
     })
     .await
 }
-
 
 async fn get_entry(
     State(state): State<Arc<ServerState>>,

@@ -246,9 +246,12 @@ pub fn s3_args(endpoint: &str, prefix: &str) -> Vec<String> {
     bucket_args(BUCKET, endpoint, prefix)
 }
 
-/// The goremotecache options for `bucket` in an S3 store at `endpoint`.
+/// The goremotecache options for `bucket` in an S3 store at `endpoint`. Prefetch is off, so
+/// that requests can be counted one per get (tests/prefetch.rs turns it on with
+/// [`with_prefetch`]).
 pub fn bucket_args(bucket: &str, endpoint: &str, prefix: &str) -> Vec<String> {
     [
+        "--prefetch=off",
         "--s3-bucket",
         bucket,
         "--s3-prefix",
@@ -262,6 +265,12 @@ pub fn bucket_args(bucket: &str, endpoint: &str, prefix: &str) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// `args` with prefetch left on (its default).
+pub fn with_prefetch(mut args: Vec<String>) -> Vec<String> {
+    args.retain(|arg| arg != "--prefetch=off");
+    args
 }
 
 /// The environment that gives goremotecache this server's credentials and nothing else.

@@ -213,7 +213,7 @@ fn a_fresh_machine_builds_from_a_server_on_disk() {
     project.switch_machine("machine-c");
     through(&mut project, &server, RO);
     let read_only = project.go(&["build", "./..."]);
-    assert!(read_only.from_remote() > 50, "{:?}", read_only.stats);
+    assert!(read_only.remote_answers() > 50, "{:?}", read_only.stats);
     assert!(server.stop().success());
 }
 

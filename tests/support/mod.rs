@@ -247,7 +247,7 @@ impl GoRun {
     }
 
     /// Gets answered from the remote store: fetched by the get itself, or by prefetch.
-    pub fn from_remote(&self) -> u64 {
+    pub fn remote_answers(&self) -> u64 {
         self.stat("remote.hits") + self.stat_if_any("remote.prefetch.used").unwrap_or(0)
     }
 
@@ -362,7 +362,7 @@ impl GoProject {
             Vec::<String>::new(),
             "machine {name} compiled"
         );
-        assert!(build.from_remote() > 50, "{:?}", build.stats);
+        assert!(build.remote_answers() > 50, "{:?}", build.stats);
         build
     }
 

@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""Side by side: goremotecache against the other GOCACHEPROG tools, on one S3 store.
+
+One run, one machine, one store on loopback (MinIO, installed from the Go module proxy by
+bench/stores.py), the same latency-adding TCP proxy in front of it at each delay:
+
+- tools: Go's own GOCACHE (cold, and warm: the floor every ratio is taken against);
+  goremotecache over S3 and over `goremotecache serve` (storing on its own disk), each with and
+  without prefetch; the peers of bench/peers.py that install here (go-cache-plugin; the module
+  proxy refuses platacard/cacheprog and richardartoul/gobuildcache, which is reported);
+- workloads: `go build std`, and `go test` of golang.org/x/tools (bench/workload.py);
+- scenarios: cold (empty store prefix, empty local directory; until the go command exits, so
+  every tool's close wait for its uploads is included), warm remote (a fresh local directory
+  on the warm prefix), warm local (the cold run's local directory again);
+- figures: the go command's wall time and its ratio to Go's warm GOCACHE; requests the store
+  served (MinIO's metrics; the server's for `serve`); bytes moved through the proxy; the
+  GOCACHEPROG process's peak resident memory (GNU time).
+
+Warm-remote runs go in the order of the delays given, so with prefetch the later delays use a
+manifest refined by the earlier warm runs, as a CI job's steady state does.
+
+    python3 bench/compare.py                           # both workloads, 0/10/30 ms (~45 min)
+    python3 bench/compare.py --workloads std --delays 0,30
+
+Progress goes to stderr; Markdown to stdout and --markdown; all figures to --json; a plot
+to --plot (matplotlib, installed into target/bench-venv on first use).
+"""
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
+import stores  # noqa: E402
+import workload  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "compare-token-0123456789abcdef"
+PLOT_VENV = os.path.join(REPO_ROOT, "target", "bench-venv")
+MATPLOTLIB = "matplotlib==3.9.2"
+
+TARGET_PREFETCH = 0.25   # warm remote at the largest delay: with / without prefetch
+TARGET_VS_PEER = 3.0     # ... and the fastest peer / goremotecache
+TARGET_COLD = 1.10       # cold, close wait included / Go's cold
+
+
+class BenchError(Exception):
+    pass
+
+
+def progress(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workloads", default="std,test", help="std,test (default both)")
+    p.add_argument("--delays", default="0,10,30", help="added round trips in ms (default 0,10,30)")
+    p.add_argument("--cold-delays", default=None,
+                   help="delays at which to run the cold scenario (default: all for std, the "
+                        "first for test)")
+    p.add_argument("--markdown", help="also write the Markdown to this file")
+    p.add_argument("--json", help="write every figure as JSON to this file")
+    p.add_argument("--plot", help="write a PNG plot to this file")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    return p.parse_args()
+
+
+def build_binary():
+    progress("cargo build --release ...")
+    if subprocess.run(["cargo", "build", "--release"], cwd=REPO_ROOT).returncode != 0:
+        raise BenchError("cargo build --release failed")
+    return os.path.join(REPO_ROOT, "target", "release", "goremotecache")
+
+
+class Serve:
+    """`goremotecache serve` on its own storage directory."""
+
+    def __init__(self, binary, tmp):
+        self.binary, self.tmp, self.port, self.generation = binary, tmp, 0, 0
+        self.start()
+
+    def start(self):
+        """Starts on an empty storage directory (on the same port as before, if any)."""
+        self.generation += 1
+        self.storage = os.path.join(self.tmp, f"serve-storage-{self.generation}")
+        self.proc = subprocess.Popen(
+            [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--storage-dir", self.storage],
+            env={**os.environ, "GOREMOTECACHE_TOKENS": f"rw:{TOKEN}"},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()
+        try:
+            self.addr = line.split("://", 1)[1].split()[0]
+        except IndexError:
+            raise BenchError(f"goremotecache serve did not start: {line!r}")
+        self.port = int(self.addr.rsplit(":", 1)[1])
+
+    def counts(self):
+        """Requests answered so far, by method, and entry bytes sent and received."""
+        import urllib.request
+        text = urllib.request.urlopen(f"http://{self.addr}/metrics", timeout=10).read().decode()
+        counts = {"total": 0, "bytes_sent": 0, "bytes_received": 0}
+        for line in text.splitlines():
+            if line.startswith("goremotecache_requests_total{"):
+                method = line.split('method="', 1)[1].split('"', 1)[0]
+                n = int(float(line.rsplit(" ", 1)[1]))
+                counts[method] = counts.get(method, 0) + n
+                counts["total"] += n
+            elif line.startswith("goremotecache_sent_bytes_total "):
+                counts["bytes_sent"] = int(float(line.split()[1]))
+            elif line.startswith("goremotecache_received_bytes_total "):
+                counts["bytes_received"] = int(float(line.split()[1]))
+        return counts
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def restart_empty(self):
+        self.stop()
+        self.start()
+
+
+def diff(after, before):
+    return {k: v - before.get(k, 0) for k, v in after.items() if isinstance(v, int)}
+
+
+class Tool:
+    """One GOCACHEPROG configuration. `store` is "s3" or "serve"; `group` names the tools that
+    share a store prefix (a tool with and without prefetch reads the same entries)."""
+
+    def __init__(self, name, group, store, make):
+        self.name, self.group, self.store, self.make = name, group, store, make
+
+
+def goremotecache_tools(binary):
+    def grc(store, prefetch):
+        def make(endpoint, prefix, local_dir, stats_file):
+            args = [binary, "--cache-dir", os.path.join(local_dir, "cache"),
+                    "--lock-dir", os.path.join(local_dir, "locks"), "--stats-file", stats_file]
+            if store == "s3":
+                args += ["--s3-bucket", "gocache", "--s3-prefix", prefix, "--s3-endpoint", endpoint,
+                         "--s3-region", stores.REGION, "--s3-force-path-style"]
+                env = {"AWS_ACCESS_KEY_ID": stores.ACCESS_KEY,
+                       "AWS_SECRET_ACCESS_KEY": stores.SECRET_KEY,
+                       "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+            else:
+                # One server, one storage: prefixes are kept apart by the prefetch key only,
+                # and entries are content-keyed, so groups on the server share nothing else.
+                args += ["--http-url", endpoint, "--http-token", TOKEN]
+                env = {}
+            if not prefetch:
+                args.append("--prefetch=off")
+            return shlex.join(args), env
+        return make
+
+    return [
+        Tool("goremotecache S3", "grc-s3", "s3", grc("s3", True)),
+        Tool("goremotecache S3, no prefetch", "grc-s3", "s3", grc("s3", False)),
+        Tool("goremotecache serve", "grc-serve", "serve", grc("serve", True)),
+        Tool("goremotecache serve, no prefetch", "grc-serve", "serve", grc("serve", False)),
+    ]
+
+
+def peer_tools(tmp):
+    tools, missing = [], {}
+    gobin = os.path.join(REPO_ROOT, "target", "peers", "bin")
+    for name in peers.PEERS:
+        try:
+            path = peers.install(gobin, [name])[name]
+        except peers.PeerError as err:
+            missing[name] = str(err).splitlines()[0][:200]
+            progress(f"peer {name}: not available: {missing[name]}")
+            continue
+
+        def make(endpoint, prefix, local_dir, stats_file, name=name, path=path):
+            return peers.command(name, path, endpoint=endpoint, bucket="gocache", prefix=prefix,
+                                 region=stores.REGION, access_key=stores.ACCESS_KEY,
+                                 secret_key=stores.SECRET_KEY, local_dir=os.path.join(local_dir, "cache"))
+        tools.append(Tool(f"{name} {peers.PEERS[name]['version']}", name, "s3", make))
+    return tools, missing
+
+
+def peak_rss_wrapped(prog, rss_file):
+    """GOCACHEPROG under GNU time, which writes the tool's peak RSS (KiB) to rss_file."""
+    return f"/usr/bin/time -f %M -o {shlex.quote(rss_file)} {prog}"
+
+
+def read_rss(rss_file):
+    try:
+        with open(rss_file) as f:
+            lines = [l for l in f.read().split() if l.isdigit()]
+        return int(lines[-1]) * 1024 if lines else None
+    except OSError:
+        return None
+
+
+class Workload:
+    def __init__(self, name, argv, cwd, env_fn):
+        self.name, self.argv, self.cwd, self.env_fn = name, argv, cwd, env_fn
+
+    def run(self, gocache, gocacheprog=None, extra_env=None, label=""):
+        env = self.env_fn(gocache, gocacheprog)
+        env.update(extra_env or {})
+        start = time.perf_counter()
+        result = subprocess.run(self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        took = time.perf_counter() - start
+        if result.returncode != 0:
+            raise BenchError(f"{' '.join(self.argv)} ({label}) failed:\n{result.stdout[-2000:]}\n"
+                             f"{result.stderr[-3000:]}")
+        return took, result.stdout
+
+
+def std_workload(tmp):
+    cwd = os.path.join(tmp, "std")  # a fixed directory: part of the automatic prefetch key
+    os.makedirs(cwd, exist_ok=True)
+
+    def env_fn(gocache, prog):
+        env = dict(os.environ)
+        env.pop("GOCACHEPROG", None)
+        env.update(GOCACHE=gocache, GOTOOLCHAIN="local", GOFLAGS="")
+        if prog:
+            env["GOCACHEPROG"] = prog
+        return env
+    return Workload("go build std", ["go", "build", "std"], cwd, env_fn)
+
+
+def test_workload(tmp):
+    progress(f"preparing {workload.MODULE}@{workload.VERSION} ...")
+    module = workload.prepare_module(os.path.join(REPO_ROOT, "target", "bench-workload"))
+    return Workload(f"go test {workload.MODULE}@{workload.VERSION}", workload.go_test_argv(module),
+                    module, workload.go_test_env)
+
+
+class Bench:
+    def __init__(self, args, binary, tmp, serve):
+        self.args, self.binary, self.tmp, self.serve = args, binary, tmp, serve
+        self.delays = [int(d) for d in args.delays.split(",")]
+        self.results = []   # dicts
+        self.runs = 0
+
+    def fresh(self, tag):
+        self.runs += 1
+        path = os.path.join(self.tmp, "runs", f"{self.runs:03d}-{tag}")
+        os.makedirs(path)
+        return path
+
+    def measure(self, wl, tool, scenario, delay, endpoint, prefix, local_dir, counter, proxy):
+        stats_file = os.path.join(local_dir, f"stats-{self.runs}.json")
+        rss_file = os.path.join(self.tmp, "runs", f"rss-{self.runs}-{scenario}")
+        prog, env = tool.make(endpoint, prefix, local_dir, stats_file)
+        before, moved_before = counter(), proxy.bytes_total() if proxy else 0
+        gocache = os.path.join(local_dir, "gocache")
+        os.makedirs(gocache, exist_ok=True)
+        took, _ = wl.run(gocache, peak_rss_wrapped(prog, rss_file), env,
+                         label=f"{tool.name}, {scenario}, {delay} ms")
+        requests = diff(counter(), before)
+        moved = (proxy.bytes_total() - moved_before) if proxy else None
+        stats = None
+        if os.path.exists(stats_file):
+            with open(stats_file) as f:
+                stats = json.load(f)
+        row = {"workload": wl.name, "tool": tool.name, "scenario": scenario, "delay_ms": delay,
+               "seconds": took, "requests": requests.get("total"), "requests_by_kind": requests,
+               "bytes_moved": moved, "peak_rss": read_rss(rss_file), "stats": stats}
+        self.results.append(row)
+        progress(f"  {wl.name} | {tool.name} | {scenario} | {delay} ms: {took:.2f} s, "
+                 f"{row['requests']} requests, {moved and moved / 2**20:.1f} MiB moved, "
+                 f"rss {row['peak_rss'] and row['peak_rss'] / 2**20:.1f} MiB")
+        return row
+
+    def go_floor(self, wl):
+        gocache = os.path.join(self.fresh("go"), "gocache")
+        cold, _ = wl.run(gocache, label="Go cold")
+        warm, _ = wl.run(gocache, label="Go warm")
+        for scenario, took in (("cold", cold), ("warm local", warm)):
+            self.results.append({"workload": wl.name, "tool": "Go GOCACHE", "scenario": scenario,
+                                 "delay_ms": 0, "seconds": took})
+        progress(f"  {wl.name} | Go GOCACHE: cold {cold:.2f} s, warm {warm:.2f} s")
+
+    def run_workload(self, wl, tools, endpoints, cold_delays):
+        self.go_floor(wl)
+        groups = {}
+        for tool in tools:
+            groups.setdefault(tool.group, []).append(tool)
+        slug = "std" if "std" in wl.name else "test"
+        for group, members in groups.items():
+            first = members[0]
+            prefix = None
+            for delay in cold_delays:
+                prefix = f"{slug}-{group}-{delay}"
+                if first.store == "serve":
+                    self.serve.restart_empty()  # a server has no prefixes: empty it instead
+                endpoint, counter, proxy = endpoints[(first.store, delay)]
+                local = self.fresh(f"{group}-cold-{delay}")
+                self.measure(wl, first, "cold", delay, endpoint, prefix, local, counter, proxy)
+                self.measure(wl, first, "warm local", delay, endpoint, prefix, local, counter, proxy)
+            for delay in self.delays:
+                for tool in members:
+                    endpoint, counter, proxy = endpoints[(tool.store, delay)]
+                    local = self.fresh(f"{group}-warm-{delay}")
+                    self.measure(wl, tool, "warm remote", delay, endpoint, prefix, local, counter,
+                                 proxy)
+
+
+def markdown(bench, env_line, missing, checks):
+    out = ["# Side by side: goremotecache and the other GOCACHEPROG tools", "",
+           env_line, ""]
+    if missing:
+        out.append("Not measured (could not be installed here): " + "; ".join(
+            f"{name} ({why})" for name, why in missing.items()) + ".")
+        out.append("")
+    by_wl = {}
+    for r in bench.results:
+        by_wl.setdefault(r["workload"], []).append(r)
+    for wl, rows in by_wl.items():
+        floor = next(r["seconds"] for r in rows if r["tool"] == "Go GOCACHE" and r["scenario"] == "warm local")
+        go_cold = next(r["seconds"] for r in rows if r["tool"] == "Go GOCACHE" and r["scenario"] == "cold")
+        out += [f"## {wl}", "",
+                f"Go's own GOCACHE: cold {go_cold:.2f} s, warm {floor:.2f} s (the floor: ratios "
+                f"below are against it).", ""]
+        for scenario in ("warm remote", "cold", "warm local"):
+            sub = [r for r in rows if r["scenario"] == scenario and r["tool"] != "Go GOCACHE"]
+            if not sub:
+                continue
+            delays = sorted({r["delay_ms"] for r in sub})
+            out.append(f"### {scenario}")
+            out.append("")
+            head = "| tool | " + " | ".join(f"{d} ms: time (x Go warm)" for d in delays) + \
+                f" | requests at {delays[-1]} ms | MiB moved at {delays[-1]} ms | peak RSS |"
+            out += [head, "|---" * (len(delays) + 4) + "|"]
+            tools = list(dict.fromkeys(r["tool"] for r in sub))
+            for tool in tools:
+                cells = []
+                for d in delays:
+                    r = next((r for r in sub if r["tool"] == tool and r["delay_ms"] == d), None)
+                    cells.append("-" if r is None else f"{r['seconds']:.2f} s ({r['seconds'] / floor:.1f}x)")
+                last = next((r for r in sub if r["tool"] == tool and r["delay_ms"] == delays[-1]), {})
+                moved = last.get("bytes_moved")
+                rss = max((r["peak_rss"] or 0 for r in sub if r["tool"] == tool), default=0)
+                out.append(f"| {tool} | " + " | ".join(cells) +
+                           f" | {last.get('requests', '-')} | {'-' if moved is None else f'{moved / 2**20:.1f}'}"
+                           f" | {rss / 2**20:.1f} MiB |")
+            out.append("")
+    out += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for label, measured, ok in checks:
+        out.append(f"| {label} | {measured} | {'yes' if ok else 'NO'} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def find(results, wl, tool_prefix, scenario, delay):
+    rows = [r for r in results if r["workload"] == wl and r["tool"].startswith(tool_prefix)
+            and r["scenario"] == scenario and r["delay_ms"] == delay]
+    return rows[0]["seconds"] if rows else None
+
+
+def targets(bench, peer_names):
+    checks = []
+    top = max(bench.delays)
+    for wl in dict.fromkeys(r["workload"] for r in bench.results):
+        for store in ("S3", "serve"):
+            on = find(bench.results, wl, f"goremotecache {store}", "warm remote", top)
+            off = find(bench.results, wl, f"goremotecache {store}, no prefetch", "warm remote", top)
+            if on and off:
+                checks.append((f"{wl}, warm remote at {top} ms, {store}: with / without prefetch <= {TARGET_PREFETCH}",
+                               f"{on / off:.3f} ({on:.2f} s / {off:.2f} s)", on / off <= TARGET_PREFETCH))
+        grc = find(bench.results, wl, "goremotecache S3", "warm remote", top)
+        peer_times = [t for t in (find(bench.results, wl, p, "warm remote", top) for p in peer_names) if t]
+        if grc and peer_times:
+            best = min(peer_times)
+            checks.append((f"{wl}, warm remote at {top} ms: fastest peer / goremotecache S3 >= {TARGET_VS_PEER}",
+                           f"{best / grc:.1f}x ({best:.2f} s / {grc:.2f} s)", best / grc >= TARGET_VS_PEER))
+        low = min(bench.delays)
+        for scenario in ("cold", "warm remote", "warm local"):
+            grc = find(bench.results, wl, "goremotecache S3", scenario, low)
+            peer_times = [t for t in (find(bench.results, wl, p, scenario, low) for p in peer_names) if t]
+            if grc and peer_times:
+                best = min(peer_times)
+                checks.append((f"{wl}, {scenario} at {low} ms: goremotecache S3 no slower than the fastest peer",
+                               f"{grc:.2f} s vs {best:.2f} s", grc <= best))
+        go_cold = find(bench.results, wl, "Go GOCACHE", "cold", 0)
+        for r in bench.results:
+            if r["workload"] == wl and r["scenario"] == "cold" and r["tool"] == "goremotecache S3":
+                ratio = r["seconds"] / go_cold
+                checks.append((f"{wl}, cold at {r['delay_ms']} ms (close wait included) / Go cold <= {TARGET_COLD}",
+                               f"{ratio:.2f} ({r['seconds']:.2f} s / {go_cold:.2f} s)", ratio <= TARGET_COLD))
+    return checks
+
+
+def plot(bench, path):
+    python = os.path.join(PLOT_VENV, "bin", "python")
+    if not os.path.exists(python):
+        progress(f"installing {MATPLOTLIB} into {PLOT_VENV} ...")
+        subprocess.run([sys.executable, "-m", "venv", PLOT_VENV], check=True)
+        subprocess.run([os.path.join(PLOT_VENV, "bin", "pip"), "install", "-q", MATPLOTLIB], check=True)
+    data = json.dumps(bench.results)
+    script = r'''
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+rows = json.loads(sys.stdin.read())
+wls = list(dict.fromkeys(r["workload"] for r in rows))
+fig, axes = plt.subplots(1, len(wls), figsize=(6.5 * len(wls), 4.6), squeeze=False)
+for ax, wl in zip(axes[0], wls):
+    sub = [r for r in rows if r["workload"] == wl]
+    floor = next(r["seconds"] for r in sub if r["tool"] == "Go GOCACHE" and r["scenario"] == "warm local")
+    for tool in dict.fromkeys(r["tool"] for r in sub if r["scenario"] == "warm remote"):
+        pts = sorted((r["delay_ms"], r["seconds"] / floor) for r in sub
+                     if r["tool"] == tool and r["scenario"] == "warm remote")
+        style = "-" if tool.startswith("goremotecache") else "--"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=tool)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_title(f"{wl}: warm remote, fresh local directory", fontsize=10)
+    ax.set_xlabel("added round trip to the store (ms)")
+    ax.set_ylabel("wall time / Go's warm GOCACHE (log)")
+    ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(sys.argv[1], dpi=110)
+'''
+    subprocess.run([python, "-c", script, path], input=data, text=True, check=True)
+    progress(f"plot written to {path}")
+
+
+def main():
+    args = parse_args()
+    binary = build_binary()
+    tmp = tempfile.mkdtemp(prefix="grc-compare-")
+    store = stores.MinioStore()
+    progress("installing MinIO if needed ...")
+    store.install()
+    store.start()
+    serve = Serve(binary, tmp)
+    bench = Bench(args, binary, tmp, serve)
+    proxies = []
+    try:
+        endpoints = {}
+        for delay in bench.delays:
+            for kind, port, counter in (("s3", store.port, store.request_counts),
+                                        ("serve", serve.port, serve.counts)):
+                proxy = stores.LatencyProxy("127.0.0.1", port, delay)
+                proxies.append(proxy)
+                endpoints[(kind, delay)] = (proxy.endpoint, counter, proxy)
+        tools = goremotecache_tools(binary)
+        peer_list, missing = peer_tools(tmp)
+        tools += peer_list
+        names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        for name in names:
+            wl = std_workload(tmp) if name == "std" else test_workload(tmp)
+            if args.cold_delays:
+                cold = [int(d) for d in args.cold_delays.split(",")]
+            else:
+                cold = bench.delays if name == "std" else bench.delays[:1]
+            progress(f"== {wl.name}")
+            bench.run_workload(wl, tools, endpoints, cold)
+        go_version = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
+        env_line = (f"Machine: {os.cpu_count()} cores; {go_version}; store: MinIO "
+                    f"{stores.MINIO_VERSION} on loopback behind a TCP proxy adding the delay to every "
+                    f"round trip; goremotecache `{git_commit()}`.")
+        checks = targets(bench, [t.name for t in peer_list])
+        text = markdown(bench, env_line, missing, checks)
+        print(text)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"results": bench.results, "missing": missing,
+                           "targets": [list(c) for c in checks]}, f, indent=1)
+        if args.plot:
+            plot(bench, args.plot)
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        serve.stop()
+        store.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def git_commit():
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (BenchError, stores.StoreError) as err:
+        print(f"compare: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -136,10 +136,50 @@ fn one_line(text: &str) -> String {
 /// key, so that `go build -x ./...` prefetches what `go build ./...` asked for.
 const OUTPUT_FLAGS: &[&str] = &["-x", "-v", "-json", "-work"];
 
-/// The go command's arguments, from the parent process (Linux); `None` elsewhere.
-fn parent_args() -> Option<String> {
+/// The go command's process: the nearest ancestor that runs a `go` binary from a Go root
+/// (one with a `VERSION` file), so that a wrapper between the go command and this program
+/// (`time`, a shell script that runs it) does not change the key; else the parent. Linux only.
+fn go_process() -> Option<u32> {
     let parent = std::os::unix::process::parent_id();
-    let raw = std::fs::read(format!("/proc/{parent}/cmdline")).ok()?;
+    let mut pid = parent;
+    for _ in 0..4 {
+        if go_root_of(pid).is_some() {
+            return Some(pid);
+        }
+        pid = parent_of(pid)?;
+        if pid <= 1 {
+            break;
+        }
+    }
+    Some(parent)
+}
+
+/// The Go root of the `go` binary that `pid` runs, if it runs one.
+fn go_root_of(pid: u32) -> Option<std::path::PathBuf> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = exe.file_name()?.to_str()?;
+    if name != "go" && !name.starts_with("go1.") {
+        return None;
+    }
+    let root = exe.parent()?.parent()?;
+    root.join("VERSION").is_file().then(|| root.to_path_buf())
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The go command's arguments (Linux); `None` elsewhere.
+fn parent_args() -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{}/cmdline", go_process()?)).ok()?;
     let args: Vec<String> = raw
         .split(|&b| b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -157,14 +197,13 @@ fn build_args(args: &[String]) -> String {
         .join("\u{1f}")
 }
 
-/// The Go version: `$GOROOT/VERSION` of the parent's binary (the go command), or of GOROOT.
+/// The Go version: `VERSION` in the go command's Go root, or in GOROOT.
 fn go_version() -> Option<String> {
-    let parent = std::os::unix::process::parent_id();
-    let from_parent = std::fs::read_link(format!("/proc/{parent}/exe"))
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("VERSION")));
+    let from_go = go_process()
+        .and_then(go_root_of)
+        .map(|root| root.join("VERSION"));
     let from_env = std::env::var_os("GOROOT").map(|root| Path::new(&root).join("VERSION"));
-    [from_parent, from_env]
+    [from_go, from_env]
         .into_iter()
         .flatten()
         .find_map(|path| std::fs::read_to_string(path).ok())
@@ -419,6 +458,14 @@ mod tests {
         );
         assert_ne!(args(&["test", "./..."]), args(&["test", "-race", "./..."]));
         assert_ne!(args(&["build", "./a", "b"]), args(&["build", "./a b"]));
+    }
+
+    #[test]
+    fn process_tree_is_read() {
+        let me = std::process::id();
+        assert_eq!(parent_of(me), Some(std::os::unix::process::parent_id()));
+        // The test binary is not a go command.
+        assert_eq!(go_root_of(me), None);
     }
 
     #[test]

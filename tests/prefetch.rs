@@ -80,6 +80,27 @@ fn a_fresh_machine_prefetches_what_the_last_build_asked_for() {
     assert_eq!(project.build_and_run_command("e2e-b"), "TOTAL 9!\n");
 }
 
+/// A wrapper between the go command and goremotecache (GNU time, a shell script) does not
+/// change the automatic key, though its own command line changes from run to run.
+#[test]
+fn a_wrapper_process_keeps_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = S3Server::start();
+    let mut project = project("prefetch-wrapper", &server, "wrapped");
+    let wrapper = project.root.path().join("wrap.sh");
+    std::fs::write(&wrapper, "#!/bin/sh\n\"$@\"\nexit $?\n").unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    project.wrapper = Some(wrapper);
+    project.go(&["build", "./..."]);
+    let build = project.build_on_fresh_machine("wrapped-b");
+    assert!(
+        build.stat("remote.prefetch.listed") > 50,
+        "{:?}",
+        build.stats
+    );
+    assert!(build.stat("remote.prefetch.used") > 50, "{:?}", build.stats);
+}
+
 fn client(endpoint: &str, dir: &std::path::Path, extra: &[&str]) -> Client {
     let mut args: Vec<String> = vec![
         "--cache-dir".into(),

@@ -214,6 +214,8 @@ pub struct GoProject {
     pub args: Vec<String>,
     /// More environment for the go command and goremotecache.
     pub env: Vec<(String, String)>,
+    /// A program that runs goremotecache (`wrapper goremotecache ARGS`), as CI setups do.
+    pub wrapper: Option<PathBuf>,
 }
 
 /// What one go command printed, and goremotecache's figures for it.
@@ -283,6 +285,7 @@ impl GoProject {
             runs: std::cell::Cell::new(0),
             args: Vec::new(),
             env: Vec::new(),
+            wrapper: None,
         };
         std::fs::create_dir_all(&project.gocache).unwrap();
         project
@@ -300,7 +303,11 @@ impl GoProject {
 
     /// The GOCACHEPROG value for this project's cache, writing stats to `stats_file`.
     pub fn gocacheprog(&self, stats_file: &Path) -> String {
-        let mut line = format!(
+        let mut line = match &self.wrapper {
+            Some(wrapper) => format!("{} ", wrapper.display()),
+            None => String::new(),
+        };
+        line += &format!(
             "{} --cache-dir {} --lock-dir {} --stats-file {}",
             bin(),
             self.cache_dir.display(),

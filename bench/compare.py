@@ -46,6 +46,7 @@ TOKEN = "compare-token-0123456789abcdef"
 PLOT_VENV = os.path.join(REPO_ROOT, "target", "bench-venv")
 MATPLOTLIB = "matplotlib==3.9.2"
 
+STORE_NICE = 10          # niceness of MinIO and of goremotecache serve
 TARGET_PREFETCH = 0.25   # warm remote at the largest delay: with / without prefetch
 TARGET_VS_PEER = 3.0     # ... and the fastest peer / goremotecache
 TARGET_COLD = 1.10       # cold, close wait included / Go's cold
@@ -66,6 +67,8 @@ def parse_args():
     p.add_argument("--cold-delays", default=None,
                    help="delays at which to run the cold scenario (default: all for std, the "
                         "first for test)")
+    p.add_argument("--groups", default=None,
+                   help="only these tool groups, comma-separated (grc-s3, grc-serve, or a peer's name)")
     p.add_argument("--markdown", help="also write the Markdown to this file")
     p.add_argument("--json", help="write every figure as JSON to this file")
     p.add_argument("--plot", help="write a PNG plot to this file")
@@ -92,7 +95,7 @@ class Serve:
         self.generation += 1
         self.storage = os.path.join(self.tmp, f"serve-storage-{self.generation}")
         self.proc = subprocess.Popen(
-            [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--storage-dir", self.storage],
+            ["nice", "-n", str(STORE_NICE), self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--storage-dir", self.storage],
             env={**os.environ, "GOREMOTECACHE_TOKENS": f"rw:{TOKEN}"},
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()
@@ -452,7 +455,9 @@ def main():
     args = parse_args()
     binary = build_binary()
     tmp = tempfile.mkdtemp(prefix="grc-compare-")
-    store = stores.MinioStore()
+    # The store and the server stand in for machines of their own: on this one they run at a
+    # lower priority than the build, for every tool alike.
+    store = stores.MinioStore(nice=STORE_NICE)
     progress("installing MinIO if needed ...")
     store.install()
     store.start()
@@ -470,6 +475,9 @@ def main():
         tools = goremotecache_tools(binary)
         peer_list, missing = peer_tools(tmp)
         tools += peer_list
+        if args.groups:
+            keep = set(args.groups.split(","))
+            tools = [t for t in tools if t.group in keep]
         names = [w.strip() for w in args.workloads.split(",") if w.strip()]
         for name in names:
             wl = std_workload(tmp) if name == "std" else test_workload(tmp)
@@ -482,7 +490,8 @@ def main():
         go_version = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
         env_line = (f"Machine: {os.cpu_count()} cores; {go_version}; store: MinIO "
                     f"{stores.MINIO_VERSION} on loopback behind a TCP proxy adding the delay to every "
-                    f"round trip; goremotecache `{git_commit()}`.")
+                    f"round trip (MinIO and goremotecache serve at nice {STORE_NICE}, standing in for "
+                    f"machines of their own); goremotecache `{git_commit()}`.")
         checks = targets(bench, [t.name for t in peer_list])
         text = markdown(bench, env_line, missing, checks)
         print(text)

@@ -152,8 +152,11 @@ def list_objects(endpoint, bucket, prefix="", **auth):
 class MinioStore:
     """A MinIO server (single drive) on 127.0.0.1 with a fresh data directory and one bucket."""
 
-    def __init__(self, bucket="gocache", install_root=None, data_dir=None, log_path=None):
+    def __init__(self, bucket="gocache", install_root=None, data_dir=None, log_path=None, nice=0):
+        """nice: the server's scheduling niceness (a benchmark on one machine gives the build
+        priority over the store, which stands in for a machine of its own)."""
         self.bucket = bucket
+        self.nice = nice
         self.install_root = install_root or os.path.join(
             REPO_ROOT, "target", "bench-tools", "minio", MINIO_VERSION)
         self.binary = os.path.join(self.install_root, "bin", "minio")
@@ -214,8 +217,8 @@ class MinioStore:
             log = open(self.log_path, "ab")
             began = time.perf_counter()
             self.proc = subprocess.Popen(
-                [self.binary, "server", "--quiet", "--anonymous", "--address", f"127.0.0.1:{self.port}",
-                 self.data_dir],
+                ["nice", "-n", str(self.nice), self.binary, "server", "--quiet", "--anonymous",
+                 "--address", f"127.0.0.1:{self.port}", self.data_dir],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
             log.close()

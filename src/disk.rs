@@ -153,6 +153,11 @@ impl DiskCache {
     }
 
     /// Whether the output is in place with the expected size.
+    /// Whether an entry for `action` exists (one system call; [`DiskCache::get`] checks it).
+    pub fn has_entry(&self, action: &ActionId) -> bool {
+        fs::symlink_metadata(self.action_path(action)).is_ok()
+    }
+
     pub fn has_output(&self, id: &OutputId, size: u64) -> bool {
         fs::metadata(self.output_path(id)).is_ok_and(|m| m.is_file() && m.len() == size)
     }

@@ -258,9 +258,22 @@ impl Manifest {
         Manifest { entries }
     }
 
-    /// Whether writing `self` over `previous` would change nothing a prefetch does.
+    /// Whether writing `self` (merged from `previous`) is not worth a request: the run asked
+    /// for exactly the previous manifest's entries, none of which is aging. The order the go
+    /// command asked in varies a little from run to run; that alone is not written.
     pub fn same_as(&self, previous: Option<&Manifest>) -> bool {
-        previous.is_some_and(|p| p == self)
+        let Some(previous) = previous else {
+            return false;
+        };
+        // Merging puts the previous entries this run did not ask for after, aged: none here.
+        previous.entries.len() == self.entries.len()
+            && self.entries.iter().all(|e| e.age == 0)
+            && previous.entries.iter().all(|e| e.age == 0)
+            && {
+                let before: std::collections::HashSet<_> =
+                    previous.entries.iter().map(|e| e.action).collect();
+                self.entries.iter().all(|e| before.contains(&e.action))
+            }
     }
 
     /// The stored form, with `source` as comments.
@@ -395,7 +408,17 @@ mod tests {
         assert!(Manifest::merge(Some(&first), &run).same_as(Some(&first)));
         assert!(!first.same_as(None));
         let other = Manifest::merge(Some(&first), &[(id(2), 20)]);
-        assert!(!other.same_as(Some(&first)));
+        assert!(!other.same_as(Some(&first)), "entry 1 must age");
+        let reordered = Manifest::merge(Some(&first), &[(id(2), 20), (id(1), 10)]);
+        assert!(
+            reordered.same_as(Some(&first)),
+            "an order change alone is not written"
+        );
+        let grown = Manifest::merge(Some(&first), &[(id(1), 10), (id(2), 20), (id(3), 1)]);
+        assert!(!grown.same_as(Some(&first)));
+        // Entries still aging out are written each run until they are gone.
+        let aging = Manifest::merge(Some(&other), &[(id(2), 20)]);
+        assert!(!aging.same_as(Some(&other)));
     }
 
     #[test]

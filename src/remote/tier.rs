@@ -516,7 +516,7 @@ impl RemoteTier {
         let Ok(todo) = tokio::task::spawn_blocking(move || {
             wanted
                 .into_iter()
-                .filter(|action| !matches!(local.get(action), Ok(Some(_))))
+                .filter(|action| !local.has_entry(action))
                 .collect::<Vec<_>>()
         })
         .await

@@ -407,7 +407,13 @@ impl RemoteTier {
             if let Some(task) = lock(&prefetch.task).take() {
                 task.abort();
             }
-            let wasted = lock(&prefetch.unused).len() as u64;
+            // Unused entries that prefetch stored (not those cut off in flight).
+            let downloaded = lock(&self.downloaded);
+            let wasted = lock(&prefetch.unused)
+                .iter()
+                .filter(|action| downloaded.contains(action))
+                .count() as u64;
+            drop(downloaded);
             self.remote_stats()
                 .prefetch_wasted
                 .store(wasted, std::sync::atomic::Ordering::Relaxed);
@@ -544,14 +550,26 @@ impl RemoteTier {
         add(&stats.prefetch_nanos, nanos(start.elapsed()));
     }
 
+    /// Notes that prefetch starts receiving `action`'s entry. It is counted as unused from
+    /// now, before it can appear on disk, so that a get that finds it there at once counts it
+    /// as used.
+    fn prefetch_begins(&self, action: ActionId) {
+        lock(&self.prefetch_state().unused).insert(action);
+    }
+
     /// Counts an entry that prefetch stored, and ends its claim.
     fn prefetched(&self, claim: Claim<'_>, entry: &Entry) {
         let stats = self.remote_stats();
         add(&stats.prefetch_fetched, 1);
         add(&stats.prefetch_bytes, entry.size);
         lock(&self.downloaded).insert(claim.action);
-        lock(&self.prefetch_state().unused).insert(claim.action);
         claim.end(Outcome::Found);
+    }
+
+    /// Ends the claim of an entry that prefetch did not store.
+    fn prefetch_failed(&self, claim: Claim<'_>, outcome: Outcome) {
+        lock(&self.prefetch_state().unused).remove(&claim.action);
+        claim.end(outcome);
     }
 
     /// Prefetches one entry, unless it is being fetched or the remote is off.
@@ -567,6 +585,7 @@ impl RemoteTier {
             return;
         }
         let stats = self.remote_stats();
+        self.prefetch_begins(action);
         match self.try_fetch(disk, action).await {
             Ok(Some(entry)) => {
                 self.health.success();
@@ -574,7 +593,7 @@ impl RemoteTier {
             }
             Ok(None) => {
                 add(&stats.prefetch_missing, 1);
-                claim.end(Outcome::Missing);
+                self.prefetch_failed(claim, Outcome::Missing);
             }
             Err(err) => {
                 add(&stats.prefetch_errors, 1);
@@ -583,7 +602,7 @@ impl RemoteTier {
                     _ => Outcome::Failed,
                 };
                 self.fetch_failed(action, err);
-                claim.end(outcome);
+                self.prefetch_failed(claim, outcome);
             }
         }
     }
@@ -652,6 +671,7 @@ impl RemoteTier {
                         }
                         let writer = EntryWriter::start(disk, action)
                             .map_err(|err| RemoteError::Other(format!("local: {err}")))?;
+                        self.prefetch_begins(action);
                         current = Some((action, writer));
                     }
                     batch::Event::Data(bytes) => match &mut current {
@@ -674,7 +694,7 @@ impl RemoteTier {
                                     _ => Outcome::Failed,
                                 };
                                 self.fetch_failed(action, err);
-                                claim.end(outcome);
+                                self.prefetch_failed(claim, outcome);
                             }
                         }
                     }
@@ -691,14 +711,15 @@ impl RemoteTier {
                         if let Some(claim) = claims.remove(&action) {
                             add(&stats.prefetch_errors, 1);
                             tracing::debug!(action = %action, "prefetch: the server failed: {reason}");
-                            claim.end(Outcome::Failed);
+                            self.prefetch_failed(claim, Outcome::Failed);
                         }
                     }
                 }
             }
         }
-        if let Some((_, writer)) = current {
+        if let Some((action, writer)) = current {
             writer.abort().await;
+            lock(&self.prefetch_state().unused).remove(&action);
         }
         if !decoder.at_frame_boundary() {
             return Err(RemoteError::Transient(

@@ -229,8 +229,8 @@ pub struct Options {
     #[arg(long, env = "GOREMOTECACHE_PREFETCH_KEY", value_name = "TEXT")]
     pub prefetch_key: Option<String>,
 
-    /// Prefetch requests in flight at once (entry gets on S3; batches of up to 256 entries
-    /// take one request each on an HTTP server).
+    /// Prefetch requests in flight at once: entry gets on S3; on an HTTP server, batches of up
+    /// to 256 entries, N/8 of them at once. About 1 MiB of memory per request in flight.
     #[arg(long, env = "GOREMOTECACHE_PREFETCH_CONCURRENCY", value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch_concurrency: u16,
 

@@ -1,7 +1,8 @@
 //! Prefetch: what a build will ask for, learned from the last runs of the same build.
 //!
-//! At the end of a run, the action IDs that the go command asked for (in the order it first
-//! asked) are merged into a manifest stored in the remote under a [`BuildKey`]. At the start
+//! At the end of a run, the action IDs of the entries that the go command used or stored (gets
+//! that hit, and puts, in the order it first asked) are merged into a manifest stored in the
+//! remote under a [`BuildKey`]. At the start
 //! of the next run with the same key, the remote tier ([`crate::remote::tier`]) fetches that
 //! manifest and pulls the listed entries into the local cache, many at once, so that the go
 //! command's gets find them on disk instead of paying one round trip each.
@@ -329,7 +330,7 @@ impl Manifest {
     }
 }
 
-/// What the go command asked for in this run, in the order it first asked.
+/// The entries the go command used or stored in this run, in the order it first asked.
 #[derive(Debug, Default)]
 pub struct Recorder {
     inner: Mutex<Recorded>,

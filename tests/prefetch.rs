@@ -196,6 +196,23 @@ fn prefetch_off_asks_for_no_manifest_and_writes_none() {
     assert!(manifests(&server, "joins").is_empty());
 }
 
+/// The manifest lists what the run used or stored: a get that missed and was never followed
+/// by a put (a test result the go command does not cache) would be asked for in vain.
+#[test]
+fn a_miss_without_a_put_stays_out_of_the_manifest() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = client(&server.endpoint, dir.path(), &["--prefetch-key", "misses"]);
+    writer.put(1, action(1), b"one");
+    writer.read().unwrap();
+    writer.get(2, action(2));
+    assert!(writer.read().unwrap().get("OutputID").is_none());
+    writer.get(3, action(1));
+    writer.read().unwrap();
+    let stderr = close(writer, 4);
+    assert!(stderr.contains("manifest of 1 entries written"), "{stderr}");
+}
+
 /// Entries that are damaged or gone when prefetch asks for them: counted, never stored, and
 /// the build compiles what it must and is correct.
 #[test]

@@ -424,14 +424,16 @@ impl RemoteTier {
         );
     }
 
-    /// Notes a get of the go command: what it asked for (for the manifest), and whether a
-    /// prefetched entry was used.
+    /// Notes a get of the go command: a hit goes into the manifest, and may have used a
+    /// prefetched entry. A miss does not: if the go command then stores the output, its put
+    /// records it; if not (a test result that cannot be cached), no store will ever have it,
+    /// and prefetch would ask for it in vain on every run.
     pub fn note_get(&self, action: ActionId, hit: Option<u64>) {
-        let Some(prefetch) = &self.prefetch else {
+        let (Some(prefetch), Some(size)) = (&self.prefetch, hit) else {
             return;
         };
-        prefetch.recorder.note(action, hit);
-        if hit.is_some() && lock(&prefetch.unused).remove(&action) {
+        prefetch.recorder.note(action, Some(size));
+        if lock(&prefetch.unused).remove(&action) {
             add(&self.remote_stats().prefetch_used, 1);
         }
     }

@@ -102,27 +102,11 @@ fn a_wrapper_process_keeps_the_key() {
 }
 
 fn client(endpoint: &str, dir: &std::path::Path, extra: &[&str]) -> Client {
-    let mut args: Vec<String> = vec![
-        "--cache-dir".into(),
-        dir.join("cache").to_str().unwrap().into(),
-        "--lock-dir".into(),
-        dir.join("locks").to_str().unwrap().into(),
-        "--stats".into(),
-    ];
-    args.extend(with_prefetch(s3_args(endpoint, "joins")));
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let env = credentials(SECRET_KEY);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    Client::start_with(&args, &env)
+    support::s3_client(dir, with_prefetch(s3_args(endpoint, "joins")), extra)
 }
 
-fn close(mut client: Client, id: i64) -> String {
-    client.close_request(id);
-    assert_eq!(client.read().unwrap(), serde_json::json!({"ID": id}));
-    let (status, stderr) = client.finish();
-    assert!(status.success(), "{stderr}");
-    stderr
+fn close(client: Client, id: i64) -> String {
+    client.close(id)
 }
 
 /// Gets arrive while prefetch works through the same keys in the other order, over a slow

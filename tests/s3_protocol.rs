@@ -18,29 +18,11 @@ fn client(server: &S3Server, dir: &std::path::Path, prefix: &str) -> Client {
 }
 
 fn client_at(endpoint: &str, dir: &std::path::Path, prefix: &str, extra: &[&str]) -> Client {
-    let cache = dir.join("cache");
-    let locks = dir.join("locks");
-    let mut args: Vec<String> = vec![
-        "--cache-dir".into(),
-        cache.to_str().unwrap().into(),
-        "--lock-dir".into(),
-        locks.to_str().unwrap().into(),
-        "--stats".into(),
-    ];
-    args.extend(support::s3::s3_args(endpoint, prefix));
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let env = credentials(SECRET_KEY);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    Client::start_with(&args, &env)
+    support::s3_client(dir, support::s3::s3_args(endpoint, prefix), extra)
 }
 
-fn close(mut client: Client, id: i64) -> String {
-    client.close_request(id);
-    assert_eq!(client.read().unwrap(), serde_json::json!({"ID": id}));
-    let (status, stderr) = client.finish();
-    assert!(status.success(), "{stderr}");
-    stderr
+fn close(client: Client, id: i64) -> String {
+    client.close(id)
 }
 
 #[test]

@@ -568,6 +568,18 @@ impl RemoteTier {
         claim.end(Outcome::Found);
     }
 
+    /// Counts and says a prefetch that failed, and ends its claim: a damaged entry is a miss
+    /// for the gets waiting on it; another failure lets them ask themselves.
+    fn prefetch_error(&self, claim: Claim<'_>, err: FetchError) {
+        add(&self.remote_stats().prefetch_errors, 1);
+        let outcome = match err {
+            FetchError::Corrupt(_) => Outcome::Missing,
+            _ => Outcome::Failed,
+        };
+        self.fetch_failed(claim.action, err);
+        self.prefetch_failed(claim, outcome);
+    }
+
     /// Ends the claim of an entry that prefetch did not store.
     fn prefetch_failed(&self, claim: Claim<'_>, outcome: Outcome) {
         lock(&self.prefetch_state().unused).remove(&claim.action);
@@ -597,15 +609,7 @@ impl RemoteTier {
                 add(&stats.prefetch_missing, 1);
                 self.prefetch_failed(claim, Outcome::Missing);
             }
-            Err(err) => {
-                add(&stats.prefetch_errors, 1);
-                let outcome = match err {
-                    FetchError::Corrupt(_) => Outcome::Missing,
-                    _ => Outcome::Failed,
-                };
-                self.fetch_failed(action, err);
-                self.prefetch_failed(claim, outcome);
-            }
+            Err(err) => self.prefetch_error(claim, err),
         }
     }
 
@@ -689,15 +693,7 @@ impl RemoteTier {
                         let claim = claims.remove(&action).expect("checked at its start");
                         match writer.finish().await {
                             Ok(entry) => self.prefetched(claim, &entry),
-                            Err(err) => {
-                                add(&stats.prefetch_errors, 1);
-                                let outcome = match err {
-                                    FetchError::Corrupt(_) => Outcome::Missing,
-                                    _ => Outcome::Failed,
-                                };
-                                self.fetch_failed(action, err);
-                                self.prefetch_failed(claim, outcome);
-                            }
+                            Err(err) => self.prefetch_error(claim, err),
                         }
                     }
                     batch::Event::Missing(action) => {

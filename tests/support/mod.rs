@@ -124,6 +124,15 @@ impl Client {
         )
     }
 
+    /// Sends `close` with `id`, checks its answer and a successful exit; returns stderr.
+    pub fn close(mut self, id: i64) -> String {
+        self.close_request(id);
+        assert_eq!(self.read().unwrap(), serde_json::json!({"ID": id}));
+        let (status, stderr) = self.finish();
+        assert!(status.success(), "{stderr}");
+        stderr
+    }
+
     /// Waits for the process to exit and returns its stderr.
     pub fn finish(mut self) -> (std::process::ExitStatus, String) {
         self.stdin = None;
@@ -136,6 +145,24 @@ impl Client {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     }
+}
+
+/// A goremotecache process on the cache and lock directories under `dir`, with `--stats`, the
+/// test credentials, `store_args` (such as [`s3::s3_args`]) and `extra` options.
+pub fn s3_client(dir: &std::path::Path, store_args: Vec<String>, extra: &[&str]) -> Client {
+    let mut args: Vec<String> = vec![
+        "--cache-dir".into(),
+        dir.join("cache").to_str().unwrap().into(),
+        "--lock-dir".into(),
+        dir.join("locks").to_str().unwrap().into(),
+        "--stats".into(),
+    ];
+    args.extend(store_args);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = s3::credentials(s3::SECRET_KEY);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Client::start_with(&args, &env)
 }
 
 /// The bytes of a put request and its body line.

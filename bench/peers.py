@@ -284,35 +284,12 @@ ACCESS_KEY = "AKIDGOREMOTECACHE"
 SECRET_KEY = "test-secret-key-for-goremotecache"
 
 
-class S3Server:
-    """examples/s3_server.rs: `endpoint URL`, `proxy N URL`, `ready`; stdin `counts`, `reset`."""
-
-    def __init__(self, path):
-        self.proc = subprocess.Popen([path, "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1)
-        self.endpoint = None
-        for line in self.proc.stdout:
-            words = line.split()
-            if words and words[0] == "endpoint":
-                self.endpoint = words[1]
-            if words and words[0] == "ready":
-                return
-        raise PeerError("the S3 server did not start")
-
-    def _ask(self, text):
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline().strip()
-
-    def counts(self):
-        return json.loads(self._ask("counts"))
-
-    def reset(self):
-        self._ask("reset")
-
-    def stop(self):
-        self.proc.stdin.close()
-        self.proc.wait()
+def start_s3_server(path):
+    """examples/s3_server.rs, through bench_s3's wrapper: (server, endpoint)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_s3 import Server  # noqa: E402  (also used by the S3 tier's benchmark)
+    server = Server(path, [0])
+    return server, server.proxies[0]
 
 
 def _go_build(prog, env, gocache, verbose):
@@ -330,7 +307,7 @@ def _go_build(prog, env, gocache, verbose):
     return seconds, compiles, result.stderr
 
 
-def check(paths, server, tmp):
+def check(paths, server, endpoint, tmp):
     rows = []
     for name, binary in paths.items():
         prefix = f"peer-{name}-{int(time.time())}"
@@ -338,7 +315,7 @@ def check(paths, server, tmp):
         for run, verbose in (("cold", False), ("fresh-dir warm", True)):
             server.reset()
             local = os.path.join(tmp, name, run.replace(" ", "-"))
-            prog, env = command(name, binary, endpoint=server.endpoint, bucket="gocache", prefix=prefix,
+            prog, env = command(name, binary, endpoint=endpoint, bucket="gocache", prefix=prefix,
                                 region="us-east-1", access_key=ACCESS_KEY, secret_key=SECRET_KEY,
                                 local_dir=os.path.join(local, "cache"))
             seconds, compiles, stderr = _go_build(prog, env, os.path.join(local, "gocache"), verbose)
@@ -366,10 +343,10 @@ def main():
     if not paths:
         print("no peer could be installed", file=sys.stderr)
         return 1
-    server = S3Server(args.server)
+    server, endpoint = start_s3_server(args.server)
     tmp = tempfile.mkdtemp(prefix="goremotecache-peers-")
     try:
-        rows = check(paths, server, tmp)
+        rows = check(paths, server, endpoint, tmp)
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -71,6 +71,10 @@ impl HttpStore {
         format!("{}/v1/ac/{}", self.base, action.to_hex())
     }
 
+    fn manifest_url(&self, key: &BuildKey) -> String {
+        format!("{}/v1/prefetch/{}", self.base, key.to_hex())
+    }
+
     /// Sends a request without a body.
     async fn send(
         &self,
@@ -192,9 +196,8 @@ impl RemoteStore for HttpStore {
     }
 
     async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
-        let url = format!("{}/v1/prefetch/{}", self.base, key.to_hex());
         let response = self
-            .request_to(reqwest::Method::GET, url)
+            .request_to(reqwest::Method::GET, self.manifest_url(key))
             .send()
             .await
             .map_err(network_error)?;
@@ -206,9 +209,8 @@ impl RemoteStore for HttpStore {
     }
 
     async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
-        let url = format!("{}/v1/prefetch/{}", self.base, key.to_hex());
         let response = self
-            .request_to(reqwest::Method::PUT, url)
+            .request_to(reqwest::Method::PUT, self.manifest_url(key))
             .body(manifest)
             .send()
             .await

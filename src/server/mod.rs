@@ -282,6 +282,11 @@ fn parse_key(key: &str) -> Result<ActionId, Refusal> {
         })
 }
 
+/// The answer when `--max-in-flight` requests are being handled.
+fn busy() -> Refusal {
+    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "busy")
+}
+
 /// A storage failure: counted, logged, answered 503.
 fn storage_failure(state: &ServerState, what: &str, err: impl std::fmt::Display) -> Refusal {
     state.metrics.storage_errors.inc();
@@ -349,11 +354,7 @@ async fn get_batch(
         let keys =
             batch::parse_keys(&body).map_err(|err| Refusal::new(StatusCode::BAD_REQUEST, err))?;
         // The answer outlives this handler: its slot is given back when the stream ends.
-        state
-            .in_flight
-            .try_acquire()
-            .map_err(|_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "busy"))?
-            .forget();
+        state.in_flight.try_acquire().map_err(|_| busy())?.forget();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(BATCH_AHEAD);
         let sender = state.clone();
         tokio::spawn(async move {
@@ -386,10 +387,7 @@ async fn fetch(
 ) -> Result<Response, Refusal> {
     state.authorize(headers, Scope::Read)?;
     let action = parse_key(key)?;
-    let _permit = state
-        .in_flight
-        .try_acquire()
-        .map_err(|_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "busy"))?;
+    let _permit = state.in_flight.try_acquire().map_err(|_| busy())?;
     match state.store.get(&action).await {
         Ok(None) => {
             state.metrics.misses.inc();
@@ -410,15 +408,15 @@ async fn fetch(
             )
                 .into_response())
         }
-        Err(err) => {
-            state.metrics.storage_errors.inc();
-            tracing::warn!("storage get {action}: {err}");
-            Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("storage: {err}"),
-            ))
-        }
+        Err(err) => Err(storage_failure(state, &format!("get {action}"), err)),
     }
+}
+
+/// A storage failure for one key of a batch: counted, logged, and its frame.
+fn batch_failure(state: &ServerState, action: &ActionId, err: impl std::fmt::Display) -> Bytes {
+    state.metrics.storage_errors.inc();
+    tracing::warn!("storage get {action}: {err}");
+    batch::failed(action, &format!("storage: {err}"))
 }
 
 /// Sends the frames of a batch answer until done or the client is gone.
@@ -449,9 +447,7 @@ async fn send_batch(
                 continue;
             }
             Err(err) => {
-                state.metrics.storage_errors.inc();
-                tracing::warn!("storage get {action}: {err}");
-                if !send(batch::failed(&action, &format!("storage: {err}"))).await {
+                if !send(batch_failure(state, &action, err)).await {
                     return;
                 }
                 continue;
@@ -469,9 +465,7 @@ async fn send_batch(
                     send(batch::chunk_header(bytes.len())).await && send(bytes).await
                 }
                 Err(err) => {
-                    state.metrics.storage_errors.inc();
-                    tracing::warn!("storage get {action}: {err}");
-                    if !send(batch::failed(&action, &format!("storage: {err}"))).await {
+                    if !send(batch_failure(state, &action, err)).await {
                         return;
                     }
                     continue 'keys;
@@ -545,10 +539,7 @@ async fn store(
     if announced.is_some_and(|len| len > state.max_entry_size) {
         return Err(too_large());
     }
-    let _permit = state
-        .in_flight
-        .try_acquire()
-        .map_err(|_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "busy"))?;
+    let _permit = state.in_flight.try_acquire().map_err(|_| busy())?;
     let internal = |err: io::Error| {
         tracing::warn!("spooling a put: {err}");
         Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot spool the entry")
@@ -608,14 +599,7 @@ async fn store(
     match state.store.put(&action, upload).await {
         Ok(PutOutcome::Stored) => Ok(StatusCode::CREATED.into_response()),
         Ok(PutOutcome::Exists | PutOutcome::Skipped) => Ok(StatusCode::OK.into_response()),
-        Err(err) => {
-            state.metrics.storage_errors.inc();
-            tracing::warn!("storage put {action}: {err}");
-            Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("storage: {err}"),
-            ))
-        }
+        Err(err) => Err(storage_failure(state, &format!("put {action}"), err)),
     }
 }
 

@@ -75,7 +75,7 @@ impl Cache {
     /// set up is said once too, and the cache works on local disk alone. Call it inside a
     /// tokio runtime: the remote tier's upload workers start here.
     pub fn open(config: &Config) -> Self {
-        let disk = DiskCache::at(&config.cache_dir);
+        let disk = DiskCache::at(&config.cache_dir).verifying_hits(config.verify_hits);
         match disk.prepare() {
             Ok(()) => {
                 let sweeper = disk.clone();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::fsutil::{Links, UntrustedDir, check_private_dir, private_dir};
 use crate::lock::LockType;
 use crate::remote::http::HttpConfig;
 use crate::remote::s3::S3Config;
@@ -32,7 +33,11 @@ Examples:
     GOCACHEPROG=\"goremotecache --stats\" go test ./...
     goremotecache clear-local          empty the local cache
 
-Exit status: 0 on success; 2 for bad options; 1 for any other failure.";
+The cache and lock directories must belong to you and not be writable by group or others
+(see --trust-cache-dir).
+
+Exit status: 0 on success; 2 for bad options or an untrusted directory; 1 for any other
+failure.";
 
 /// goremotecache's command line.
 #[derive(Debug, Parser)]
@@ -73,7 +78,10 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct Options {
     /// Directory of the local cache. Outputs are stored here and the go command reads them
-    /// in place, so it must be on a local file system. [default: <temp dir>/goremotecache/cache]
+    /// in place, so it must be on a local file system. It must belong to you and not be
+    /// writable by group or others (see --trust-cache-dir). [default:
+    /// $XDG_CACHE_HOME/goremotecache/cache, else ~/.cache/goremotecache/cache; without a
+    /// usable home, <temp dir>/goremotecache-<uid>/cache]
     #[arg(
         long,
         env = "GOREMOTECACHE_CACHE_DIR",
@@ -83,7 +91,8 @@ pub struct Options {
     pub cache_dir: Option<PathBuf>,
 
     /// Directory of the lock files that let several goremotecache processes share one cache
-    /// directory. [default: <temp dir>/goremotecache/locks]
+    /// directory; checked like --cache-dir. [default: `locks` beside the default cache
+    /// directory]
     #[arg(
         long,
         env = "GOREMOTECACHE_LOCK_DIR",
@@ -103,6 +112,24 @@ pub struct Options {
         global = true
     )]
     pub lock_type: LockType,
+
+    /// Use a cache, lock or storage directory even if another user owns it or group or
+    /// others may write it. Only for a deliberate shared set-up whose users all trust each
+    /// other: anyone who can write the directory can plant build results (object code that is
+    /// linked into your binaries), delete yours, or hold your locks.
+    #[arg(long, env = "GOREMOTECACHE_TRUST_CACHE_DIR", value_parser = parse_switch, global = true)]
+    pub trust_cache_dir: bool,
+
+    /// Hash every output before answering a get with it; a damaged one is a miss (and the
+    /// go command's put replaces it). Costs reading every hit; like Go's gocacheverify.
+    #[arg(long, env = "GOREMOTECACHE_VERIFY_HITS", value_parser = parse_switch)]
+    pub verify_hits: bool,
+
+    /// The largest entry (decoded size) taken from the remote store: an entry whose header
+    /// says more is a miss, and its body is not downloaded. The server's option of the same
+    /// name refuses such entries.
+    #[arg(long, env = "GOREMOTECACHE_MAX_ENTRY_SIZE", value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub max_entry_size: u64,
 
     /// Log every request and decision on stderr.
     #[arg(long, env = "GOREMOTECACHE_DEBUG", global = true, value_parser = parse_switch)]
@@ -400,6 +427,8 @@ pub struct RemoteConfig {
     pub upload_concurrency: usize,
     pub upload_queue: usize,
     pub timeout: Duration,
+    /// The largest decoded entry taken from the store (`--max-entry-size`).
+    pub max_entry_size: u64,
 }
 
 /// A switch's value from a variable: `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off`, and
@@ -420,6 +449,11 @@ pub struct Config {
     /// Absolute and valid UTF-8 (it is sent to the go command in JSON).
     pub cache_dir: PathBuf,
     pub lock_dir: PathBuf,
+    /// The default location's own directory, when the cache or lock directory is the
+    /// default: goremotecache creates it, so it is checked as well.
+    pub default_base: Option<DefaultBase>,
+    pub trust_cache_dir: bool,
+    pub verify_hits: bool,
     pub lock_type: LockType,
     pub debug: bool,
     pub stats: bool,
@@ -451,10 +485,59 @@ pub enum ConfigError {
     BadEndpoint(String),
 }
 
+/// Where the default cache and lock directories live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultBase {
+    pub dir: PathBuf,
+    /// A symlink is fine in the user's home (they put it there); in the shared temp
+    /// directory it was put there by someone else.
+    pub links: Links,
+}
+
+impl DefaultBase {
+    /// The user's cache directory as Go's own cache finds it: `$XDG_CACHE_HOME` if set
+    /// (absolute), else `$HOME/.cache`; where there is no usable home (unset, missing, or
+    /// not the user's own), a directory in the temp directory named with the user ID.
+    pub fn find() -> Self {
+        let absolute = |var: &str| {
+            std::env::var_os(var)
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        };
+        let home_cache = absolute("XDG_CACHE_HOME").or_else(|| {
+            absolute("HOME")
+                .filter(|home| {
+                    use std::os::unix::fs::MetadataExt;
+                    std::fs::metadata(home)
+                        .is_ok_and(|m| m.is_dir() && m.uid() == rustix::process::geteuid().as_raw())
+                })
+                .map(|home| home.join(".cache"))
+        });
+        match home_cache {
+            Some(dir) => Self {
+                dir: dir.join("goremotecache"),
+                links: Links::Follow,
+            },
+            None => Self {
+                dir: std::env::temp_dir().join(format!(
+                    "goremotecache-{}",
+                    rustix::process::geteuid().as_raw()
+                )),
+                links: Links::Refuse,
+            },
+        }
+    }
+}
+
 impl Config {
     /// Validates the options, filling in defaults.
     pub fn from_options(options: &Options) -> Result<Self, ConfigError> {
-        let base = std::env::temp_dir().join("goremotecache");
+        let default_base =
+            (options.cache_dir.is_none() || options.lock_dir.is_none()).then(DefaultBase::find);
+        let base = default_base
+            .as_ref()
+            .map(|b| b.dir.clone())
+            .unwrap_or_default();
         let cache_dir = resolve_dir(
             "cache-dir",
             options.cache_dir.as_deref(),
@@ -464,12 +547,73 @@ impl Config {
         Ok(Self {
             cache_dir,
             lock_dir,
+            default_base,
+            trust_cache_dir: options.trust_cache_dir,
+            verify_hits: options.verify_hits,
             lock_type: options.lock_type,
             debug: options.debug,
             stats: options.stats,
             stats_file: options.stats_file.clone(),
             remote: remote_config(options)?,
         })
+    }
+}
+
+impl Config {
+    /// Refuses the cache and lock directories if another user owns them or group or others
+    /// may write them (unless `--trust-cache-dir`); with `create`, first creates those that
+    /// are missing (mode 0700). Runs before the go command is answered: a refusal is exit
+    /// status 2. A directory that cannot be created is left to the cache, which says so and
+    /// goes on (every get a miss, every put a clear error).
+    pub fn check_dirs(&self, create: bool) -> Result<(), UntrustedDir> {
+        if self.trust_cache_dir {
+            return Ok(());
+        }
+        let default_links = self.default_base.as_ref().map(|base| base.links);
+        let check = |dir: &Path, what, links| {
+            if create {
+                check_created_dir(dir, what, links)
+            } else if dir.exists() || fs_is_symlink(dir) {
+                check_private_dir(dir, what, links)
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(base) = &self.default_base {
+            check(&base.dir, "goremotecache's directory", base.links)?;
+        }
+        let mut dirs = vec![(&self.cache_dir, "cache directory")];
+        if self.lock_type == LockType::Fslock {
+            dirs.push((&self.lock_dir, "lock directory"));
+        }
+        for (dir, what) in dirs {
+            let is_default = self
+                .default_base
+                .as_ref()
+                .is_some_and(|base| dir.parent() == Some(&base.dir));
+            let links = match default_links {
+                Some(links) if is_default => links,
+                _ => Links::Follow,
+            };
+            check(dir, what, links)?;
+        }
+        Ok(())
+    }
+}
+
+fn fs_is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// Creates `dir` (0700) if it is missing and checks it; one that cannot be created is not an
+/// error here.
+fn check_created_dir(dir: &Path, what: &'static str, links: Links) -> Result<(), UntrustedDir> {
+    match private_dir(dir, what, links) {
+        Err(UntrustedDir::Io { source, .. }) if !dir.exists() => {
+            tracing::debug!("cannot create {}: {source}", dir.display());
+            Ok(())
+        }
+        other => other,
     }
 }
 
@@ -511,6 +655,7 @@ fn remote_config(options: &Options) -> Result<Option<RemoteConfig>, ConfigError>
         upload_concurrency: usize::from(options.upload_concurrency),
         upload_queue: options.upload_queue as usize,
         timeout: options.remote_timeout,
+        max_entry_size: options.max_entry_size,
     }))
 }
 
@@ -673,7 +818,11 @@ mod tests {
         let config = Config::from_options(&cli.options).unwrap();
         assert!(config.cache_dir.is_absolute());
         assert!(config.cache_dir.ends_with("rel/cache"));
-        assert!(config.lock_dir.ends_with("goremotecache/locks"));
+        assert!(config.lock_dir.ends_with("locks"));
+        assert_eq!(
+            config.lock_dir.parent(),
+            config.default_base.as_ref().map(|b| b.dir.as_path())
+        );
         assert_eq!(config.lock_type, LockType::Fslock);
     }
 

@@ -10,20 +10,29 @@
 //! tmp/                  bodies being written; renamed into place when complete
 //! ```
 //!
+//! Directories are created mode 0700: the cache is the user's alone (the command line checks
+//! the cache directory's owner and mode before the go command is answered, see
+//! [`crate::fsutil`]). Nothing inside is followed through a symlink and only regular files are
+//! data: a symlink, a FIFO or a directory where an entry or an output should be is a miss, and
+//! the next put replaces it. A put of an output that is already there checks its sha256 and
+//! replaces a damaged copy (a power loss can leave a right-sized file of zeros).
+//!
 //! Every file appears by an atomic rename of a complete temporary file, so a crash at any
 //! point leaves nothing that [`DiskCache::get`] could serve: an action entry names an output
 //! only after the output is in place, and a get checks the output's size. Outputs are never
 //! rewritten in place (the go command mmaps some of them) and never deleted at exit (`go list
 //! -export` prints their paths for later readers). Several processes may share a directory.
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
+use crate::fsutil::{self, create_private_dir_all, open_regular, real_dir, regular_len};
 use crate::protocol::{ActionId, OutputId};
 
 /// The file that marks a directory as created by goremotecache.
@@ -58,6 +67,8 @@ pub struct Spooled {
 pub struct DiskCache {
     root: PathBuf,
     tmp: PathBuf,
+    /// Hash every output a get would answer with (`--verify-hits`).
+    verify_hits: bool,
 }
 
 impl DiskCache {
@@ -67,7 +78,15 @@ impl DiskCache {
         Self {
             root: root.to_path_buf(),
             tmp: root.join("tmp"),
+            verify_hits: false,
         }
+    }
+
+    /// Whether a get hashes the output before answering with it (`--verify-hits`): a
+    /// damaged output is then a miss, like Go's own `GODEBUG=gocacheverify=1`.
+    pub fn verifying_hits(mut self, verify: bool) -> Self {
+        self.verify_hits = verify;
+        self
     }
 
     /// Opens (creating it if needed) the cache at `root`, which must be absolute.
@@ -77,10 +96,13 @@ impl DiskCache {
         Ok(cache)
     }
 
-    /// Creates the cache directory and its `tmp/` if needed.
+    /// Creates the cache directory and its `tmp/`, `o/` and `a/` if needed; a symlink or a
+    /// file in place of one of those is replaced by a real directory.
     pub fn prepare(&self) -> io::Result<()> {
         prepare_dir(&self.root)?;
-        fs::create_dir_all(&self.tmp)
+        real_dir(&self.tmp)?;
+        real_dir(&self.root.join("o"))?;
+        real_dir(&self.root.join("a"))
     }
 
     /// The cache directory.
@@ -95,6 +117,8 @@ impl DiskCache {
 
     /// Creates a temporary file for a body, mode 0644, on the cache's file system.
     pub fn spool_file(&self) -> io::Result<NamedTempFile> {
+        // One `lstat`: a `tmp/` replaced by a symlink would put bodies somewhere else.
+        real_dir(&self.tmp)?;
         let create = || {
             tempfile::Builder::new()
                 .prefix("put-")
@@ -125,12 +149,12 @@ impl DiskCache {
     pub fn get(&self, action: &ActionId) -> io::Result<Option<Entry>> {
         // Entries are about 100 bytes: one read into a stack buffer (no size query, no
         // allocation) keeps a warm get at four system calls.
+        // Opened without following a symlink or blocking on a FIFO; anything but a regular
+        // file is a miss.
         let mut buf = [0u8; ENTRY_MAX];
-        let len = match File::open(self.action_path(action))
-            .and_then(|mut f| read_full(&mut f, &mut buf))
-        {
-            Ok(len) => len,
-            Err(err) if is_absent(&err) => return Ok(None),
+        let len = match open_regular(&self.action_path(action)) {
+            Ok(Some(mut file)) => read_full(&mut file, &mut buf)?,
+            Ok(None) => return Ok(None),
             Err(err) => return Err(err),
         };
         let Some((output_id, size, time)) =
@@ -139,38 +163,50 @@ impl DiskCache {
             return Ok(None);
         };
         let disk_path = self.output_path(&output_id);
-        match fs::metadata(&disk_path) {
-            Ok(meta) if meta.is_file() && meta.len() == size => Ok(Some(Entry {
-                output_id,
-                size,
-                time,
-                disk_path,
-            })),
-            Ok(_) => Ok(None),
-            Err(err) if is_absent(&err) => Ok(None),
-            Err(err) => Err(err),
+        if regular_len(&disk_path)? != Some(size) {
+            return Ok(None);
         }
+        if self.verify_hits && !file_has_id(&disk_path, &output_id)? {
+            tracing::warn!(
+                "output {} does not match its OutputID (damaged on disk); treated as a miss",
+                disk_path.display()
+            );
+            return Ok(None);
+        }
+        Ok(Some(Entry {
+            output_id,
+            size,
+            time,
+            disk_path,
+        }))
     }
 
-    /// Whether the output is in place with the expected size.
-    /// Whether an entry for `action` exists (one system call; [`DiskCache::get`] checks it).
+    /// Whether a regular file is in place as `action`'s entry (one system call;
+    /// [`DiskCache::get`] checks its content).
     pub fn has_entry(&self, action: &ActionId) -> bool {
-        fs::symlink_metadata(self.action_path(action)).is_ok()
+        regular_len(&self.action_path(action)).is_ok_and(|len| len.is_some())
     }
 
+    /// Whether the output is in place as a regular file of the expected size.
     pub fn has_output(&self, id: &OutputId, size: u64) -> bool {
-        fs::metadata(self.output_path(id)).is_ok_and(|m| m.is_file() && m.len() == size)
+        regular_len(&self.output_path(id)).is_ok_and(|len| len == Some(size))
     }
 
     /// Moves a verified body into place as an output, unless an identical one is already
-    /// there. Returns the output's path and whether it was already present.
+    /// there: one of the right size is hashed, and replaced (atomically, by a rename) if it
+    /// is damaged. Returns the output's path and whether it was already present.
     pub fn store_output(&self, body: Spooled) -> io::Result<(PathBuf, bool)> {
         let path = self.output_path(&body.output_id);
         if self.has_output(&body.output_id, body.size) {
-            return Ok((path, true));
+            if file_has_id(&path, &body.output_id)? {
+                return Ok((path, true));
+            }
+            tracing::warn!(
+                "output {} does not match its OutputID (damaged on disk); replacing it",
+                path.display()
+            );
         }
-        let file = body.file;
-        persist(file, &path)?;
+        persist(body.file, &path)?;
         Ok((path, false))
     }
 
@@ -207,27 +243,21 @@ impl DiskCache {
     }
 
     /// Removes temporary files older than `age`, left by processes that were killed. Younger
-    /// ones may belong to a process that is still writing them.
+    /// ones may belong to a process that is still writing them. A `tmp/` that is a symlink is
+    /// not followed (an error).
     pub fn sweep_tmp(&self, age: Duration) -> io::Result<usize> {
-        remove_older_than(&self.tmp, age)
+        fsutil::remove_older_than(&self.tmp, age)
     }
 }
 
-/// Removes the files in `dir` last modified more than `age` ago; returns how many.
-pub fn remove_older_than(dir: &Path, age: Duration) -> io::Result<usize> {
-    let now = SystemTime::now();
-    let mut removed = 0;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() > age);
-        if old && fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    Ok(removed)
+/// Whether the regular file at `path` hashes to `id`.
+pub fn file_has_id(path: &Path, id: &OutputId) -> io::Result<bool> {
+    let Some(mut file) = open_regular(path)? else {
+        return Ok(false);
+    };
+    let mut hasher = Sha256::new();
+    io::copy(&mut file, &mut hasher)?;
+    Ok(<[u8; 32]>::from(hasher.finalize()) == id.0)
 }
 
 fn shard_path(root: &Path, kind: &str, hex: &str) -> PathBuf {
@@ -237,16 +267,19 @@ fn shard_path(root: &Path, kind: &str, hex: &str) -> PathBuf {
     path
 }
 
-/// Renames a complete temporary file into place, creating its shard directory if needed.
+/// Renames a complete temporary file into place. Its shard directory is checked to be a real
+/// directory first (created if missing), so that nothing is written through a symlink; a
+/// directory where the file should be is removed.
 fn persist(file: NamedTempFile, path: &Path) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        real_dir(parent)?;
+    }
     let file = match file.persist(path) {
         Ok(_) => return Ok(()),
-        Err(err) if is_absent(&err.error) => err.file,
+        Err(err) if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) => err.file,
         Err(err) => return Err(err.error),
     };
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
-    }
+    fsutil::remove_any(path)?;
     file.persist(path).map(drop).map_err(|err| err.error)
 }
 
@@ -312,7 +345,7 @@ fn is_absent(err: &io::Error) -> bool {
 /// directory that already holds other files is used but not marked, so that `clear-local`
 /// will never empty it.
 pub fn prepare_dir(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
+    create_private_dir_all(dir)?;
     let marker = dir.join(MARKER);
     if marker.exists() {
         return Ok(());
@@ -333,27 +366,6 @@ pub fn prepare_dir(dir: &Path) -> io::Result<()> {
 /// Whether `dir` carries goremotecache's marker.
 pub fn is_marked(dir: &Path) -> bool {
     fs::read_to_string(dir.join(MARKER)).is_ok_and(|text| text.contains("goremotecache"))
-}
-
-/// Opens a file for appending, creating it (used for lock files).
-pub(crate) fn open_lock_file(path: &Path) -> io::Result<File> {
-    let open = || {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-    };
-    match open() {
-        Err(err) if is_absent(&err) => {
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            open()
-        }
-        other => other,
-    }
 }
 
 #[cfg(test)]

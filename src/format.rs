@@ -103,6 +103,8 @@ pub enum FormatError {
     Version(u16),
     #[error("entry has unknown flags {0:#06x}")]
     Flags(u16),
+    #[error("entry decodes to {size} bytes, over the limit of {limit} (--max-entry-size)")]
+    TooLarge { size: u64, limit: u64 },
     #[error("entry is truncated")]
     Truncated,
     #[error("entry body has {actual} bytes, its header says {expected}")]
@@ -171,9 +173,26 @@ impl<W: Write> Write for Counting<W> {
 /// Reads an entry's header from `input`, then decodes its body into `out`, checking size and
 /// hash. Only a verified body is a success; the caller must discard `out` otherwise.
 pub fn read_entry(input: &mut impl Read, out: &mut impl Write) -> Result<Header, FormatError> {
+    read_entry_within(input, out, u64::MAX)
+}
+
+/// [`read_entry`] for an entry whose decoded body may have at most `max_size` bytes: one whose
+/// header says more is refused before a byte of its body is read (a small zstd frame can
+/// claim gigabytes).
+pub fn read_entry_within(
+    input: &mut impl Read,
+    out: &mut impl Write,
+    max_size: u64,
+) -> Result<Header, FormatError> {
     let mut bytes = [0u8; HEADER_LEN];
     read_exact_or_truncated(input, &mut bytes)?;
     let header = Header::decode(&bytes)?;
+    if header.size > max_size {
+        return Err(FormatError::TooLarge {
+            size: header.size,
+            limit: max_size,
+        });
+    }
     let mut checked = Checked {
         inner: out,
         hasher: Sha256::new(),

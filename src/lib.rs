@@ -8,6 +8,7 @@
 //! - [`cache`]: the tiered cache behind the session (the local disk for now);
 //! - [`disk`]: the local disk tier, the authority;
 //! - [`lock`]: per-key locks across tasks and processes;
+//! - [`fsutil`]: trusting directories, no-follow opens, the stale-file sweep;
 //! - [`stats`], [`config`], [`clear`], [`logging`]: what the command line needs.
 //!
 //! `main.rs` only parses, wires and maps errors to exit codes.
@@ -20,6 +21,7 @@ pub mod clear;
 pub mod config;
 pub mod disk;
 pub mod format;
+pub mod fsutil;
 pub mod health;
 pub mod lock;
 pub mod logging;

@@ -7,6 +7,10 @@
 //! takes an exclusive `flock` on the stripe's file, so processes that share the lock directory
 //! exclude each other as well.
 //!
+//! Lock files are created mode 0600 in a 0700 directory, never through a symlink: a lock
+//! needs only read access to a file, so a lock file another user could open is one they
+//! could hold to block this user's puts.
+//!
 //! A lock never fails a request: if a lock file cannot be opened or locked, that is said once
 //! on stderr and the work goes ahead without the cross-process lock (every file the cache
 //! writes is still atomic, so that only costs duplicate work).
@@ -18,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::disk::{open_lock_file, prepare_dir};
+use crate::disk::prepare_dir;
+use crate::fsutil::{open_or_create_regular, real_dir};
 
 /// How many locks the key space is striped over.
 pub const STRIPES: usize = 4096;
@@ -115,6 +120,19 @@ impl Locker {
     }
 }
 
+/// Opens (creating) a stripe's lock file, and its shard directory if needed.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    match open_or_create_regular(path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                real_dir(parent)?;
+            }
+            open_or_create_regular(path)
+        }
+        other => other,
+    }
+}
+
 fn stripe_of(key: &[u8; 32]) -> usize {
     (usize::from(key[0]) << 4) | usize::from(key[1] >> 4)
 }
@@ -145,7 +163,11 @@ mod tests {
             .await
             .expect("released lock was not handed over")
             .unwrap();
-        assert!(dir.path().join("ab").join("aba").exists());
+        let lock_file = dir.path().join("ab").join("aba");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&lock_file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "lock files are the user's alone");
     }
 
     #[tokio::test]

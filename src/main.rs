@@ -10,7 +10,7 @@ use clap::Parser;
 
 use goremotecache::cache::Cache;
 use goremotecache::config::{Cli, Command, Config};
-use goremotecache::{clear, logging, protocol, session, stats};
+use goremotecache::{clear, fsutil, logging, protocol, session, stats};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,6 +21,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the handshake: a cache directory another user could write is never used.
+    let dirs = match &cli.command {
+        None => config.check_dirs(true),
+        Some(Command::ClearLocal) => config.check_dirs(false),
+        Some(Command::Serve(args)) => match &args.storage_dir {
+            Some(dir) if !config.trust_cache_dir => {
+                fsutil::private_dir(dir, "storage directory", fsutil::Links::Follow)
+            }
+            _ => Ok(()),
+        },
+        Some(Command::ClearRemote { .. } | Command::Version) => Ok(()),
+    };
+    if let Err(err) = dirs {
+        eprintln!("goremotecache: {err}");
+        return ExitCode::from(2);
+    }
     let result = match &cli.command {
         None => serve_stdio(&config),
         Some(Command::ClearLocal) => clear_local(&config),

@@ -225,6 +225,9 @@ pub struct ManifestEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Manifest {
     pub entries: Vec<ManifestEntry>,
+    /// The stored form listed a key more than once (each is kept once here): write it again
+    /// at close even if the run changed nothing.
+    pub repaired: bool,
 }
 
 impl Manifest {
@@ -256,14 +259,17 @@ impl Manifest {
             );
         }
         entries.truncate(MAX_ENTRIES);
-        Manifest { entries }
+        Manifest {
+            entries,
+            repaired: false,
+        }
     }
 
     /// Whether writing `self` (merged from `previous`) is not worth a request: the run asked
     /// for exactly the previous manifest's entries, none of which is aging. The order the go
     /// command asked in varies a little from run to run; that alone is not written.
     pub fn same_as(&self, previous: Option<&Manifest>) -> bool {
-        let Some(previous) = previous else {
+        let Some(previous) = previous.filter(|p| !p.repaired) else {
             return false;
         };
         // Merging puts the previous entries this run did not ask for after, aged: none here.
@@ -297,6 +303,8 @@ impl Manifest {
     }
 
     /// Reads a stored manifest; anything malformed is an error (and the manifest is ignored).
+    /// A key listed twice is kept once, at its first place: a manifest is data, and prefetch
+    /// asks for each key once.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
         let mut text = String::new();
         zstd::stream::read::Decoder::new(bytes)
@@ -309,6 +317,8 @@ impl Manifest {
             return Err("not a goremotecache prefetch manifest (v1)".into());
         }
         let mut entries = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut repaired = false;
         for line in lines.filter(|l| !l.starts_with('#') && !l.is_empty()) {
             let mut fields = line.split(' ');
             let parsed = (|| {
@@ -321,12 +331,13 @@ impl Manifest {
                     .then_some(ManifestEntry { action, size, age })
             })();
             match parsed {
+                Some(entry) if !seen.insert(entry.action) => repaired = true,
                 Some(entry) if entries.len() < MAX_ENTRIES => entries.push(entry),
                 Some(_) => break,
                 None => return Err(format!("bad manifest line {line:?}")),
             }
         }
-        Ok(Manifest { entries })
+        Ok(Manifest { entries, repaired })
     }
 }
 
@@ -439,6 +450,26 @@ mod tests {
             .read_to_string(&mut text)
             .unwrap();
         assert!(text.contains("# args=build ./...\n"), "{text}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_read_once() {
+        let text = format!(
+            "{MAGIC}\n{a} 5 0\n{b} 6 1\n{a} 7 2\n",
+            a = id(1).to_hex(),
+            b = id(2).to_hex()
+        );
+        let manifest =
+            Manifest::decode(&zstd::bulk::compress(text.as_bytes(), 1).unwrap()).unwrap();
+        assert_eq!(actions(&manifest), vec![(1, 0), (2, 1)]);
+        assert_eq!(manifest.entries[0].size, 5, "the first listing wins");
+        assert!(manifest.repaired);
+        // Even a run that asked for exactly those keys writes the manifest again.
+        let merged = Manifest::merge(Some(&manifest), &[(id(1), 5), (id(2), 6)]);
+        assert!(!merged.same_as(Some(&manifest)));
+        let clean = Manifest::decode(&merged.encode(&KeySource::explicit("x"))).unwrap();
+        assert!(!clean.repaired);
+        assert!(merged.same_as(Some(&clean)));
     }
 
     #[test]

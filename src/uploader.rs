@@ -9,7 +9,6 @@
 //! memory. At close, [`Uploader::finish`] gives pending uploads a bounded time, says on stderr
 //! what it is waiting for when that takes over a second, and counts what it had to drop.
 
-use std::fs::File;
 use std::io::{self, BufReader, Read, Seek};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -265,7 +264,8 @@ fn encode(
     job: &Job,
     tmp_dir: &std::path::Path,
 ) -> io::Result<(Upload, Option<tempfile::NamedTempFile>)> {
-    let mut file = File::open(&job.path)?;
+    let mut file = crate::fsutil::open_regular(&job.path)?
+        .ok_or_else(|| io::Error::other(format!("{} is not a regular file", job.path.display())))?;
     let len = file.metadata()?.len();
     if len != job.size {
         return Err(io::Error::other(format!(

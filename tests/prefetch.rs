@@ -221,15 +221,92 @@ fn damaged_and_missing_entries_are_misses() {
             std::fs::write(file, bytes).unwrap();
         }
     }
+    let flipped = files.iter().filter(|f| f.exists()).count() as u64;
     project.switch_machine("after-damage");
     let build = project.go(&["build", "./..."]);
     let stat = |name: &str| build.stat(name);
     assert_eq!(stat("remote.prefetch.fetched"), 0, "{:?}", build.stats);
     assert!(stat("remote.prefetch.missing") > 20, "{:?}", build.stats);
     assert!(stat("remote.corrupt") > 20, "{:?}", build.stats);
+    // A key found damaged is remembered for the run: the go command's get of it does not
+    // fetch it again.
+    assert!(
+        stat("remote.corrupt") <= flipped,
+        "damaged entries were fetched again: {flipped} damaged, {:?}",
+        build.stats
+    );
     assert_eq!(stat("remote.hits"), 0, "{:?}", build.stats);
     assert_eq!(
         project.build_and_run_command("e2e-after-damage"),
         "TOTAL 9!\n"
     );
+}
+
+/// A manifest is data: one that lists every key twice is read once per key, leaves the remote
+/// on, and is written again without the copies; the next run prefetches as usual.
+#[test]
+fn a_manifest_listing_keys_twice_is_read_once_and_repaired() {
+    let server = S3Server::start();
+    let mut project = project("prefetch-twice", &server, "twice");
+    project.go(&["build", "./..."]);
+    let files = manifests(&server, "twice");
+    assert_eq!(files.len(), 1);
+    let text = manifest_text(&files[0]);
+    let doubled: String = text
+        .lines()
+        .flat_map(|line| {
+            let copies = if is_entry_line(line) { 2 } else { 1 };
+            std::iter::repeat_n(format!("{line}\n"), copies)
+        })
+        .collect();
+    let listed = text.lines().filter(|l| is_entry_line(l)).count() as u64;
+    std::fs::write(
+        &files[0],
+        zstd::bulk::compress(doubled.as_bytes(), 3).unwrap(),
+    )
+    .unwrap();
+
+    server.reset_counts();
+    let build = project.build_on_fresh_machine("twice-b");
+    let stat = |name: &str| build.stat(name);
+    assert_eq!(stat("remote.prefetch.listed"), listed, "{:?}", build.stats);
+    assert_eq!(
+        stat("remote.errors") + stat("remote.prefetch.errors"),
+        0,
+        "{:?}",
+        build.stats
+    );
+    assert_eq!(
+        server.count("GET"),
+        1 + stat("remote.prefetch.fetched")
+            + stat("remote.prefetch.missing")
+            + stat("remote.hits")
+            + stat("remote.misses"),
+        "an entry was fetched twice: {:?}",
+        build.stats
+    );
+    let repaired = manifest_text(&files[0]);
+    let mut keys: Vec<&str> = repaired
+        .lines()
+        .filter(|l| is_entry_line(l))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    let written = keys.len();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), written, "the manifest still lists keys twice");
+    assert!(written as u64 >= listed);
+
+    let again = project.build_on_fresh_machine("twice-c");
+    assert!(again.stat("remote.prefetch.used") > 50, "{:?}", again.stats);
+}
+
+/// A manifest line that lists an entry: `<64 hex digits> <size> <age>`.
+fn is_entry_line(line: &str) -> bool {
+    line.split(' ').next().is_some_and(|key| key.len() == 64)
+}
+
+fn manifest_text(path: &std::path::Path) -> String {
+    let bytes = zstd::stream::decode_all(&std::fs::read(path).unwrap()[..]).unwrap();
+    String::from_utf8(bytes).unwrap()
 }

@@ -352,3 +352,91 @@ fn a_missing_bucket_costs_one_warning() {
         "the local cache did not work"
     );
 }
+
+/// A small zstd frame can claim, or decode to, gigabytes. An entry whose header says more than
+/// `--max-entry-size` is a miss before its body is downloaded; one whose body decodes past
+/// its header's size is a miss that stores nothing.
+#[test]
+fn entries_that_decode_past_the_bound_are_misses() {
+    use goremotecache::format::{FLAG_ZSTD, Header};
+    use goremotecache::protocol::OutputId;
+    use std::io::Read;
+    use support::{action, pseudo_random};
+
+    let server = S3Server::start();
+    let writer_dir = tempfile::tempdir().unwrap();
+    let args = server.args("bounds");
+    let mut writer = support::s3_client(writer_dir.path(), args.clone(), &["--prefetch=off"]);
+    for n in 1..=3 {
+        writer.put(i64::from(n), action(n), b"small");
+        assert!(writer.read().unwrap()["Err"].is_null());
+    }
+    writer.close(4);
+    let file_of = |n: u32| {
+        let hex = action(n).to_hex();
+        server
+            .entry_files()
+            .into_iter()
+            .find(|f| f.ends_with(&hex))
+            .unwrap_or_else(|| panic!("no entry file for {hex}"))
+    };
+    let header = |flags, size| Header {
+        flags,
+        output_id: OutputId([7; 32]),
+        size,
+        time: std::time::SystemTime::now(),
+    };
+    // 1: a header that claims 1 GiB, before 8 MiB of body that would not be read.
+    let mut claims_a_lot = header(0, 1 << 30).encode().to_vec();
+    claims_a_lot.extend(pseudo_random(3, 8 << 20));
+    std::fs::write(file_of(1), &claims_a_lot).unwrap();
+    // 2: a header that says 1 KiB before a frame that decodes to 64 MiB.
+    let mut bomb = header(FLAG_ZSTD, 1024).encode().to_vec();
+    zstd::stream::copy_encode(std::io::repeat(0).take(64 << 20), &mut bomb, 1).unwrap();
+    assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+    std::fs::write(file_of(2), &bomb).unwrap();
+
+    let reader_dir = tempfile::tempdir().unwrap();
+    let stats = reader_dir.path().join("stats.json");
+    let mut reader = support::s3_client(
+        reader_dir.path(),
+        args,
+        &["--prefetch=off", "--stats-file", stats.to_str().unwrap()],
+    );
+    for n in 1..=3 {
+        reader.get(i64::from(n), action(n));
+        let answer = reader.read().unwrap();
+        assert_eq!(
+            answer["Miss"].as_bool(),
+            Some(n != 3),
+            "entry {n}: {answer}"
+        );
+    }
+    reader.close(4);
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let down = stats["remote"]["bytes_down"].as_u64().unwrap();
+    assert!(
+        down < 4 << 20,
+        "{down} bytes downloaded: the oversized entry's body was read"
+    );
+    assert_eq!(stats["remote"]["hits"], 1, "{stats}");
+    assert_eq!(stats["remote"]["corrupt"], 1, "{stats}");
+    let mut stored = 0;
+    for entry in walk(&reader_dir.path().join("cache")) {
+        stored += std::fs::metadata(entry).unwrap().len();
+    }
+    assert!(stored < 64 << 10, "{stored} bytes stored in the cache");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -5,6 +5,11 @@
 //! place, without replacing an existing entry; so a server killed at any moment leaves
 //! nothing torn or unverified where a get could find it. Prefetch manifests are files at
 //! `<dir>/prefetch/<key-hex>`, replaced by renames.
+//!
+//! As in the local cache ([`crate::fsutil`]), nothing in the directory is followed through a
+//! symlink and only regular files are entries: a FIFO, a symlink or a directory where an entry
+//! should be is a miss (404 on GET and HEAD alike), never a blocked worker thread, and the
+//! next put replaces it. Directories the store writes into are checked to be directories.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Write};
@@ -16,7 +21,11 @@ use bytes::Bytes;
 
 use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload};
 use crate::format;
+use crate::fsutil::{self, open_regular, real_dir, regular_len};
 use crate::protocol::{ActionId, BuildKey};
+
+/// The largest manifest read back (the server accepts at most 16 MiB).
+const MAX_MANIFEST: u64 = 16 << 20;
 
 /// Entries in a directory.
 #[derive(Debug, Clone)]
@@ -29,9 +38,10 @@ impl DiskStore {
     /// Opens (creating) the store at `root`.
     pub fn open(root: &Path) -> io::Result<Self> {
         let tmp = root.join("tmp");
-        fs::create_dir_all(&tmp)?;
-        fs::create_dir_all(root.join("v1"))?;
-        fs::create_dir_all(root.join("prefetch"))?;
+        fsutil::create_private_dir_all(root)?;
+        real_dir(&tmp)?;
+        real_dir(&root.join("v1"))?;
+        real_dir(&root.join("prefetch"))?;
         Ok(Self {
             root: root.to_path_buf(),
             tmp,
@@ -49,6 +59,7 @@ impl DiskStore {
 
     /// Where a put's bytes go before they are verified.
     pub fn temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
+        real_dir(&self.tmp)?;
         tempfile::Builder::new()
             .prefix("put-")
             .tempfile_in(&self.tmp)
@@ -66,12 +77,14 @@ impl DiskStore {
         format::read_entry(&mut reader, &mut io::sink())
             .map_err(|err| RemoteError::Other(format!("rejected entry: {err}")))?;
         let path = self.path(action);
-        if path.exists() {
+        if regular_len(&path).map_err(local)?.is_some() {
             return Ok(PutOutcome::Exists);
         }
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(local)?;
+            real_dir(parent).map_err(local)?;
         }
+        // Whatever is there is not an entry (a FIFO, a symlink, a directory): replaced.
+        fsutil::remove_any(&path).map_err(local)?;
         // persist_noclobber: a concurrent put of the same key that got there first wins.
         match temp.persist_noclobber(&path) {
             Ok(_) => Ok(PutOutcome::Stored),
@@ -82,28 +95,26 @@ impl DiskStore {
 
     /// The size of the entry for `action`, if there is one.
     pub fn size(&self, action: &ActionId) -> Option<u64> {
-        fs::metadata(self.path(action))
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
+        regular_len(&self.path(action)).ok().flatten()
     }
 
     /// Removes temporary files older than `age`, left by a killed server (younger ones may
-    /// belong to another server on the same directory).
+    /// belong to another server on the same directory). A `tmp/` that is a symlink is not
+    /// followed (an error).
     pub fn sweep(&self, age: std::time::Duration) -> io::Result<usize> {
-        crate::disk::remove_older_than(&self.tmp, age)
+        fsutil::remove_older_than(&self.tmp, age)
     }
 }
 
 #[async_trait]
 impl RemoteStore for DiskStore {
     async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
-        let file = match File::open(self.path(action)) {
-            Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(RemoteError::Other(format!("storage: {err}"))),
-        };
-        Ok(Some(super::file_stream(file)))
+        // A non-blocking open: a FIFO here must not hold a worker thread.
+        match open_regular(&self.path(action)) {
+            Ok(Some(file)) => Ok(Some(super::file_stream(file))),
+            Ok(None) => Ok(None),
+            Err(err) => Err(RemoteError::Other(format!("storage: {err}"))),
+        }
     }
 
     async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
@@ -117,7 +128,13 @@ impl RemoteStore for DiskStore {
                 match entry {
                     Upload::Bytes(bytes) => out.write_all(&bytes).map_err(local)?,
                     Upload::File { path, .. } => {
-                        io::copy(&mut File::open(path).map_err(local)?, &mut out).map_err(local)?;
+                        let mut file = open_regular(&path).map_err(local)?.ok_or_else(|| {
+                            local(io::Error::other(format!(
+                                "{} is not a regular file",
+                                path.display()
+                            )))
+                        })?;
+                        io::copy(&mut file, &mut out).map_err(local)?;
                     }
                 }
                 out.flush().map_err(local)?;
@@ -144,7 +161,13 @@ impl RemoteStore for DiskStore {
             Ok(())
         };
         for shard in fs::read_dir(self.root.join("v1")).map_err(local)? {
-            let shard = shard.map_err(local)?.path();
+            let shard = shard.map_err(local)?;
+            // A shard that is not a real directory is removed itself, never followed.
+            if !shard.file_type().map_err(local)?.is_dir() {
+                remove(shard.path())?;
+                continue;
+            }
+            let shard = shard.path();
             for entry in fs::read_dir(&shard).map_err(local)? {
                 remove(entry.map_err(local)?.path())?;
             }
@@ -160,20 +183,27 @@ impl RemoteStore for DiskStore {
     }
 
     async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
-        match fs::read(self.manifest_path(key)) {
-            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(RemoteError::Other(format!("storage: {err}"))),
-        }
+        let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
+        let Some(file) = open_regular(&self.manifest_path(key)).map_err(local)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(file, MAX_MANIFEST), &mut bytes)
+            .map_err(local)?;
+        Ok(Some(Bytes::from(bytes)))
     }
 
     async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
         let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
         let mut temp = self.temp_file().map_err(local)?;
         temp.write_all(&manifest).map_err(local)?;
-        temp.persist(self.manifest_path(key))
-            .map(drop)
-            .map_err(|err| local(err.error))
+        let path = self.manifest_path(key);
+        real_dir(&self.root.join("prefetch")).map_err(local)?;
+        // A rename replaces a file atomically; anything else in the way is removed first.
+        if regular_len(&path).map_err(local)?.is_none() {
+            fsutil::remove_any(&path).map_err(local)?;
+        }
+        temp.persist(path).map(drop).map_err(|err| local(err.error))
     }
 }
 

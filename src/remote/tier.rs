@@ -49,11 +49,15 @@ pub struct RemoteTier {
     writes: bool,
     /// Actions fetched in this run: never uploaded back.
     downloaded: Mutex<HashSet<ActionId>>,
+    /// Keys whose remote entry was found damaged in this run: not asked for again.
+    damaged: Mutex<HashSet<ActionId>>,
     /// Fetches running now, by key, with what they found once they end.
     in_flight: Mutex<HashMap<ActionId, watch::Receiver<Outcome>>>,
     prefetch: Option<Prefetch>,
     timeout: Duration,
     upload_wait: Duration,
+    /// The largest decoded entry taken (`--max-entry-size`).
+    max_entry_size: u64,
     stats: Arc<Stats>,
 }
 
@@ -197,10 +201,12 @@ impl RemoteTier {
             reads,
             writes: config.mode != RemoteMode::ReadOnly,
             downloaded: Mutex::new(HashSet::new()),
+            damaged: Mutex::new(HashSet::new()),
             in_flight: Mutex::new(HashMap::new()),
             prefetch,
             timeout: config.timeout,
             upload_wait: config.upload_wait,
+            max_entry_size: config.max_entry_size,
             stats,
         }
     }
@@ -243,6 +249,9 @@ impl RemoteTier {
     }
 
     async fn fetch_or_join(&self, disk: &DiskCache, action: ActionId) -> Option<Entry> {
+        if lock(&self.damaged).contains(&action) {
+            return None;
+        }
         // A fetch that failed may be asked again once, by this get itself.
         for _ in 0..2 {
             let claim = match self.claim(action) {
@@ -308,9 +317,16 @@ impl RemoteTier {
         let stats = self.remote_stats();
         match err {
             FetchError::Corrupt(err) => {
-                add(&stats.corrupt, 1);
+                lock(&self.damaged).insert(action);
                 self.health.success();
-                tracing::warn!("remote entry for {action} is damaged ({err}); treated as a miss");
+                if let FormatError::TooLarge { .. } = err {
+                    tracing::debug!(action = %action, "remote entry skipped: {err}");
+                } else {
+                    add(&stats.corrupt, 1);
+                    tracing::warn!(
+                        "remote entry for {action} is damaged ({err}); treated as a miss"
+                    );
+                }
             }
             FetchError::Remote(err) => {
                 add(&stats.errors, 1);
@@ -354,7 +370,8 @@ impl RemoteTier {
         else {
             return Ok(None);
         };
-        let mut writer = EntryWriter::start(disk, action).map_err(FetchError::Local)?;
+        let mut writer =
+            EntryWriter::start(disk, action, self.max_entry_size).map_err(FetchError::Local)?;
         let mut received = 0u64;
         let mut failed = None;
         while let Some(piece) = self.next_piece(&mut stream).await {
@@ -380,9 +397,15 @@ impl RemoteTier {
     }
 
     /// Queues the upload of an output that was just stored locally, unless it came from the
-    /// remote in this run or the mode or the remote's health says no.
+    /// remote in this run, is over `--max-entry-size`, or the mode or the remote's health
+    /// says no.
     pub fn upload_later(&self, job: Job) {
         if !self.writes {
+            return;
+        }
+        // No store of ours takes it (the server answers 413), and no reader would.
+        if job.size > self.max_entry_size {
+            tracing::debug!(action = %job.action, size = job.size, "not uploaded: over --max-entry-size");
             return;
         }
         if !self.health.usable() {
@@ -509,6 +532,7 @@ impl RemoteTier {
         let wanted: Vec<ActionId> = manifest
             .entries
             .iter()
+            .filter(|entry| entry.size <= self.max_entry_size)
             .take(prefetch.config.max_entries)
             .take_while(|entry| match budget.checked_sub(entry.size) {
                 Some(left) => {
@@ -619,13 +643,14 @@ impl RemoteTier {
         if !self.health.usable() {
             return;
         }
-        let mut claims: Claims<'_> = keys
-            .iter()
-            .filter_map(|action| self.claim(*action).ok().map(|claim| (*action, claim)))
-            .collect();
+        // Each key is asked once: a second copy of a key finds it claimed by the first.
+        let mut claims: Claims<'_> = HashMap::with_capacity(keys.len());
         let keys: Vec<ActionId> = keys
             .into_iter()
-            .filter(|k| claims.contains_key(k))
+            .filter(|action| match self.claim(*action) {
+                Ok(claim) => claims.insert(*action, claim).is_none(),
+                Err(_) => false,
+            })
             .collect();
         if keys.is_empty() {
             return;
@@ -675,7 +700,7 @@ impl RemoteTier {
                         if current.is_some() || !claims.contains_key(&action) {
                             return Err(protocol(format!("unexpected entry {action}")));
                         }
-                        let writer = EntryWriter::start(disk, action)
+                        let writer = EntryWriter::start(disk, action, self.max_entry_size)
                             .map_err(|err| RemoteError::Other(format!("local: {err}")))?;
                         self.prefetch_begins(action);
                         current = Some((action, writer));
@@ -769,12 +794,15 @@ struct EntryWriter {
 }
 
 impl EntryWriter {
-    fn start(disk: &DiskCache, action: ActionId) -> io::Result<Self> {
+    /// Starts receiving `action`'s entry, whose decoded body may have at most `max_size`
+    /// bytes.
+    fn start(disk: &DiskCache, action: ActionId, max_size: u64) -> io::Result<Self> {
         let spool = disk.spool_file()?;
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let target = disk.clone();
-        let decoder =
-            tokio::task::spawn_blocking(move || decode_and_store(&target, action, spool, rx));
+        let decoder = tokio::task::spawn_blocking(move || {
+            decode_and_store(&target, action, max_size, spool, rx)
+        });
         Ok(Self { tx, decoder })
     }
 
@@ -803,6 +831,7 @@ impl EntryWriter {
 fn decode_and_store(
     disk: &DiskCache,
     action: ActionId,
+    max_size: u64,
     mut spool: tempfile::NamedTempFile,
     chunks: mpsc::Receiver<Result<Bytes, ()>>,
 ) -> Result<Entry, FetchError> {
@@ -812,7 +841,8 @@ fn decode_and_store(
     };
     let header = {
         let mut out = BufWriter::with_capacity(64 * 1024, spool.as_file_mut());
-        let header = format::read_entry(&mut input, &mut out).map_err(FetchError::Corrupt)?;
+        let header = format::read_entry_within(&mut input, &mut out, max_size)
+            .map_err(FetchError::Corrupt)?;
         out.flush().map_err(FetchError::Local)?;
         header
     };

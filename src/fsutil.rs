@@ -1,0 +1,420 @@
+//! File-system helpers for directories that must be trusted before anything in them is used:
+//! the cache, lock and storage directories.
+//!
+//! The rules they carry out (docs/design.md, "Trusting the directories"):
+//!
+//! - A directory goremotecache uses must belong to the user running it and must not be
+//!   writable by group or others, or another local user could plant entries (object code the
+//!   go command then links), delete results or block locks. [`check_private_dir`] says so
+//!   before the go command is answered; `--trust-cache-dir` lets a deliberate shared set-up
+//!   through. Directories goremotecache creates are mode 0700 ([`create_private_dir_all`]).
+//! - Nothing inside them is followed through a symlink: files are opened with `O_NOFOLLOW`
+//!   ([`open_regular`]), sizes are read with `lstat` ([`regular_len`]), a directory it writes
+//!   into is checked to be a real directory first ([`real_dir`]), and the sweep of stale
+//!   temporary files works on a directory handle opened without following a link
+//!   ([`remove_older_than`]).
+//! - Only regular files are data. A FIFO, a device, a socket or a directory where a file
+//!   should be is a miss, never a blocking `open`: files are opened with `O_NONBLOCK`, and
+//!   checked with `fstat` before a byte is read.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+/// Flags for opening a file inside a cache or storage directory: never through a symlink,
+/// never blocking on a FIFO.
+fn no_follow_flags() -> i32 {
+    (OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32
+}
+
+/// Opens `path` for reading if it is a regular file. A missing path, a symlink, a FIFO or
+/// any other kind of file is `None` (a miss); only unexpected I/O errors are errors.
+pub fn open_regular(path: &Path) -> io::Result<Option<File>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow_flags())
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) if is_not_a_file(&err) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    if file.metadata()?.is_file() {
+        Ok(Some(file))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Opens (creating it, mode 0600) a file for reading and writing if it is a regular file and
+/// not a symlink; used for lock files, which another user must not be able to open.
+pub fn open_or_create_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(no_follow_flags())
+        .open(path)?;
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )))
+    }
+}
+
+/// The size of `path` if it is a regular file (not through a symlink); `None` if it is
+/// missing or anything else.
+pub fn regular_len(path: &Path) -> io::Result<Option<u64>> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
+        Ok(_) => Ok(None),
+        Err(err) if is_not_a_file(&err) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Errors that mean "there is no usable file here": missing, a symlink (`ELOOP` under
+/// `O_NOFOLLOW`), a path through a non-directory.
+fn is_not_a_file(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    ) || err.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+}
+
+/// Creates `dir` and its missing parents with mode 0700.
+pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Makes sure `dir`, inside a cache or storage directory, is a real directory: created (0700)
+/// if missing; a symlink, FIFO or file in its place is removed first, so that nothing is
+/// written through it to somewhere else.
+pub fn real_dir(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => {
+            tracing::warn!(
+                "{} is not a directory (a symlink or a file); replacing it",
+                dir.display()
+            );
+            fs::remove_file(dir).or_else(ignore_absent)?;
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => real_dir_now(dir),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            // The parent is missing too (a cleared cache): create the chain, each checked.
+            if let Some(parent) = dir.parent() {
+                real_dir(parent)?;
+            }
+            DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .or_else(|err| match err.kind() {
+                    io::ErrorKind::AlreadyExists => real_dir_now(dir),
+                    _ => Err(err),
+                })
+        }
+        other => other,
+    }
+}
+
+/// Another process created `dir` at the same moment: it must be a directory.
+fn real_dir_now(dir: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(dir)?.is_dir() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )))
+    }
+}
+
+fn ignore_absent(err: io::Error) -> io::Result<()> {
+    if err.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Removes whatever is at `path` (not through a symlink), so that a new file can be renamed
+/// there: a directory tree in place of a file, say.
+pub fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).or_else(ignore_absent),
+        Ok(_) => fs::remove_file(path).or_else(ignore_absent),
+        Err(err) => ignore_absent(err),
+    }
+}
+
+/// Why a directory is not trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum UntrustedDir {
+    #[error(
+        "{what} {dir} belongs to user {owner}, not to you (user {me}): another user could plant \
+         entries in it or remove yours. Use a directory of your own, remove this one, or pass \
+         --trust-cache-dir if the sharing is deliberate"
+    )]
+    Owner {
+        what: &'static str,
+        dir: PathBuf,
+        owner: u32,
+        me: u32,
+    },
+    #[error(
+        "{what} {dir} is writable by {who} (mode {mode:o}): another user could plant entries in \
+         it or remove yours. Run `chmod go-w {dir}`, or pass --trust-cache-dir if the sharing is \
+         deliberate"
+    )]
+    Writable {
+        what: &'static str,
+        dir: PathBuf,
+        who: &'static str,
+        mode: u32,
+    },
+    #[error("{what} {dir} is a symlink; goremotecache creates this directory itself")]
+    Symlink { what: &'static str, dir: PathBuf },
+    #[error("{what} {dir} is not a directory")]
+    NotADirectory { what: &'static str, dir: PathBuf },
+    #[error("{what} {dir}: {source}")]
+    Io {
+        what: &'static str,
+        dir: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// Whether a symlink may stand for the directory being checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// The user named the directory: a symlink to a directory of theirs is fine.
+    Follow,
+    /// goremotecache creates it (a default location, or one inside a cache): a symlink
+    /// there was put by someone else.
+    Refuse,
+}
+
+/// Creates `dir` (mode 0700) if it is missing, then checks that it is a directory of the
+/// user's own that no other user may write. `what` names it in messages ("cache directory").
+pub fn private_dir(dir: &Path, what: &'static str, links: Links) -> Result<(), UntrustedDir> {
+    let io_err = |source| UntrustedDir::Io {
+        what,
+        dir: dir.to_path_buf(),
+        source,
+    };
+    create_private_dir_all(dir).map_err(io_err)?;
+    check_private_dir(dir, what, links)
+}
+
+/// Checks that `dir` is a directory owned by the user that group and others cannot write.
+pub fn check_private_dir(dir: &Path, what: &'static str, links: Links) -> Result<(), UntrustedDir> {
+    let io_err = |source| UntrustedDir::Io {
+        what,
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let meta = fs::symlink_metadata(dir).map_err(io_err)?;
+    let meta = if meta.file_type().is_symlink() {
+        if links == Links::Refuse {
+            return Err(UntrustedDir::Symlink {
+                what,
+                dir: dir.to_path_buf(),
+            });
+        }
+        fs::metadata(dir).map_err(io_err)?
+    } else {
+        meta
+    };
+    if !meta.is_dir() {
+        return Err(UntrustedDir::NotADirectory {
+            what,
+            dir: dir.to_path_buf(),
+        });
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(UntrustedDir::Owner {
+            what,
+            dir: dir.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (true, true) => "group and others",
+        (true, false) => "its group",
+        (false, true) => "others",
+        (false, false) => return Ok(()),
+    };
+    Err(UntrustedDir::Writable {
+        what,
+        dir: dir.to_path_buf(),
+        who,
+        mode,
+    })
+}
+
+/// Removes the entries of `dir` last modified more than `age` ago, and returns how many.
+/// `dir` itself is opened without following a symlink, and nothing in it is followed: a
+/// symlink is removed as a link, and subdirectories are left alone.
+pub fn remove_older_than(dir: &Path, age: Duration) -> io::Result<usize> {
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        let Ok(stat) = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory {
+            continue;
+        }
+        let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(stat.st_mtime.max(0) as u64);
+        let old = now.duration_since(modified).unwrap_or_default() > age;
+        if old && rustix::fs::unlinkat(&fd, name, AtFlags::empty()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn age(path: &Path) {
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_sweep_does_not_follow_a_symlinked_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("precious"), b"x").unwrap();
+        age(&victim.join("precious"));
+        let tmp = dir.path().join("tmp");
+        symlink(&victim, &tmp).unwrap();
+        assert!(remove_older_than(&tmp, Duration::from_secs(3600)).is_err());
+        assert!(victim.join("precious").exists());
+    }
+
+    #[test]
+    fn the_sweep_removes_links_not_their_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let victim = dir.path().join("precious");
+        fs::write(&victim, b"x").unwrap();
+        age(&victim);
+        fs::write(tmp.join("stale"), b"x").unwrap();
+        age(&tmp.join("stale"));
+        fs::write(tmp.join("young"), b"x").unwrap();
+        symlink(&victim, tmp.join("link")).unwrap();
+        // A link's own time is now, so it stays; its target is never touched.
+        assert_eq!(
+            remove_older_than(&tmp, Duration::from_secs(3600)).unwrap(),
+            1
+        );
+        assert!(victim.exists());
+        assert!(tmp.join("young").exists());
+    }
+
+    #[test]
+    fn only_regular_files_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        symlink(&file, dir.path().join("link")).unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(open_regular(&file).unwrap().is_some());
+        assert!(open_regular(&dir.path().join("link")).unwrap().is_none());
+        assert!(open_regular(&fifo).unwrap().is_none());
+        assert!(open_regular(dir.path()).unwrap().is_none());
+        assert!(open_regular(&dir.path().join("missing")).unwrap().is_none());
+        assert_eq!(regular_len(&file).unwrap(), Some(1));
+        assert_eq!(regular_len(&dir.path().join("link")).unwrap(), None);
+        assert_eq!(regular_len(&fifo).unwrap(), None);
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_a_directory_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let shard = dir.path().join("o").join("ab");
+        fs::create_dir(dir.path().join("o")).unwrap();
+        symlink(&elsewhere, &shard).unwrap();
+        real_dir(&shard).unwrap();
+        assert!(fs::symlink_metadata(&shard).unwrap().is_dir());
+        assert!(elsewhere.exists());
+        let deep = dir.path().join("x").join("y");
+        real_dir(&deep).unwrap();
+        assert_eq!(
+            fs::metadata(&deep).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn group_or_world_writable_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        private_dir(&cache, "cache directory", Links::Refuse).unwrap();
+        assert_eq!(
+            fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::set_permissions(&cache, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_private_dir(&cache, "cache directory", Links::Follow).unwrap_err();
+        assert!(matches!(err, UntrustedDir::Writable { .. }), "{err}");
+        assert!(err.to_string().contains("chmod go-w"), "{err}");
+        fs::set_permissions(&cache, fs::Permissions::from_mode(0o755)).unwrap();
+        check_private_dir(&cache, "cache directory", Links::Follow).unwrap();
+        let link = dir.path().join("link");
+        symlink(&cache, &link).unwrap();
+        check_private_dir(&link, "cache directory", Links::Follow).unwrap();
+        assert!(matches!(
+            check_private_dir(&link, "cache directory", Links::Refuse),
+            Err(UntrustedDir::Symlink { .. })
+        ));
+    }
+}

@@ -18,7 +18,9 @@
 use std::future::Future;
 use std::io::{self, BufReader};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -367,8 +369,24 @@ async fn get_batch(
             .try_acquire_owned()
             .map_err(|_| busy())?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(BATCH_AHEAD);
-        tokio::spawn(send_batch(state.clone(), keys, tx, permit));
-        let frames = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let complete = Arc::new(AtomicBool::new(false));
+        tokio::spawn(send_batch(
+            state.clone(),
+            keys,
+            tx,
+            permit,
+            complete.clone(),
+        ));
+        // An answer the sender gave up on ends in an error, so that hyper breaks the
+        // connection off instead of ending the chunked body as if it were whole.
+        let mut cut = false;
+        let frames = futures::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
+            Poll::Ready(None) if !cut && !complete.load(Ordering::Acquire) => {
+                cut = true;
+                Poll::Ready(Some(Err(io::Error::other("the batch answer was cut off"))))
+            }
+            other => other,
+        });
         Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/x-goremotecache-batch")],
@@ -428,27 +446,31 @@ fn batch_failure(state: &ServerState, action: &ActionId, err: impl std::fmt::Dis
 
 /// Sends the frames of a batch answer, holding `permit` (its in-flight slot) until done, until
 /// the answer's body is dropped (the connection is gone: hyper drops it when a write times
-/// out), or until a frame waits longer than the write timeout to be taken.
+/// out), or until a frame waits longer than the write timeout to be taken. Sets `complete`
+/// before the channel closes when every frame was handed on.
 async fn send_batch(
     state: Arc<ServerState>,
     keys: Vec<ActionId>,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>,
     permit: OwnedSemaphorePermit,
+    complete: Arc<AtomicBool>,
 ) {
     // Ends at once when the receiver goes, even while a storage read is pending.
-    tokio::select! {
-        _ = send_frames(&state, keys, &tx) => {}
-        _ = tx.closed() => {}
-    }
+    let whole = tokio::select! {
+        whole = send_frames(&state, keys, &tx) => whole,
+        _ = tx.closed() => false,
+    };
+    complete.store(whole, Ordering::Release);
+    drop(tx);
     drop(permit);
 }
 
-/// The frames of [`send_batch`]; returns early when a frame cannot be handed on.
+/// The frames of [`send_batch`]: true when all were handed on, false when one could not be.
 async fn send_frames(
     state: &ServerState,
     keys: Vec<ActionId>,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>,
-) {
+) -> bool {
     let write_timeout = state.timeouts.write;
     // The channel is the answer's body: a send that waits this long means hyper has not taken
     // a frame for a write timeout, which its connection should have ended already.
@@ -471,20 +493,20 @@ async fn send_frames(
             Ok(None) => {
                 state.metrics.misses.inc();
                 if !send(batch::missing(&action)).await {
-                    return;
+                    return false;
                 }
                 continue;
             }
             Err(err) => {
                 if !send(batch_failure(state, &action, err)).await {
-                    return;
+                    return false;
                 }
                 continue;
             }
         };
         state.metrics.hits.inc();
         if !send(batch::start(&action)).await {
-            return;
+            return false;
         }
         while let Some(chunk) = stream.next().await {
             let sent = match chunk {
@@ -495,19 +517,20 @@ async fn send_frames(
                 }
                 Err(err) => {
                     if !send(batch_failure(state, &action, err)).await {
-                        return;
+                        return false;
                     }
                     continue 'keys;
                 }
             };
             if !sent {
-                return;
+                return false;
             }
         }
         if !send(batch::end()).await {
-            return;
+            return false;
         }
     }
+    true
 }
 
 async fn head_entry(

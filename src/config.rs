@@ -362,6 +362,31 @@ pub struct ServeArgs {
         default_value_t = 512
     )]
     pub max_in_flight: usize,
+
+    /// The time bounds on each connection.
+    #[command(flatten)]
+    pub timeouts: Box<ServeTimeouts>,
+}
+
+/// The time bounds of every connection of `serve` (part of [`ServeArgs`]; boxed there so
+/// that the `serve` command stays small beside the others): no client, with a token or
+/// without, holds a connection or an in-flight place longer than these allow without making
+/// progress. What each covers exactly is in `server::connection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct ServeTimeouts {
+    /// A request body that sends nothing for this long gets 408 and its connection is closed.
+    #[arg(long = "body-timeout", env = "GOREMOTECACHE_BODY_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body: Duration,
+
+    /// A client that reads nothing of an answer for this long is disconnected, and what the
+    /// answer held (its connection, its --max-in-flight place) is freed.
+    #[arg(long = "write-timeout", env = "GOREMOTECACHE_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write: Duration,
+
+    /// A connection that sends no complete request headers for this long, new or idle after
+    /// an answer, is closed.
+    #[arg(long = "idle-timeout", env = "GOREMOTECACHE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle: Duration,
 }
 
 /// `1048576`, `64KiB`, `256MiB`, `1GiB`.

@@ -95,20 +95,32 @@ impl Server {
         token: Option<&str>,
         body: &[u8],
     ) -> (u16, Vec<u8>) {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
+        let auth = token.map(|token| format!("Authorization: Bearer {token}\r\n"));
+        self.try_request(method, path, auth.as_deref().unwrap_or(""), body)
+            .unwrap_or_else(|err| panic!("{method} {path}: {err}"))
+    }
+
+    /// One request with extra header lines (each ending in CRLF); an error when the server
+    /// closes the connection without an answer.
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut stream = TcpStream::connect(&self.addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{headers}\
+             Content-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
         );
-        if let Some(token) = token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
+        stream.write_all(head.as_bytes())?;
+        // The server may answer before the whole body is sent (a 413 from `Content-Length`)
+        // and close: its answer is still there to read.
+        let _ = stream.write_all(body);
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
         let text = String::from_utf8_lossy(&answer);
@@ -116,7 +128,7 @@ impl Server {
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {text:?}"));
+            .ok_or_else(|| std::io::Error::other(format!("no status in {text:?}")))?;
         let body_at = answer
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -125,14 +137,14 @@ impl Server {
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked");
         let body = &answer[body_at..];
-        (
+        Ok((
             status,
             if chunked {
                 dechunk(body)
             } else {
                 body.to_vec()
             },
-        )
+        ))
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
@@ -454,7 +466,7 @@ fn the_bad_input_matrix() {
 
 #[test]
 fn stalled_headers_are_cut_off() {
-    let (server, _storage) = Server::on_disk(&[]);
+    let (server, _storage) = Server::on_disk(&["--idle-timeout", "3s"]);
     let mut stream = TcpStream::connect(&server.addr).unwrap();
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -467,7 +479,7 @@ fn stalled_headers_are_cut_off() {
     let _ = stream.read_to_end(&mut rest);
     let took = start.elapsed();
     assert!(
-        took >= Duration::from_secs(5) && took < Duration::from_secs(25),
+        took >= Duration::from_secs(3) && took < Duration::from_secs(3 + 15),
         "took {took:?}"
     );
 }
@@ -855,4 +867,317 @@ fn tls_serves_https_and_the_http_backend_trusts_a_private_ca() {
     let cold = project.go(&["build", "./..."]);
     assert!(cold.stat("remote.uploads") > 50, "{:?}", cold.stats);
     project.build_on_fresh_machine("tls-b");
+}
+
+/// Calls `answers` until it says yes; panics after `bound`. Returns how long it took.
+fn eventually(bound: Duration, what: &str, mut answers: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !answers() {
+        assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// Whether the server closed `stream`: what it sent is read up to the end (or a reset),
+/// waiting at most `bound`. Returns the bytes read, `None` if the connection is still open.
+fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> Option<usize> {
+    stream.set_read_timeout(Some(bound)).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(total),
+            Ok(n) => total += n,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None;
+            }
+            // A reset: the server closed with our unread requests still in its buffer.
+            Err(_) => return Some(total),
+        }
+    }
+}
+
+fn healthz_answers(server: &Server) -> bool {
+    matches!(server.try_request("GET", "/healthz", "", b""), Ok((200, _)))
+}
+
+#[test]
+fn clients_that_pipeline_and_never_read_cannot_take_the_server_offline() {
+    let (server, _storage) = Server::on_disk(&[
+        "--max-connections",
+        "4",
+        "--write-timeout",
+        "2s",
+        "--idle-timeout",
+        "3s",
+    ]);
+    // Thousands of unauthenticated requests on each connection, none of the 401s read: the
+    // answers fill the socket buffers and the server's writes stall.
+    let addr = server.addr.clone();
+    let floods: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(&addr).unwrap();
+                stream
+                    .set_write_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                let many = format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", key_path(KEY)).repeat(500);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                // Until the server stops reading (its writes are stuck) or closes.
+                while Instant::now() < deadline && stream.write_all(many.as_bytes()).is_ok() {}
+                stream
+            })
+        })
+        .collect();
+    let mut floods: Vec<TcpStream> = floods.into_iter().map(|t| t.join().unwrap()).collect();
+    // Bound: the write timeout, plus generous slack for a loaded machine.
+    let took = eventually(Duration::from_secs(2 + 20), "/healthz answering", || {
+        healthz_answers(&server)
+    });
+    println!("/healthz answered {took:?} after the floods stalled");
+    for (n, stream) in floods.iter_mut().enumerate() {
+        assert!(
+            read_until_closed(stream, Duration::from_secs(15)).is_some(),
+            "stuck connection {n} is still open"
+        );
+    }
+}
+
+/// Sends the head of a request announcing a body of 1000 bytes and 10 of them, then nothing;
+/// returns the answer's status and how long it took to come.
+fn stall_body(server: &Server, method: &str, path: &str, token: &str) -> (u16, Duration) {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let start = Instant::now();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 1000\r\n\r\n0123456789"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no status in {text:?}"));
+    (status, start.elapsed())
+}
+
+#[test]
+fn stalled_bodies_are_cut_off_on_every_endpoint_that_takes_one() {
+    let (server, _storage) = Server::on_disk(&["--body-timeout", "2s"]);
+    for (method, path, token) in [
+        ("POST", "/v1/batch".to_string(), RO),
+        ("PUT", format!("/v1/prefetch/{KEY}"), RW),
+        ("PUT", key_path(KEY), RW),
+    ] {
+        let (status, took) = stall_body(&server, method, &path, token);
+        assert_eq!(status, 408, "{method} {path}");
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(2 + 15),
+            "{method} {path}: cut off after {took:?}"
+        );
+    }
+}
+
+#[test]
+fn batch_answers_nobody_reads_give_their_in_flight_places_back() {
+    let (server, _storage) = Server::on_disk(&[
+        "--max-in-flight",
+        "2",
+        "--write-timeout",
+        "2s",
+        "--idle-timeout",
+        "5s",
+    ]);
+    // 64 MiB an answer, more than the socket buffers can take (a receive buffer may grow to
+    // 32 MiB, a send buffer to 4 MiB), so that the answers stall. One entry, valid for any
+    // key, stored under 16 keys.
+    let keys: Vec<String> = (1..=16u64).map(|n| format!("{n:064x}")).collect();
+    let body = entry(&support::pseudo_random(1, 4 << 20));
+    for key in &keys {
+        assert_eq!(
+            server.request("PUT", &key_path(key), Some(RW), &body).0,
+            201
+        );
+    }
+    let ask = keys.join("\n");
+    let mut stuck: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&server.addr).unwrap();
+            write!(
+                stream,
+                "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {RO}\r\n\
+                 Content-Length: {}\r\n\r\n{ask}",
+                ask.len()
+            )
+            .unwrap();
+            // Its status line, and nothing more: the answer has started, so it holds its
+            // in-flight place.
+            let mut status = [0u8; 12];
+            stream.read_exact(&mut status).unwrap();
+            assert_eq!(&status, b"HTTP/1.1 200");
+            stream
+        })
+        .collect();
+    // Both places held by answers nobody reads: everything else is busy, until the write
+    // timeout frees them.
+    let busy = server.request("GET", &key_path(&keys[0]), Some(RO), b"").0;
+    println!("GET while the unread batches hold the places: {busy}");
+    let other = KEY.replace('0', "e");
+    let took = eventually(Duration::from_secs(2 + 20), "GET answering", || {
+        server.request("GET", &key_path(&keys[0]), Some(RO), b"").0 == 200
+    });
+    println!("GET answered {took:?} after the unread batches took their places");
+    assert_eq!(
+        server
+            .request("PUT", &key_path(&other), Some(RW), &entry(b"x"))
+            .0,
+        201
+    );
+    // The unread answers were cut off, not sent whole.
+    for (n, stream) in stuck.iter_mut().enumerate() {
+        let got = read_until_closed(stream, Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("unread batch {n} is still open"));
+        assert!(
+            got < keys.len() * body.len(),
+            "unread batch {n} was sent whole"
+        );
+    }
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    let (server, _storage) = Server::on_disk(&["--idle-timeout", "2s"]);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let start = Instant::now();
+    // Two requests on the connection: it is kept alive between them.
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(b"\r\n\r\nok\n") {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert_eq!(
+        read_until_closed(&mut stream, Duration::from_secs(2 + 15)),
+        Some(0),
+        "the idle connection is still open"
+    );
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(2), "closed after {took:?}");
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let (server, _storage) = Server::on_disk(&[]);
+    let path = key_path(KEY);
+    let lower = format!("Authorization: bearer {RW}\r\n");
+    let upper = format!("Authorization: BEARER {RO}\r\n");
+    assert_eq!(
+        server
+            .try_request("PUT", &path, &lower, &entry(b"x"))
+            .unwrap()
+            .0,
+        201
+    );
+    assert_eq!(
+        server.try_request("GET", &path, &upper, b"").unwrap().0,
+        200
+    );
+    let basic = format!("Authorization: Basic {RO}\r\n");
+    assert_eq!(
+        server.try_request("GET", &path, &basic, b"").unwrap().0,
+        401
+    );
+}
+
+#[test]
+fn a_key_asked_many_times_in_one_batch_is_answered_once() {
+    use goremotecache::protocol::ActionId;
+    use goremotecache::remote::batch::{Decoder, Event};
+    let (server, _storage) = Server::on_disk(&[]);
+    let body = entry(&vec![3u8; 100_000]);
+    assert_eq!(
+        server.request("PUT", &key_path(KEY), Some(RW), &body).0,
+        201
+    );
+    let ask = format!("{KEY}\n").repeat(1024);
+    let (status, answer) = server.request("POST", "/v1/batch", Some(RO), ask.as_bytes());
+    assert_eq!(status, 200);
+    let mut decoder = Decoder::new();
+    decoder.push(&answer);
+    let mut events = Vec::new();
+    let mut data = Vec::new();
+    while let Some(event) = decoder.next_event().unwrap() {
+        match event {
+            Event::Data(bytes) => data.extend_from_slice(&bytes),
+            other => events.push(other),
+        }
+    }
+    assert!(decoder.at_frame_boundary());
+    let key = ActionId::from_hex(KEY).unwrap();
+    assert_eq!(events, vec![Event::Start(key), Event::End]);
+    assert!(data == body, "the entry came back different");
+}
+
+#[test]
+fn an_entry_whose_header_claims_more_than_the_limit_is_refused_by_its_header() {
+    let (server, storage) = Server::on_disk(&["--max-entry-size", "1MiB"]);
+    let plain = vec![0u8; 64 * 1024];
+    let header = Header {
+        flags: format::FLAG_ZSTD,
+        output_id: OutputId::of(&plain),
+        size: 1 << 30,
+        time: std::time::SystemTime::now(),
+    };
+    let mut bomb = header.encode().to_vec();
+    bomb.extend(zstd::encode_all(&plain[..], 3).unwrap());
+    assert!(bomb.len() < 1 << 20);
+    let (status, text) = server.request("PUT", &key_path(KEY), Some(RW), &bomb);
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&text));
+    assert_eq!(server.request("GET", &key_path(KEY), Some(RO), b"").0, 404);
+    // Refused as soon as the header is in: the rest of the announced body never comes, and
+    // the answer does not wait for it (the body timeout is the default 30 s).
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        stream,
+        "PUT {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {RW}\r\n\
+         Content-Length: {}\r\n\r\n",
+        key_path(KEY),
+        bomb.len()
+    )
+    .unwrap();
+    stream.write_all(&bomb[..format::HEADER_LEN]).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let stored: Vec<_> = std::fs::read_dir(storage.path().join("v1"))
+        .map(|dir| dir.collect())
+        .unwrap_or_default();
+    assert!(stored.is_empty(), "the entry was stored: {stored:?}");
 }

@@ -73,18 +73,30 @@ pub fn failed(action: &ActionId, reason: &str) -> Bytes {
     Bytes::from(format!("X {} {reason}\n", action.to_hex()))
 }
 
-/// Parses a request body: one key per line (blank lines ignored), at most [`MAX_KEYS`].
+/// Parses a request body: one key per line (blank lines ignored), at most [`MAX_KEYS`] lines.
+/// A key named more than once is kept once, at its first place, so that it is answered once:
+/// a body of many copies of one key does not make the server send its entry many times.
 pub fn parse_keys(body: &[u8]) -> Result<Vec<ActionId>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not text".to_string())?;
     let mut keys = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if keys.len() == MAX_KEYS {
+    let mut seen = std::collections::HashSet::new();
+    for (n, line) in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        if n == MAX_KEYS {
             return Err(format!("at most {MAX_KEYS} keys per batch"));
         }
         let valid =
             line.len() == 64 && line.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         match valid.then(|| ActionId::from_hex(line)).flatten() {
-            Some(key) => keys.push(key),
+            Some(key) => {
+                if seen.insert(key) {
+                    keys.push(key);
+                }
+            }
             None => return Err(format!("{line:?} is not 64 lowercase hex digits")),
         }
     }
@@ -317,5 +329,16 @@ mod tests {
         assert!(parse_keys(b"../../etc/passwd").is_err());
         let too_many = request_body(&vec![id(7); MAX_KEYS + 1]);
         assert!(parse_keys(too_many.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_key_asked_twice_is_kept_once_at_its_first_place() {
+        let body = request_body(&[id(2), id(1), id(2), id(3), id(1)]);
+        assert_eq!(
+            parse_keys(body.as_bytes()).unwrap(),
+            vec![id(2), id(1), id(3)]
+        );
+        let copies = request_body(&vec![id(9); MAX_KEYS]);
+        assert_eq!(parse_keys(copies.as_bytes()).unwrap(), vec![id(9)]);
     }
 }

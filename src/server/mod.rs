@@ -4,17 +4,23 @@
 //!
 //! API (documented in `docs/http-api.md`): `GET`, `HEAD` and `PUT /v1/ac/<actionid-hex>`,
 //! `POST /v1/batch` (many entries in one streamed answer, for prefetch), `GET` and `PUT
-//! /v1/prefetch/<key-hex>` (prefetch manifests), `GET /healthz`, `GET /metrics`. Bearer tokens are read-only or read-write. Keys other than
-//! 64 lowercase hex digits are refused before anything else looks at them; a `PUT` body is
-//! spooled to a temporary file (never held in memory), limited to `--max-entry-size`, and
-//! verified against its header before the store sees it. Headers must arrive within
-//! [`HEADER_TIMEOUT`] and a body must not stall for [`BODY_STALL`]; connections and the work in
-//! flight are bounded; SIGTERM stops accepting, finishes what is in flight and exits.
+//! /v1/prefetch/<key-hex>` (prefetch manifests), `GET /healthz`, `GET /metrics`. Bearer
+//! tokens are read-only or read-write. Keys other than 64 lowercase hex digits are refused
+//! before anything else looks at them; a `PUT` body is spooled to a temporary file (never held
+//! in memory), limited to `--max-entry-size` both in the bytes sent and in the size its header
+//! says it decodes to (checked as soon as the header arrives, so a small zstd bomb never
+//! reaches the decoder), and verified against its header before the store sees it.
+//!
+//! Every direction of a connection has a time bound ([`ServeTimeouts`], see [`connection`]): a
+//! request's headers, a stalled body, a stalled answer. Connections and the work in flight are
+//! bounded in number; SIGTERM stops accepting, finishes what is in flight and exits.
 
 use std::future::Future;
 use std::io::{self, BufReader};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -25,27 +31,29 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures::StreamExt;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::config::ServeTimeouts;
 use crate::format;
 use crate::protocol::{ActionId, BuildKey};
 use crate::remote::{PutOutcome, RemoteStore, Upload, batch};
 
+mod body;
+pub mod connection;
 pub mod metrics;
 pub mod tokens;
 
+use body::BodyReader;
+use connection::WriteDeadline;
 use metrics::Metrics;
 use tokens::{Scope, Tokens};
 
-/// Request headers must be complete within this.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A request body that sends nothing for this long is cut off.
-pub const BODY_STALL: Duration = Duration::from_secs(30);
+/// A TLS handshake must be complete within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long SIGTERM waits for requests in flight.
 pub const DRAIN: Duration = Duration::from_secs(30);
 /// The largest prefetch manifest accepted.
@@ -63,7 +71,8 @@ pub struct ServerState {
     /// Where `PUT` bodies are spooled.
     pub spool_dir: PathBuf,
     /// Requests handled at once; past it, 503.
-    pub in_flight: Semaphore,
+    pub in_flight: Arc<Semaphore>,
+    pub timeouts: ServeTimeouts,
     pub metrics: Metrics,
 }
 
@@ -83,7 +92,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
 
 /// Serves `listener` until `shutdown` completes, then finishes the requests in flight (for at
 /// most [`DRAIN`]). At most `max_connections` connections are served at once; more are closed
-/// at once.
+/// at once. Each connection is bounded in time by the state's [`ServeTimeouts`].
 pub async fn run(
     listener: TcpListener,
     state: Arc<ServerState>,
@@ -91,6 +100,7 @@ pub async fn run(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let timeouts = state.timeouts;
     let app = router(state);
     let connections = Arc::new(Semaphore::new(max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -114,15 +124,19 @@ pub async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // Under TLS too, so that the handshake's writes are bounded as well.
+        let stream = WriteDeadline::new(stream, timeouts.write);
         let service = TowerToHyperService::new(app.clone());
         let stop = stop_rx.clone();
         let tls = tls.clone();
         tasks.spawn(async move {
             match tls {
-                None => serve_connection(stream, service, stop).await,
+                None => connection::serve(stream, service, timeouts.idle, stop).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, service, stop).await,
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            connection::serve(stream, service, timeouts.idle, stop).await
+                        }
                         Ok(Err(err)) => tracing::debug!("TLS handshake failed: {err}"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -141,28 +155,6 @@ pub async fn run(
             "requests still in flight after {}s were cut off",
             DRAIN.as_secs()
         );
-    }
-}
-
-/// Serves HTTP/1.1 on one connection until it ends, or until `stop` says to finish.
-async fn serve_connection<S>(
-    stream: S,
-    service: TowerToHyperService<Router>,
-    mut stop: watch::Receiver<bool>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        _ = stop.changed() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
-        }
     }
 }
 
@@ -232,13 +224,20 @@ async fn timed(
     response
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme is case-insensitive, as
+/// every HTTP authentication scheme is (RFC 9110, 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 impl ServerState {
     /// Checks the request's bearer token for `needed`.
     fn authorize(&self, headers: &HeaderMap, needed: Scope) -> Result<(), Refusal> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         let scope = match presented {
             None if needed == Scope::Read && self.anonymous_read => return Ok(()),
             None => None,
@@ -259,6 +258,18 @@ impl ServerState {
                 "a valid bearer token is needed",
             )),
         }
+    }
+
+    /// A reader for a request body that is `what` and may have at most `limit` bytes, under
+    /// the body timeout.
+    fn body(
+        &self,
+        what: &'static str,
+        headers: &HeaderMap,
+        body: Body,
+        limit: u64,
+    ) -> Result<BodyReader, Refusal> {
+        BodyReader::new(what, headers, body, limit, self.timeouts.body)
     }
 
     /// Counts one request and its latency.
@@ -294,17 +305,6 @@ fn storage_failure(state: &ServerState, what: &str, err: impl std::fmt::Display)
     Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("storage: {err}"))
 }
 
-/// Reads a whole request body of at most `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Refusal> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
-        Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is over {limit} bytes or was cut off: {err}"),
-        )
-    })?;
-    Ok(bytes)
-}
-
 async fn get_manifest(
     State(state): State<Arc<ServerState>>,
     Path(key): Path<String>,
@@ -331,7 +331,10 @@ async fn put_manifest(
     timed(&state, "PUT", async {
         state.authorize(&headers, Scope::ReadWrite)?;
         let key = BuildKey(parse_key(&key)?.0);
-        let bytes = read_body(body, MAX_MANIFEST).await?;
+        let bytes = state
+            .body("a manifest", &headers, body, MAX_MANIFEST as u64)?
+            .read_all()
+            .await?;
         state.metrics.bytes_in.inc_by(bytes.len() as u64);
         match state.store.put_manifest(&key, bytes).await {
             Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -341,8 +344,10 @@ async fn put_manifest(
     .await
 }
 
-/// `POST /v1/batch`: the entries for the keys in the body, streamed in the [`batch`] framing
-/// in the order asked; a few are read from storage ahead of the one being sent.
+/// `POST /v1/batch`: the entries for the keys in the body (a key asked twice is answered
+/// once), streamed in the [`batch`] framing in the order asked; a few are read from storage
+/// ahead of the one being sent. The answer holds an in-flight slot until it is sent, the
+/// connection is gone, or a frame waits longer than the write timeout to be taken.
 async fn get_batch(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
@@ -350,18 +355,38 @@ async fn get_batch(
 ) -> Response {
     timed(&state, "POST", async {
         state.authorize(&headers, Scope::Read)?;
-        let body = read_body(body, batch::MAX_KEYS * 66).await?;
+        let limit = (batch::MAX_KEYS * 66) as u64;
+        let body = state
+            .body("a batch request", &headers, body, limit)?
+            .read_all()
+            .await?;
         let keys =
             batch::parse_keys(&body).map_err(|err| Refusal::new(StatusCode::BAD_REQUEST, err))?;
-        // The answer outlives this handler: its slot is given back when the stream ends.
-        state.in_flight.try_acquire().map_err(|_| busy())?.forget();
+        // The answer outlives this handler: the sender task holds its slot.
+        let permit = state
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy())?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(BATCH_AHEAD);
-        let sender = state.clone();
-        tokio::spawn(async move {
-            send_batch(&sender, keys, tx).await;
-            sender.in_flight.add_permits(1);
+        let complete = Arc::new(AtomicBool::new(false));
+        tokio::spawn(send_batch(
+            state.clone(),
+            keys,
+            tx,
+            permit,
+            complete.clone(),
+        ));
+        // An answer the sender gave up on ends in an error, so that hyper breaks the
+        // connection off instead of ending the chunked body as if it were whole.
+        let mut cut = false;
+        let frames = futures::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
+            Poll::Ready(None) if !cut && !complete.load(Ordering::Acquire) => {
+                cut = true;
+                Poll::Ready(Some(Err(io::Error::other("the batch answer was cut off"))))
+            }
+            other => other,
         });
-        let frames = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/x-goremotecache-batch")],
@@ -419,15 +444,41 @@ fn batch_failure(state: &ServerState, action: &ActionId, err: impl std::fmt::Dis
     batch::failed(action, &format!("storage: {err}"))
 }
 
-/// Sends the frames of a batch answer until done or the client is gone.
+/// Sends the frames of a batch answer, holding `permit` (its in-flight slot) until done, until
+/// the answer's body is dropped (the connection is gone: hyper drops it when a write times
+/// out), or until a frame waits longer than the write timeout to be taken. Sets `complete`
+/// before the channel closes when every frame was handed on.
 async fn send_batch(
-    state: &ServerState,
+    state: Arc<ServerState>,
     keys: Vec<ActionId>,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>,
+    permit: OwnedSemaphorePermit,
+    complete: Arc<AtomicBool>,
 ) {
-    let send = |bytes: Bytes| {
-        let tx = tx.clone();
-        async move { tx.send(Ok(bytes)).await.is_ok() }
+    // Ends at once when the receiver goes, even while a storage read is pending.
+    let whole = tokio::select! {
+        whole = send_frames(&state, keys, &tx) => whole,
+        _ = tx.closed() => false,
+    };
+    complete.store(whole, Ordering::Release);
+    drop(tx);
+    drop(permit);
+}
+
+/// The frames of [`send_batch`]: true when all were handed on, false when one could not be.
+async fn send_frames(
+    state: &ServerState,
+    keys: Vec<ActionId>,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>,
+) -> bool {
+    let write_timeout = state.timeouts.write;
+    // The channel is the answer's body: a send that waits this long means hyper has not taken
+    // a frame for a write timeout, which its connection should have ended already.
+    let send = |bytes: Bytes| async move {
+        matches!(
+            tokio::time::timeout(write_timeout, tx.send(Ok(bytes))).await,
+            Ok(Ok(()))
+        )
     };
     let store = state.store.clone();
     let mut opened = futures::stream::iter(keys)
@@ -442,20 +493,20 @@ async fn send_batch(
             Ok(None) => {
                 state.metrics.misses.inc();
                 if !send(batch::missing(&action)).await {
-                    return;
+                    return false;
                 }
                 continue;
             }
             Err(err) => {
                 if !send(batch_failure(state, &action, err)).await {
-                    return;
+                    return false;
                 }
                 continue;
             }
         };
         state.metrics.hits.inc();
         if !send(batch::start(&action)).await {
-            return;
+            return false;
         }
         while let Some(chunk) = stream.next().await {
             let sent = match chunk {
@@ -466,19 +517,20 @@ async fn send_batch(
                 }
                 Err(err) => {
                     if !send(batch_failure(state, &action, err)).await {
-                        return;
+                        return false;
                     }
                     continue 'keys;
                 }
             };
             if !sent {
-                return;
+                return false;
             }
         }
         if !send(batch::end()).await {
-            return;
+            return false;
         }
     }
+    true
 }
 
 async fn head_entry(
@@ -526,19 +578,7 @@ async fn store(
 ) -> Result<Response, Refusal> {
     state.authorize(headers, Scope::ReadWrite)?;
     let action = parse_key(key)?;
-    let too_large = || {
-        Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("an entry may have at most {} bytes", state.max_entry_size),
-        )
-    };
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|len| len > state.max_entry_size) {
-        return Err(too_large());
-    }
+    let mut body = state.body("an entry", headers, body, state.max_entry_size)?;
     let _permit = state.in_flight.try_acquire().map_err(|_| busy())?;
     let internal = |err: io::Error| {
         tracing::warn!("spooling a put: {err}");
@@ -549,33 +589,22 @@ async fn store(
         .tempfile_in(&state.spool_dir)
         .map_err(internal)?;
     let mut file = tokio::fs::File::from_std(temp.reopen().map_err(internal)?);
-    let mut stream = body.into_data_stream();
-    let mut size = 0u64;
-    loop {
-        let chunk = match tokio::time::timeout(BODY_STALL, stream.next()).await {
-            Err(_) => {
-                return Err(Refusal::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the body stalled",
-                ));
+    // The header, until it is whole and checked; then `None`.
+    let mut head = Some(Vec::with_capacity(format::HEADER_LEN));
+    while let Some(chunk) = body.next().await? {
+        if let Some(bytes) = &mut head {
+            let wanted = format::HEADER_LEN - bytes.len();
+            bytes.extend_from_slice(&chunk[..wanted.min(chunk.len())]);
+            if bytes.len() == format::HEADER_LEN {
+                check_header(state, bytes)?;
+                head = None;
             }
-            Ok(None) => break,
-            Ok(Some(Err(err))) => {
-                return Err(Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("reading the body: {err}"),
-                ));
-            }
-            Ok(Some(Ok(chunk))) => chunk,
-        };
-        size += chunk.len() as u64;
-        if size > state.max_entry_size {
-            return Err(too_large());
         }
         file.write_all(&chunk).await.map_err(internal)?;
     }
     file.flush().await.map_err(internal)?;
     drop(file);
+    let size = body.len();
     state.metrics.bytes_in.inc_by(size);
 
     let path = temp.path().to_path_buf();
@@ -601,6 +630,25 @@ async fn store(
         Ok(PutOutcome::Exists | PutOutcome::Skipped) => Ok(StatusCode::OK.into_response()),
         Err(err) => Err(storage_failure(state, &format!("put {action}"), err)),
     }
+}
+
+/// Refuses an entry by its header alone, before the rest is spooled or its body decoded: a
+/// header that does not parse (400), or one that says the entry decodes to more than
+/// `--max-entry-size` (413; a few KB of zstd can claim a GiB).
+fn check_header(state: &ServerState, bytes: &[u8]) -> Result<(), Refusal> {
+    let bytes: &[u8; format::HEADER_LEN] = bytes.try_into().expect("a whole header");
+    let header = format::Header::decode(bytes)
+        .map_err(|err| Refusal::new(StatusCode::BAD_REQUEST, format!("rejected entry: {err}")))?;
+    if header.size > state.max_entry_size {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "an entry may have at most {} bytes; this one's header says it decodes to {}",
+                state.max_entry_size, header.size
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn metrics_text(State(state): State<Arc<ServerState>>) -> Response {
@@ -631,6 +679,8 @@ pub enum ServeError {
     Storage(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0} must be longer than 0s")]
+    ZeroTimeout(&'static str),
     #[error("listening on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -644,6 +694,15 @@ pub fn serve(
     args: &crate::config::ServeArgs,
     s3: Option<crate::remote::s3::S3Config>,
 ) -> Result<(), ServeError> {
+    for (flag, value) in [
+        ("--body-timeout", args.timeouts.body),
+        ("--write-timeout", args.timeouts.write),
+        ("--idle-timeout", args.timeouts.idle),
+    ] {
+        if value.is_zero() {
+            return Err(ServeError::ZeroTimeout(flag));
+        }
+    }
     let tokens = load_tokens(args)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
@@ -712,7 +771,8 @@ pub fn serve(
             anonymous_read: args.allow_anonymous_read,
             max_entry_size: args.max_entry_size,
             spool_dir,
-            in_flight: Semaphore::new(args.max_in_flight.max(1)),
+            in_flight: Arc::new(Semaphore::new(args.max_in_flight.max(1))),
+            timeouts: *args.timeouts,
             metrics: Metrics::new(),
         });
         tokio::spawn(reload_on_hangup(args.clone(), state.clone()));

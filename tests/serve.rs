@@ -1181,3 +1181,194 @@ fn an_entry_whose_header_claims_more_than_the_limit_is_refused_by_its_header() {
         .unwrap_or_default();
     assert!(stored.is_empty(), "the entry was stored: {stored:?}");
 }
+
+fn entry_file(storage: &std::path::Path, key: &str) -> std::path::PathBuf {
+    storage.join("v1").join(&key[..2]).join(key)
+}
+
+/// FIFOs, directories and symlinks where entries should be: a 404 on GET and HEAD alike, never
+/// a worker thread blocked in `open` (the server keeps answering), and the next PUT replaces
+/// them.
+#[test]
+fn things_that_are_not_entry_files_are_misses_that_puts_replace() {
+    let (server, storage) = Server::on_disk(&[]);
+    let body = entry(b"the real entry");
+    let outside = storage.path().join("outside");
+    std::fs::write(&outside, &body).unwrap();
+    let keys: Vec<String> = (0..4).map(|n| format!("{n:02x}{}", &KEY[2..])).collect();
+    for key in &keys {
+        assert_eq!(
+            server.request("PUT", &key_path(key), Some(RW), &body).0,
+            201
+        );
+    }
+    let plant = |key: &str, kind: usize| {
+        let path = entry_file(storage.path(), key);
+        std::fs::remove_file(&path).unwrap();
+        match kind {
+            0 | 1 => assert!(
+                Command::new("mkfifo")
+                    .arg(&path)
+                    .status()
+                    .unwrap()
+                    .success()
+            ),
+            2 => std::fs::create_dir(&path).unwrap(),
+            _ => std::os::unix::fs::symlink(&outside, &path).unwrap(),
+        }
+    };
+    for (n, key) in keys.iter().enumerate() {
+        plant(key, n);
+    }
+    // More FIFO reads than the server has worker threads, at once.
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..4)
+            .map(|n| {
+                let (server, key) = (&server, &keys[n % 2]);
+                scope.spawn(move || server.request("GET", &key_path(key), Some(RO), b"").0)
+            })
+            .collect();
+        for reader in readers {
+            assert_eq!(reader.join().unwrap(), 404);
+        }
+    });
+    assert_eq!(server.request("GET", "/healthz", None, b"").0, 200);
+    for key in &keys {
+        assert_eq!(
+            server.request("GET", &key_path(key), Some(RO), b"").0,
+            404,
+            "{key}"
+        );
+        assert_eq!(
+            server.request("HEAD", &key_path(key), Some(RO), b"").0,
+            404,
+            "{key}"
+        );
+        assert_eq!(
+            server.request("PUT", &key_path(key), Some(RW), &body).0,
+            201,
+            "{key}"
+        );
+        let (status, got) = server.request("GET", &key_path(key), Some(RO), b"");
+        assert_eq!((status, got == body), (200, true), "{key}");
+        assert!(
+            std::fs::symlink_metadata(entry_file(storage.path(), key))
+                .unwrap()
+                .is_file()
+        );
+    }
+    assert_eq!(std::fs::read(&outside).unwrap(), body);
+}
+
+/// A `tmp/` in the storage directory that is a symlink is replaced at start, and the old files
+/// in the directory it pointed to are left alone; a storage directory others may write is
+/// refused before the server starts.
+#[test]
+fn the_storage_directory_is_private_and_its_links_are_not_followed() {
+    let storage = tempfile::tempdir().unwrap();
+    let victim = tempfile::tempdir().unwrap();
+    let precious = victim.path().join("precious");
+    std::fs::write(&precious, b"x").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&precious)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    std::os::unix::fs::symlink(victim.path(), storage.path().join("tmp")).unwrap();
+    let server = Server::start(&["--storage-dir", storage.path().to_str().unwrap()], &[]);
+    assert_eq!(
+        server
+            .request("PUT", &key_path(KEY), Some(RW), &entry(b"x"))
+            .0,
+        201
+    );
+    assert!(precious.exists(), "the start-up sweep followed tmp/");
+    assert_eq!(std::fs::read_dir(victim.path()).unwrap().count(), 1);
+    assert!(
+        std::fs::symlink_metadata(storage.path().join("tmp"))
+            .unwrap()
+            .is_dir()
+    );
+    drop(server);
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(storage.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = Command::new(support::bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            &format!("rw:{RW}"),
+        ])
+        .args(["--storage-dir", storage.path().to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("storage directory"), "{stderr}");
+    assert!(stderr.contains("chmod go-w"), "{stderr}");
+}
+
+/// A prefetch manifest that lists every key twice (a damaged or hand-made one) is data, not
+/// protocol: the remote stays on, each key is asked once, the manifest is written again
+/// without the copies, and the next run prefetches as usual.
+#[test]
+fn a_manifest_listing_keys_twice_leaves_the_remote_on() {
+    let (server, storage) = Server::on_disk(&[]);
+    let mut project = GoProject::new("serve-manifest-twice");
+    through(&mut project, &server, RW);
+    project.go(&["build", "./..."]);
+    let manifests: Vec<_> = std::fs::read_dir(storage.path().join("prefetch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(manifests.len(), 1);
+    let text = String::from_utf8(
+        zstd::stream::decode_all(&std::fs::read(&manifests[0]).unwrap()[..]).unwrap(),
+    )
+    .unwrap();
+    let is_entry = |line: &str| line.split(' ').next().is_some_and(|k| k.len() == 64);
+    let listed = text.lines().filter(|l| is_entry(l)).count() as u64;
+    let doubled: String = text
+        .lines()
+        .flat_map(|line| {
+            std::iter::repeat_n(format!("{line}\n"), if is_entry(line) { 2 } else { 1 })
+        })
+        .collect();
+    std::fs::write(
+        &manifests[0],
+        zstd::bulk::compress(doubled.as_bytes(), 3).unwrap(),
+    )
+    .unwrap();
+
+    let build = project.build_on_fresh_machine("twice-b");
+    let stat = |name: &str| build.stat(name);
+    assert_eq!(stat("remote.prefetch.listed"), listed, "{:?}", build.stats);
+    assert!(stat("remote.prefetch.used") > 50, "{:?}", build.stats);
+    assert_eq!(
+        stat("remote.errors") + stat("remote.prefetch.errors"),
+        0,
+        "{:?}",
+        build.stats
+    );
+    let rewritten = String::from_utf8(
+        zstd::stream::decode_all(&std::fs::read(&manifests[0]).unwrap()[..]).unwrap(),
+    )
+    .unwrap();
+    let keys: Vec<&str> = rewritten.lines().filter(|l| is_entry(l)).collect();
+    let unique: std::collections::HashSet<&str> =
+        keys.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        unique.len(),
+        keys.len(),
+        "the manifest still lists keys twice"
+    );
+
+    let again = project.build_on_fresh_machine("twice-c");
+    assert!(again.stat("remote.prefetch.used") > 50, "{:?}", again.stats);
+    assert_eq!(again.stat("remote.errors"), 0, "{:?}", again.stats);
+}

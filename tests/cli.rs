@@ -9,16 +9,8 @@ use support::{Client, action, bin};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = Command::new(bin());
-    command.args(args);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let out = command.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    command.args(args).envs(env.iter().copied());
+    support::outcome(&mut command)
 }
 
 #[test]

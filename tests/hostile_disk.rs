@@ -11,12 +11,12 @@ mod support;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::process::Command;
+use std::time::Duration;
 
 use goremotecache::protocol::{ActionId, OutputId};
 use serde_json::Value;
-use support::{Client, action, bin, pseudo_random};
+use support::{Client, action, bin, make_old, outcome, pseudo_random};
 
 const NOBODY: &str = "65534";
 
@@ -48,19 +48,11 @@ fn run(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
     let mut command = Command::new(bin());
     command
         .args(args)
-        .stdin(Stdio::null())
         .env_remove("XDG_CACHE_HOME")
         .env_remove("GOREMOTECACHE_CACHE_DIR")
-        .env_remove("GOREMOTECACHE_LOCK_DIR");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let out = command.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .env_remove("GOREMOTECACHE_LOCK_DIR")
+        .envs(env.iter().copied());
+    outcome(&mut command)
 }
 
 fn mode(path: &Path) -> u32 {
@@ -238,9 +230,8 @@ fn directories_that_others_may_write_are_refused() {
     let mut command = Command::new(bin());
     command
         .args(args(&[]))
-        .env("GOREMOTECACHE_TRUST_CACHE_DIR", "1")
-        .stdin(Stdio::null());
-    assert!(command.output().unwrap().status.success());
+        .env("GOREMOTECACHE_TRUST_CACHE_DIR", "1");
+    assert_eq!(outcome(&mut command).0, 0);
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -365,16 +356,6 @@ fn fifos_directories_and_symlinks_in_the_cache_are_misses_that_puts_replace() {
     );
 }
 
-fn age(path: &Path) {
-    let old = SystemTime::now() - Duration::from_secs(7200);
-    fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
-}
-
 #[test]
 fn symlinked_tmp_and_shard_directories_are_not_followed() {
     let dir = tempfile::tempdir().unwrap();
@@ -387,7 +368,7 @@ fn symlinked_tmp_and_shard_directories_are_not_followed() {
     // A stale temporary file in a real tmp/ is swept at start ...
     let tmp = dir.path().join("cache/tmp");
     fs::write(tmp.join("put-stale"), b"x").unwrap();
-    age(&tmp.join("put-stale"));
+    make_old(&tmp.join("put-stale"));
     let client = Client::on_dir(dir.path(), &[]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while tmp.join("put-stale").exists() && std::time::Instant::now() < deadline {
@@ -400,7 +381,7 @@ fn symlinked_tmp_and_shard_directories_are_not_followed() {
     let victim = dir.path().join("victim");
     fs::create_dir(&victim).unwrap();
     fs::write(victim.join("precious"), b"x").unwrap();
-    age(&victim.join("precious"));
+    make_old(&victim.join("precious"));
     fs::remove_dir_all(&tmp).unwrap();
     symlink(&victim, &tmp).unwrap();
     let elsewhere = dir.path().join("elsewhere");

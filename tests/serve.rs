@@ -52,8 +52,14 @@ impl Server {
         }
         let mut child = command.spawn().unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        // Warnings may come first (a storage directory repaired at start, say).
         let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
+        while !line.contains("serving ") {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+        }
         let addr = line
             .split("serving ")
             .nth(1)
@@ -302,7 +308,7 @@ fn prefetch_through_the_server_takes_a_few_batch_requests() {
 #[test]
 fn the_batch_endpoint_checks_its_input_and_frames_its_answer() {
     use goremotecache::protocol::ActionId;
-    use goremotecache::remote::batch::{Decoder, Event};
+    use goremotecache::remote::batch::Event;
     let (server, _storage) = Server::on_disk(&[]);
     let body = entry(&vec![7u8; 300_000]);
     assert_eq!(
@@ -325,17 +331,7 @@ fn the_batch_endpoint_checks_its_input_and_frames_its_answer() {
     }
     let (status, answer) = server.request("POST", "/v1/batch", Some(RO), ask.as_bytes());
     assert_eq!(status, 200);
-    let mut decoder = Decoder::new();
-    decoder.push(&answer);
-    let mut events = Vec::new();
-    let mut data = Vec::new();
-    while let Some(event) = decoder.next_event().unwrap() {
-        match event {
-            Event::Data(bytes) => data.extend_from_slice(&bytes),
-            other => events.push(other),
-        }
-    }
-    assert!(decoder.at_frame_boundary());
+    let (events, data) = decode_batch(&answer);
     let key = ActionId::from_hex(KEY).unwrap();
     assert_eq!(
         events,
@@ -1115,7 +1111,7 @@ fn the_bearer_scheme_is_case_insensitive() {
 #[test]
 fn a_key_asked_many_times_in_one_batch_is_answered_once() {
     use goremotecache::protocol::ActionId;
-    use goremotecache::remote::batch::{Decoder, Event};
+    use goremotecache::remote::batch::Event;
     let (server, _storage) = Server::on_disk(&[]);
     let body = entry(&vec![3u8; 100_000]);
     assert_eq!(
@@ -1125,17 +1121,7 @@ fn a_key_asked_many_times_in_one_batch_is_answered_once() {
     let ask = format!("{KEY}\n").repeat(1024);
     let (status, answer) = server.request("POST", "/v1/batch", Some(RO), ask.as_bytes());
     assert_eq!(status, 200);
-    let mut decoder = Decoder::new();
-    decoder.push(&answer);
-    let mut events = Vec::new();
-    let mut data = Vec::new();
-    while let Some(event) = decoder.next_event().unwrap() {
-        match event {
-            Event::Data(bytes) => data.extend_from_slice(&bytes),
-            other => events.push(other),
-        }
-    }
-    assert!(decoder.at_frame_boundary());
+    let (events, data) = decode_batch(&answer);
     let key = ActionId::from_hex(KEY).unwrap();
     assert_eq!(events, vec![Event::Start(key), Event::End]);
     assert!(data == body, "the entry came back different");
@@ -1269,13 +1255,7 @@ fn the_storage_directory_is_private_and_its_links_are_not_followed() {
     let victim = tempfile::tempdir().unwrap();
     let precious = victim.path().join("precious");
     std::fs::write(&precious, b"x").unwrap();
-    let old = std::time::SystemTime::now() - Duration::from_secs(7200);
-    std::fs::File::options()
-        .write(true)
-        .open(&precious)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    support::make_old(&precious);
     std::os::unix::fs::symlink(victim.path(), storage.path().join("tmp")).unwrap();
     let server = Server::start(&["--storage-dir", storage.path().to_str().unwrap()], &[]);
     assert_eq!(
@@ -1295,20 +1275,18 @@ fn the_storage_directory_is_private_and_its_links_are_not_followed() {
 
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(storage.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let refused = Command::new(support::bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tokens",
-            &format!("rw:{RW}"),
-        ])
-        .args(["--storage-dir", storage.path().to_str().unwrap()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    let (code, _, stderr) = support::outcome(
+        Command::new(support::bin())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tokens",
+                &format!("rw:{RW}"),
+            ])
+            .args(["--storage-dir", storage.path().to_str().unwrap()]),
+    );
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("storage directory"), "{stderr}");
     assert!(stderr.contains("chmod go-w"), "{stderr}");
 }
@@ -1327,23 +1305,7 @@ fn a_manifest_listing_keys_twice_leaves_the_remote_on() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(manifests.len(), 1);
-    let text = String::from_utf8(
-        zstd::stream::decode_all(&std::fs::read(&manifests[0]).unwrap()[..]).unwrap(),
-    )
-    .unwrap();
-    let is_entry = |line: &str| line.split(' ').next().is_some_and(|k| k.len() == 64);
-    let listed = text.lines().filter(|l| is_entry(l)).count() as u64;
-    let doubled: String = text
-        .lines()
-        .flat_map(|line| {
-            std::iter::repeat_n(format!("{line}\n"), if is_entry(line) { 2 } else { 1 })
-        })
-        .collect();
-    std::fs::write(
-        &manifests[0],
-        zstd::bulk::compress(doubled.as_bytes(), 3).unwrap(),
-    )
-    .unwrap();
+    let listed = support::list_every_key_twice(&manifests[0]);
 
     let build = project.build_on_fresh_machine("twice-b");
     let stat = |name: &str| build.stat(name);
@@ -1355,20 +1317,29 @@ fn a_manifest_listing_keys_twice_leaves_the_remote_on() {
         "{:?}",
         build.stats
     );
-    let rewritten = String::from_utf8(
-        zstd::stream::decode_all(&std::fs::read(&manifests[0]).unwrap()[..]).unwrap(),
-    )
-    .unwrap();
-    let keys: Vec<&str> = rewritten.lines().filter(|l| is_entry(l)).collect();
-    let unique: std::collections::HashSet<&str> =
-        keys.iter().map(|l| l.split(' ').next().unwrap()).collect();
-    assert_eq!(
-        unique.len(),
-        keys.len(),
-        "the manifest still lists keys twice"
-    );
+    support::assert_distinct(&support::manifest_keys(&manifests[0]));
 
     let again = project.build_on_fresh_machine("twice-c");
     assert!(again.stat("remote.prefetch.used") > 50, "{:?}", again.stats);
     assert_eq!(again.stat("remote.errors"), 0, "{:?}", again.stats);
+}
+
+/// A whole batch answer: its events but the data, and the data of all entries, in order.
+fn decode_batch(answer: &[u8]) -> (Vec<goremotecache::remote::batch::Event>, Vec<u8>) {
+    use goremotecache::remote::batch::{Decoder, Event};
+    let mut decoder = Decoder::new();
+    decoder.push(answer);
+    let mut events = Vec::new();
+    let mut data = Vec::new();
+    while let Some(event) = decoder.next_event().unwrap() {
+        match event {
+            Event::Data(bytes) => data.extend_from_slice(&bytes),
+            other => events.push(other),
+        }
+    }
+    assert!(
+        decoder.at_frame_boundary(),
+        "the answer ends inside a frame"
+    );
+    (events, data)
 }

@@ -183,6 +183,68 @@ pub fn put_bytes(id: i64, action: ActionId, output: OutputId, body: &[u8]) -> Ve
     bytes
 }
 
+/// Runs `command` to its end with stdin closed; returns its exit code (-1 for a signal),
+/// stdout and stderr.
+pub fn outcome(command: &mut Command) -> (i32, String, String) {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Sets a file's modification time two hours back: older than the start-up sweep's hour.
+pub fn make_old(path: &Path) {
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+/// The keys a stored prefetch manifest (zstd-compressed text) lists, in its order.
+pub fn manifest_keys(path: &Path) -> Vec<String> {
+    manifest_text(path)
+        .lines()
+        .filter_map(|line| line.split(' ').next().filter(|key| key.len() == 64))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Rewrites a stored prefetch manifest with every entry line twice (a damaged or hand-made
+/// manifest); returns how many entries it listed.
+pub fn list_every_key_twice(path: &Path) -> u64 {
+    let text = manifest_text(path);
+    let mut doubled = String::new();
+    let mut listed = 0;
+    for line in text.lines() {
+        doubled.push_str(&format!("{line}\n"));
+        if line.split(' ').next().is_some_and(|key| key.len() == 64) {
+            doubled.push_str(&format!("{line}\n"));
+            listed += 1;
+        }
+    }
+    std::fs::write(path, zstd::bulk::compress(doubled.as_bytes(), 3).unwrap()).unwrap();
+    listed
+}
+
+fn manifest_text(path: &Path) -> String {
+    let bytes = zstd::stream::decode_all(&std::fs::read(path).unwrap()[..]).unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// Asserts that `keys` names no key twice.
+pub fn assert_distinct(keys: &[String]) {
+    let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len(), "a key is listed twice");
+}
+
 /// A deterministic action ID.
 pub fn action(n: u32) -> ActionId {
     let mut id = [0u8; 32];

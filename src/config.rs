@@ -582,9 +582,7 @@ impl Config {
             remote: remote_config(options)?,
         })
     }
-}
 
-impl Config {
     /// Refuses the cache and lock directories if another user owns them or group or others
     /// may write them (unless `--trust-cache-dir`); with `create`, first creates those that
     /// are missing (mode 0700). Runs before the go command is answered: a refusal is exit
@@ -594,11 +592,10 @@ impl Config {
         if self.trust_cache_dir {
             return Ok(());
         }
-        let default_links = self.default_base.as_ref().map(|base| base.links);
         let check = |dir: &Path, what, links| {
             if create {
                 check_created_dir(dir, what, links)
-            } else if dir.exists() || fs_is_symlink(dir) {
+            } else if std::fs::symlink_metadata(dir).is_ok() {
                 check_private_dir(dir, what, links)
             } else {
                 Ok(())
@@ -612,22 +609,15 @@ impl Config {
             dirs.push((&self.lock_dir, "lock directory"));
         }
         for (dir, what) in dirs {
-            let is_default = self
-                .default_base
-                .as_ref()
-                .is_some_and(|base| dir.parent() == Some(&base.dir));
-            let links = match default_links {
-                Some(links) if is_default => links,
+            // Inside the default location, its rule for symlinks; a named directory may be one.
+            let links = match &self.default_base {
+                Some(base) if dir.parent() == Some(base.dir.as_path()) => base.links,
                 _ => Links::Follow,
             };
             check(dir, what, links)?;
         }
         Ok(())
     }
-}
-
-fn fs_is_symlink(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// Creates `dir` (0700) if it is missing and checks it; one that cannot be created is not an

@@ -12,7 +12,8 @@
 //!   ([`open_regular`]), sizes are read with `lstat` ([`regular_len`]), a directory it writes
 //!   into is checked to be a real directory first ([`real_dir`]), and the sweep of stale
 //!   temporary files works on a directory handle opened without following a link
-//!   ([`remove_older_than`]).
+//!   ([`remove_older_than`]); at start, a shard directory replaced by a symlink is removed
+//!   ([`remove_all_but_directories`]), so reads do not go through it either.
 //! - Only regular files are data. A FIFO, a device, a socket or a directory where a file
 //!   should be is a miss, never a blocking `open`: files are opened with `O_NONBLOCK`, and
 //!   checked with `fstat` before a byte is read.
@@ -269,15 +270,55 @@ pub fn check_private_dir(dir: &Path, what: &'static str, links: Links) -> Result
     })
 }
 
+/// Removes every entry of `dir` that is not a real directory (a symlink to a directory
+/// elsewhere, a file), so that nothing below `dir` is reached through a link: run at start on
+/// the directories that hold the shard directories. Returns how many were removed. Reads the
+/// type from the directory listing, without a `stat` per entry where the file system gives it.
+pub fn remove_all_but_directories(dir: &Path) -> io::Result<usize> {
+    let fd = open_dir_no_follow(dir)?;
+    let mut removed = 0;
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            rustix::fs::FileType::Unknown => {
+                match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(stat) => rustix::fs::FileType::from_raw_mode(stat.st_mode),
+                    Err(_) => continue,
+                }
+            }
+            kind => kind,
+        };
+        if kind != rustix::fs::FileType::Directory
+            && rustix::fs::unlinkat(&fd, name, AtFlags::empty()).is_ok()
+        {
+            tracing::warn!(
+                "removed {}: not a directory (a symlink or a file) where a shard directory belongs",
+                dir.join(name.to_string_lossy().as_ref()).display()
+            );
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Opens `dir` for listing, failing if it is a symlink.
+fn open_dir_no_follow(dir: &Path) -> io::Result<rustix::fd::OwnedFd> {
+    Ok(rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// Removes the entries of `dir` last modified more than `age` ago, and returns how many.
 /// `dir` itself is opened without following a symlink, and nothing in it is followed: a
 /// symlink is removed as a link, and subdirectories are left alone.
 pub fn remove_older_than(dir: &Path, age: Duration) -> io::Result<usize> {
-    let fd = rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = open_dir_no_follow(dir)?;
     let now = SystemTime::now();
     let mut removed = 0;
     for entry in rustix::fs::Dir::read_from(&fd)? {
@@ -348,6 +389,26 @@ mod tests {
         );
         assert!(victim.exists());
         assert!(tmp.join("young").exists());
+    }
+
+    #[test]
+    fn only_real_shard_directories_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = dir.path().join("o");
+        fs::create_dir_all(shards.join("ab")).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(elsewhere.join("kept"), b"x").unwrap();
+        symlink(&elsewhere, shards.join("cd")).unwrap();
+        fs::write(shards.join("ef"), b"x").unwrap();
+        assert_eq!(remove_all_but_directories(&shards).unwrap(), 2);
+        let left: Vec<_> = fs::read_dir(&shards)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec!["ab"]);
+        assert!(elsewhere.join("kept").exists());
+        assert!(remove_all_but_directories(&shards.join("cd")).is_err());
     }
 
     #[test]

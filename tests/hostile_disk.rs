@@ -377,6 +377,21 @@ fn symlinked_tmp_and_shard_directories_are_not_followed() {
     assert!(!tmp.join("put-stale").exists(), "the sweep did not run");
     client.close(1);
 
+    // A shard directory moved out of the cache and linked back is removed at start: a get
+    // does not read an output through it, and what it pointed to is left alone.
+    let first_shard = output_path(dir.path(), b"first")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let moved = dir.path().join("moved-shard");
+    fs::rename(&first_shard, &moved).unwrap();
+    symlink(&moved, &first_shard).unwrap();
+    let mut client = Client::on_dir(dir.path(), &[]);
+    assert_eq!(get(&mut client, 1, action(9))["Miss"], true);
+    client.close(2);
+    assert!(moved.join(OutputId::of(b"first").to_hex()).exists());
+    assert!(!first_shard.exists());
+
     // ... but a tmp/ that is a symlink is replaced, and its target left alone.
     let victim = dir.path().join("victim");
     fs::create_dir(&victim).unwrap();

@@ -363,7 +363,7 @@ fn manifests_are_stored_replaced_and_guarded() {
         server.request("GET", &path, Some(RO), b""),
         (200, b"second".to_vec())
     );
-    let too_big = vec![0u8; goremotecache::server::MAX_MANIFEST + 1];
+    let too_big = vec![0u8; goremotecache::remote::MAX_MANIFEST + 1];
     assert_eq!(server.request("PUT", &path, Some(RW), &too_big).0, 413);
 }
 

@@ -19,13 +19,10 @@ use async_trait::async_trait;
 
 use bytes::Bytes;
 
-use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload};
+use super::{ByteStream, MAX_MANIFEST, PutOutcome, RemoteError, RemoteStore, Upload};
 use crate::format;
 use crate::fsutil::{self, open_regular, real_dir, regular_len};
 use crate::protocol::{ActionId, BuildKey};
-
-/// The largest manifest read back (the server accepts at most 16 MiB).
-const MAX_MANIFEST: u64 = 16 << 20;
 
 /// Entries in a directory.
 #[derive(Debug, Clone)]
@@ -41,6 +38,7 @@ impl DiskStore {
         fsutil::create_private_dir_all(root)?;
         real_dir(&tmp)?;
         real_dir(&root.join("v1"))?;
+        fsutil::remove_all_but_directories(&root.join("v1"))?;
         real_dir(&root.join("prefetch"))?;
         Ok(Self {
             root: root.to_path_buf(),
@@ -188,7 +186,7 @@ impl RemoteStore for DiskStore {
             return Ok(None);
         };
         let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut io::Read::take(file, MAX_MANIFEST), &mut bytes)
+        io::Read::read_to_end(&mut io::Read::take(file, MAX_MANIFEST as u64), &mut bytes)
             .map_err(local)?;
         Ok(Some(Bytes::from(bytes)))
     }

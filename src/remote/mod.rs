@@ -21,6 +21,10 @@ pub mod http;
 pub mod s3;
 pub mod tier;
 
+/// The largest prefetch manifest a store takes or gives back (a manifest of the most entries
+/// it keeps is a few MiB).
+pub const MAX_MANIFEST: usize = 16 << 20;
+
 /// The bytes of an entry as they arrive.
 pub type ByteStream = BoxStream<'static, Result<Bytes, RemoteError>>;
 

@@ -648,7 +648,10 @@ impl RemoteTier {
         let keys: Vec<ActionId> = keys
             .into_iter()
             .filter(|action| match self.claim(*action) {
-                Ok(claim) => claims.insert(*action, claim).is_none(),
+                Ok(claim) => {
+                    claims.insert(*action, claim);
+                    true
+                }
                 Err(_) => false,
             })
             .collect();

@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 use crate::config::ServeTimeouts;
 use crate::format;
 use crate::protocol::{ActionId, BuildKey};
-use crate::remote::{PutOutcome, RemoteStore, Upload, batch};
+use crate::remote::{MAX_MANIFEST, PutOutcome, RemoteStore, Upload, batch};
 
 mod body;
 pub mod connection;
@@ -56,8 +56,6 @@ use tokens::{Scope, Tokens};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long SIGTERM waits for requests in flight.
 pub const DRAIN: Duration = Duration::from_secs(30);
-/// The largest prefetch manifest accepted.
-pub const MAX_MANIFEST: usize = 16 << 20;
 /// Entries of one batch read from storage ahead of the one being sent.
 const BATCH_AHEAD: usize = 8;
 

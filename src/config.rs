@@ -375,18 +375,28 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
 pub struct ServeTimeouts {
     /// A request body that sends nothing for this long gets 408 and its connection is closed.
-    #[arg(long = "body-timeout", env = "GOREMOTECACHE_BODY_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long = "body-timeout", env = "GOREMOTECACHE_BODY_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_bound)]
     pub body: Duration,
 
     /// A client that reads nothing of an answer for this long is disconnected, and what the
     /// answer held (its connection, its --max-in-flight place) is freed.
-    #[arg(long = "write-timeout", env = "GOREMOTECACHE_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long = "write-timeout", env = "GOREMOTECACHE_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_bound)]
     pub write: Duration,
 
     /// A connection that sends no complete request headers for this long, new or idle after
     /// an answer, is closed.
-    #[arg(long = "idle-timeout", env = "GOREMOTECACHE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long = "idle-timeout", env = "GOREMOTECACHE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_bound)]
     pub idle: Duration,
+}
+
+/// A time bound: a duration such as `30s` or `500ms`, longer than zero (a zero bound would
+/// cut every connection at once).
+fn parse_bound(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than 0s".into()),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 /// `1048576`, `64KiB`, `256MiB`, `1GiB`.
@@ -796,6 +806,16 @@ mod tests {
             Config::from_options(&cli.options),
             Err(ConfigError::BadUrl(_))
         ));
+    }
+
+    #[test]
+    fn serve_time_bounds_must_be_longer_than_zero() {
+        assert_eq!(parse_bound("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_bound("0s").is_err());
+        assert!(parse_bound("soon").is_err());
+        let err =
+            Cli::try_parse_from(["goremotecache", "serve", "--write-timeout", "0s"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

@@ -677,8 +677,6 @@ pub enum ServeError {
     Storage(String),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("{0} must be longer than 0s")]
-    ZeroTimeout(&'static str),
     #[error("listening on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -692,15 +690,6 @@ pub fn serve(
     args: &crate::config::ServeArgs,
     s3: Option<crate::remote::s3::S3Config>,
 ) -> Result<(), ServeError> {
-    for (flag, value) in [
-        ("--body-timeout", args.timeouts.body),
-        ("--write-timeout", args.timeouts.write),
-        ("--idle-timeout", args.timeouts.idle),
-    ] {
-        if value.is_zero() {
-            return Err(ServeError::ZeroTimeout(flag));
-        }
-    }
     let tokens = load_tokens(args)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),

@@ -24,7 +24,10 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use std::ffi::CString;
+
+use rustix::fd::OwnedFd;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 /// Flags for opening a file inside a cache or storage directory: never through a symlink,
 /// never blocking on a FIFO.
@@ -275,25 +278,17 @@ pub fn check_private_dir(dir: &Path, what: &'static str, links: Links) -> Result
 /// the directories that hold the shard directories. Returns how many were removed. Reads the
 /// type from the directory listing, without a `stat` per entry where the file system gives it.
 pub fn remove_all_but_directories(dir: &Path) -> io::Result<usize> {
-    let fd = open_dir_no_follow(dir)?;
+    let (fd, entries) = list_no_follow(dir)?;
     let mut removed = 0;
-    for entry in rustix::fs::Dir::read_from(&fd)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
-        }
-        let kind = match entry.file_type() {
-            rustix::fs::FileType::Unknown => {
-                match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(stat) => rustix::fs::FileType::from_raw_mode(stat.st_mode),
-                    Err(_) => continue,
-                }
-            }
+    for (name, kind) in entries {
+        let kind = match kind {
+            FileType::Unknown => match rustix::fs::statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => FileType::from_raw_mode(stat.st_mode),
+                Err(_) => continue,
+            },
             kind => kind,
         };
-        if kind != rustix::fs::FileType::Directory
-            && rustix::fs::unlinkat(&fd, name, AtFlags::empty()).is_ok()
+        if kind != FileType::Directory && rustix::fs::unlinkat(&fd, &name, AtFlags::empty()).is_ok()
         {
             tracing::warn!(
                 "removed {}: not a directory (a symlink or a file) where a shard directory belongs",
@@ -305,37 +300,43 @@ pub fn remove_all_but_directories(dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
-/// Opens `dir` for listing, failing if it is a symlink.
-fn open_dir_no_follow(dir: &Path) -> io::Result<rustix::fd::OwnedFd> {
-    Ok(rustix::fs::open(
+/// The entries of `dir` but `.` and `..`, with their types as the listing gives them, and a
+/// handle on `dir` to work on them with: `dir` is opened without following a symlink, so
+/// whatever is done through the handle stays inside it.
+fn list_no_follow(dir: &Path) -> io::Result<(OwnedFd, Vec<(CString, FileType)>)> {
+    let fd = rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
-    )?)
+    )?;
+    let mut entries = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            entries.push((name.to_owned(), entry.file_type()));
+        }
+    }
+    Ok((fd, entries))
 }
 
 /// Removes the entries of `dir` last modified more than `age` ago, and returns how many.
 /// `dir` itself is opened without following a symlink, and nothing in it is followed: a
 /// symlink is removed as a link, and subdirectories are left alone.
 pub fn remove_older_than(dir: &Path, age: Duration) -> io::Result<usize> {
-    let fd = open_dir_no_follow(dir)?;
+    let (fd, entries) = list_no_follow(dir)?;
     let now = SystemTime::now();
     let mut removed = 0;
-    for entry in rustix::fs::Dir::read_from(&fd)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
-        }
-        let Ok(stat) = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
+    for (name, _) in entries {
+        let Ok(stat) = rustix::fs::statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW) else {
             continue;
         };
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory {
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
             continue;
         }
         let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(stat.st_mtime.max(0) as u64);
         let old = now.duration_since(modified).unwrap_or_default() > age;
-        if old && rustix::fs::unlinkat(&fd, name, AtFlags::empty()).is_ok() {
+        if old && rustix::fs::unlinkat(&fd, &name, AtFlags::empty()).is_ok() {
             removed += 1;
         }
     }

@@ -65,7 +65,12 @@ impl Server {
             .nth(1)
             .and_then(|rest| rest.split("://").nth(1))
             .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .unwrap_or_else(|| {
+                // Not left running behind a failed test.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no address in {line:?}")
+            })
             .trim_end_matches(':')
             .to_string();
         // Keep draining stderr so the server never blocks on it.

@@ -9,6 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::disk::{MARKER, is_marked};
+use crate::fsutil::ignore_absent;
 
 /// What clearing one directory did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,14 +91,6 @@ fn remove_tree(path: &Path, cleared: &mut Cleared) -> io::Result<()> {
     cleared.files += 1;
     cleared.bytes += meta.len();
     ignore_absent(fs::remove_file(path))
-}
-
-/// Another process may remove the same file first.
-fn ignore_absent(result: io::Result<()>) -> io::Result<()> {
-    match result {
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
 }
 
 #[cfg(test)]

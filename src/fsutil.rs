@@ -18,13 +18,12 @@
 //!   should be is a miss, never a blocking `open`: files are opened with `O_NONBLOCK`, and
 //!   checked with `fstat` before a byte is read.
 
+use std::ffi::CString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-
-use std::ffi::CString;
 
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -111,25 +110,22 @@ pub fn real_dir(dir: &Path) -> io::Result<()> {
                 "{} is not a directory (a symlink or a file); replacing it",
                 dir.display()
             );
-            fs::remove_file(dir).or_else(ignore_absent)?;
+            ignore_absent(fs::remove_file(dir))?;
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => return Err(err),
     }
-    match DirBuilder::new().mode(0o700).create(dir) {
+    let create = || match DirBuilder::new().mode(0o700).create(dir) {
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => real_dir_now(dir),
+        other => other,
+    };
+    match create() {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             // The parent is missing too (a cleared cache): create the chain, each checked.
             if let Some(parent) = dir.parent() {
                 real_dir(parent)?;
             }
-            DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .or_else(|err| match err.kind() {
-                    io::ErrorKind::AlreadyExists => real_dir_now(dir),
-                    _ => Err(err),
-                })
+            create()
         }
         other => other,
     }
@@ -147,11 +143,12 @@ fn real_dir_now(dir: &Path) -> io::Result<()> {
     }
 }
 
-fn ignore_absent(err: io::Error) -> io::Result<()> {
-    if err.kind() == io::ErrorKind::NotFound {
-        Ok(())
-    } else {
-        Err(err)
+/// A removal that found nothing to remove succeeded: another process may remove the same
+/// file first.
+pub(crate) fn ignore_absent(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
@@ -159,9 +156,9 @@ fn ignore_absent(err: io::Error) -> io::Result<()> {
 /// there: a directory tree in place of a file, say.
 pub fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).or_else(ignore_absent),
-        Ok(_) => fs::remove_file(path).or_else(ignore_absent),
-        Err(err) => ignore_absent(err),
+        Ok(meta) if meta.is_dir() => ignore_absent(fs::remove_dir_all(path)),
+        Ok(_) => ignore_absent(fs::remove_file(path)),
+        Err(err) => ignore_absent(Err(err)),
     }
 }
 

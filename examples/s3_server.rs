@@ -9,10 +9,10 @@
 //! seen by method as JSON, `reset` clears them; end of input stops it. Credentials:
 //! AWS_ACCESS_KEY_ID=AKIDGOREMOTECACHE, AWS_SECRET_ACCESS_KEY=test-secret-key-for-goremotecache.
 
-#[path = "../tests/support/proxy.rs"]
+#[path = "../tests/suite/support/proxy.rs"]
 #[allow(dead_code)]
 mod proxy;
-#[path = "../tests/support/s3.rs"]
+#[path = "../tests/suite/support/s3.rs"]
 #[allow(dead_code)]
 mod s3;
 

@@ -17,16 +17,26 @@
 //! - Only regular files are data. A FIFO, a device, a socket or a directory where a file
 //!   should be is a miss, never a blocking `open`: files are opened with `O_NONBLOCK`, and
 //!   checked with `fstat` before a byte is read.
+//!
+//! And the file work every directory of ours shares: files appear by an atomic rename of a
+//! complete temporary file ([`persist`]); a directory goremotecache creates is marked with a
+//! `CACHEDIR.TAG` ([`prepare_dir`], [`is_marked`]) so that `clear-local` empties nothing else;
+//! I/O errors are said in words a user acts on ([`explain_io`]).
 
 use std::ffi::CString;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io;
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use tempfile::NamedTempFile;
+
+/// How old a leftover temporary file must be before a start-up sweep removes it: younger ones
+/// may belong to a process that is still writing them.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
 /// Flags for opening a file inside a cache or storage directory: never through a symlink,
 /// never blocking on a FIFO.
@@ -338,6 +348,68 @@ pub fn remove_older_than(dir: &Path, age: Duration) -> io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// The file that marks a directory as created by goremotecache.
+pub const MARKER: &str = "CACHEDIR.TAG";
+const MARKER_TEXT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This directory is a cache created by goremotecache (a GOCACHEPROG program).\n\
+# `goremotecache clear-local` empties it. See https://bford.info/cachedir/\n";
+
+/// Renames a complete temporary file into place. Its shard directory is checked to be a real
+/// directory first (created if missing), so that nothing is written through a symlink; a
+/// directory where the file should be is removed.
+pub fn persist(file: NamedTempFile, path: &Path) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        real_dir(parent)?;
+    }
+    let file = match file.persist(path) {
+        Ok(_) => return Ok(()),
+        Err(err) if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) => err.file,
+        Err(err) => return Err(err.error),
+    };
+    remove_any(path)?;
+    file.persist(path).map(drop).map_err(|err| err.error)
+}
+
+/// Says what an I/O error means for the cache in words a user acts on: a full disk and a
+/// read-only file system are named as such.
+pub fn explain_io(err: &io::Error) -> String {
+    match err.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            format!("the disk is full ({err})")
+        }
+        io::ErrorKind::ReadOnlyFilesystem => format!("the file system is read-only ({err})"),
+        io::ErrorKind::PermissionDenied => format!("permission denied ({err})"),
+        _ => err.to_string(),
+    }
+}
+
+/// Creates `dir` if needed and marks it as goremotecache's when it is new or empty. A
+/// directory that already holds other files is used but not marked, so that `clear-local`
+/// will never empty it.
+pub fn prepare_dir(dir: &Path) -> io::Result<()> {
+    create_private_dir_all(dir)?;
+    let marker = dir.join(MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    if fs::read_dir(dir)?.next().is_some() {
+        tracing::debug!(dir = %dir.display(), "directory is not empty and has no {MARKER}: not marking it");
+        return Ok(());
+    }
+    let mut file = tempfile::Builder::new()
+        .prefix(".marker-")
+        .permissions(Permissions::from_mode(0o644))
+        .tempfile_in(dir)?;
+    file.write_all(MARKER_TEXT.as_bytes())?;
+    file.persist(&marker).map_err(|err| err.error)?;
+    Ok(())
+}
+
+/// Whether `dir` carries goremotecache's marker.
+pub fn is_marked(dir: &Path) -> bool {
+    fs::read_to_string(dir.join(MARKER)).is_ok_and(|text| text.contains("goremotecache"))
 }
 
 #[cfg(test)]

@@ -1,15 +1,21 @@
 //! goremotecache: a GOCACHEPROG program for the go command.
 //!
 //! The go command (1.24 and later) starts this program with `GOCACHEPROG=goremotecache` and
-//! asks it for build and test results over stdin/stdout. The pieces:
+//! asks it for build and test results over stdin/stdout. A request travels down through the
+//! rooms below, and no room imports one above it:
 //!
-//! - [`protocol`]: the wire format, parsed and decoded as a stream;
-//! - [`session`]: the reader, the concurrent handlers and the single writer;
-//! - [`cache`]: the tiered cache behind the session (the local disk for now);
-//! - [`disk`]: the local disk tier, the authority;
-//! - [`lock`]: per-key locks across tasks and processes;
-//! - [`fsutil`]: trusting directories, no-follow opens, the stale-file sweep;
-//! - [`stats`], [`config`], [`clear`], [`logging`]: what the command line needs.
+//! - [`cacheprog`]: what the go command talks to: the wire codec and the session (reader,
+//!   concurrent handlers, one writer), behind a `Handler` interface;
+//! - [`cache`]: the tiered cache that implements it: the local tier first, the remote tier
+//!   behind it (fetch once, write-behind uploads, prefetch and its manifests, statistics);
+//! - [`server`]: `goremotecache serve`, the HTTP cache server, on any store;
+//! - [`config`]: the command line, validated into one configuration per command;
+//! - [`local`]: the local disk tier, per-key locks, `clear-local`;
+//! - [`store`]: the `RemoteStore` contract, the entry format and the backends (S3, the HTTP
+//!   server, a directory, memory), with the wrappers that give every backend the same
+//!   behaviour (read-only, write-only, time bounds, retries, the circuit breaker);
+//! - [`ids`], [`fsutil`] and [`sync`] at the bottom: the 32-byte identifiers, trusted file
+//!   system operations, and locks that survive a panic; [`logging`] beside them.
 //!
 //! `main.rs` only parses, wires and maps errors to exit codes.
 
@@ -17,18 +23,12 @@
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
 pub mod cache;
-pub mod clear;
+pub mod cacheprog;
 pub mod config;
-pub mod disk;
-pub mod format;
 pub mod fsutil;
-pub mod health;
-pub mod lock;
+pub mod ids;
+pub mod local;
 pub mod logging;
-pub mod prefetch;
-pub mod protocol;
-pub mod remote;
 pub mod server;
-pub mod session;
-pub mod stats;
-pub mod uploader;
+pub mod store;
+pub mod sync;

@@ -9,8 +9,11 @@ use anyhow::Context;
 use clap::Parser;
 
 use goremotecache::cache::Cache;
+use goremotecache::cache::stats;
+use goremotecache::cacheprog::{session, wire};
 use goremotecache::config::{Cli, Command, Config};
-use goremotecache::{clear, fsutil, logging, protocol, session, stats};
+use goremotecache::local::clear;
+use goremotecache::{fsutil, logging, store};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -55,7 +58,7 @@ fn main() -> ExitCode {
             println!(
                 "goremotecache {} (GOCACHEPROG protocol commands: {})",
                 env!("CARGO_PKG_VERSION"),
-                protocol::KNOWN_COMMANDS.join(", ")
+                wire::KNOWN_COMMANDS.join(", ")
             );
             Ok(())
         }
@@ -74,7 +77,7 @@ fn serve_stdio(config: &Config) -> anyhow::Result<()> {
     // The go command waits for this line before it sends anything: it comes first.
     let mut stdout = std::io::stdout();
     stdout
-        .write_all(&protocol::handshake_line())
+        .write_all(&wire::handshake_line())
         .and_then(|()| stdout.flush())
         .context("writing the handshake")?;
     logging::init(config.debug);
@@ -121,7 +124,7 @@ fn clear_remote(config: &Config, yes: bool) -> anyhow::Result<()> {
         .remote
         .as_ref()
         .context("no remote store is configured: set --s3-bucket (and --s3-prefix)")?;
-    let store = goremotecache::remote::tier::open_store(remote)?;
+    let store = store::open_store(&remote.store, remote.mode, remote.timeout)?;
     if !yes {
         anyhow::bail!(
             "this deletes every entry under {}; run again with --yes to do it",

@@ -10,10 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use goremotecache::protocol::{
-    ActionId, Command, Incoming, OutputId, Request, RequestReader, encode_request,
-};
+use goremotecache::cacheprog::wire::{Command, Incoming, Request, RequestReader};
+use goremotecache::ids::{ActionId, OutputId};
 use sha2::{Digest, Sha256};
+
+#[path = "suite/support/encode.rs"]
+mod encode;
+use encode::encode_request;
 
 struct Counting;
 
@@ -129,7 +132,7 @@ fn a_40_mib_body_streams_in_little_memory() {
     PEAK.store(baseline, Ordering::SeqCst);
     let mut reader = RequestReader::new(BufReader::with_capacity(256 * 1024, wire));
     let mut make = || Ok(HashSink(Sha256::new(), 0));
-    let mut finish = |sink: HashSink, info: goremotecache::protocol::BodyInfo| {
+    let mut finish = |sink: HashSink, info: goremotecache::cacheprog::wire::BodyInfo| {
         assert_eq!(sink.1 as u64, info.size);
         Ok((OutputId(sink.0.finalize().into()), info))
     };

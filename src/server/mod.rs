@@ -38,9 +38,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::ServeTimeouts;
-use crate::format;
-use crate::protocol::{ActionId, BuildKey};
-use crate::remote::{MAX_MANIFEST, PutOutcome, RemoteStore, Upload, batch};
+use crate::ids::{ActionId, BuildKey};
+use crate::store::format;
+use crate::store::{MAX_MANIFEST, PutOutcome, RemoteStore, Upload, batch};
 
 mod body;
 pub mod connection;
@@ -688,7 +688,7 @@ pub enum ServeError {
 /// SIGTERM or Ctrl-C. SIGHUP reads the token file again.
 pub fn serve(
     args: &crate::config::ServeArgs,
-    s3: Option<crate::remote::s3::S3Config>,
+    s3: Option<crate::store::s3::S3Config>,
 ) -> Result<(), ServeError> {
     let tokens = load_tokens(args)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -710,7 +710,7 @@ pub fn serve(
             Option<tempfile::TempDir>,
         ) = match (&args.storage_dir, s3) {
             (Some(dir), _) => {
-                let store = crate::remote::disk_store::DiskStore::open(dir)
+                let store = crate::store::dir::DiskStore::open(dir)
                     .map_err(|err| ServeError::Storage(format!("{}: {err}", dir.display())))?;
                 if let Ok(n) = store.sweep(Duration::from_secs(3600))
                     && n > 0
@@ -721,7 +721,7 @@ pub fn serve(
                 (Arc::new(store), spool, None)
             }
             (None, Some(s3)) => {
-                let store = crate::remote::s3::S3Store::new(&s3)
+                let store = crate::store::s3::S3Store::new(&s3)
                     .map_err(|err| ServeError::Storage(err.to_string()))?;
                 let spool = tempfile::Builder::new()
                     .prefix("goremotecache-serve-")

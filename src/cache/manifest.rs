@@ -1,0 +1,537 @@
+//! Prefetch: what a build will ask for, learned from the last runs of the same build.
+//!
+//! At the end of a run, the action IDs of the entries that the go command used or stored (gets
+//! that hit, and puts, in the order it first asked) are merged into a manifest stored in the
+//! remote under a [`BuildKey`]. At the start
+//! of the next run with the same key, the remote tier ([`crate::cache::remote`]) fetches that
+//! manifest and pulls the listed entries into the local cache, many at once, so that the go
+//! command's gets find them on disk instead of paying one round trip each.
+//!
+//! The build key is derived, with no configuration, from what identifies "the same build":
+//! the working directory, the go command's arguments (read from the parent process on Linux),
+//! GOOS, GOARCH, GOFLAGS, the Go version and the CI job's identity; `--prefetch-key`
+//! replaces it. The branch is deliberately not part of it: jobs on different branches share
+//! a manifest, and merging keeps what each asked for (see [`Manifest::merge`]).
+//!
+//! A manifest is zstd-compressed text (see docs/prefetch.md):
+//!
+//! ```text
+//! goremotecache prefetch manifest v1
+//! # cwd=/home/runner/work/app/app        (what made the key, for people reading it)
+//! <actionid-hex> <size> <age>             (one line per entry, in prefetch order)
+//! ```
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use crate::ids::{ActionId, BuildKey};
+use crate::sync::lock;
+
+/// The first line of a manifest.
+const MAGIC: &str = "goremotecache prefetch manifest v1";
+/// An entry is kept for this many runs after the last run that asked for it: a job that
+/// alternates between a few branches keeps the entries of each.
+pub const MAX_AGE: u8 = 4;
+/// The most entries a manifest keeps (a few MiB of text at most).
+pub const MAX_ENTRIES: usize = 200_000;
+/// The largest decompressed manifest read.
+const MAX_TEXT: u64 = 64 << 20;
+
+/// CI variables that identify a job (not a run, not a branch), by CI system.
+const CI_JOB_VARIABLES: &[&str] = &[
+    // GitHub Actions
+    "GITHUB_REPOSITORY",
+    "GITHUB_WORKFLOW",
+    "GITHUB_JOB",
+    "RUNNER_OS",
+    "RUNNER_ARCH",
+    // GitLab CI
+    "CI_PROJECT_PATH",
+    "CI_JOB_NAME",
+    // Buildkite
+    "BUILDKITE_PIPELINE_SLUG",
+    "BUILDKITE_STEP_KEY",
+    "BUILDKITE_LABEL",
+    // CircleCI
+    "CIRCLE_PROJECT_USERNAME",
+    "CIRCLE_PROJECT_REPONAME",
+    "CIRCLE_JOB",
+];
+
+/// What a build key was made of, and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySource {
+    /// `(name, value)` pairs, in a fixed order.
+    pub parts: Vec<(String, String)>,
+}
+
+impl KeySource {
+    /// The key given with `--prefetch-key`.
+    pub fn explicit(text: &str) -> Self {
+        Self {
+            parts: vec![("prefetch-key".into(), text.into())],
+        }
+    }
+
+    /// The automatic key of this process: see the module documentation.
+    pub fn automatic() -> Self {
+        let env = |name: &str| std::env::var(name).unwrap_or_default();
+        let mut parts = vec![(
+            "cwd".to_string(),
+            std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+        )];
+        if let Some(args) = parent_args() {
+            parts.push(("args".into(), args));
+        }
+        for name in ["GOOS", "GOARCH", "GOFLAGS"] {
+            parts.push((name.into(), env(name)));
+        }
+        parts.push(("go".into(), go_version().unwrap_or_default()));
+        for name in CI_JOB_VARIABLES {
+            if let Ok(value) = std::env::var(name)
+                && !value.is_empty()
+            {
+                parts.push(((*name).into(), value));
+            }
+        }
+        Self { parts }
+    }
+
+    /// The key: the sha256 of the parts.
+    pub fn key(&self) -> BuildKey {
+        let mut hasher = Sha256::new();
+        hasher.update(b"goremotecache build key v1\n");
+        for (name, value) in &self.parts {
+            hasher.update(name.as_bytes());
+            hasher.update(b"=");
+            hasher.update(value.len().to_string().as_bytes());
+            hasher.update(b":");
+            hasher.update(value.as_bytes());
+            hasher.update(b"\n");
+        }
+        BuildKey(hasher.finalize().into())
+    }
+
+    /// One line: `cwd=/src args=build ./... GOOS= ...`.
+    pub fn describe(&self) -> String {
+        self.parts
+            .iter()
+            .map(|(name, value)| format!("{name}={}", one_line(value)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Flags of the go command that change what it prints, not what it builds: left out of the
+/// key, so that `go build -x ./...` prefetches what `go build ./...` asked for.
+const OUTPUT_FLAGS: &[&str] = &["-x", "-v", "-json", "-work"];
+
+/// The go command's process: the nearest ancestor that runs a `go` binary from a Go root
+/// (one with a `VERSION` file), so that a wrapper between the go command and this program
+/// (`time`, a shell script that runs it) does not change the key; else the parent. Linux only.
+fn go_process() -> Option<u32> {
+    let parent = std::os::unix::process::parent_id();
+    let mut pid = parent;
+    for _ in 0..4 {
+        if go_root_of(pid).is_some() {
+            return Some(pid);
+        }
+        pid = parent_of(pid)?;
+        if pid <= 1 {
+            break;
+        }
+    }
+    Some(parent)
+}
+
+/// The Go root of the `go` binary that `pid` runs, if it runs one.
+fn go_root_of(pid: u32) -> Option<std::path::PathBuf> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = exe.file_name()?.to_str()?;
+    if name != "go" && !name.starts_with("go1.") {
+        return None;
+    }
+    let root = exe.parent()?.parent()?;
+    root.join("VERSION").is_file().then(|| root.to_path_buf())
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The go command's arguments (Linux); `None` elsewhere.
+fn parent_args() -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{}/cmdline", go_process()?)).ok()?;
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    // The first is the go binary's path: its version is a part of its own.
+    Some(build_args(args.get(1..)?))
+}
+
+/// The arguments that say what is built, joined.
+fn build_args(args: &[String]) -> String {
+    args.iter()
+        .filter(|a| !a.is_empty() && !OUTPUT_FLAGS.contains(&a.as_str()))
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
+}
+
+/// The Go version: `VERSION` in the go command's Go root, or in GOROOT.
+fn go_version() -> Option<String> {
+    let from_go = go_process()
+        .and_then(go_root_of)
+        .map(|root| root.join("VERSION"));
+    let from_env = std::env::var_os("GOROOT").map(|root| Path::new(&root).join("VERSION"));
+    [from_go, from_env]
+        .into_iter()
+        .flatten()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| text.lines().next().map(str::to_string))
+}
+
+/// One line of a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub action: ActionId,
+    /// The output's size when it was last seen (0 if unknown), for the byte budget.
+    pub size: u64,
+    /// Runs since a run last asked for it (0: the run that wrote the manifest).
+    pub age: u8,
+}
+
+/// The entries a build asked for, most recent first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub entries: Vec<ManifestEntry>,
+    /// The stored form listed a key more than once (each is kept once here): write it again
+    /// at close even if the run changed nothing.
+    pub repaired: bool,
+}
+
+impl Manifest {
+    /// The manifest after a run that asked for `run` (in order; sizes as known): this run's
+    /// entries first, with age 0, in the order the go command asked for them; then the
+    /// previous manifest's other entries, one run older, in their order, until they are older
+    /// than [`MAX_AGE`]; at most [`MAX_ENTRIES`] in all.
+    pub fn merge(previous: Option<&Manifest>, run: &[(ActionId, u64)]) -> Manifest {
+        let mut seen = std::collections::HashSet::with_capacity(run.len());
+        let mut entries: Vec<ManifestEntry> = run
+            .iter()
+            .filter(|(action, _)| seen.insert(*action))
+            .map(|&(action, size)| ManifestEntry {
+                action,
+                size,
+                age: 0,
+            })
+            .collect();
+        if let Some(previous) = previous {
+            entries.extend(
+                previous
+                    .entries
+                    .iter()
+                    .filter(|e| e.age < MAX_AGE && seen.insert(e.action))
+                    .map(|e| ManifestEntry {
+                        age: e.age + 1,
+                        ..*e
+                    }),
+            );
+        }
+        entries.truncate(MAX_ENTRIES);
+        Manifest {
+            entries,
+            repaired: false,
+        }
+    }
+
+    /// Whether writing `self` (merged from `previous`) is not worth a request: the run asked
+    /// for exactly the previous manifest's entries, none of which is aging. The order the go
+    /// command asked in varies a little from run to run; that alone is not written.
+    pub fn same_as(&self, previous: Option<&Manifest>) -> bool {
+        let Some(previous) = previous.filter(|p| !p.repaired) else {
+            return false;
+        };
+        // Merging puts the previous entries this run did not ask for after, aged: none here.
+        previous.entries.len() == self.entries.len()
+            && self.entries.iter().all(|e| e.age == 0)
+            && previous.entries.iter().all(|e| e.age == 0)
+            && {
+                let before: std::collections::HashSet<_> =
+                    previous.entries.iter().map(|e| e.action).collect();
+                self.entries.iter().all(|e| before.contains(&e.action))
+            }
+    }
+
+    /// The stored form, with `source` as comments.
+    pub fn encode(&self, source: &KeySource) -> Vec<u8> {
+        let mut text = String::with_capacity(80 * (self.entries.len() + 8));
+        text.push_str(MAGIC);
+        text.push('\n');
+        for (name, value) in &source.parts {
+            text.push_str(&format!("# {name}={}\n", one_line(value)));
+        }
+        for entry in &self.entries {
+            text.push_str(&format!(
+                "{} {} {}\n",
+                entry.action.to_hex(),
+                entry.size,
+                entry.age
+            ));
+        }
+        zstd::bulk::compress(text.as_bytes(), 3).expect("compressing in memory")
+    }
+
+    /// Reads a stored manifest; anything malformed is an error (and the manifest is ignored).
+    /// A key listed twice is kept once, at its first place: a manifest is data, and prefetch
+    /// asks for each key once.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
+        let mut text = String::new();
+        zstd::stream::read::Decoder::new(bytes)
+            .map_err(|err| format!("not zstd: {err}"))?
+            .take(MAX_TEXT)
+            .read_to_string(&mut text)
+            .map_err(|err| format!("not a zstd-compressed text: {err}"))?;
+        let mut lines = text.lines();
+        if lines.next() != Some(MAGIC) {
+            return Err("not a goremotecache prefetch manifest (v1)".into());
+        }
+        let mut entries = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut repaired = false;
+        for line in lines.filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let mut fields = line.split(' ');
+            let parsed = (|| {
+                let action = ActionId::from_hex(fields.next()?)?;
+                let size = fields.next()?.parse().ok()?;
+                let age = fields.next()?.parse().ok()?;
+                fields
+                    .next()
+                    .is_none()
+                    .then_some(ManifestEntry { action, size, age })
+            })();
+            match parsed {
+                Some(entry) if !seen.insert(entry.action) => repaired = true,
+                Some(entry) if entries.len() < MAX_ENTRIES => entries.push(entry),
+                Some(_) => break,
+                None => return Err(format!("bad manifest line {line:?}")),
+            }
+        }
+        Ok(Manifest { entries, repaired })
+    }
+}
+
+/// The entries the go command used or stored in this run, in the order it first asked.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    inner: Mutex<Recorded>,
+}
+
+#[derive(Debug, Default)]
+struct Recorded {
+    order: Vec<(ActionId, u64)>,
+    index: HashMap<ActionId, usize>,
+}
+
+impl Recorder {
+    /// Notes a get or a put of `action`; `size` is the output's size when known (a hit or a
+    /// put), and a known size replaces an unknown one.
+    pub fn note(&self, action: ActionId, size: Option<u64>) {
+        let mut inner = lock(&self.inner);
+        let Recorded { order, index } = &mut *inner;
+        match index.get(&action) {
+            Some(&i) => {
+                if let Some(size) = size {
+                    order[i].1 = size;
+                }
+            }
+            None => {
+                index.insert(action, order.len());
+                order.push((action, size.unwrap_or(0)));
+            }
+        }
+    }
+
+    /// What was recorded, in order.
+    pub fn take(&self) -> Vec<(ActionId, u64)> {
+        let mut inner = lock(&self.inner);
+        inner.index.clear();
+        std::mem::take(&mut inner.order)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ActionId {
+        ActionId([n; 32])
+    }
+
+    fn actions(m: &Manifest) -> Vec<(u8, u8)> {
+        m.entries.iter().map(|e| (e.action.0[0], e.age)).collect()
+    }
+
+    #[test]
+    fn merge_puts_this_run_first_and_ages_the_rest() {
+        let first = Manifest::merge(None, &[(id(1), 10), (id(2), 20), (id(1), 10)]);
+        assert_eq!(actions(&first), vec![(1, 0), (2, 0)]);
+        // A run on another branch: 2 and 3.
+        let second = Manifest::merge(Some(&first), &[(id(3), 30), (id(2), 21)]);
+        assert_eq!(actions(&second), vec![(3, 0), (2, 0), (1, 1)]);
+        assert_eq!(second.entries[1].size, 21, "this run's size wins");
+        // Alternating branches keep both sets.
+        let third = Manifest::merge(Some(&second), &[(id(1), 10), (id(2), 20)]);
+        assert_eq!(actions(&third), vec![(1, 0), (2, 0), (3, 1)]);
+        // An entry nobody asks for any more goes after MAX_AGE more runs.
+        let mut m = Manifest::merge(None, &[(id(9), 1)]);
+        for run in 1..=MAX_AGE {
+            m = Manifest::merge(Some(&m), &[(id(1), 1)]);
+            assert_eq!(actions(&m), vec![(1, 0), (9, run)]);
+        }
+        m = Manifest::merge(Some(&m), &[(id(1), 1)]);
+        assert_eq!(actions(&m), vec![(1, 0)]);
+    }
+
+    #[test]
+    fn same_run_again_changes_nothing() {
+        let run = [(id(1), 10), (id(2), 20)];
+        let first = Manifest::merge(None, &run);
+        assert!(Manifest::merge(Some(&first), &run).same_as(Some(&first)));
+        assert!(!first.same_as(None));
+        let other = Manifest::merge(Some(&first), &[(id(2), 20)]);
+        assert!(!other.same_as(Some(&first)), "entry 1 must age");
+        let reordered = Manifest::merge(Some(&first), &[(id(2), 20), (id(1), 10)]);
+        assert!(
+            reordered.same_as(Some(&first)),
+            "an order change alone is not written"
+        );
+        let grown = Manifest::merge(Some(&first), &[(id(1), 10), (id(2), 20), (id(3), 1)]);
+        assert!(!grown.same_as(Some(&first)));
+        // Entries still aging out are written each run until they are gone.
+        let aging = Manifest::merge(Some(&other), &[(id(2), 20)]);
+        assert!(!aging.same_as(Some(&other)));
+    }
+
+    #[test]
+    fn encodes_and_decodes() {
+        let source = KeySource {
+            parts: vec![
+                ("cwd".into(), "/src/app".into()),
+                ("args".into(), "build\n./...".into()),
+            ],
+        };
+        let manifest = Manifest::merge(None, &[(id(1), 10), (id(200), u64::MAX)]);
+        let bytes = manifest.encode(&source);
+        assert_eq!(Manifest::decode(&bytes).unwrap(), manifest);
+        let mut text = String::new();
+        zstd::stream::read::Decoder::new(&bytes[..])
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert!(text.contains("# args=build ./...\n"), "{text}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_read_once() {
+        let text = format!(
+            "{MAGIC}\n{a} 5 0\n{b} 6 1\n{a} 7 2\n",
+            a = id(1).to_hex(),
+            b = id(2).to_hex()
+        );
+        let manifest =
+            Manifest::decode(&zstd::bulk::compress(text.as_bytes(), 1).unwrap()).unwrap();
+        assert_eq!(actions(&manifest), vec![(1, 0), (2, 1)]);
+        assert_eq!(manifest.entries[0].size, 5, "the first listing wins");
+        assert!(manifest.repaired);
+        // Even a run that asked for exactly those keys writes the manifest again.
+        let merged = Manifest::merge(Some(&manifest), &[(id(1), 5), (id(2), 6)]);
+        assert!(!merged.same_as(Some(&manifest)));
+        let clean = Manifest::decode(&merged.encode(&KeySource::explicit("x"))).unwrap();
+        assert!(!clean.repaired);
+        assert!(merged.same_as(Some(&clean)));
+    }
+
+    #[test]
+    fn damaged_manifests_are_refused() {
+        assert!(Manifest::decode(b"not zstd").is_err());
+        let wrong_magic = zstd::bulk::compress(b"something else\n", 1).unwrap();
+        assert!(Manifest::decode(&wrong_magic).is_err());
+        let bad_line = zstd::bulk::compress(format!("{MAGIC}\nabc 1 0\n").as_bytes(), 1).unwrap();
+        assert!(Manifest::decode(&bad_line).is_err());
+        let extra = format!("{MAGIC}\n{} 1 0 9\n", id(1).to_hex());
+        assert!(Manifest::decode(&zstd::bulk::compress(extra.as_bytes(), 1).unwrap()).is_err());
+    }
+
+    #[test]
+    fn keys_differ_by_every_part() {
+        let base = KeySource {
+            parts: vec![("cwd".into(), "/a".into()), ("args".into(), "b".into())],
+        };
+        let moved = KeySource {
+            parts: vec![("cwd".into(), "/a=".into()), ("args".into(), "b".into())],
+        };
+        assert_ne!(base.key(), moved.key());
+        assert_eq!(base.key(), base.clone().key());
+        assert_ne!(
+            KeySource::explicit("x").key(),
+            KeySource::explicit("y").key()
+        );
+        let auto = KeySource::automatic();
+        assert_eq!(auto.parts[0].0, "cwd");
+        assert!(auto.describe().contains("cwd="));
+    }
+
+    #[test]
+    fn output_flags_do_not_change_the_key() {
+        let args =
+            |list: &[&str]| build_args(&list.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        assert_eq!(args(&["build", "-x", "./..."]), args(&["build", "./..."]));
+        assert_eq!(
+            args(&["test", "-v", "-json", "./..."]),
+            args(&["test", "./..."])
+        );
+        assert_ne!(args(&["test", "./..."]), args(&["test", "-race", "./..."]));
+        assert_ne!(args(&["build", "./a", "b"]), args(&["build", "./a b"]));
+    }
+
+    #[test]
+    fn process_tree_is_read() {
+        let me = std::process::id();
+        assert_eq!(parent_of(me), Some(std::os::unix::process::parent_id()));
+        // The test binary is not a go command.
+        assert_eq!(go_root_of(me), None);
+    }
+
+    #[test]
+    fn recorder_keeps_first_order_and_known_sizes() {
+        let recorder = Recorder::default();
+        recorder.note(id(2), None);
+        recorder.note(id(1), Some(5));
+        recorder.note(id(2), Some(7));
+        recorder.note(id(1), None);
+        assert_eq!(recorder.take(), vec![(id(2), 7), (id(1), 5)]);
+        assert!(recorder.take().is_empty());
+    }
+}

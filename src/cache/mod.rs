@@ -1,0 +1,311 @@
+//! The cache that answers the go command: the local disk tier, the remote tier behind it
+//! (optional), per-key locks and the run's statistics. The session ([`crate::cacheprog::session`]) only
+//! sees the [`Handler`] interface.
+//!
+//! A get looks at the local disk first; a local miss asks the remote once, under the key's
+//! lock, so that concurrent gets of one key (in this process or in others sharing the lock
+//! directory) fetch it once. A put is stored on local disk and answered; its upload happens
+//! behind it.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cacheprog::session::Handler;
+use crate::cacheprog::wire::{BodyError, RequestError};
+use crate::config::Config;
+use crate::fsutil::{STALE_TEMP_AGE, explain_io};
+use crate::ids::{ActionId, OutputId};
+use crate::local::disk::{DiskCache, Entry, Spooled};
+use crate::local::lock::Locker;
+
+pub mod manifest;
+pub mod prefetch;
+pub mod remote;
+pub mod stats;
+pub mod upload;
+
+use remote::RemoteTier;
+use stats::Stats;
+use upload::Job;
+
+/// Why a request could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot {action} under {}: {}", dir.display(), explain_io(source))]
+    Io {
+        action: &'static str,
+        dir: PathBuf,
+        source: io::Error,
+    },
+    #[error("put without a body has OutputID {0}, which is not the sha256 of empty content")]
+    EmptyBodyMismatch(OutputId),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CacheError {
+    fn io(action: &'static str, dir: PathBuf, source: io::Error) -> Self {
+        CacheError::Io {
+            action,
+            dir,
+            source,
+        }
+    }
+}
+
+/// What the session needs to report at close.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// Print a summary on stderr.
+    pub stats: bool,
+    /// Write the figures as JSON here.
+    pub stats_file: Option<PathBuf>,
+}
+
+/// The tiered cache.
+#[derive(Debug)]
+pub struct Cache {
+    disk: DiskCache,
+    locks: Locker,
+    stats: Arc<Stats>,
+    report: ReportOptions,
+    remote: Option<Arc<RemoteTier>>,
+}
+
+impl Cache {
+    /// Opens the cache that `config` describes. Never fails: a cache directory that cannot be
+    /// created is said once on stderr, and then every get misses and every put fails with a
+    /// clear message, which is what the go command can act on. A remote store that cannot be
+    /// set up is said once too, and the cache works on local disk alone. Call it inside a
+    /// tokio runtime: the remote tier's upload workers start here.
+    pub fn open(config: &Config) -> Self {
+        let disk = DiskCache::at(&config.cache_dir).verifying_hits(config.verify_hits);
+        match disk.prepare() {
+            Ok(()) => {
+                let sweeper = disk.clone();
+                // Not on the request path: a killed process's leftovers can wait.
+                std::thread::spawn(move || {
+                    if let Ok(n) = sweeper.sweep_tmp(STALE_TEMP_AGE)
+                        && n > 0
+                    {
+                        tracing::debug!("removed {n} stale temporary files");
+                    }
+                });
+            }
+            Err(err) => tracing::warn!(
+                "{}",
+                CacheError::io("create the cache directory", disk.root().to_path_buf(), err)
+            ),
+        }
+        let stats = Arc::new(Stats::with_remote(config.remote.is_some()));
+        let remote = config.remote.as_ref().and_then(|remote| {
+            RemoteTier::start(remote, &disk, stats.clone())
+                .map_err(|err| {
+                    tracing::warn!("remote cache {err}; going on with the local cache only");
+                })
+                .ok()
+                .map(Arc::new)
+        });
+        if let Some(remote) = &remote {
+            remote.start_prefetch(&disk);
+        }
+        Self {
+            disk,
+            locks: Locker::new(config.lock_type, &config.lock_dir),
+            stats,
+            report: ReportOptions {
+                stats: config.stats,
+                stats_file: config.stats_file.clone(),
+            },
+            remote,
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn record_get(
+        &self,
+        action_id: &ActionId,
+        found: &Result<Option<Entry>, CacheError>,
+        start: Instant,
+    ) {
+        match found {
+            Ok(entry) => {
+                tracing::debug!(action = %action_id, hit = entry.is_some(), "get");
+                let size = entry.as_ref().map(|e| e.size);
+                self.stats.record_get(size, start.elapsed());
+                if let Some(remote) = &self.remote {
+                    remote.note_get(*action_id, size);
+                }
+            }
+            Err(err) => {
+                tracing::debug!(action = %action_id, "get failed: {err}");
+                self.stats.record_get_error(start.elapsed());
+            }
+        }
+    }
+
+    /// A get that missed locally: the remote is asked once, under the key's lock. Another
+    /// task or process may have fetched the key while this one waited for the lock, so the
+    /// disk is asked again first.
+    async fn get_through(&self, action_id: ActionId) -> Result<Option<Entry>, CacheError> {
+        let read_disk = || {
+            let disk = self.disk.clone();
+            blocking(move || {
+                disk.get(&action_id).map_err(|err| {
+                    CacheError::io("read an action entry", disk.root().to_path_buf(), err)
+                })
+            })
+        };
+        let Some(remote) = self.remote.as_ref().filter(|r| r.reads()) else {
+            return read_disk().await;
+        };
+        let _guard = self.locks.lock(&action_id.0).await;
+        if let Some(entry) = read_disk().await? {
+            return Ok(Some(entry));
+        }
+        Ok(remote.fetch(&self.disk, action_id).await)
+    }
+}
+
+/// What storing a put did.
+#[derive(Debug)]
+struct Stored {
+    path: PathBuf,
+    size: u64,
+    /// The output was on disk already.
+    already: bool,
+    time: SystemTime,
+}
+
+/// Stores a put's output, then its action entry (in that order, so that an entry never
+/// names a missing output).
+fn store(
+    disk: &DiskCache,
+    action: &ActionId,
+    output: OutputId,
+    body: Option<Spooled>,
+) -> Result<Stored, CacheError> {
+    let dir = || disk.root().to_path_buf();
+    let (size, stored) = match body {
+        Some(body) => (body.size, disk.store_output(body)),
+        None if output == OutputId::of(&[]) => (0, disk.store_empty_output()),
+        None => return Err(CacheError::EmptyBodyMismatch(output)),
+    };
+    let (path, already) = stored.map_err(|err| CacheError::io("store an output", dir(), err))?;
+    let time = SystemTime::now();
+    disk.write_entry(action, &output, size, time)
+        .map_err(|err| CacheError::io("store an action entry", dir(), err))?;
+    Ok(Stored {
+        path,
+        size,
+        already,
+        time,
+    })
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, CacheError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| CacheError::Internal(err.to_string()))?
+}
+
+impl Handler for Cache {
+    type Error = CacheError;
+
+    fn spool_file(&self) -> io::Result<tempfile::NamedTempFile> {
+        self.disk.spool_file()
+    }
+
+    fn get_now(&self, action_id: ActionId) -> Option<Result<Option<Entry>, CacheError>> {
+        // A local lookup is a few system calls; its answer is final unless it is a miss that
+        // the remote may fill, which needs waiting.
+        let start = Instant::now();
+        let found = self.disk.get(&action_id).map_err(|err| {
+            CacheError::io("read an action entry", self.disk.root().to_path_buf(), err)
+        });
+        if matches!(found, Ok(None)) && self.remote.as_ref().is_some_and(|r| r.reads()) {
+            return None;
+        }
+        self.record_get(&action_id, &found, start);
+        Some(found)
+    }
+
+    async fn get(&self, action_id: ActionId) -> Result<Option<Entry>, CacheError> {
+        let start = Instant::now();
+        let found = self.get_through(action_id).await;
+        self.record_get(&action_id, &found, start);
+        found
+    }
+
+    async fn put(
+        &self,
+        action_id: ActionId,
+        output_id: OutputId,
+        body: Option<Spooled>,
+    ) -> Result<PathBuf, CacheError> {
+        let start = Instant::now();
+        let _guard = self.locks.lock(&output_id.0).await;
+        let disk = self.disk.clone();
+        let stored = blocking(move || store(&disk, &action_id, output_id, body)).await;
+        match &stored {
+            Ok(stored) => {
+                tracing::debug!(
+                    action = %action_id,
+                    output = %output_id,
+                    size = stored.size,
+                    already = stored.already,
+                    "put"
+                );
+                self.stats
+                    .record_put(stored.size, stored.already, start.elapsed());
+                if let Some(remote) = &self.remote {
+                    remote.note_put(action_id, stored.size);
+                    remote.upload_later(Job {
+                        action: action_id,
+                        output: output_id,
+                        size: stored.size,
+                        time: stored.time,
+                        path: stored.path.clone(),
+                    });
+                }
+            }
+            Err(_) => self.stats.record_put_error(start.elapsed()),
+        }
+        stored.map(|stored| stored.path)
+    }
+
+    fn refused(&self, err: &RequestError) {
+        match err {
+            // The body could not be written locally: a failed put, not a bad request.
+            RequestError::BadBody {
+                reason: BodyError::Store(_),
+                ..
+            } => self.stats.record_put_error(Duration::ZERO),
+            _ => self.stats.record_bad_request(),
+        }
+    }
+
+    async fn close(&self) {
+        if let Some(remote) = &self.remote {
+            remote.finish().await;
+        }
+        let report = self.stats.report();
+        if self.report.stats {
+            eprint!("{report}");
+        }
+        if let Some(path) = &self.report.stats_file {
+            let json = serde_json::to_vec_pretty(&report).expect("the report serializes");
+            if let Err(err) = std::fs::write(path, json) {
+                tracing::warn!("cannot write stats file {}: {err}", path.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! Prefetch: at start, the manifest of this build ([`super::manifest`]) is fetched and its
+//! entries pulled into the local cache, many at once (one request per entry on S3, batches
+//! on the HTTP server); at close, what this run asked for is merged into the manifest and
+//! written back. Each entry goes through the remote tier's fetch-once registry
+//! ([`super::remote`]), so a get of a key being prefetched waits for that fetch, and a key
+//! prefetch has not started is fetched by the get itself.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use super::manifest::{KeySource, Manifest, Recorder};
+use super::remote::{Claim, EntryWriter, FetchError, Outcome, RemoteTier};
+use super::stats::{add, nanos};
+use crate::config::PrefetchConfig;
+use crate::ids::{ActionId, BuildKey};
+use crate::local::disk::{DiskCache, Entry};
+use crate::store::{ByteStream, RemoteError, batch};
+use crate::sync::lock;
+
+/// Prefetch state of one run.
+#[derive(Debug)]
+pub(super) struct Prefetch {
+    pub(super) config: PrefetchConfig,
+    pub(super) source: KeySource,
+    pub(super) key: BuildKey,
+    pub(super) recorder: Recorder,
+    /// The manifest found at start: `None` until the lookup ends.
+    pub(super) loaded: watch::Sender<Option<Option<Manifest>>>,
+    /// Entries that prefetch stored and the go command has not asked for yet.
+    pub(super) unused: Mutex<HashSet<ActionId>>,
+    /// The prefetch work, stopped at close.
+    pub(super) task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Prefetch {
+    /// Prefetch state for a run with these settings: the build key is worked out here.
+    pub(super) fn new(config: PrefetchConfig) -> Self {
+        let source = match &config.key {
+            Some(text) => KeySource::explicit(text),
+            None => KeySource::automatic(),
+        };
+        let key = source.key();
+        tracing::debug!(key = %key, "prefetch key from {}", source.describe());
+        Self {
+            config,
+            source,
+            key,
+            recorder: Recorder::default(),
+            loaded: watch::Sender::new(None),
+            unused: Mutex::new(HashSet::new()),
+            task: Mutex::new(None),
+        }
+    }
+}
+
+/// The entries of a prefetch that a batch request is fetching: claims by key.
+type Claims<'a> = HashMap<ActionId, Claim<'a>>;
+
+impl RemoteTier {
+    /// Starts prefetching for this run's build key, in the background. Call once, right
+    /// after the handshake.
+    pub fn start_prefetch(self: &Arc<Self>, disk: &DiskCache) {
+        let Some(prefetch) = &self.prefetch else {
+            return;
+        };
+        // The manifest lookup runs to its end even if the run ends first: the manifest
+        // written at close merges with it.
+        let tier = self.clone();
+        let lookup = tokio::spawn(async move { tier.load_manifest().await });
+        if !self.reads {
+            return;
+        }
+        let tier = self.clone();
+        let disk = disk.clone();
+        let work = tokio::spawn(async move {
+            if let Ok(Some(manifest)) = lookup.await {
+                tier.prefetch_entries(&disk, manifest).await;
+            }
+        });
+        *lock(&prefetch.task) = Some(work.abort_handle());
+    }
+
+    fn prefetch_state(&self) -> &Prefetch {
+        self.prefetch.as_ref().expect("prefetch is on")
+    }
+
+    /// Looks the manifest up; any failure is no manifest.
+    async fn load_manifest(&self) -> Option<Manifest> {
+        let prefetch = self.prefetch_state();
+        let found = self.store.get_manifest(&prefetch.key).await;
+        let manifest = match found {
+            Ok(Some(bytes)) => Manifest::decode(&bytes)
+                .inspect_err(|err| {
+                    tracing::warn!("the prefetch manifest {} is unusable: {err}", prefetch.key)
+                })
+                .ok(),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::debug!("looking up the prefetch manifest failed: {err}");
+                None
+            }
+        };
+        tracing::debug!(
+            key = %prefetch.key,
+            entries = manifest.as_ref().map(|m| m.entries.len()),
+            "prefetch manifest"
+        );
+        prefetch.loaded.send_replace(Some(manifest.clone()));
+        manifest
+    }
+
+    /// Pulls the manifest's entries into the local cache, within the budget, in its order.
+    async fn prefetch_entries(&self, disk: &DiskCache, manifest: Manifest) {
+        let start = Instant::now();
+        let prefetch = self.prefetch_state();
+        let stats = self.remote_stats();
+        add(&stats.prefetch_listed, manifest.entries.len() as u64);
+        let mut budget = prefetch.config.max_bytes;
+        let wanted: Vec<ActionId> = manifest
+            .entries
+            .iter()
+            .filter(|entry| entry.size <= self.max_entry_size)
+            .take(prefetch.config.max_entries)
+            .take_while(|entry| match budget.checked_sub(entry.size) {
+                Some(left) => {
+                    budget = left;
+                    true
+                }
+                None => false,
+            })
+            .map(|entry| entry.action)
+            .collect();
+        let wanted_len = wanted.len();
+        let local = disk.clone();
+        let Ok(todo) = tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .filter(|action| !local.has_entry(action))
+                .collect::<Vec<_>>()
+        })
+        .await
+        else {
+            return;
+        };
+        add(&stats.prefetch_local, (wanted_len - todo.len()) as u64);
+        let concurrency = prefetch.config.concurrency;
+        match self.store.batch_limit() {
+            0 => {
+                futures::stream::iter(todo)
+                    .for_each_concurrent(concurrency, |action| self.prefetch_one(disk, action))
+                    .await
+            }
+            limit => {
+                let batches: Vec<Vec<ActionId>> =
+                    todo.chunks(limit).map(<[ActionId]>::to_vec).collect();
+                futures::stream::iter(batches)
+                    .for_each_concurrent((concurrency / 8).max(1), |keys| {
+                        self.prefetch_batch(disk, keys)
+                    })
+                    .await
+            }
+        }
+        add(&stats.prefetch_nanos, nanos(start.elapsed()));
+    }
+
+    /// Notes that prefetch starts receiving `action`'s entry. It is counted as unused from
+    /// now, before it can appear on disk, so that a get that finds it there at once counts it
+    /// as used.
+    fn prefetch_begins(&self, action: ActionId) {
+        lock(&self.prefetch_state().unused).insert(action);
+    }
+
+    /// Counts an entry that prefetch stored, and ends its claim.
+    fn prefetched(&self, claim: Claim<'_>, entry: &Entry) {
+        let stats = self.remote_stats();
+        add(&stats.prefetch_fetched, 1);
+        add(&stats.prefetch_bytes, entry.size);
+        lock(&self.downloaded).insert(claim.action);
+        claim.end(Outcome::Found);
+    }
+
+    /// Counts and says a prefetch that failed, and ends its claim: a damaged entry is a miss
+    /// for the gets waiting on it; another failure lets them ask themselves.
+    fn prefetch_error(&self, claim: Claim<'_>, err: FetchError) {
+        add(&self.remote_stats().prefetch_errors, 1);
+        let outcome = match err {
+            FetchError::Corrupt(_) => Outcome::Missing,
+            _ => Outcome::Failed,
+        };
+        self.fetch_failed(claim.action, err);
+        self.prefetch_failed(claim, outcome);
+    }
+
+    /// Ends the claim of an entry that prefetch did not store.
+    fn prefetch_failed(&self, claim: Claim<'_>, outcome: Outcome) {
+        lock(&self.prefetch_state().unused).remove(&claim.action);
+        claim.end(outcome);
+    }
+
+    /// Prefetches one entry, unless it is being fetched or the remote is off.
+    async fn prefetch_one(&self, disk: &DiskCache, action: ActionId) {
+        if !self.store.usable() {
+            return;
+        }
+        let Ok(claim) = self.claim(action) else {
+            return;
+        };
+        if let Ok(Some(_)) = disk.get(&action) {
+            claim.end(Outcome::Found);
+            return;
+        }
+        let stats = self.remote_stats();
+        self.prefetch_begins(action);
+        match self.try_fetch(disk, action).await {
+            Ok(Some(entry)) => self.prefetched(claim, &entry),
+            Ok(None) => {
+                add(&stats.prefetch_missing, 1);
+                self.prefetch_failed(claim, Outcome::Missing);
+            }
+            Err(err) => self.prefetch_error(claim, err),
+        }
+    }
+
+    /// Prefetches up to a batch of entries in one request; those being fetched already are
+    /// left out.
+    async fn prefetch_batch(&self, disk: &DiskCache, keys: Vec<ActionId>) {
+        if !self.store.usable() {
+            return;
+        }
+        // Each key is asked once: a second copy of a key finds it claimed by the first.
+        let mut claims: Claims<'_> = HashMap::with_capacity(keys.len());
+        let keys: Vec<ActionId> = keys
+            .into_iter()
+            .filter(|action| match self.claim(*action) {
+                Ok(claim) => {
+                    claims.insert(*action, claim);
+                    true
+                }
+                Err(_) => false,
+            })
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let stats = self.remote_stats();
+        let mut stream = match self.store.get_batch(&keys).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                add(&stats.prefetch_errors, claims.len() as u64);
+                tracing::debug!("a prefetch batch of {} failed: {err}", keys.len());
+                return;
+            }
+        };
+        if let Err(err) = self.read_batch(disk, &mut stream, &mut claims).await {
+            tracing::debug!("a prefetch batch ended early: {err}");
+        }
+        // Keys the answer did not settle: failed (a get asks for them itself).
+        add(&stats.prefetch_errors, claims.len() as u64);
+    }
+
+    /// Reads a batch answer, storing each entry as it completes and settling its claim.
+    async fn read_batch<'a>(
+        &'a self,
+        disk: &DiskCache,
+        stream: &mut ByteStream,
+        claims: &mut Claims<'a>,
+    ) -> Result<(), RemoteError> {
+        let stats = self.remote_stats();
+        let protocol = |err: String| RemoteError::Other(format!("batch answer: {err}"));
+        let mut decoder = batch::Decoder::new();
+        let mut current: Option<(ActionId, EntryWriter)> = None;
+        while let Some(piece) = stream.next().await {
+            let piece = piece?;
+            add(&stats.bytes_down, piece.len() as u64);
+            decoder.push(&piece);
+            while let Some(event) = decoder.next_event().map_err(protocol)? {
+                match event {
+                    batch::Event::Start(action) => {
+                        if current.is_some() || !claims.contains_key(&action) {
+                            return Err(protocol(format!("unexpected entry {action}")));
+                        }
+                        let writer = EntryWriter::start(disk, action, self.max_entry_size)
+                            .map_err(|err| RemoteError::Other(format!("local: {err}")))?;
+                        self.prefetch_begins(action);
+                        current = Some((action, writer));
+                    }
+                    batch::Event::Data(bytes) => match &mut current {
+                        Some((_, writer)) => {
+                            writer.send(bytes).await;
+                        }
+                        None => return Err(protocol("data outside an entry".into())),
+                    },
+                    batch::Event::End => {
+                        let Some((action, writer)) = current.take() else {
+                            return Err(protocol("end outside an entry".into()));
+                        };
+                        let claim = claims.remove(&action).expect("checked at its start");
+                        match writer.finish().await {
+                            Ok(entry) => self.prefetched(claim, &entry),
+                            Err(err) => self.prefetch_error(claim, err),
+                        }
+                    }
+                    batch::Event::Missing(action) => {
+                        if let Some(claim) = claims.remove(&action) {
+                            add(&stats.prefetch_missing, 1);
+                            claim.end(Outcome::Missing);
+                        }
+                    }
+                    batch::Event::Failed(action, reason) => {
+                        if let Some((_, writer)) = current.take_if(|(a, _)| *a == action) {
+                            writer.abort().await;
+                        }
+                        if let Some(claim) = claims.remove(&action) {
+                            add(&stats.prefetch_errors, 1);
+                            tracing::debug!(action = %action, "prefetch: the server failed: {reason}");
+                            self.prefetch_failed(claim, Outcome::Failed);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((action, writer)) = current {
+            writer.abort().await;
+            lock(&self.prefetch_state().unused).remove(&action);
+        }
+        if !decoder.at_frame_boundary() {
+            return Err(RemoteError::Transient(
+                "the batch answer was cut off".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes this run's manifest: merged with the one found at start, unless nothing changed,
+    /// the run asked for nothing, or this run may not write.
+    pub(super) async fn write_manifest(&self) {
+        let Some(prefetch) = &self.prefetch else {
+            return;
+        };
+        let run = prefetch.recorder.take();
+        if run.is_empty() || !self.writes || !self.store.usable() {
+            return;
+        }
+        // The lookup started with the run; the store bounds it by the remote timeout.
+        let mut loaded = prefetch.loaded.subscribe();
+        let previous = match loaded.wait_for(Option::is_some).await {
+            Ok(found) => found.clone().flatten(),
+            Err(_) => None,
+        };
+        let manifest = Manifest::merge(previous.as_ref(), &run);
+        if manifest.same_as(previous.as_ref()) {
+            return;
+        }
+        let bytes = Bytes::from(manifest.encode(&prefetch.source));
+        match self.store.put_manifest(&prefetch.key, bytes).await {
+            Ok(()) => add(
+                &self.remote_stats().manifest_written,
+                manifest.entries.len() as u64,
+            ),
+            Err(err) => tracing::debug!("writing the prefetch manifest failed: {err}"),
+        }
+    }
+
+    /// Stops prefetch work at close and counts the entries it stored that nobody used (not
+    /// those cut off in flight).
+    pub(super) fn stop_prefetch(&self) {
+        let Some(prefetch) = &self.prefetch else {
+            return;
+        };
+        if let Some(task) = lock(&prefetch.task).take() {
+            task.abort();
+        }
+        let downloaded = lock(&self.downloaded);
+        let wasted = lock(&prefetch.unused)
+            .iter()
+            .filter(|action| downloaded.contains(action))
+            .count() as u64;
+        drop(downloaded);
+        self.remote_stats()
+            .prefetch_wasted
+            .store(wasted, std::sync::atomic::Ordering::Relaxed);
+    }
+}

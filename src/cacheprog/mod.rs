@@ -1,0 +1,6 @@
+//! What the go command talks to: the GOCACHEPROG wire codec ([`wire`]) and one session over
+//! stdin/stdout ([`session`]). Nothing here knows what serves the requests: the session calls
+//! a [`session::Handler`], which the tiered cache implements.
+
+pub mod session;
+pub mod wire;

@@ -1,0 +1,229 @@
+//! The circuit breaker: a build never fails or stalls because of the remote.
+//!
+//! An error that retrying cannot fix (access denied, no such bucket) switches the store off
+//! for the rest of the run at once; [`MAX_FAILURES`] transient failures in a row (timeouts,
+//! refused connections, 5xx) do too. Either way it is said once on stderr, and the build goes
+//! on from the local disk: a store that is off answers every request at once with
+//! [`RemoteError::SwitchedOff`], and says so in [`RemoteStore::usable`].
+//!
+//! [`Breaker`] is a wrapper, so the cache's code holds no failure counting of its own. It
+//! counts what the store answers about entries: a request that got an answer (a miss, or an
+//! entry read to its end or left by the reader) is a success; an error before or during the
+//! answer is a failure. Manifest requests are advisory (prefetch works without them): a
+//! store that is off refuses them too, but they are not counted. Put the breaker outside the
+//! time bounds and the retries, so that it sees a timed-out request as a failure and a put
+//! that succeeded on its second attempt as one success.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::Poll;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload};
+use crate::ids::{ActionId, BuildKey};
+
+/// Transient failures in a row that switch the remote off.
+pub const MAX_FAILURES: u32 = 3;
+
+/// Whether the remote tier is still worth asking.
+#[derive(Debug)]
+struct Health {
+    location: String,
+    failures: AtomicU32,
+    off: AtomicBool,
+}
+
+impl Health {
+    pub fn new(location: String) -> Self {
+        Self {
+            location,
+            failures: AtomicU32::new(0),
+            off: AtomicBool::new(false),
+        }
+    }
+
+    pub fn usable(&self) -> bool {
+        !self.off.load(Ordering::Relaxed)
+    }
+
+    /// A request that reached the store and got an answer (a miss counts).
+    pub fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    pub fn failure(&self, err: &RemoteError) {
+        if err.is_fatal() {
+            self.switch_off(&err.to_string());
+            return;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= MAX_FAILURES {
+            self.switch_off(&format!("{failures} failures in a row, the last: {err}"));
+        }
+    }
+
+    fn switch_off(&self, why: &str) {
+        if !self.off.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "remote cache {}: {why}; going on with the local cache only for the rest of this run",
+                self.location
+            );
+        }
+    }
+}
+
+/// A store behind a circuit breaker.
+#[derive(Debug)]
+pub struct Breaker<S> {
+    inner: S,
+    health: Arc<Health>,
+}
+
+impl<S: RemoteStore> Breaker<S> {
+    pub fn new(inner: S) -> Self {
+        let health = Arc::new(Health::new(inner.location()));
+        Self { inner, health }
+    }
+
+    /// Fails at once when the store is off.
+    fn check(&self) -> Result<(), RemoteError> {
+        match self.health.usable() {
+            true => Ok(()),
+            false => Err(RemoteError::SwitchedOff),
+        }
+    }
+
+    /// Counts the outcome of a request that has no body to follow.
+    fn count<T>(&self, outcome: Result<T, RemoteError>) -> Result<T, RemoteError> {
+        match &outcome {
+            Ok(_) => self.health.success(),
+            Err(err) => self.health.failure(err),
+        }
+        outcome
+    }
+}
+
+/// An answer's body, counted when it ends: an error in it is a failure; its end, or the
+/// reader leaving it (a damaged entry is thrown away, which is the reader's business), is a
+/// success.
+fn counted(stream: ByteStream, health: Arc<Health>) -> ByteStream {
+    struct Watch {
+        stream: ByteStream,
+        health: Arc<Health>,
+        counted: bool,
+    }
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            if !self.counted {
+                self.health.success();
+            }
+        }
+    }
+    let mut watch = Watch {
+        stream,
+        health,
+        counted: false,
+    };
+    futures::stream::poll_fn(move |cx| {
+        let piece = watch.stream.poll_next_unpin(cx);
+        match &piece {
+            Poll::Ready(Some(Err(err))) if !watch.counted => {
+                watch.counted = true;
+                watch.health.failure(err);
+            }
+            Poll::Ready(None) if !watch.counted => {
+                watch.counted = true;
+                watch.health.success();
+            }
+            _ => {}
+        }
+        piece
+    })
+    .boxed()
+}
+
+#[async_trait]
+impl<S: RemoteStore> RemoteStore for Breaker<S> {
+    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+        self.check()?;
+        match self.inner.get(action).await {
+            Ok(Some(stream)) => Ok(Some(counted(stream, self.health.clone()))),
+            other => self.count(other),
+        }
+    }
+
+    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
+        self.check()?;
+        let outcome = self.inner.put(action, entry).await;
+        self.count(outcome)
+    }
+
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
+        self.check()?;
+        let outcome = self.inner.head(action).await;
+        self.count(outcome)
+    }
+
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+        self.inner.clear(progress).await
+    }
+
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        self.check()?;
+        self.inner.get_manifest(key).await
+    }
+
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+        self.check()?;
+        self.inner.put_manifest(key, manifest).await
+    }
+
+    fn batch_limit(&self) -> usize {
+        self.inner.batch_limit()
+    }
+
+    async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
+        self.check()?;
+        match self.inner.get_batch(actions).await {
+            Ok(stream) => Ok(counted(stream, self.health.clone())),
+            Err(err) => self.count(Err(err)),
+        }
+    }
+
+    fn usable(&self) -> bool {
+        self.health.usable() && self.inner.usable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_transient_failures_in_a_row_switch_off() {
+        let health = Health::new("s3://b".into());
+        let transient = RemoteError::Transient("timeout".into());
+        health.failure(&transient);
+        health.failure(&transient);
+        health.success();
+        health.failure(&transient);
+        health.failure(&transient);
+        assert!(health.usable());
+        health.failure(&transient);
+        assert!(!health.usable());
+    }
+
+    #[test]
+    fn denied_switches_off_at_once() {
+        let health = Health::new("s3://b".into());
+        health.failure(&RemoteError::Denied("SignatureDoesNotMatch".into()));
+        assert!(!health.usable());
+    }
+}

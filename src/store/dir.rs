@@ -1,0 +1,270 @@
+//! A remote store on a local directory: the storage of `goremotecache serve --storage-dir`.
+//!
+//! Entries are files at `<dir>/v1/<xx>/<actionid-hex>`, in the entry format as uploaded. A put
+//! is written to `<dir>/tmp/`, verified (header, size, sha256), and only then renamed into
+//! place, without replacing an existing entry; so a server killed at any moment leaves
+//! nothing torn or unverified where a get could find it. Prefetch manifests are files at
+//! `<dir>/prefetch/<key-hex>`, replaced by renames.
+//!
+//! As in the local cache ([`crate::fsutil`]), nothing in the directory is followed through a
+//! symlink and only regular files are entries: a FIFO, a symlink or a directory where an entry
+//! should be is a miss (404 on GET and HEAD alike), never a blocked worker thread, and the
+//! next put replaces it. Directories the store writes into are checked to be directories.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use bytes::Bytes;
+
+use super::{ByteStream, MAX_MANIFEST, PutOutcome, RemoteError, RemoteStore, Upload};
+use crate::fsutil::{self, open_regular, real_dir, regular_len};
+use crate::ids::{ActionId, BuildKey};
+use crate::store::format;
+
+/// Entries in a directory.
+#[derive(Debug, Clone)]
+pub struct DiskStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl DiskStore {
+    /// Opens (creating) the store at `root`.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let tmp = root.join("tmp");
+        fsutil::create_private_dir_all(root)?;
+        real_dir(&tmp)?;
+        real_dir(&root.join("v1"))?;
+        fsutil::remove_all_but_directories(&root.join("v1"))?;
+        real_dir(&root.join("prefetch"))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            tmp,
+        })
+    }
+
+    fn path(&self, action: &ActionId) -> PathBuf {
+        let hex = action.to_hex();
+        self.root.join("v1").join(&hex[..2]).join(hex)
+    }
+
+    fn manifest_path(&self, key: &BuildKey) -> PathBuf {
+        self.root.join("prefetch").join(key.to_hex())
+    }
+
+    /// Where a put's bytes go before they are verified.
+    pub fn temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
+        real_dir(&self.tmp)?;
+        tempfile::Builder::new()
+            .prefix("put-")
+            .tempfile_in(&self.tmp)
+    }
+
+    /// Verifies a complete entry in `temp` and moves it into place unless an entry exists.
+    /// Blocking.
+    pub fn commit(
+        &self,
+        action: &ActionId,
+        temp: tempfile::NamedTempFile,
+    ) -> Result<PutOutcome, RemoteError> {
+        let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
+        let mut reader = BufReader::new(File::open(temp.path()).map_err(local)?);
+        format::read_entry(&mut reader, &mut io::sink())
+            .map_err(|err| RemoteError::Other(format!("rejected entry: {err}")))?;
+        let path = self.path(action);
+        if regular_len(&path).map_err(local)?.is_some() {
+            return Ok(PutOutcome::Exists);
+        }
+        if let Some(parent) = path.parent() {
+            real_dir(parent).map_err(local)?;
+        }
+        // Whatever is there is not an entry (a FIFO, a symlink, a directory): replaced.
+        fsutil::remove_any(&path).map_err(local)?;
+        // persist_noclobber: a concurrent put of the same key that got there first wins.
+        match temp.persist_noclobber(&path) {
+            Ok(_) => Ok(PutOutcome::Stored),
+            Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => Ok(PutOutcome::Exists),
+            Err(err) => Err(local(err.error)),
+        }
+    }
+
+    /// The size of the entry for `action`, if there is one.
+    pub fn size(&self, action: &ActionId) -> Option<u64> {
+        regular_len(&self.path(action)).ok().flatten()
+    }
+
+    /// Removes temporary files older than `age`, left by a killed server (younger ones may
+    /// belong to another server on the same directory). A `tmp/` that is a symlink is not
+    /// followed (an error).
+    pub fn sweep(&self, age: std::time::Duration) -> io::Result<usize> {
+        fsutil::remove_older_than(&self.tmp, age)
+    }
+}
+
+#[async_trait]
+impl RemoteStore for DiskStore {
+    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+        // A non-blocking open: a FIFO here must not hold a worker thread.
+        match open_regular(&self.path(action)) {
+            Ok(Some(file)) => Ok(Some(super::file_stream(file))),
+            Ok(None) => Ok(None),
+            Err(err) => Err(RemoteError::Other(format!("storage: {err}"))),
+        }
+    }
+
+    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
+        let store = self.clone();
+        let action = *action;
+        tokio::task::spawn_blocking(move || {
+            let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
+            let mut temp = store.temp_file().map_err(local)?;
+            {
+                let mut out = BufWriter::new(temp.as_file_mut());
+                match entry {
+                    Upload::Bytes(bytes) => out.write_all(&bytes).map_err(local)?,
+                    Upload::File { path, .. } => {
+                        let mut file = open_regular(&path).map_err(local)?.ok_or_else(|| {
+                            local(io::Error::other(format!(
+                                "{} is not a regular file",
+                                path.display()
+                            )))
+                        })?;
+                        io::copy(&mut file, &mut out).map_err(local)?;
+                    }
+                }
+                out.flush().map_err(local)?;
+            }
+            store.commit(&action, temp)
+        })
+        .await
+        .map_err(|err| RemoteError::Other(err.to_string()))?
+    }
+
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
+        Ok(self.size(action))
+    }
+
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+        let mut deleted = 0u64;
+        let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
+        let mut remove = |path: PathBuf| -> Result<(), RemoteError> {
+            fs::remove_file(path).map_err(local)?;
+            deleted += 1;
+            if deleted.is_multiple_of(1000) {
+                progress(deleted);
+            }
+            Ok(())
+        };
+        for shard in fs::read_dir(self.root.join("v1")).map_err(local)? {
+            let shard = shard.map_err(local)?;
+            // A shard that is not a real directory is removed itself, never followed.
+            if !shard.file_type().map_err(local)?.is_dir() {
+                remove(shard.path())?;
+                continue;
+            }
+            let shard = shard.path();
+            for entry in fs::read_dir(&shard).map_err(local)? {
+                remove(entry.map_err(local)?.path())?;
+            }
+        }
+        for manifest in fs::read_dir(self.root.join("prefetch")).map_err(local)? {
+            remove(manifest.map_err(local)?.path())?;
+        }
+        Ok(deleted)
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
+        let Some(file) = open_regular(&self.manifest_path(key)).map_err(local)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(file, MAX_MANIFEST as u64), &mut bytes)
+            .map_err(local)?;
+        Ok(Some(Bytes::from(bytes)))
+    }
+
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+        let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
+        let mut temp = self.temp_file().map_err(local)?;
+        temp.write_all(&manifest).map_err(local)?;
+        let path = self.manifest_path(key);
+        real_dir(&self.root.join("prefetch")).map_err(local)?;
+        // A rename replaces a file atomically; anything else in the way is removed first.
+        if regular_len(&path).map_err(local)?.is_none() {
+            fsutil::remove_any(&path).map_err(local)?;
+        }
+        temp.persist(path).map(drop).map_err(|err| local(err.error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::format::Header;
+    use bytes::Bytes;
+    use futures::StreamExt;
+    use std::time::SystemTime;
+
+    fn entry(body: &[u8]) -> Bytes {
+        let header = Header {
+            flags: 0,
+            output_id: crate::ids::OutputId::of(body),
+            size: body.len() as u64,
+            time: SystemTime::now(),
+        };
+        let mut out = Vec::new();
+        format::write_entry(&header, &mut &body[..], &mut out).unwrap();
+        Bytes::from(out)
+    }
+
+    #[tokio::test]
+    async fn stores_verified_entries_once_and_refuses_damaged_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        let key = ActionId([9; 32]);
+        assert!(store.get(&key).await.unwrap().is_none());
+        let good = entry(b"body");
+        assert_eq!(
+            store.put(&key, Upload::Bytes(good.clone())).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(
+            store
+                .put(&key, Upload::Bytes(entry(b"other")))
+                .await
+                .unwrap(),
+            PutOutcome::Exists
+        );
+        let got: Vec<Bytes> = store
+            .get(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        assert_eq!(got.concat(), good.to_vec());
+
+        let mut bad = good.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let other = ActionId([8; 32]);
+        assert!(
+            store
+                .put(&other, Upload::Bytes(Bytes::from(bad)))
+                .await
+                .is_err()
+        );
+        assert!(store.get(&other).await.unwrap().is_none());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(store.clear(&|_| {}).await.unwrap(), 1);
+    }
+}

@@ -1,0 +1,247 @@
+//! A store in memory, with faults on demand: for tests of the cache's logic (fetch once, a
+//! get joining a prefetch, the circuit breaker, batches) without a network or the go command,
+//! and as the reference that the conformance suite holds every real backend to.
+//!
+//! It keeps the contract of [`RemoteStore`] (conditional create, manifests replaced, batch
+//! framing) and counts the requests it gets. [`Faults`] changes its answers while set: every
+//! request fails with a given error, waits first, or serves bodies damaged, cut off, or
+//! stalled after their first piece.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, batch};
+use crate::ids::{ActionId, BuildKey};
+use crate::sync::lock;
+
+/// What the store does wrong, while set.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Every request fails with this error (the store's state is left alone).
+    pub error: Option<RemoteError>,
+    /// Every request waits this long before it is answered.
+    pub delay: Duration,
+    /// Bodies are served with one byte changed (in the entry's body, past its header).
+    pub damage: bool,
+    /// Bodies end with an error after their first piece.
+    pub cut: bool,
+    /// Bodies stop after their first piece and never go on.
+    pub stall: bool,
+}
+
+/// Requests the store was asked, by kind.
+#[derive(Debug, Default)]
+pub struct Requests {
+    pub gets: AtomicU64,
+    pub puts: AtomicU64,
+    pub heads: AtomicU64,
+    pub batches: AtomicU64,
+    pub manifest_gets: AtomicU64,
+    pub manifest_puts: AtomicU64,
+}
+
+impl Requests {
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::SeqCst)
+    }
+
+    pub fn puts(&self) -> u64 {
+        self.puts.load(Ordering::SeqCst)
+    }
+
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::SeqCst)
+    }
+}
+
+/// An in-memory store.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    entries: Mutex<HashMap<ActionId, Bytes>>,
+    manifests: Mutex<HashMap<BuildKey, Bytes>>,
+    faults: Mutex<Faults>,
+    batch_limit: usize,
+    pub requests: Requests,
+}
+
+/// The pieces a body is served in (so that readers meet more than one).
+const PIECE: usize = 1024;
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store that answers batch fetches of up to `limit` entries, as the HTTP server does.
+    pub fn with_batches(limit: usize) -> Self {
+        Self {
+            batch_limit: limit,
+            ..Self::default()
+        }
+    }
+
+    /// Changes what the store does wrong from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.faults) = faults;
+    }
+
+    /// Stores an entry as it is (tests put damaged ones this way).
+    pub fn insert(&self, action: ActionId, entry: impl Into<Bytes>) {
+        lock(&self.entries).insert(action, entry.into());
+    }
+
+    /// The stored entry for `action`.
+    pub fn entry(&self, action: &ActionId) -> Option<Bytes> {
+        lock(&self.entries).get(action).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits out the delay, then fails if an error is set.
+    async fn answer(&self) -> Result<Faults, RemoteError> {
+        let faults = lock(&self.faults).clone();
+        if !faults.delay.is_zero() {
+            tokio::time::sleep(faults.delay).await;
+        }
+        match faults.error.clone() {
+            Some(err) => Err(err),
+            None => Ok(faults),
+        }
+    }
+}
+
+/// An entry with its last byte changed (a body byte, past the header).
+fn damaged(entry: Bytes) -> Bytes {
+    let mut bytes = entry.to_vec();
+    if bytes.len() > super::format::HEADER_LEN {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+    }
+    Bytes::from(bytes)
+}
+
+/// An entry as a stream of pieces, with the faults applied.
+fn serve(entry: Bytes, faults: &Faults) -> ByteStream {
+    let bytes = if faults.damage { damaged(entry) } else { entry };
+    let mut pieces: Vec<Result<Bytes, RemoteError>> = bytes
+        .chunks(PIECE)
+        .map(|piece| Ok(Bytes::copy_from_slice(piece)))
+        .collect();
+    if faults.cut || faults.stall {
+        pieces.truncate(1);
+    }
+    if faults.cut {
+        pieces.push(Err(RemoteError::Transient("connection reset".into())));
+    }
+    let pieces = futures::stream::iter(pieces);
+    if faults.stall {
+        pieces.chain(futures::stream::pending()).boxed()
+    } else {
+        pieces.boxed()
+    }
+}
+
+#[async_trait]
+impl RemoteStore for MemoryStore {
+    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+        self.requests.gets.fetch_add(1, Ordering::SeqCst);
+        let faults = self.answer().await?;
+        Ok(self.entry(action).map(|entry| serve(entry, &faults)))
+    }
+
+    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
+        self.requests.puts.fetch_add(1, Ordering::SeqCst);
+        self.answer().await?;
+        let bytes = match entry {
+            Upload::Bytes(bytes) => bytes,
+            Upload::File { path, .. } => Bytes::from(
+                std::fs::read(&path).map_err(|err| RemoteError::Other(err.to_string()))?,
+            ),
+        };
+        let mut entries = lock(&self.entries);
+        if entries.contains_key(action) {
+            return Ok(PutOutcome::Exists);
+        }
+        entries.insert(*action, bytes);
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
+        self.requests.heads.fetch_add(1, Ordering::SeqCst);
+        self.answer().await?;
+        Ok(self.entry(action).map(|entry| entry.len() as u64))
+    }
+
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+        self.answer().await?;
+        let deleted = {
+            let mut entries = lock(&self.entries);
+            let mut manifests = lock(&self.manifests);
+            let deleted = (entries.len() + manifests.len()) as u64;
+            entries.clear();
+            manifests.clear();
+            deleted
+        };
+        progress(deleted);
+        Ok(deleted)
+    }
+
+    fn location(&self) -> String {
+        "memory".into()
+    }
+
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        self.requests.manifest_gets.fetch_add(1, Ordering::SeqCst);
+        self.answer().await?;
+        Ok(lock(&self.manifests).get(key).cloned())
+    }
+
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+        self.requests.manifest_puts.fetch_add(1, Ordering::SeqCst);
+        self.answer().await?;
+        lock(&self.manifests).insert(*key, manifest);
+        Ok(())
+    }
+
+    fn batch_limit(&self) -> usize {
+        self.batch_limit
+    }
+
+    async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
+        if self.batch_limit == 0 {
+            return Err(RemoteError::Other("this store has no batch fetch".into()));
+        }
+        self.requests.batches.fetch_add(1, Ordering::SeqCst);
+        let faults = self.answer().await?;
+        let mut answer = Vec::new();
+        for action in actions {
+            match self.entry(action) {
+                Some(entry) => {
+                    let entry = if faults.damage { damaged(entry) } else { entry };
+                    answer.extend_from_slice(&batch::start(action));
+                    answer.extend_from_slice(&batch::chunk_header(entry.len()));
+                    answer.extend_from_slice(&entry);
+                    answer.extend_from_slice(&batch::end());
+                }
+                None => answer.extend_from_slice(&batch::missing(action)),
+            }
+        }
+        let framing = Faults {
+            damage: false,
+            ..faults
+        };
+        Ok(serve(Bytes::from(answer), &framing))
+    }
+}

@@ -1,0 +1,321 @@
+//! The remote tier's contract: a [`RemoteStore`] holds one entry (see [`crate::store::format`]) per
+//! action ID, and every backend (S3 today, the HTTP cache server next) implements it. The
+//! cache never sees a backend's own types, only this trait and [`RemoteError`].
+//!
+//! Behaviour that does not depend on the backend is a wrapper around a store rather than a
+//! flag threaded through it: [`ReadOnly`] and [`WriteOnly`] here, the circuit breaker in
+//! [`crate::cache`].
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::ids::{ActionId, BuildKey};
+
+pub mod batch;
+pub mod breaker;
+pub mod dir;
+pub mod format;
+pub mod http;
+pub mod memory;
+pub mod retry;
+pub mod s3;
+pub mod timeout;
+
+use breaker::Breaker;
+use http::{HttpConfig, HttpStore};
+use retry::Retry;
+use s3::{S3Config, S3Store};
+use timeout::Timeout;
+
+/// The largest prefetch manifest a store takes or gives back (a manifest of the most entries
+/// it keeps is a few MiB).
+pub const MAX_MANIFEST: usize = 16 << 20;
+
+/// The bytes of an entry as they arrive.
+pub type ByteStream = BoxStream<'static, Result<Bytes, RemoteError>>;
+
+/// An encoded entry to upload.
+#[derive(Debug, Clone)]
+pub enum Upload {
+    /// Small entries travel in memory: one request, nothing to stream.
+    Bytes(Bytes),
+    /// Larger ones are streamed from a file, never held whole in memory.
+    File { path: PathBuf, len: u64 },
+}
+
+impl Upload {
+    pub fn len(&self) -> u64 {
+        match self {
+            Upload::Bytes(bytes) => bytes.len() as u64,
+            Upload::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The entry was stored.
+    Stored,
+    /// An entry for the key existed already; nothing was written.
+    Exists,
+    /// The store does not take writes (read-only mode).
+    Skipped,
+}
+
+/// Why a remote operation failed. A failure is never a failed build: the cache turns it into
+/// a miss or a dropped upload.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    /// Credentials are missing or wrong, or lack a permission: retrying will not help.
+    #[error("access denied: {0}")]
+    Denied(String),
+    /// The store is misconfigured (no such bucket, bad endpoint or region).
+    #[error("not usable: {0}")]
+    Config(String),
+    /// A timeout, a refused or reset connection, a 5xx or a throttling answer: may pass.
+    #[error("unavailable: {0}")]
+    Transient(String),
+    /// The circuit breaker switched the store off for this run ([`breaker`]).
+    #[error("switched off for the rest of this run")]
+    SwitchedOff,
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl RemoteError {
+    /// Whether the store should not be asked again during this run.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, RemoteError::Denied(_) | RemoteError::Config(_))
+    }
+}
+
+/// A remote store of entries. Contracts:
+///
+/// - `get` makes one request. `Ok(None)` means there is no entry; the stream yields the
+///   entry's bytes exactly as they were put, and an error in the middle of it means the bytes
+///   so far must be thrown away.
+/// - `put` creates the entry only if the key has none (conditional create), so entries are
+///   never replaced; a concurrent creator wins and the loser sees [`PutOutcome::Exists`]. The
+///   entry becomes visible whole or not at all.
+/// - `clear` deletes every entry and prefetch manifest under this store's prefix and nothing
+///   else.
+/// - Manifests ([`crate::cache::manifest`]) are small named objects beside the entries; unlike
+///   entries, a put replaces them (the last writer wins).
+/// - `get_batch`, where `batch_limit` is not 0, fetches up to that many entries in one
+///   request, answering in the [`batch`] framing.
+#[async_trait]
+pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
+    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError>;
+
+    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError>;
+
+    /// The size of the entry for `action`, if there is one, without fetching it.
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError>;
+
+    /// Deletes every entry, calling `progress` with the running count now and then.
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError>;
+
+    /// Where the entries are, for messages: `s3://bucket/prefix`.
+    fn location(&self) -> String;
+
+    /// The prefetch manifest stored under `key`, read whole; `None` if there is none.
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError>;
+
+    /// Stores the prefetch manifest under `key`, replacing the one there.
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError>;
+
+    /// How many entries one [`RemoteStore::get_batch`] may ask for; 0 when the store has no
+    /// batch fetch (then prefetch asks entry by entry, many at once).
+    fn batch_limit(&self) -> usize {
+        0
+    }
+
+    /// Fetches the entries for `actions` in one request: the answer's bytes in the [`batch`]
+    /// framing.
+    async fn get_batch(&self, _actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
+        Err(RemoteError::Other("this store has no batch fetch".into()))
+    }
+
+    /// Whether the store is worth asking now: `false` once the circuit breaker switched it
+    /// off, so that a local miss is answered at once.
+    fn usable(&self) -> bool {
+        true
+    }
+}
+
+/// Which backend, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    S3(S3Config),
+    Http(HttpConfig),
+}
+
+/// What the cache does with the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemoteMode {
+    ReadWrite,
+    ReadOnly,
+    WriteOnly,
+}
+
+/// The store that `config` names, as the cache uses it: every request bounded by `timeout`,
+/// uploads retried, behind the circuit breaker, and wrapped for its mode. No network or
+/// credential work happens here.
+pub fn open_store(
+    config: &StoreConfig,
+    mode: RemoteMode,
+    timeout: Duration,
+) -> Result<Arc<dyn RemoteStore>, RemoteError> {
+    match config {
+        StoreConfig::S3(s3) => Ok(wrap(S3Store::new(s3)?, mode, timeout)),
+        StoreConfig::Http(http) => Ok(wrap(HttpStore::new(http)?, mode, timeout)),
+    }
+}
+
+/// Wraps a backend as [`open_store`] does (tests wrap stores of their own).
+pub fn wrap<S: RemoteStore>(store: S, mode: RemoteMode, timeout: Duration) -> Arc<dyn RemoteStore> {
+    let store = Breaker::new(Retry(Timeout::new(store, timeout)));
+    match mode {
+        RemoteMode::ReadWrite => Arc::new(store),
+        RemoteMode::ReadOnly => Arc::new(ReadOnly(store)),
+        RemoteMode::WriteOnly => Arc::new(WriteOnly(store)),
+    }
+}
+
+/// The object key of an action's entry below a store's prefix. The `v1/` part names the
+/// entry format's version: a new format gets a new key prefix, so old and new never mix.
+pub fn entry_key(action: &ActionId) -> String {
+    format!("v1/{}", action.to_hex())
+}
+
+/// The object key of a prefetch manifest below a store's prefix, versioned like entries.
+pub fn manifest_key(key: &BuildKey) -> String {
+    format!("prefetch/v1/{}", key.to_hex())
+}
+
+/// Never uploads: for untrusted builds (pull requests from forks).
+#[derive(Debug)]
+pub struct ReadOnly<S>(pub S);
+
+#[async_trait]
+impl<S: RemoteStore> RemoteStore for ReadOnly<S> {
+    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+        self.0.get(action).await
+    }
+
+    async fn put(&self, _: &ActionId, _: Upload) -> Result<PutOutcome, RemoteError> {
+        Ok(PutOutcome::Skipped)
+    }
+
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
+        self.0.head(action).await
+    }
+
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+        self.0.clear(progress).await
+    }
+
+    fn location(&self) -> String {
+        self.0.location()
+    }
+
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        self.0.get_manifest(key).await
+    }
+
+    async fn put_manifest(&self, _: &BuildKey, _: Bytes) -> Result<(), RemoteError> {
+        Ok(())
+    }
+
+    fn batch_limit(&self) -> usize {
+        self.0.batch_limit()
+    }
+
+    async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
+        self.0.get_batch(actions).await
+    }
+
+    fn usable(&self) -> bool {
+        self.0.usable()
+    }
+}
+
+/// Never reads remote entries: to refill a cache that is suspected bad.
+#[derive(Debug)]
+pub struct WriteOnly<S>(pub S);
+
+#[async_trait]
+impl<S: RemoteStore> RemoteStore for WriteOnly<S> {
+    async fn get(&self, _: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+        Ok(None)
+    }
+
+    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
+        self.0.put(action, entry).await
+    }
+
+    async fn head(&self, _: &ActionId) -> Result<Option<u64>, RemoteError> {
+        Ok(None)
+    }
+
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+        self.0.clear(progress).await
+    }
+
+    fn location(&self) -> String {
+        self.0.location()
+    }
+
+    async fn get_manifest(&self, _: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        Ok(None)
+    }
+
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+        self.0.put_manifest(key, manifest).await
+    }
+
+    fn usable(&self) -> bool {
+        self.0.usable()
+    }
+}
+
+/// Streams a file in chunks read on a blocking thread (no whole file in memory).
+pub fn file_stream(file: std::fs::File) -> ByteStream {
+    use futures::StreamExt;
+    use std::io::Read;
+    const CHUNK: usize = 256 * 1024;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, RemoteError>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    let _ = tx.blocking_send(Err(RemoteError::Other(format!("reading: {err}"))));
+                    return;
+                }
+            }
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}

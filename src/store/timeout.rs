@@ -1,0 +1,110 @@
+//! Time bounds on a store's answers, whatever the backend: a build never waits longer than
+//! `--remote-timeout` for a store that has stopped answering.
+//!
+//! Each request must be answered within the bound, and each piece of an answer's body must
+//! follow the last within it: a large entry on a slow link may take longer in all, as long as
+//! it does not stall. An expired bound is a [`RemoteError::Transient`], which the circuit
+//! breaker counts. Uploads (`put`) are left to the backend's own per-request bound: their
+//! total is bounded by `--upload-wait` at close, and a large one may take long honestly.
+//! `clear` is a long listing by nature and is not bounded here either.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload};
+use crate::ids::{ActionId, BuildKey};
+
+/// A store whose answers must come within `bound`.
+#[derive(Debug)]
+pub struct Timeout<S> {
+    inner: S,
+    bound: Duration,
+}
+
+impl<S: RemoteStore> Timeout<S> {
+    pub fn new(inner: S, bound: Duration) -> Self {
+        Self { inner, bound }
+    }
+
+    /// Runs one request within the bound.
+    async fn within<T>(
+        &self,
+        request: impl Future<Output = Result<T, RemoteError>>,
+    ) -> Result<T, RemoteError> {
+        tokio::time::timeout(self.bound, request)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RemoteError::Transient(format!(
+                    "no answer for {}",
+                    humantime::format_duration(self.bound)
+                )))
+            })
+    }
+}
+
+/// An answer whose pieces must each come within `bound`; a stall ends it with an error.
+fn bounded(stream: ByteStream, bound: Duration) -> ByteStream {
+    futures::stream::unfold(Some(stream), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout(bound, stream.next()).await {
+            Ok(Some(piece)) => Some((piece, Some(stream))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(RemoteError::Transient(format!(
+                    "the answer stalled for {}",
+                    humantime::format_duration(bound)
+                ))),
+                None,
+            )),
+        }
+    })
+    .boxed()
+}
+
+#[async_trait]
+impl<S: RemoteStore> RemoteStore for Timeout<S> {
+    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+        let stream = self.within(self.inner.get(action)).await?;
+        Ok(stream.map(|stream| bounded(stream, self.bound)))
+    }
+
+    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
+        self.inner.put(action, entry).await
+    }
+
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
+        self.within(self.inner.head(action)).await
+    }
+
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+        self.inner.clear(progress).await
+    }
+
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        self.within(self.inner.get_manifest(key)).await
+    }
+
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+        self.within(self.inner.put_manifest(key, manifest)).await
+    }
+
+    fn batch_limit(&self) -> usize {
+        self.inner.batch_limit()
+    }
+
+    async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
+        let stream = self.within(self.inner.get_batch(actions)).await?;
+        Ok(bounded(stream, self.bound))
+    }
+
+    fn usable(&self) -> bool {
+        self.inner.usable()
+    }
+}

@@ -1,0 +1,19 @@
+//! Every integration test of goremotecache, in one test binary with a module per topic (one
+//! link instead of one per file). The tests drive the real binary, the real go command and
+//! real stores on loopback; `support` has what they share. The streaming codec's memory test
+//! is a binary of its own (tests/codec_stream.rs): it counts the allocations of its process.
+
+mod support;
+
+mod cli;
+mod codec;
+mod crash;
+mod disk_errors;
+mod go_e2e;
+mod hostile_disk;
+mod prefetch;
+mod s3_e2e;
+mod s3_protocol;
+mod serve;
+mod session;
+mod store_contract;

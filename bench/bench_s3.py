@@ -48,7 +48,7 @@ def parse_args():
 
 def build():
     progress("cargo build --release (binary and example s3_server)...")
-    for argv in (["cargo", "build", "--release"], ["cargo", "build", "--release", "--example", "s3_server"]):
+    for argv in (["cargo", "build", "--release"], ["cargo", "build", "--release", "--example", "s3_server", "--features", "s3-server-example"]):
         if subprocess.run(argv, cwd=bench.REPO_ROOT).returncode != 0:
             raise BenchError(f"{' '.join(argv)} failed")
     target = os.path.join(bench.REPO_ROOT, "target", "release")

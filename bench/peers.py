@@ -331,7 +331,7 @@ def main():
     parser = argparse.ArgumentParser(description="Install the peers and check each against the example S3 server.")
     parser.add_argument("--gobin", default=os.path.join(REPO_ROOT, "target", "peers", "bin"))
     parser.add_argument("--server", default=os.path.join(REPO_ROOT, "target", "release", "examples", "s3_server"),
-                        help="the built example (cargo build --release --example s3_server)")
+                        help="the built example (cargo build --release --example s3_server --features s3-server-example)")
     parser.add_argument("--only", nargs="*", choices=list(PEERS))
     args = parser.parse_args()
     paths = {}

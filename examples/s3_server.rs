@@ -2,7 +2,7 @@
 //! (checking SigV4 signatures, one bucket `gocache`), plus latency-adding TCP proxies in front
 //! of it.
 //!
-//!     cargo run --release --example s3_server -- 0 20
+//!     cargo run --release --example s3_server --features s3-server-example -- 0 20
 //!
 //! prints `endpoint <url>` for the server, then `proxy <ms> <url>` for each delay given (0 is
 //! the server itself), then `ready`. It reads commands on stdin: `counts` prints the requests

@@ -26,6 +26,7 @@ pub mod remote;
 pub mod stats;
 pub mod upload;
 
+use prefetch::Prefetcher;
 use remote::RemoteTier;
 use stats::Stats;
 use upload::Job;
@@ -72,6 +73,8 @@ pub struct Cache {
     stats: Arc<Stats>,
     report: ReportOptions,
     remote: Option<Arc<RemoteTier>>,
+    /// On when the remote tier is and `--prefetch` is not off.
+    prefetch: Option<Arc<Prefetcher>>,
 }
 
 impl Cache {
@@ -108,9 +111,12 @@ impl Cache {
                 .ok()
                 .map(Arc::new)
         });
-        if let Some(remote) = &remote {
-            remote.start_prefetch(&disk);
-        }
+        let prefetch = remote.as_ref().and_then(|remote| {
+            let config = config.remote.as_ref()?.prefetch.clone()?;
+            let prefetcher = Arc::new(Prefetcher::new(remote.clone(), config));
+            prefetcher.start(&disk);
+            Some(prefetcher)
+        });
         Self {
             disk,
             locks: Locker::new(config.lock_type, &config.lock_dir),
@@ -120,6 +126,7 @@ impl Cache {
                 stats_file: config.stats_file.clone(),
             },
             remote,
+            prefetch,
         }
     }
 
@@ -138,8 +145,8 @@ impl Cache {
                 tracing::debug!(action = %action_id, hit = entry.is_some(), "get");
                 let size = entry.as_ref().map(|e| e.size);
                 self.stats.record_get(size, start.elapsed());
-                if let Some(remote) = &self.remote {
-                    remote.note_get(*action_id, size);
+                if let Some(prefetch) = &self.prefetch {
+                    prefetch.note_get(*action_id, size);
                 }
             }
             Err(err) => {
@@ -266,8 +273,10 @@ impl Handler for Cache {
                 );
                 self.stats
                     .record_put(stored.size, stored.already, start.elapsed());
+                if let Some(prefetch) = &self.prefetch {
+                    prefetch.note_put(action_id, stored.size);
+                }
                 if let Some(remote) = &self.remote {
-                    remote.note_put(action_id, stored.size);
                     remote.upload_later(Job {
                         action: action_id,
                         output: output_id,
@@ -294,9 +303,18 @@ impl Handler for Cache {
     }
 
     async fn close(&self) {
-        if let Some(remote) = &self.remote {
-            remote.finish().await;
-        }
+        // Prefetch stops and writes its manifest while the uploads finish.
+        let uploads = async {
+            if let Some(remote) = &self.remote {
+                remote.finish().await;
+            }
+        };
+        let manifest = async {
+            if let Some(prefetch) = &self.prefetch {
+                prefetch.finish().await;
+            }
+        };
+        tokio::join!(uploads, manifest);
         let report = self.stats.report();
         if self.report.stats {
             eprint!("{report}");

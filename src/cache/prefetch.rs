@@ -22,31 +22,39 @@ use crate::local::disk::{DiskCache, Entry};
 use crate::store::{ByteStream, RemoteError, batch};
 use crate::sync::lock;
 
-/// Prefetch state of one run.
+/// Prefetch for one run, on the remote tier.
 #[derive(Debug)]
-pub(super) struct Prefetch {
-    pub(super) config: PrefetchConfig,
-    pub(super) source: KeySource,
-    pub(super) key: BuildKey,
-    pub(super) recorder: Recorder,
+pub struct Prefetcher {
+    tier: Arc<RemoteTier>,
+    config: PrefetchConfig,
+    source: KeySource,
+    key: BuildKey,
+    recorder: Recorder,
     /// The manifest found at start: `None` until the lookup ends.
-    pub(super) loaded: watch::Sender<Option<Option<Manifest>>>,
+    loaded: watch::Sender<Option<Option<Manifest>>>,
     /// Entries that prefetch stored and the go command has not asked for yet.
-    pub(super) unused: Mutex<HashSet<ActionId>>,
+    unused: Mutex<HashSet<ActionId>>,
     /// The prefetch work, stopped at close.
-    pub(super) task: Mutex<Option<tokio::task::AbortHandle>>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
-impl Prefetch {
-    /// Prefetch state for a run with these settings: the build key is worked out here.
-    pub(super) fn new(config: PrefetchConfig) -> Self {
+/// The entries of a prefetch that a batch request is fetching: claims by key.
+type Claims<'a> = HashMap<ActionId, Claim<'a>>;
+
+impl Prefetcher {
+    /// Prefetch on `tier` with these settings: the build key is worked out here.
+    pub fn new(tier: Arc<RemoteTier>, config: PrefetchConfig) -> Self {
         let source = match &config.key {
             Some(text) => KeySource::explicit(text),
             None => KeySource::automatic(),
         };
         let key = source.key();
         tracing::debug!(key = %key, "prefetch key from {}", source.describe());
+        tier.remote_stats()
+            .prefetch_on
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Self {
+            tier,
             config,
             source,
             key,
@@ -56,43 +64,56 @@ impl Prefetch {
             task: Mutex::new(None),
         }
     }
-}
 
-/// The entries of a prefetch that a batch request is fetching: claims by key.
-type Claims<'a> = HashMap<ActionId, Claim<'a>>;
-
-impl RemoteTier {
     /// Starts prefetching for this run's build key, in the background. Call once, right
     /// after the handshake.
-    pub fn start_prefetch(self: &Arc<Self>, disk: &DiskCache) {
-        let Some(prefetch) = &self.prefetch else {
-            return;
-        };
+    pub fn start(self: &Arc<Self>, disk: &DiskCache) {
         // The manifest lookup runs to its end even if the run ends first: the manifest
         // written at close merges with it.
-        let tier = self.clone();
-        let lookup = tokio::spawn(async move { tier.load_manifest().await });
-        if !self.reads {
+        let this = self.clone();
+        let lookup = tokio::spawn(async move { this.load_manifest().await });
+        if !self.tier.reads {
             return;
         }
-        let tier = self.clone();
+        let this = self.clone();
         let disk = disk.clone();
         let work = tokio::spawn(async move {
             if let Ok(Some(manifest)) = lookup.await {
-                tier.prefetch_entries(&disk, manifest).await;
+                this.prefetch_entries(&disk, manifest).await;
             }
         });
-        *lock(&prefetch.task) = Some(work.abort_handle());
+        *lock(&self.task) = Some(work.abort_handle());
     }
 
-    fn prefetch_state(&self) -> &Prefetch {
-        self.prefetch.as_ref().expect("prefetch is on")
+    /// Notes a get of the go command: a hit goes into the manifest, and may have used a
+    /// prefetched entry. A miss does not: if the go command then stores the output, its put
+    /// records it; if not (a test result that cannot be cached), no store will ever have it,
+    /// and prefetch would ask for it in vain on every run.
+    pub fn note_get(&self, action: ActionId, hit: Option<u64>) {
+        let Some(size) = hit else {
+            return;
+        };
+        self.recorder.note(action, Some(size));
+        if lock(&self.unused).remove(&action) {
+            add(&self.tier.remote_stats().prefetch_used, 1);
+        }
+    }
+
+    /// Notes a put of the go command (for the manifest).
+    pub fn note_put(&self, action: ActionId, size: u64) {
+        self.recorder.note(action, Some(size));
+    }
+
+    /// At the end of the run: stops prefetching and writes what this run asked for.
+    pub async fn finish(&self) {
+        self.stop();
+        self.write_manifest().await;
     }
 
     /// Looks the manifest up; any failure is no manifest.
     async fn load_manifest(&self) -> Option<Manifest> {
-        let prefetch = self.prefetch_state();
-        let found = self.store.get_manifest(&prefetch.key).await;
+        let prefetch = self;
+        let found = self.tier.store.get_manifest(&prefetch.key).await;
         let manifest = match found {
             Ok(Some(bytes)) => Manifest::decode(&bytes)
                 .inspect_err(|err| {
@@ -117,14 +138,14 @@ impl RemoteTier {
     /// Pulls the manifest's entries into the local cache, within the budget, in its order.
     async fn prefetch_entries(&self, disk: &DiskCache, manifest: Manifest) {
         let start = Instant::now();
-        let prefetch = self.prefetch_state();
-        let stats = self.remote_stats();
+        let prefetch = self;
+        let stats = self.tier.remote_stats();
         add(&stats.prefetch_listed, manifest.entries.len() as u64);
         let mut budget = prefetch.config.max_bytes;
         let wanted: Vec<ActionId> = manifest
             .entries
             .iter()
-            .filter(|entry| entry.size <= self.max_entry_size)
+            .filter(|entry| entry.size <= self.tier.max_entry_size)
             .take(prefetch.config.max_entries)
             .take_while(|entry| match budget.checked_sub(entry.size) {
                 Some(left) => {
@@ -149,7 +170,7 @@ impl RemoteTier {
         };
         add(&stats.prefetch_local, (wanted_len - todo.len()) as u64);
         let concurrency = prefetch.config.concurrency;
-        match self.store.batch_limit() {
+        match self.tier.store.batch_limit() {
             0 => {
                 futures::stream::iter(todo)
                     .for_each_concurrent(concurrency, |action| self.prefetch_one(disk, action))
@@ -172,51 +193,51 @@ impl RemoteTier {
     /// now, before it can appear on disk, so that a get that finds it there at once counts it
     /// as used.
     fn prefetch_begins(&self, action: ActionId) {
-        lock(&self.prefetch_state().unused).insert(action);
+        lock(&self.unused).insert(action);
     }
 
     /// Counts an entry that prefetch stored, and ends its claim.
     fn prefetched(&self, claim: Claim<'_>, entry: &Entry) {
-        let stats = self.remote_stats();
+        let stats = self.tier.remote_stats();
         add(&stats.prefetch_fetched, 1);
         add(&stats.prefetch_bytes, entry.size);
-        lock(&self.downloaded).insert(claim.action);
+        lock(&self.tier.downloaded).insert(claim.action);
         claim.end(Outcome::Found);
     }
 
     /// Counts and says a prefetch that failed, and ends its claim: a damaged entry is a miss
     /// for the gets waiting on it; another failure lets them ask themselves.
     fn prefetch_error(&self, claim: Claim<'_>, err: FetchError) {
-        add(&self.remote_stats().prefetch_errors, 1);
+        add(&self.tier.remote_stats().prefetch_errors, 1);
         let outcome = match err {
             FetchError::Corrupt(_) => Outcome::Missing,
             _ => Outcome::Failed,
         };
-        self.fetch_failed(claim.action, err);
+        self.tier.fetch_failed(claim.action, err);
         self.prefetch_failed(claim, outcome);
     }
 
     /// Ends the claim of an entry that prefetch did not store.
     fn prefetch_failed(&self, claim: Claim<'_>, outcome: Outcome) {
-        lock(&self.prefetch_state().unused).remove(&claim.action);
+        lock(&self.unused).remove(&claim.action);
         claim.end(outcome);
     }
 
     /// Prefetches one entry, unless it is being fetched or the remote is off.
     async fn prefetch_one(&self, disk: &DiskCache, action: ActionId) {
-        if !self.store.usable() {
+        if !self.tier.store.usable() {
             return;
         }
-        let Ok(claim) = self.claim(action) else {
+        let Ok(claim) = self.tier.claim(action) else {
             return;
         };
         if let Ok(Some(_)) = disk.get(&action) {
             claim.end(Outcome::Found);
             return;
         }
-        let stats = self.remote_stats();
+        let stats = self.tier.remote_stats();
         self.prefetch_begins(action);
-        match self.try_fetch(disk, action).await {
+        match self.tier.try_fetch(disk, action).await {
             Ok(Some(entry)) => self.prefetched(claim, &entry),
             Ok(None) => {
                 add(&stats.prefetch_missing, 1);
@@ -229,14 +250,14 @@ impl RemoteTier {
     /// Prefetches up to a batch of entries in one request; those being fetched already are
     /// left out.
     async fn prefetch_batch(&self, disk: &DiskCache, keys: Vec<ActionId>) {
-        if !self.store.usable() {
+        if !self.tier.store.usable() {
             return;
         }
         // Each key is asked once: a second copy of a key finds it claimed by the first.
         let mut claims: Claims<'_> = HashMap::with_capacity(keys.len());
         let keys: Vec<ActionId> = keys
             .into_iter()
-            .filter(|action| match self.claim(*action) {
+            .filter(|action| match self.tier.claim(*action) {
                 Ok(claim) => {
                     claims.insert(*action, claim);
                     true
@@ -247,8 +268,8 @@ impl RemoteTier {
         if keys.is_empty() {
             return;
         }
-        let stats = self.remote_stats();
-        let mut stream = match self.store.get_batch(&keys).await {
+        let stats = self.tier.remote_stats();
+        let mut stream = match self.tier.store.get_batch(&keys).await {
             Ok(stream) => stream,
             Err(err) => {
                 add(&stats.prefetch_errors, claims.len() as u64);
@@ -270,7 +291,7 @@ impl RemoteTier {
         stream: &mut ByteStream,
         claims: &mut Claims<'a>,
     ) -> Result<(), RemoteError> {
-        let stats = self.remote_stats();
+        let stats = self.tier.remote_stats();
         let protocol = |err: String| RemoteError::Other(format!("batch answer: {err}"));
         let mut decoder = batch::Decoder::new();
         let mut current: Option<(ActionId, EntryWriter)> = None;
@@ -284,7 +305,7 @@ impl RemoteTier {
                         if current.is_some() || !claims.contains_key(&action) {
                             return Err(protocol(format!("unexpected entry {action}")));
                         }
-                        let writer = EntryWriter::start(disk, action, self.max_entry_size)
+                        let writer = EntryWriter::start(disk, action, self.tier.max_entry_size)
                             .map_err(|err| RemoteError::Other(format!("local: {err}")))?;
                         self.prefetch_begins(action);
                         current = Some((action, writer));
@@ -326,7 +347,7 @@ impl RemoteTier {
         }
         if let Some((action, writer)) = current {
             writer.abort().await;
-            lock(&self.prefetch_state().unused).remove(&action);
+            lock(&self.unused).remove(&action);
         }
         if !decoder.at_frame_boundary() {
             return Err(RemoteError::Transient(
@@ -338,12 +359,10 @@ impl RemoteTier {
 
     /// Writes this run's manifest: merged with the one found at start, unless nothing changed,
     /// the run asked for nothing, or this run may not write.
-    pub(super) async fn write_manifest(&self) {
-        let Some(prefetch) = &self.prefetch else {
-            return;
-        };
+    async fn write_manifest(&self) {
+        let prefetch = self;
         let run = prefetch.recorder.take();
-        if run.is_empty() || !self.writes || !self.store.usable() {
+        if run.is_empty() || !self.tier.writes || !self.tier.store.usable() {
             return;
         }
         // The lookup started with the run; the store bounds it by the remote timeout.
@@ -357,9 +376,9 @@ impl RemoteTier {
             return;
         }
         let bytes = Bytes::from(manifest.encode(&prefetch.source));
-        match self.store.put_manifest(&prefetch.key, bytes).await {
+        match self.tier.store.put_manifest(&prefetch.key, bytes).await {
             Ok(()) => add(
-                &self.remote_stats().manifest_written,
+                &self.tier.remote_stats().manifest_written,
                 manifest.entries.len() as u64,
             ),
             Err(err) => tracing::debug!("writing the prefetch manifest failed: {err}"),
@@ -368,20 +387,18 @@ impl RemoteTier {
 
     /// Stops prefetch work at close and counts the entries it stored that nobody used (not
     /// those cut off in flight).
-    pub(super) fn stop_prefetch(&self) {
-        let Some(prefetch) = &self.prefetch else {
-            return;
-        };
-        if let Some(task) = lock(&prefetch.task).take() {
+    fn stop(&self) {
+        if let Some(task) = lock(&self.task).take() {
             task.abort();
         }
-        let downloaded = lock(&self.downloaded);
-        let wasted = lock(&prefetch.unused)
+        let downloaded = lock(&self.tier.downloaded);
+        let wasted = lock(&self.unused)
             .iter()
             .filter(|action| downloaded.contains(action))
             .count() as u64;
         drop(downloaded);
-        self.remote_stats()
+        self.tier
+            .remote_stats()
             .prefetch_wasted
             .store(wasted, std::sync::atomic::Ordering::Relaxed);
     }

@@ -24,7 +24,6 @@ use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use super::prefetch::Prefetch;
 use super::stats::{RemoteStats, Stats, add, nanos};
 use super::upload::{Job, Uploader};
 use crate::config::RemoteConfig;
@@ -50,7 +49,6 @@ pub struct RemoteTier {
     damaged: Mutex<HashSet<ActionId>>,
     /// Fetches running now, by key, with what they found once they end.
     in_flight: Mutex<HashMap<ActionId, watch::Receiver<Outcome>>>,
-    pub(super) prefetch: Option<Prefetch>,
     upload_wait: Duration,
     /// The largest decoded entry taken (`--max-entry-size`).
     pub(super) max_entry_size: u64,
@@ -128,13 +126,6 @@ impl RemoteTier {
             config.upload_queue,
         );
         let reads = config.mode != RemoteMode::WriteOnly;
-        if let Some(remote) = &stats.remote {
-            remote.prefetch_on.store(
-                config.prefetch.is_some(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
-        let prefetch = config.prefetch.clone().map(Prefetch::new);
         Self {
             store,
             uploader,
@@ -143,7 +134,6 @@ impl RemoteTier {
             downloaded: Mutex::new(HashSet::new()),
             damaged: Mutex::new(HashSet::new()),
             in_flight: Mutex::new(HashMap::new()),
-            prefetch,
             upload_wait: config.upload_wait,
             max_entry_size: config.max_entry_size,
             stats,
@@ -332,35 +322,9 @@ impl RemoteTier {
         self.uploader.enqueue(job);
     }
 
-    /// At the end of the run: stops prefetching, records what this run asked for, and gives
-    /// pending uploads their time.
+    /// At the end of the run: gives pending uploads their time.
     pub async fn finish(&self) {
-        self.stop_prefetch();
-        tokio::join!(
-            self.uploader.finish(self.upload_wait),
-            self.write_manifest()
-        );
-    }
-
-    /// Notes a get of the go command: a hit goes into the manifest, and may have used a
-    /// prefetched entry. A miss does not: if the go command then stores the output, its put
-    /// records it; if not (a test result that cannot be cached), no store will ever have it,
-    /// and prefetch would ask for it in vain on every run.
-    pub fn note_get(&self, action: ActionId, hit: Option<u64>) {
-        let (Some(prefetch), Some(size)) = (&self.prefetch, hit) else {
-            return;
-        };
-        prefetch.recorder.note(action, Some(size));
-        if lock(&prefetch.unused).remove(&action) {
-            add(&self.remote_stats().prefetch_used, 1);
-        }
-    }
-
-    /// Notes a put of the go command (for the manifest).
-    pub fn note_put(&self, action: ActionId, size: u64) {
-        if let Some(prefetch) = &self.prefetch {
-            prefetch.recorder.note(action, Some(size));
-        }
+        self.uploader.finish(self.upload_wait).await;
     }
 }
 

@@ -247,7 +247,7 @@ pub fn s3_args(endpoint: &str, prefix: &str) -> Vec<String> {
 }
 
 /// The goremotecache options for `bucket` in an S3 store at `endpoint`. Prefetch is off, so
-/// that requests can be counted one per get (tests/prefetch.rs turns it on with
+/// that requests can be counted one per get (tests/suite/prefetch.rs turns it on with
 /// [`with_prefetch`]).
 pub fn bucket_args(bucket: &str, endpoint: &str, prefix: &str) -> Vec<String> {
     [

@@ -177,7 +177,9 @@ fn http_store(url: &str, token: Option<&str>) -> HttpStore {
         token: token.map(str::to_string),
         ca_file: None,
         connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(10),
+        // The server verifies a 19 MiB entry twice before it answers (spool, then store):
+        // slow in a debug build on a busy machine.
+        request_timeout: Duration::from_secs(60),
     })
     .unwrap()
 }

@@ -26,6 +26,9 @@ pub mod remote;
 pub mod stats;
 pub mod upload;
 
+#[cfg(test)]
+mod tests;
+
 use prefetch::Prefetcher;
 use remote::RemoteTier;
 use stats::Stats;

@@ -220,6 +220,120 @@ mod tests {
         assert!(!health.usable());
     }
 
+    use crate::store::memory::{Faults, MemoryStore};
+
+    fn breaker() -> Breaker<MemoryStore> {
+        let store = Breaker::new(MemoryStore::new());
+        store.inner.insert(ActionId([1; 32]), vec![3u8; 5000]);
+        store
+    }
+
+    fn fault(store: &Breaker<MemoryStore>, faults: Faults) {
+        store.inner.set_faults(faults);
+    }
+
+    fn transient() -> Faults {
+        Faults {
+            error: Some(RemoteError::Transient("503".into())),
+            ..Faults::default()
+        }
+    }
+
+    /// Reads a body to its end; whether it ended well.
+    async fn read(store: &Breaker<MemoryStore>) -> Result<(), RemoteError> {
+        let stream = store.get(&ActionId([1; 32])).await?.expect("an entry");
+        futures::TryStreamExt::try_collect::<Vec<Bytes>>(stream)
+            .await
+            .map(drop)
+    }
+
+    #[tokio::test]
+    async fn failed_requests_switch_the_store_off_and_it_answers_without_asking() {
+        let store = breaker();
+        fault(&store, transient());
+        for _ in 0..MAX_FAILURES {
+            assert!(store.usable());
+            assert!(store.get(&ActionId([1; 32])).await.is_err());
+        }
+        assert!(!store.usable());
+        fault(&store, Faults::default());
+        let asked = store.inner.requests.gets();
+        let err = store.get(&ActionId([1; 32])).await.err().unwrap();
+        assert!(matches!(err, RemoteError::SwitchedOff), "{err:?}");
+        let err = store
+            .put(&ActionId([2; 32]), Upload::Bytes(Bytes::from_static(b"x")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RemoteError::SwitchedOff), "{err:?}");
+        assert!(store.get_manifest(&BuildKey([1; 32])).await.is_err());
+        assert_eq!(store.inner.requests.gets(), asked, "no request once off");
+        assert_eq!(store.inner.requests.puts(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_denied_request_switches_off_at_once() {
+        let store = breaker();
+        fault(
+            &store,
+            Faults {
+                error: Some(RemoteError::Denied("403".into())),
+                ..Faults::default()
+            },
+        );
+        assert!(store.head(&ActionId([1; 32])).await.is_err());
+        assert!(!store.usable());
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_midway_is_a_failure_and_one_read_to_its_end_a_success() {
+        let store = breaker();
+        let cut = Faults {
+            cut: true,
+            ..Faults::default()
+        };
+        // Two cut bodies, then a whole one: the count starts again.
+        fault(&store, cut.clone());
+        for _ in 0..MAX_FAILURES - 1 {
+            assert!(read(&store).await.is_err());
+        }
+        fault(&store, Faults::default());
+        read(&store).await.unwrap();
+        fault(&store, cut.clone());
+        for _ in 0..MAX_FAILURES - 1 {
+            assert!(read(&store).await.is_err());
+        }
+        assert!(store.usable(), "the whole body reset the count");
+        // A body left by its reader is a success too (the entry was damaged, say).
+        fault(&store, Faults::default());
+        drop(store.get(&ActionId([1; 32])).await.unwrap());
+        fault(&store, cut);
+        for _ in 0..MAX_FAILURES - 1 {
+            assert!(read(&store).await.is_err());
+        }
+        assert!(store.usable());
+        assert!(read(&store).await.is_err());
+        assert!(!store.usable(), "three cut bodies in a row switch off");
+    }
+
+    #[tokio::test]
+    async fn a_miss_is_a_success_and_manifests_are_not_counted() {
+        let store = breaker();
+        fault(&store, transient());
+        for _ in 0..MAX_FAILURES - 1 {
+            assert!(store.get(&ActionId([1; 32])).await.is_err());
+        }
+        fault(&store, Faults::default());
+        assert!(store.get(&ActionId([9; 32])).await.unwrap().is_none());
+        fault(&store, transient());
+        for _ in 0..MAX_FAILURES - 1 {
+            assert!(store.get(&ActionId([1; 32])).await.is_err());
+        }
+        for _ in 0..MAX_FAILURES + 1 {
+            assert!(store.get_manifest(&BuildKey([1; 32])).await.is_err());
+        }
+        assert!(store.usable());
+    }
+
     #[test]
     fn denied_switches_off_at_once() {
         let health = Health::new("s3://b".into());

@@ -177,7 +177,12 @@ impl RemoteStore for HttpStore {
     async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
         let response = self.send(reqwest::Method::HEAD, action).await?;
         match response.status() {
-            StatusCode::OK => Ok(response.content_length()),
+            // From the header: `content_length()` is the size of the body received, and the
+            // answer to a HEAD has none.
+            StatusCode::OK => Ok(response
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok()?.parse().ok())),
             StatusCode::NOT_FOUND => Ok(None),
             status => Err(status_error(status, "")),
         }

@@ -245,3 +245,203 @@ impl RemoteStore for MemoryStore {
         Ok(serve(Bytes::from(answer), &framing))
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU32;
+
+    use futures::TryStreamExt;
+
+    use super::*;
+
+    /// A handle on a shared [`MemoryStore`], so that a test keeps it (its counters, its
+    /// faults) while wrappers own the handle. The first `failing_puts` puts reach the store
+    /// with a transient error set, so that the store counts them.
+    #[derive(Debug)]
+    pub(crate) struct Shared {
+        pub(crate) store: Arc<MemoryStore>,
+        pub(crate) failing_puts: AtomicU32,
+    }
+
+    impl Shared {
+        pub(crate) fn new(store: &Arc<MemoryStore>) -> Self {
+            Self {
+                store: store.clone(),
+                failing_puts: AtomicU32::new(0),
+            }
+        }
+
+        /// The next `n` puts fail with a transient error.
+        pub(crate) fn failing_puts(store: &Arc<MemoryStore>, n: u32) -> Self {
+            Self {
+                store: store.clone(),
+                failing_puts: AtomicU32::new(n),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl RemoteStore for Shared {
+        async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+            self.store.get(action).await
+        }
+
+        async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
+            let fail = self
+                .failing_puts
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !fail {
+                return self.store.put(action, entry).await;
+            }
+            let faults = lock(&self.store.faults).clone();
+            self.store.set_faults(Faults {
+                error: Some(RemoteError::Transient("503 Slow Down".into())),
+                ..faults.clone()
+            });
+            let outcome = self.store.put(action, entry).await;
+            self.store.set_faults(faults);
+            outcome
+        }
+
+        async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
+            self.store.head(action).await
+        }
+
+        async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+            self.store.clear(progress).await
+        }
+
+        fn location(&self) -> String {
+            self.store.location()
+        }
+
+        async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+            self.store.get_manifest(key).await
+        }
+
+        async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+            self.store.put_manifest(key, manifest).await
+        }
+
+        fn batch_limit(&self) -> usize {
+            self.store.batch_limit()
+        }
+
+        async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
+            self.store.get_batch(actions).await
+        }
+    }
+
+    /// An entry's bytes (not a valid entry: the store does not look).
+    fn bytes(len: usize) -> Bytes {
+        Bytes::from((0..len).map(|n| n as u8).collect::<Vec<u8>>())
+    }
+
+    #[tokio::test]
+    async fn serves_bodies_in_pieces_and_applies_faults() {
+        let store = MemoryStore::new();
+        let key = ActionId([1; 32]);
+        let entry = bytes(3 * PIECE + 10);
+        store.insert(key, entry.clone());
+
+        let pieces: Vec<Bytes> = store
+            .get(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(pieces.len(), 4, "served in pieces");
+        assert_eq!(pieces.concat(), entry.to_vec());
+
+        store.set_faults(Faults {
+            damage: true,
+            ..Faults::default()
+        });
+        let damaged: Vec<Bytes> = store
+            .get(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let damaged = damaged.concat();
+        assert_eq!(damaged.len(), entry.len());
+        let differing = (0..entry.len()).filter(|&n| damaged[n] != entry[n]).count();
+        assert_eq!(differing, 1, "one byte changed");
+        assert_eq!(
+            damaged[..super::super::format::HEADER_LEN],
+            entry[..super::super::format::HEADER_LEN],
+            "the header is left alone"
+        );
+
+        store.set_faults(Faults {
+            cut: true,
+            ..Faults::default()
+        });
+        let mut stream = store.get(&key).await.unwrap().unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap().len(), PIECE);
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(RemoteError::Transient(_)))
+        ));
+
+        store.set_faults(Faults {
+            stall: true,
+            ..Faults::default()
+        });
+        let mut stream = store.get(&key).await.unwrap().unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap().len(), PIECE);
+        let next = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(next.is_err(), "a stalled body never goes on");
+
+        assert_eq!(store.requests.gets(), 4);
+    }
+
+    #[tokio::test]
+    async fn errors_leave_the_state_alone_and_delays_wait() {
+        let store = MemoryStore::new();
+        let key = ActionId([2; 32]);
+        store.set_faults(Faults {
+            error: Some(RemoteError::Denied("no".into())),
+            ..Faults::default()
+        });
+        let err = store.put(&key, Upload::Bytes(bytes(10))).await.unwrap_err();
+        assert!(matches!(err, RemoteError::Denied(_)));
+        assert!(store.is_empty());
+        assert_eq!(store.requests.puts(), 1, "a failed request is counted");
+
+        store.set_faults(Faults {
+            delay: Duration::from_millis(100),
+            ..Faults::default()
+        });
+        let start = std::time::Instant::now();
+        assert_eq!(
+            store.put(&key, Upload::Bytes(bytes(10))).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert_eq!(store.entry(&key), Some(bytes(10)));
+    }
+
+    #[tokio::test]
+    async fn the_shared_handle_fails_the_puts_it_is_told_to() {
+        let store = Arc::new(MemoryStore::new());
+        let shared = Shared::failing_puts(&store, 2);
+        let key = ActionId([3; 32]);
+        for _ in 0..2 {
+            let err = shared.put(&key, Upload::Bytes(bytes(5))).await.unwrap_err();
+            assert!(matches!(err, RemoteError::Transient(_)));
+        }
+        assert_eq!(
+            shared.put(&key, Upload::Bytes(bytes(5))).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(store.requests.puts(), 3);
+        assert!(lock(&store.faults).error.is_none(), "faults restored");
+    }
+}

@@ -75,3 +75,75 @@ impl<S: RemoteStore> RemoteStore for Retry<S> {
         self.0.usable()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::memory::tests::Shared;
+    use crate::store::memory::{Faults, MemoryStore};
+
+    fn entry() -> Upload {
+        Upload::Bytes(Bytes::from_static(b"entry"))
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_tried_again_up_to_three_attempts() {
+        let memory = Arc::new(MemoryStore::new());
+        let store = Retry(Shared::failing_puts(&memory, 2));
+        assert_eq!(
+            store.put(&ActionId([1; 32]), entry()).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(memory.requests.puts(), 3);
+        assert_eq!(memory.len(), 1);
+
+        let store = Retry(Shared::failing_puts(&memory, 5));
+        let err = store.put(&ActionId([2; 32]), entry()).await.unwrap_err();
+        assert!(matches!(err, RemoteError::Transient(_)), "{err:?}");
+        assert_eq!(
+            memory.requests.puts(),
+            3 + ATTEMPTS as u64,
+            "three attempts at most"
+        );
+        assert_eq!(memory.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn other_failures_and_gets_are_not_retried() {
+        let store = Retry(MemoryStore::new());
+        for err in [
+            RemoteError::Denied("no".into()),
+            RemoteError::Config("no bucket".into()),
+            RemoteError::Other("else".into()),
+        ] {
+            store.0.set_faults(Faults {
+                error: Some(err),
+                ..Faults::default()
+            });
+            let before = store.0.requests.puts();
+            assert!(store.put(&ActionId([1; 32]), entry()).await.is_err());
+            assert_eq!(store.0.requests.puts(), before + 1);
+        }
+        store.0.set_faults(Faults {
+            error: Some(RemoteError::Transient("reset".into())),
+            ..Faults::default()
+        });
+        assert!(store.get(&ActionId([1; 32])).await.is_err());
+        assert_eq!(store.0.requests.gets(), 1, "a get is asked once");
+    }
+
+    #[tokio::test]
+    async fn a_retry_of_a_put_that_landed_is_exists() {
+        let store = Retry(MemoryStore::new());
+        store
+            .0
+            .insert(ActionId([1; 32]), Bytes::from_static(b"first"));
+        assert_eq!(
+            store.put(&ActionId([1; 32]), entry()).await.unwrap(),
+            PutOutcome::Exists
+        );
+        assert_eq!(store.0.entry(&ActionId([1; 32])).unwrap(), "first");
+    }
+}

@@ -108,3 +108,89 @@ impl<S: RemoteStore> RemoteStore for Timeout<S> {
         self.inner.usable()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::store::memory::{Faults, MemoryStore};
+
+    const BOUND: Duration = Duration::from_millis(100);
+
+    fn store() -> Timeout<MemoryStore> {
+        let store = Timeout::new(MemoryStore::new(), BOUND);
+        store.inner.insert(ActionId([1; 32]), vec![7u8; 5000]);
+        store
+    }
+
+    #[tokio::test]
+    async fn a_delayed_answer_is_a_transient_error_at_the_bound() {
+        let store = store();
+        store.inner.set_faults(Faults {
+            delay: Duration::from_secs(5),
+            ..Faults::default()
+        });
+        let start = Instant::now();
+        let err = store.get(&ActionId([1; 32])).await.err().unwrap();
+        assert!(matches!(err, RemoteError::Transient(_)), "{err:?}");
+        let err = store.head(&ActionId([1; 32])).await.unwrap_err();
+        assert!(matches!(err, RemoteError::Transient(_)), "{err:?}");
+        let err = store.get_manifest(&BuildKey([1; 32])).await.unwrap_err();
+        assert!(matches!(err, RemoteError::Transient(_)), "{err:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(store.inner.requests.gets(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_within_the_bound_passes_whole() {
+        let store = store();
+        store.inner.set_faults(Faults {
+            delay: BOUND / 4,
+            ..Faults::default()
+        });
+        let stream = store.get(&ActionId([1; 32])).await.unwrap().unwrap();
+        let pieces: Vec<Bytes> = futures::TryStreamExt::try_collect(stream).await.unwrap();
+        assert_eq!(pieces.concat(), vec![7u8; 5000]);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_ends_with_a_transient_error() {
+        let store = store();
+        store.inner.set_faults(Faults {
+            stall: true,
+            ..Faults::default()
+        });
+        let mut stream = store.get(&ActionId([1; 32])).await.unwrap().unwrap();
+        assert!(
+            stream.next().await.unwrap().is_ok(),
+            "the first piece comes"
+        );
+        let start = Instant::now();
+        let stalled = stream.next().await.unwrap();
+        assert!(
+            matches!(stalled, Err(RemoteError::Transient(_))),
+            "{stalled:?}"
+        );
+        assert!(start.elapsed() >= BOUND && start.elapsed() < Duration::from_secs(2));
+        assert!(stream.next().await.is_none(), "nothing after the error");
+    }
+
+    #[tokio::test]
+    async fn puts_are_not_bounded() {
+        let store = store();
+        store.inner.set_faults(Faults {
+            delay: BOUND * 3,
+            ..Faults::default()
+        });
+        let outcome = store
+            .put(&ActionId([2; 32]), Upload::Bytes(Bytes::from_static(b"x")))
+            .await
+            .unwrap();
+        assert_eq!(outcome, PutOutcome::Stored);
+    }
+}

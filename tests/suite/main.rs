@@ -16,4 +16,4 @@ mod s3_e2e;
 mod s3_protocol;
 mod serve;
 mod session;
-mod store_contract;
+mod store_conformance;

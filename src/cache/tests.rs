@@ -1,0 +1,391 @@
+//! The remote tier's logic on the memory store, without the go command: fetch once, a get
+//! joining a prefetch, damaged and cut entries, the circuit breaker, retried uploads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+
+use super::manifest::{KeySource, Manifest};
+use super::prefetch::Prefetcher;
+use super::remote::RemoteTier;
+use super::stats::{RemoteStats, Stats};
+use super::upload::Job;
+use crate::config::{PrefetchConfig, RemoteConfig, StoreConfig};
+use crate::ids::{ActionId, OutputId};
+use crate::local::disk::DiskCache;
+use crate::store::format::{self, Header};
+use crate::store::http::HttpConfig;
+use crate::store::memory::tests::Shared;
+use crate::store::memory::{Faults, MemoryStore};
+use crate::store::{RemoteError, RemoteMode, RemoteStore, wrap};
+
+const PREFETCH_KEY: &str = "cache-tests";
+
+/// A remote tier on a memory store, with a local cache in a temporary directory.
+struct Setup {
+    tier: Arc<RemoteTier>,
+    /// With prefetch on: the prefetcher on `tier`, not started.
+    prefetch: Option<Arc<Prefetcher>>,
+    memory: Arc<MemoryStore>,
+    disk: DiskCache,
+    stats: Arc<Stats>,
+    dir: tempfile::TempDir,
+}
+
+fn config(prefetch: bool, timeout: Duration) -> RemoteConfig {
+    RemoteConfig {
+        // Not used: the tier is given its store.
+        store: StoreConfig::Http(HttpConfig {
+            url: "http://127.0.0.1:9".into(),
+            token: None,
+            ca_file: None,
+            connect_timeout: timeout,
+            request_timeout: timeout,
+        }),
+        mode: RemoteMode::ReadWrite,
+        prefetch: prefetch.then(|| PrefetchConfig {
+            key: Some(PREFETCH_KEY.into()),
+            concurrency: 16,
+            max_bytes: 1 << 30,
+            max_entries: 1000,
+        }),
+        upload_wait: Duration::from_secs(10),
+        upload_concurrency: 4,
+        upload_queue: 100,
+        timeout,
+        max_entry_size: 1 << 30,
+    }
+}
+
+impl Setup {
+    /// The tier on `store` (the handle on `memory` that the test gives it), wrapped as
+    /// `open_store` wraps every backend.
+    fn new(memory: Arc<MemoryStore>, store: Shared, prefetch: bool, timeout: Duration) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskCache::open(&dir.path().join("cache")).unwrap();
+        let stats = Arc::new(Stats::with_remote(true));
+        let store: Arc<dyn RemoteStore> = wrap(store, RemoteMode::ReadWrite, timeout);
+        let config = config(prefetch, timeout);
+        let tier = Arc::new(RemoteTier::with_store(store, &config, &disk, stats.clone()));
+        let prefetch = config
+            .prefetch
+            .map(|prefetch| Arc::new(Prefetcher::new(tier.clone(), prefetch)));
+        Self {
+            tier,
+            prefetch,
+            memory,
+            disk,
+            stats,
+            dir,
+        }
+    }
+
+    fn on(memory: MemoryStore) -> Self {
+        let memory = Arc::new(memory);
+        Self::new(
+            memory.clone(),
+            Shared::new(&memory),
+            false,
+            Duration::from_secs(5),
+        )
+    }
+
+    fn remote(&self) -> &RemoteStats {
+        self.stats.remote.as_ref().unwrap()
+    }
+
+    async fn fetch(&self, action: ActionId) -> Option<crate::local::disk::Entry> {
+        self.tier.fetch(&self.disk, action).await
+    }
+
+    /// An output file on local disk, to upload.
+    fn job(&self, action: ActionId, body: &[u8]) -> Job {
+        let path: PathBuf = self.dir.path().join(format!("output-{}", action.to_hex()));
+        std::fs::write(&path, body).unwrap();
+        Job {
+            action,
+            output: OutputId::of(body),
+            size: body.len() as u64,
+            time: SystemTime::now(),
+            path,
+        }
+    }
+}
+
+fn count(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::SeqCst)
+}
+
+fn action(n: u8) -> ActionId {
+    ActionId([n; 32])
+}
+
+fn body(n: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ n).collect()
+}
+
+/// A valid entry of `body`.
+fn entry(body: &[u8]) -> Bytes {
+    let header = Header {
+        flags: 0,
+        output_id: OutputId::of(body),
+        size: body.len() as u64,
+        time: SystemTime::now(),
+    };
+    let mut out = Vec::new();
+    format::write_entry(&header, &mut &body[..], &mut out).unwrap();
+    Bytes::from(out)
+}
+
+fn delayed(delay: Duration) -> MemoryStore {
+    let memory = MemoryStore::new();
+    memory.set_faults(Faults {
+        delay,
+        ..Faults::default()
+    });
+    memory
+}
+
+fn transient() -> Faults {
+    Faults {
+        error: Some(RemoteError::Transient("503".into())),
+        ..Faults::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fetches_of_one_key_make_one_request() {
+    let setup = Setup::on(delayed(Duration::from_millis(200)));
+    let data = body(1, 5000);
+    setup.memory.insert(action(1), entry(&data));
+    let fetches = (0..8).map(|_| setup.fetch(action(1)));
+    let found = futures::future::join_all(fetches).await;
+    for entry in &found {
+        let entry = entry.as_ref().expect("every fetch gets the entry");
+        assert_eq!(entry.output_id, OutputId::of(&data));
+        assert_eq!(std::fs::read(&entry.disk_path).unwrap(), data);
+    }
+    assert_eq!(setup.memory.requests.gets(), 1, "one GET for eight fetches");
+    assert_eq!(count(&setup.remote().hits), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_joins_the_running_prefetch_of_its_key() {
+    let memory = Arc::new(delayed(Duration::from_millis(300)));
+    let keys: Vec<ActionId> = (1..=5).map(action).collect();
+    let mut listed = Vec::new();
+    for (n, key) in keys.iter().enumerate() {
+        let data = body(n as u8, 3000);
+        listed.push((*key, data.len() as u64));
+        memory.insert(*key, entry(&data));
+    }
+    let source = KeySource::explicit(PREFETCH_KEY);
+    let manifest = Manifest::merge(None, &listed).encode(&source);
+    memory.set_faults(Faults::default());
+    memory
+        .put_manifest(&source.key(), Bytes::from(manifest))
+        .await
+        .unwrap();
+    memory.set_faults(Faults {
+        delay: Duration::from_millis(300),
+        ..Faults::default()
+    });
+    let setup = Setup::new(
+        memory.clone(),
+        Shared::new(&memory),
+        true,
+        Duration::from_secs(5),
+    );
+    let prefetch = setup.prefetch.clone().expect("prefetch is on");
+    prefetch.start(&setup.disk);
+    // Wait until prefetch has asked for every entry; their answers are still on the way.
+    let start = Instant::now();
+    while memory.requests.gets() < keys.len() as u64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "prefetch did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let found = futures::future::join_all(keys.iter().map(|key| setup.fetch(*key))).await;
+    for (key, entry) in keys.iter().zip(&found) {
+        let entry = entry.as_ref().expect("the get waits for prefetch's fetch");
+        prefetch.note_get(*key, Some(entry.size));
+    }
+    assert_eq!(memory.requests.gets(), keys.len() as u64, "no second GET");
+    assert_eq!(count(&setup.remote().prefetch_fetched), keys.len() as u64);
+    assert_eq!(count(&setup.remote().prefetch_used), keys.len() as u64);
+    assert_eq!(
+        count(&setup.remote().hits),
+        0,
+        "the gets fetched nothing themselves"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_entry_is_a_miss_never_stored_and_not_asked_again() {
+    let memory = MemoryStore::new();
+    memory.insert(action(1), entry(&body(1, 5000)));
+    memory.set_faults(Faults {
+        damage: true,
+        ..Faults::default()
+    });
+    let setup = Setup::on(memory);
+    assert!(setup.fetch(action(1)).await.is_none());
+    assert_eq!(count(&setup.remote().corrupt), 1);
+    assert_eq!(count(&setup.remote().errors), 0);
+    assert!(
+        setup.disk.get(&action(1)).unwrap().is_none(),
+        "nothing stored"
+    );
+    setup.memory.set_faults(Faults::default());
+    assert!(setup.fetch(action(1)).await.is_none(), "not asked again");
+    assert_eq!(setup.memory.requests.gets(), 1);
+    assert!(
+        setup.tier.reads(),
+        "a damaged entry is not the store's failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_body_is_a_miss_and_an_error() {
+    let memory = MemoryStore::new();
+    memory.insert(action(1), entry(&body(1, 5000)));
+    memory.set_faults(Faults {
+        cut: true,
+        ..Faults::default()
+    });
+    let setup = Setup::on(memory);
+    assert!(setup.fetch(action(1)).await.is_none());
+    assert_eq!(count(&setup.remote().errors), 1);
+    assert_eq!(count(&setup.remote().corrupt), 0);
+    assert!(setup.disk.get(&action(1)).unwrap().is_none());
+    // A failed transfer may pass: asked again, and found.
+    setup.memory.set_faults(Faults::default());
+    assert!(setup.fetch(action(1)).await.is_some());
+    assert_eq!(setup.memory.requests.gets(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_a_miss_and_an_error_within_the_timeout() {
+    let memory = Arc::new(MemoryStore::new());
+    memory.insert(action(1), entry(&body(1, 5000)));
+    memory.set_faults(Faults {
+        stall: true,
+        ..Faults::default()
+    });
+    let setup = Setup::new(
+        memory.clone(),
+        Shared::new(&memory),
+        false,
+        Duration::from_millis(200),
+    );
+    let start = Instant::now();
+    assert!(setup.fetch(action(1)).await.is_none());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(count(&setup.remote().errors), 1);
+    assert!(setup.disk.get(&action(1)).unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_transient_failures_switch_the_store_off() {
+    let memory = MemoryStore::new();
+    memory.set_faults(transient());
+    let setup = Setup::on(memory);
+    for n in 1..=3 {
+        assert!(setup.tier.reads());
+        assert!(setup.fetch(action(n)).await.is_none());
+    }
+    assert!(!setup.tier.reads(), "switched off");
+    assert_eq!(count(&setup.remote().errors), 3);
+    setup.memory.set_faults(Faults::default());
+    setup.memory.insert(action(9), entry(b"there"));
+    assert!(setup.fetch(action(9)).await.is_none());
+    assert_eq!(
+        setup.memory.requests.gets(),
+        3,
+        "answered without a request"
+    );
+    assert_eq!(count(&setup.remote().errors), 3, "not another error");
+    setup.tier.upload_later(setup.job(action(10), b"an output"));
+    setup.tier.finish().await;
+    assert_eq!(setup.memory.requests.puts(), 0);
+    assert_eq!(count(&setup.remote().uploads_dropped), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_switches_the_store_off_at_once() {
+    let memory = MemoryStore::new();
+    memory.set_faults(Faults {
+        error: Some(RemoteError::Denied("403".into())),
+        ..Faults::default()
+    });
+    let setup = Setup::on(memory);
+    assert!(setup.fetch(action(1)).await.is_none());
+    assert!(!setup.tier.reads());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_between_failures_starts_the_count_again() {
+    let memory = MemoryStore::new();
+    memory.insert(action(9), entry(b"found"));
+    let setup = Setup::on(memory);
+    for round in 0..2u8 {
+        setup.memory.set_faults(transient());
+        for n in 0..2 {
+            assert!(setup.fetch(action(10 * (round + 1) + n)).await.is_none());
+        }
+        setup.memory.set_faults(Faults::default());
+        if round == 0 {
+            assert!(setup.fetch(action(9)).await.is_some());
+        }
+    }
+    assert!(setup.tier.reads(), "two failures, a hit, two failures");
+    assert_eq!(count(&setup.remote().errors), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_failing_twice_is_retried_into_one_upload() {
+    let memory = Arc::new(MemoryStore::new());
+    let setup = Setup::new(
+        memory.clone(),
+        Shared::failing_puts(&memory, 2),
+        false,
+        Duration::from_secs(5),
+    );
+    let data = body(3, 4000);
+    setup.tier.upload_later(setup.job(action(1), &data));
+    setup.tier.finish().await;
+    assert_eq!(memory.requests.puts(), 3);
+    assert_eq!(count(&setup.remote().uploads), 1);
+    assert_eq!(count(&setup.remote().upload_errors), 0);
+    let stored = memory.entry(&action(1)).expect("stored once");
+    let mut decoded = Vec::new();
+    format::read_entry(&mut &stored[..], &mut decoded).unwrap();
+    assert_eq!(decoded, data);
+    assert!(setup.tier.reads(), "a retried success is one success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_is_tried_three_times_at_most() {
+    let memory = Arc::new(MemoryStore::new());
+    let setup = Setup::new(
+        memory.clone(),
+        Shared::failing_puts(&memory, 10),
+        false,
+        Duration::from_secs(5),
+    );
+    setup.tier.upload_later(setup.job(action(1), b"an output"));
+    setup.tier.finish().await;
+    assert_eq!(memory.requests.puts(), 3);
+    assert_eq!(count(&setup.remote().upload_errors), 1);
+    assert_eq!(count(&setup.remote().uploads), 0);
+    assert!(memory.is_empty());
+}

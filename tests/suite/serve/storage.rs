@@ -4,8 +4,24 @@
 
 use crate::support;
 
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use goremotecache::config::ServeTimeouts;
+use goremotecache::ids::{ActionId, BuildKey};
+use goremotecache::server::metrics::Metrics;
+use goremotecache::server::tokens::Tokens;
+use goremotecache::server::{ServerState, run};
+use goremotecache::store::dir::DiskStore;
+use goremotecache::store::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::{KEY, RO, RW, Server, entry, entry_file, http_client, key_path, read_back};
 
@@ -283,4 +299,173 @@ fn the_storage_directory_is_private_and_its_links_are_not_followed() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("storage directory"), "{stderr}");
     assert!(stderr.contains("chmod go-w"), "{stderr}");
+}
+
+/// A store that counts its puts and hands everything to a directory store.
+#[derive(Debug)]
+struct CountingPuts {
+    disk: DiskStore,
+    puts: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl RemoteStore for CountingPuts {
+    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+        self.disk.get(action).await
+    }
+
+    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.disk.put(action, entry).await
+    }
+
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
+        self.disk.head(action).await
+    }
+
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+        self.disk.clear(progress).await
+    }
+
+    fn location(&self) -> String {
+        self.disk.location()
+    }
+
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        self.disk.get_manifest(key).await
+    }
+
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+        self.disk.put_manifest(key, manifest).await
+    }
+}
+
+/// The files in the storage directory's `tmp/`.
+fn spooled(storage: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(storage.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+/// A `PUT` on disk storage is verified once: its body is spooled into the storage's own
+/// `tmp/`, checked there, and that very file (the same inode) is renamed into place. The
+/// store's `put`, which would copy it into a second temporary file and verify it again, is
+/// never called, and no second temporary file appears. The server runs in this process, so
+/// that the test can watch its spool while the body is still arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_on_disk_storage_is_verified_once_and_its_spool_file_renamed_into_place() {
+    let storage = tempfile::tempdir().unwrap();
+    let disk = DiskStore::open(storage.path()).unwrap();
+    let store = Arc::new(CountingPuts {
+        disk: disk.clone(),
+        puts: AtomicU64::new(0),
+    });
+    let state = Arc::new(ServerState {
+        store: store.clone(),
+        disk: Some(disk),
+        tokens: RwLock::new(Tokens::parse_list(&format!("rw:{RW},ro:{RO}")).unwrap()),
+        anonymous_read: false,
+        max_entry_size: 1 << 20,
+        spool_dir: storage.path().join("tmp"),
+        in_flight: Arc::new(Semaphore::new(8)),
+        timeouts: ServeTimeouts {
+            body: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        },
+        metrics: Metrics::new(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(run(listener, state, 16, None, async {
+        let _ = stopped.await;
+    }));
+    let client = http_client();
+    let key = "ab".repeat(32);
+
+    // The body in two halves: between them, the spool file is there to be looked at.
+    let body = entry(&vec![7u8; 200_000]);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    let put = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{url}{}", key_path(&key));
+        async move {
+            let chunks = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk, rx))
+            });
+            client
+                .put(url)
+                .bearer_auth(RW)
+                .body(reqwest::Body::wrap_stream(chunks))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    let half = body.len() / 2;
+    tx.send(Ok(Bytes::copy_from_slice(&body[..half])))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spool = loop {
+        let files = spooled(storage.path());
+        if let [file] = &files[..]
+            && std::fs::metadata(file).unwrap().len() == half as u64
+        {
+            break file.clone();
+        }
+        assert!(files.len() <= 1, "one spool file: {files:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the first half never reached the spool"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let inode = std::fs::metadata(&spool).unwrap().ino();
+    tx.send(Ok(Bytes::copy_from_slice(&body[half..])))
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(put.await.unwrap(), 201);
+    let stored = entry_file(storage.path(), &key);
+    assert_eq!(
+        std::fs::metadata(&stored).unwrap().ino(),
+        inode,
+        "the stored entry is the spooled file, not a copy"
+    );
+    assert_eq!(std::fs::read(&stored).unwrap(), body);
+    assert!(spooled(storage.path()).is_empty(), "no temporary file left");
+    assert_eq!(
+        store.puts.load(Ordering::SeqCst),
+        0,
+        "the store's put copies"
+    );
+    read_back(&client, &url, &key, &Sha256::digest(&body).into()).await;
+
+    // An existing entry is never replaced; a damaged one is refused and leaves nothing.
+    let again = |body: Vec<u8>, key: String| {
+        let client = client.clone();
+        let url = format!("{url}{}", key_path(&key));
+        async move {
+            let answer = client.put(url).bearer_auth(RW).body(body).send().await;
+            answer.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(again(entry(b"other"), key.clone()).await, 200);
+    assert_eq!(std::fs::read(&stored).unwrap(), body);
+    let mut damaged = entry(b"damaged");
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    let other = "cd".repeat(32);
+    assert_eq!(again(damaged, other.clone()).await, 400);
+    assert!(!entry_file(storage.path(), &other).exists());
+    assert!(spooled(storage.path()).is_empty(), "no temporary file left");
+    assert_eq!(store.puts.load(Ordering::SeqCst), 0);
+
+    let _ = stop.send(());
+    server.await.unwrap();
 }

@@ -15,13 +15,13 @@
 //! ([`ServeTimeouts`](crate::config::ServeTimeouts), see [`connection`]): a
 //! request's headers, a stalled body, a stalled answer. Connections and the work in flight are
 //! bounded in number; SIGTERM stops accepting, finishes what is in flight and exits.
-
 //!
-//! The files: this one starts the server from its options (storage, tokens and their reload
-//! on SIGHUP); [`listen`](run) accepts connections and stops; `routes` has the handlers and
-//! the [`ServerState`] they share; `body` reads a request body within its bounds;
-//! [`connection`] bounds a connection in time; [`tokens`] and [`metrics`] are what their
-//! names say.
+//! The files, each importing only from those after it: this one starts the server from its
+//! options (storage, tokens and their reload on SIGHUP); `listen` accepts connections
+//! ([`run`]), sets up TLS ([`tls_acceptor`]) and stops; `routes` has the [`router`], its
+//! handlers and the [`ServerState`] they share; `body` reads a request body within its
+//! bounds; `refusal` is the answer to a request refused; [`connection`] bounds a connection
+//! in time; [`tokens`] and [`metrics`] are what their names say.
 
 use std::io;
 use std::path::PathBuf;

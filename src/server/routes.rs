@@ -39,9 +39,9 @@ const BATCH_AHEAD: usize = 8;
 pub struct ServerState {
     pub store: Arc<dyn RemoteStore>,
     /// The same store as `store` when that is a directory: a `PUT` body is then spooled into
-    /// its `tmp/`, verified once, and that file renamed into place ([`DiskStore::commit_verified`])
-    /// instead of handed to `store.put`, which would copy and verify it again. `None` for
-    /// any other store (S3 uploads from the spool file).
+    /// its `tmp/`, verified once, and that very file renamed into place
+    /// ([`DiskStore::commit_verified`]) instead of handed to `store.put`, which would copy
+    /// and verify it again. `None` for any other store (S3 uploads from the spool file).
     pub disk: Option<DiskStore>,
     pub tokens: RwLock<Tokens>,
     pub anonymous_read: bool,

@@ -123,9 +123,9 @@ impl DiskStore {
 }
 
 /// A complete entry in a temporary file that was checked as an entry (header, size, sha256).
-/// Only [`VerifiedEntry::check`] makes one, so holding one proves the check was done; the
-/// file is read-only to everyone else from then on by convention: nothing writes to it
-/// again before [`DiskStore::commit_verified`] renames it or it is dropped (and removed).
+/// Only [`VerifiedEntry::check`] makes one, so holding one proves the check was done. It
+/// owns the temporary file and gives no way to write to it: the bytes committed are the bytes
+/// checked. Dropped uncommitted, the file is removed.
 #[derive(Debug)]
 pub struct VerifiedEntry {
     temp: tempfile::NamedTempFile,

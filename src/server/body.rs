@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
-use super::Refusal;
+use super::refusal::Refusal;
 
 /// A request body being read, chunk by chunk, within a size limit and a stall timeout.
 pub(super) struct BodyReader {

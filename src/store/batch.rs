@@ -89,9 +89,7 @@ pub fn parse_keys(body: &[u8]) -> Result<Vec<ActionId>, String> {
         if n == MAX_KEYS {
             return Err(format!("at most {MAX_KEYS} keys per batch"));
         }
-        let valid =
-            line.len() == 64 && line.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        match valid.then(|| ActionId::from_hex(line)).flatten() {
+        match ActionId::from_key(line) {
             Some(key) => {
                 if seen.insert(key) {
                     keys.push(key);

@@ -3,15 +3,18 @@
 //! Entries are files at `<dir>/v1/<xx>/<actionid-hex>`, in the entry format as uploaded. A put
 //! is written to `<dir>/tmp/`, verified (header, size, sha256), and only then renamed into
 //! place, without replacing an existing entry; so a server killed at any moment leaves
-//! nothing torn or unverified where a get could find it. Prefetch manifests are files at
-//! `<dir>/prefetch/<key-hex>`, replaced by renames.
+//! nothing torn or unverified where a get could find it. A caller that spools into `tmp/`
+//! and verifies the file itself (the server, for a `PUT`) holds a [`VerifiedEntry`] and
+//! commits it with [`DiskStore::commit_verified`]: the same file is renamed into place, not
+//! copied or hashed again. Prefetch manifests are files at `<dir>/prefetch/<key-hex>`,
+//! replaced by renames.
 //!
 //! As in the local cache ([`crate::fsutil`]), nothing in the directory is followed through a
 //! symlink and only regular files are entries: a FIFO, a symlink or a directory where an entry
 //! should be is a miss (404 on GET and HEAD alike), never a blocked worker thread, and the
 //! next put replaces it. Directories the store writes into are checked to be directories.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -70,10 +73,25 @@ impl DiskStore {
         action: &ActionId,
         temp: tempfile::NamedTempFile,
     ) -> Result<PutOutcome, RemoteError> {
+        let verified = VerifiedEntry::check(temp).map_err(|err| match err {
+            VerifyError::Io(err) => RemoteError::Other(format!("storage: {err}")),
+            VerifyError::Rejected(reason) => {
+                RemoteError::Other(format!("rejected entry: {reason}"))
+            }
+        })?;
+        self.commit_verified(action, verified)
+    }
+
+    /// Moves an entry that was verified already into place, unless an entry exists: the file
+    /// itself is renamed (no copy, no second hash). Its temporary file must be on this store's
+    /// file system, as a [`DiskStore::temp_file`] is. Blocking.
+    pub fn commit_verified(
+        &self,
+        action: &ActionId,
+        verified: VerifiedEntry,
+    ) -> Result<PutOutcome, RemoteError> {
         let local = |err: io::Error| RemoteError::Other(format!("storage: {err}"));
-        let mut reader = BufReader::new(File::open(temp.path()).map_err(local)?);
-        format::read_entry(&mut reader, &mut io::sink())
-            .map_err(|err| RemoteError::Other(format!("rejected entry: {err}")))?;
+        let temp = verified.temp;
         let path = self.path(action);
         if regular_len(&path).map_err(local)?.is_some() {
             return Ok(PutOutcome::Exists);
@@ -101,6 +119,53 @@ impl DiskStore {
     /// followed (an error).
     pub fn sweep(&self, age: std::time::Duration) -> io::Result<usize> {
         fsutil::remove_older_than(&self.tmp, age)
+    }
+}
+
+/// A complete entry in a temporary file that was checked as an entry (header, size, sha256).
+/// Only [`VerifiedEntry::check`] makes one, so holding one proves the check was done. It
+/// owns the temporary file and gives no way to write to it: the bytes committed are the bytes
+/// checked. Dropped uncommitted, the file is removed.
+#[derive(Debug)]
+pub struct VerifiedEntry {
+    temp: tempfile::NamedTempFile,
+    len: u64,
+}
+
+/// Why [`VerifiedEntry::check`] refused a file.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The file could not be read.
+    #[error("{0}")]
+    Io(io::Error),
+    /// The bytes are not a whole, intact entry.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl VerifiedEntry {
+    /// Reads the entry in `temp` from its start and checks it. Blocking.
+    pub fn check(temp: tempfile::NamedTempFile) -> Result<Self, VerifyError> {
+        let file = temp.reopen().map_err(VerifyError::Io)?;
+        let len = file.metadata().map_err(VerifyError::Io)?.len();
+        format::read_entry(&mut BufReader::new(file), &mut io::sink())
+            .map_err(|err| VerifyError::Rejected(err.to_string()))?;
+        Ok(Self { temp, len })
+    }
+
+    /// Where the entry is, until it is committed or dropped.
+    pub fn path(&self) -> &Path {
+        self.temp.path()
+    }
+
+    /// The entry's size in bytes, as checked.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the entry has no bytes (never true: an entry has a header).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -266,5 +331,62 @@ mod tests {
         assert!(store.get(&other).await.unwrap().is_none());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert_eq!(store.clear(&|_| {}).await.unwrap(), 1);
+    }
+
+    #[test]
+    fn a_verified_entry_is_renamed_into_place_not_copied_or_hashed_again() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        let key = ActionId([7; 32]);
+        let good = entry(b"spooled body");
+        let mut temp = store.temp_file().unwrap();
+        temp.write_all(&good).unwrap();
+        let spooled = temp.path().to_path_buf();
+        let inode = fs::metadata(&spooled).unwrap().ino();
+        let verified = VerifiedEntry::check(temp).unwrap();
+        assert_eq!(verified.len(), good.len() as u64);
+        // Damaged after its check: a commit that hashed again would refuse it; this one
+        // does not read it at all.
+        let mut bytes = good.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&spooled, &bytes).unwrap();
+        assert_eq!(
+            store.commit_verified(&key, verified).unwrap(),
+            PutOutcome::Stored
+        );
+        let stored = store.path(&key);
+        assert_eq!(fs::metadata(&stored).unwrap().ino(), inode, "the same file");
+        assert_eq!(fs::read(&stored).unwrap(), bytes);
+        assert!(!spooled.exists());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+
+        // An existing entry is never replaced, and the refused file goes away.
+        let mut temp = store.temp_file().unwrap();
+        temp.write_all(&entry(b"other")).unwrap();
+        let verified = VerifiedEntry::check(temp).unwrap();
+        assert_eq!(
+            store.commit_verified(&key, verified).unwrap(),
+            PutOutcome::Exists
+        );
+        assert_eq!(fs::read(&stored).unwrap(), bytes);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn only_a_whole_intact_entry_passes_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        let good = entry(b"body");
+        for bad in [&good[..good.len() - 1], &good[..10], &b""[..]] {
+            let mut temp = store.temp_file().unwrap();
+            temp.write_all(bad).unwrap();
+            assert!(matches!(
+                VerifiedEntry::check(temp),
+                Err(VerifyError::Rejected(_))
+            ));
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -40,7 +40,7 @@ pub struct HttpStore {
 impl HttpStore {
     /// Builds the client; no request is made.
     pub fn new(config: &HttpConfig) -> Result<Self, RemoteError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        super::install_crypto_provider();
         let mut builder = reqwest::Client::builder();
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|err| {

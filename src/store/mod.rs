@@ -33,6 +33,13 @@ use retry::Retry;
 use s3::{S3Config, S3Store};
 use timeout::Timeout;
 
+/// Installs the TLS crypto provider every rustls user here needs (reqwest for S3 and the HTTP
+/// backend, tokio-rustls for the server): ring, the one this build carries. Installing it
+/// again (several stores in one process) is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The largest prefetch manifest a store takes or gives back (a manifest of the most entries
 /// it keeps is a few MiB).
 pub const MAX_MANIFEST: usize = 16 << 20;

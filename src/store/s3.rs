@@ -61,9 +61,8 @@ impl S3Store {
     /// Builds the client. No request is made and no credential is looked up until the first
     /// operation.
     pub fn new(config: &S3Config) -> Result<Self, RemoteError> {
-        // reqwest needs a TLS crypto provider; ring is the one this build carries. Installing
-        // it twice (several stores in one process) is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // reqwest needs a TLS crypto provider.
+        super::install_crypto_provider();
         let region = config
             .region
             .clone()

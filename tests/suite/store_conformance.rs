@@ -123,11 +123,13 @@ struct TestServer {
 }
 
 impl TestServer {
-    /// Serves `store` with a read-write and a read-only token.
-    async fn start(store: Arc<dyn RemoteStore>, spool: &Path) -> Self {
+    /// Serves `store` with a read-write and a read-only token; `disk` is the same store when
+    /// it is a directory, as `serve --storage-dir` sets it up.
+    async fn start(store: Arc<dyn RemoteStore>, disk: Option<DiskStore>, spool: &Path) -> Self {
         let tokens = Tokens::parse_list(&format!("rw:{TOKEN},ro:{READ_TOKEN}")).unwrap();
         let state = Arc::new(ServerState {
             store,
+            disk,
             tokens: RwLock::new(tokens),
             anonymous_read: false,
             max_entry_size: 64 << 20,
@@ -217,10 +219,12 @@ impl Backend {
             Kind::Http => {
                 let dir = tempfile::tempdir().unwrap();
                 let root = dir.path().join("storage");
-                let storage = Arc::new(DiskStore::open(&root).unwrap());
-                let server = backend
-                    .runtime
-                    .block_on(TestServer::start(storage, &root.join("tmp")));
+                let storage = DiskStore::open(&root).unwrap();
+                let server = backend.runtime.block_on(TestServer::start(
+                    Arc::new(storage.clone()),
+                    Some(storage),
+                    &root.join("tmp"),
+                ));
                 backend.store = Arc::new(server.client(Some(TOKEN)));
                 backend.http = Some(server);
                 backend._dir = Some(dir);
@@ -871,7 +875,7 @@ async fn http_errors(b: &Backend) {
         ..Faults::default()
     });
     let spool = tempfile::tempdir().unwrap();
-    let down = TestServer::start(failing, spool.path()).await;
+    let down = TestServer::start(failing, None, spool.path()).await;
     let err = get_bytes(&down.client(Some(TOKEN)), &action(1))
         .await
         .unwrap_err();

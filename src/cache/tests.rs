@@ -18,7 +18,6 @@ use crate::ids::{ActionId, OutputId};
 use crate::local::disk::DiskCache;
 use crate::store::format::{self, Header};
 use crate::store::http::HttpConfig;
-use crate::store::memory::tests::Shared;
 use crate::store::memory::{Faults, MemoryStore};
 use crate::store::{RemoteError, RemoteMode, RemoteStore, wrap};
 
@@ -61,13 +60,13 @@ fn config(prefetch: bool, timeout: Duration) -> RemoteConfig {
 }
 
 impl Setup {
-    /// The tier on `store` (the handle on `memory` that the test gives it), wrapped as
-    /// `open_store` wraps every backend.
-    fn new(memory: Arc<MemoryStore>, store: Shared, prefetch: bool, timeout: Duration) -> Self {
+    /// The tier on `memory`, wrapped as `open_store` wraps every backend; the test keeps
+    /// its own handle on `memory` (its counters, its faults).
+    fn new(memory: Arc<MemoryStore>, prefetch: bool, timeout: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let disk = DiskCache::open(&dir.path().join("cache")).unwrap();
         let stats = Arc::new(Stats::with_remote(true));
-        let store: Arc<dyn RemoteStore> = wrap(store, RemoteMode::ReadWrite, timeout);
+        let store: Arc<dyn RemoteStore> = wrap(memory.clone(), RemoteMode::ReadWrite, timeout);
         let config = config(prefetch, timeout);
         let tier = Arc::new(RemoteTier::with_store(store, &config, &disk, stats.clone()));
         let prefetch = config
@@ -85,12 +84,7 @@ impl Setup {
 
     fn on(memory: MemoryStore) -> Self {
         let memory = Arc::new(memory);
-        Self::new(
-            memory.clone(),
-            Shared::new(&memory),
-            false,
-            Duration::from_secs(5),
-        )
+        Self::new(memory.clone(), false, Duration::from_secs(5))
     }
 
     fn remote(&self) -> &RemoteStats {
@@ -193,12 +187,7 @@ async fn a_get_joins_the_running_prefetch_of_its_key() {
         delay: Duration::from_millis(300),
         ..Faults::default()
     });
-    let setup = Setup::new(
-        memory.clone(),
-        Shared::new(&memory),
-        true,
-        Duration::from_secs(5),
-    );
+    let setup = Setup::new(memory.clone(), true, Duration::from_secs(5));
     let prefetch = setup.prefetch.clone().expect("prefetch is on");
     prefetch.start(&setup.disk);
     // Wait until prefetch has asked for every entry; their answers are still on the way.
@@ -277,12 +266,7 @@ async fn a_stalled_body_is_a_miss_and_an_error_within_the_timeout() {
         stall: true,
         ..Faults::default()
     });
-    let setup = Setup::new(
-        memory.clone(),
-        Shared::new(&memory),
-        false,
-        Duration::from_millis(200),
-    );
+    let setup = Setup::new(memory.clone(), false, Duration::from_millis(200));
     let start = Instant::now();
     assert!(setup.fetch(action(1)).await.is_none());
     assert!(
@@ -354,12 +338,8 @@ async fn a_success_between_failures_starts_the_count_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_failing_twice_is_retried_into_one_upload() {
     let memory = Arc::new(MemoryStore::new());
-    let setup = Setup::new(
-        memory.clone(),
-        Shared::failing_puts(&memory, 2),
-        false,
-        Duration::from_secs(5),
-    );
+    memory.fail_next_puts(2);
+    let setup = Setup::new(memory.clone(), false, Duration::from_secs(5));
     let data = body(3, 4000);
     setup.tier.upload_later(setup.job(action(1), &data));
     setup.tier.finish().await;
@@ -376,12 +356,8 @@ async fn a_put_failing_twice_is_retried_into_one_upload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_is_tried_three_times_at_most() {
     let memory = Arc::new(MemoryStore::new());
-    let setup = Setup::new(
-        memory.clone(),
-        Shared::failing_puts(&memory, 10),
-        false,
-        Duration::from_secs(5),
-    );
+    memory.fail_next_puts(10);
+    let setup = Setup::new(memory.clone(), false, Duration::from_secs(5));
     setup.tier.upload_later(setup.job(action(1), b"an output"));
     setup.tier.finish().await;
     assert_eq!(memory.requests.puts(), 3);

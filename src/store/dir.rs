@@ -99,8 +99,12 @@ impl DiskStore {
         if let Some(parent) = path.parent() {
             real_dir(parent).map_err(local)?;
         }
-        // Whatever is there is not an entry (a FIFO, a symlink, a directory): replaced.
-        fsutil::remove_any(&path).map_err(local)?;
+        // Whatever is there that is not an entry (a FIFO, a symlink, a directory) is removed;
+        // an entry that a concurrent put stored since the look above is left alone, for
+        // persist_noclobber to find (removing it would replace an entry).
+        if fs::symlink_metadata(&path).is_ok_and(|meta| !meta.file_type().is_file()) {
+            fsutil::remove_any(&path).map_err(local)?;
+        }
         // persist_noclobber: a concurrent put of the same key that got there first wins.
         match temp.persist_noclobber(&path) {
             Ok(_) => Ok(PutOutcome::Stored),

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -66,6 +66,8 @@ pub struct MemoryStore {
     entries: Mutex<HashMap<ActionId, Bytes>>,
     manifests: Mutex<HashMap<BuildKey, Bytes>>,
     faults: Mutex<Faults>,
+    /// Puts still to fail with a transient error ([`MemoryStore::fail_next_puts`]).
+    failing_puts: AtomicU32,
     batch_limit: usize,
     pub requests: Requests,
 }
@@ -89,6 +91,12 @@ impl MemoryStore {
     /// Changes what the store does wrong from now on.
     pub fn set_faults(&self, faults: Faults) {
         *lock(&self.faults) = faults;
+    }
+
+    /// The next `n` puts fail with a transient error (counted as requests), as a store that
+    /// throttles for a moment does; the ones after go through.
+    pub fn fail_next_puts(&self, n: u32) {
+        self.failing_puts.store(n, Ordering::SeqCst);
     }
 
     /// Stores an entry as it is (tests put damaged ones this way).
@@ -164,6 +172,13 @@ impl RemoteStore for MemoryStore {
     async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
         self.requests.puts.fetch_add(1, Ordering::SeqCst);
         self.answer().await?;
+        if self
+            .failing_puts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(RemoteError::Transient("503 Slow Down".into()));
+        }
         let bytes = match entry {
             Upload::Bytes(bytes) => bytes,
             Upload::File { path, .. } => Bytes::from(
@@ -247,92 +262,11 @@ impl RemoteStore for MemoryStore {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicU32;
+mod tests {
 
     use futures::TryStreamExt;
 
     use super::*;
-
-    /// A handle on a shared [`MemoryStore`], so that a test keeps it (its counters, its
-    /// faults) while wrappers own the handle. The first `failing_puts` puts reach the store
-    /// with a transient error set, so that the store counts them.
-    #[derive(Debug)]
-    pub(crate) struct Shared {
-        pub(crate) store: Arc<MemoryStore>,
-        pub(crate) failing_puts: AtomicU32,
-    }
-
-    impl Shared {
-        pub(crate) fn new(store: &Arc<MemoryStore>) -> Self {
-            Self {
-                store: store.clone(),
-                failing_puts: AtomicU32::new(0),
-            }
-        }
-
-        /// The next `n` puts fail with a transient error.
-        pub(crate) fn failing_puts(store: &Arc<MemoryStore>, n: u32) -> Self {
-            Self {
-                store: store.clone(),
-                failing_puts: AtomicU32::new(n),
-            }
-        }
-    }
-
-    #[async_trait]
-    impl RemoteStore for Shared {
-        async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
-            self.store.get(action).await
-        }
-
-        async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
-            let fail = self
-                .failing_puts
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if !fail {
-                return self.store.put(action, entry).await;
-            }
-            let faults = lock(&self.store.faults).clone();
-            self.store.set_faults(Faults {
-                error: Some(RemoteError::Transient("503 Slow Down".into())),
-                ..faults.clone()
-            });
-            let outcome = self.store.put(action, entry).await;
-            self.store.set_faults(faults);
-            outcome
-        }
-
-        async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
-            self.store.head(action).await
-        }
-
-        async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
-            self.store.clear(progress).await
-        }
-
-        fn location(&self) -> String {
-            self.store.location()
-        }
-
-        async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
-            self.store.get_manifest(key).await
-        }
-
-        async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
-            self.store.put_manifest(key, manifest).await
-        }
-
-        fn batch_limit(&self) -> usize {
-            self.store.batch_limit()
-        }
-
-        async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
-            self.store.get_batch(actions).await
-        }
-    }
 
     /// An entry's bytes (not a valid entry: the store does not look).
     fn bytes(len: usize) -> Bytes {
@@ -429,19 +363,19 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn the_shared_handle_fails_the_puts_it_is_told_to() {
-        let store = Arc::new(MemoryStore::new());
-        let shared = Shared::failing_puts(&store, 2);
+    async fn the_puts_it_is_told_to_fail_fail_and_are_counted() {
+        let store = MemoryStore::new();
+        store.fail_next_puts(2);
         let key = ActionId([3; 32]);
         for _ in 0..2 {
-            let err = shared.put(&key, Upload::Bytes(bytes(5))).await.unwrap_err();
+            let err = store.put(&key, Upload::Bytes(bytes(5))).await.unwrap_err();
             assert!(matches!(err, RemoteError::Transient(_)));
         }
+        assert!(store.is_empty());
         assert_eq!(
-            shared.put(&key, Upload::Bytes(bytes(5))).await.unwrap(),
+            store.put(&key, Upload::Bytes(bytes(5))).await.unwrap(),
             PutOutcome::Stored
         );
         assert_eq!(store.requests.puts(), 3);
-        assert!(lock(&store.faults).error.is_none(), "faults restored");
     }
 }

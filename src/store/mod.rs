@@ -162,6 +162,51 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// A shared store is a store: the wrappers own their inner store, and whoever built it (a
+/// test, or the server) may keep a handle on it.
+#[async_trait]
+impl<S: RemoteStore + ?Sized> RemoteStore for Arc<S> {
+    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
+        (**self).get(action).await
+    }
+
+    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
+        (**self).put(action, entry).await
+    }
+
+    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
+        (**self).head(action).await
+    }
+
+    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
+        (**self).clear(progress).await
+    }
+
+    fn location(&self) -> String {
+        (**self).location()
+    }
+
+    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
+        (**self).get_manifest(key).await
+    }
+
+    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
+        (**self).put_manifest(key, manifest).await
+    }
+
+    fn batch_limit(&self) -> usize {
+        (**self).batch_limit()
+    }
+
+    async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
+        (**self).get_batch(actions).await
+    }
+
+    fn usable(&self) -> bool {
+        (**self).usable()
+    }
+}
+
 /// Which backend, and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {

@@ -81,7 +81,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::memory::tests::Shared;
     use crate::store::memory::{Faults, MemoryStore};
 
     fn entry() -> Upload {
@@ -91,7 +90,8 @@ mod tests {
     #[tokio::test]
     async fn a_transient_failure_is_tried_again_up_to_three_attempts() {
         let memory = Arc::new(MemoryStore::new());
-        let store = Retry(Shared::failing_puts(&memory, 2));
+        memory.fail_next_puts(2);
+        let store = Retry(memory.clone());
         assert_eq!(
             store.put(&ActionId([1; 32]), entry()).await.unwrap(),
             PutOutcome::Stored
@@ -99,7 +99,8 @@ mod tests {
         assert_eq!(memory.requests.puts(), 3);
         assert_eq!(memory.len(), 1);
 
-        let store = Retry(Shared::failing_puts(&memory, 5));
+        memory.fail_next_puts(5);
+        let store = Retry(memory.clone());
         let err = store.put(&ActionId([2; 32]), entry()).await.unwrap_err();
         assert!(matches!(err, RemoteError::Transient(_)), "{err:?}");
         assert_eq!(

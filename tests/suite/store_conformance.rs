@@ -6,7 +6,7 @@
 //! |-------------------------------|----------------------------|-----------------------------|----------------------------------|----------------------------|
 //! | missing key → `None`          | yes                        | yes                         | yes                              | yes                        |
 //! | put, get exact bytes, `Exists`| yes                        | yes                         | yes                              | yes                        |
-//! | concurrent creators           | partly: the test server (s3s-fs) checks `If-None-Match` and writes non-atomically, so only "one of them is kept, whole" is checked | FAILS, ignored: a known bug (below) | FAILS, ignored: the same bug (the server stores on a `DiskStore`) | yes: exactly one `Stored`, its entry kept |
+//! | concurrent creators           | partly: the test server (s3s-fs) checks `If-None-Match` and writes non-atomically, so only "one of them is kept, whole" is checked | yes: exactly one `Stored`, its entry kept | yes (the server stores on a `DiskStore`) | yes: exactly one `Stored`, its entry kept |
 //! | large `Upload::File` (19 MiB) | yes (multipart)            | yes                         | yes (streamed body)              | yes                        |
 //! | head sizes                    | yes                        | yes                         | yes                              | yes                        |
 //! | invalid bytes on put          | stored as they are         | refused, `Other`, no entry  | refused, `Other`, no entry       | stored as they are         |
@@ -17,11 +17,8 @@
 //! | batch fetch framing           | n/a: `batch_limit() == 0`, `get_batch` refused | n/a: same | yes (`POST /v1/batch`) | yes                  |
 //! | errors classified             | bad secret → `Denied`; 503 → `Transient`; unreachable → `Transient`, fast | n/a: no credentials or network (storage errors are `Other`) | bad token → `Denied`; read-only token → put `Skipped`; storage down → `Transient`; unreachable → `Transient`, fast | injected errors pass through unchanged |
 //!
-//! The known bug: `DiskStore::commit` (src/store/dir.rs) checks that no entry exists, then
-//! removes whatever is at the entry's path ("not an entry") before `persist_noclobber`; a
-//! regular entry that a racing put stored in between is removed and replaced, and both puts
-//! answer `Stored`. Its tests are `#[ignore]`d with that reason until it is fixed:
-//! `cargo test --test suite store_conformance -- --ignored` runs them.
+//! The concurrent-creators check found a bug in `DiskStore` (a racing put's entry removed and
+//! replaced, both puts answering `Stored`), fixed in `DiskStore::commit_verified`.
 //!
 //! Entries put here are valid entries of `goremotecache::store::format`: the directory store
 //! and the server verify them on put.
@@ -33,7 +30,6 @@ use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use goremotecache::ids::{ActionId, BuildKey, OutputId};
@@ -46,9 +42,7 @@ use goremotecache::store::format::{self, Header};
 use goremotecache::store::http::{HttpConfig, HttpStore};
 use goremotecache::store::memory::{Faults, MemoryStore};
 use goremotecache::store::s3::{S3Config, S3Store};
-use goremotecache::store::{
-    ByteStream, PutOutcome, ReadOnly, RemoteError, RemoteStore, Upload, WriteOnly,
-};
+use goremotecache::store::{PutOutcome, ReadOnly, RemoteError, RemoteStore, Upload, WriteOnly};
 use support::s3::{ACCESS_KEY, BUCKET, Fault, S3Server, SECRET_KEY};
 use support::{action, pseudo_random};
 
@@ -239,8 +233,8 @@ impl Backend {
     }
 
     /// A second handle on the same store (for the mode wrappers).
-    fn shared(&self) -> Shared {
-        Shared(self.store.clone())
+    fn shared(&self) -> Arc<dyn RemoteStore> {
+        self.store.clone()
     }
 
     /// Requests the backend received so far, by HTTP method (`GET`, `HEAD`, `PUT`, `POST`);
@@ -263,41 +257,6 @@ impl Backend {
     /// Whether the backend checks entries on put.
     fn verifies(&self) -> bool {
         matches!(self.kind, Kind::Dir | Kind::Http)
-    }
-}
-
-/// A store shared by handle, so that the mode wrappers can be put around a backend's store.
-#[derive(Debug)]
-struct Shared(Arc<dyn RemoteStore>);
-
-#[async_trait]
-impl RemoteStore for Shared {
-    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
-        self.0.get(action).await
-    }
-    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
-        self.0.put(action, entry).await
-    }
-    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
-        self.0.head(action).await
-    }
-    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
-        self.0.clear(progress).await
-    }
-    fn location(&self) -> String {
-        self.0.location()
-    }
-    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
-        self.0.get_manifest(key).await
-    }
-    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
-        self.0.put_manifest(key, manifest).await
-    }
-    fn batch_limit(&self) -> usize {
-        self.0.batch_limit()
-    }
-    async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
-        self.0.get_batch(actions).await
     }
 }
 
@@ -941,23 +900,14 @@ async fn assert_unreachable_is_transient(store: &dyn RemoteStore) {
     );
 }
 
-/// One test per check, for the backend of `$kind`; those after `known bugs:` are ignored, with
-/// the bug as the reason (`cargo test -- --ignored` runs them).
+/// One test per check, for the backend of `$kind`.
 macro_rules! checks {
-    ($kind:expr; $($check:ident),* $(,)?; known bugs: $($bug:ident = $why:literal),* $(,)?) => {
+    ($kind:expr; $($check:ident),* $(,)?) => {
         $(
             #[test]
             fn $check() {
                 let backend = Backend::start($kind);
                 backend.runtime.block_on(super::$check(&backend));
-            }
-        )*
-        $(
-            #[test]
-            #[ignore = $why]
-            fn $bug() {
-                let backend = Backend::start($kind);
-                backend.runtime.block_on(super::$bug(&backend));
             }
         )*
     };
@@ -977,8 +927,7 @@ mod s3 {
         read_only_and_write_only_wrappers,
         a_get_is_one_request,
         batch_fetch_framing,
-        errors_are_classified;
-        known bugs:
+        errors_are_classified,
     );
 }
 
@@ -995,9 +944,8 @@ mod dir {
         read_only_and_write_only_wrappers,
         a_get_is_one_request,
         batch_fetch_framing,
-        errors_are_classified;
-        known bugs: concurrent_creators_one_wins =
-            "known bug: DiskStore::commit removes an entry that a racing put just stored",
+        errors_are_classified,
+        concurrent_creators_one_wins,
     );
 }
 
@@ -1014,9 +962,8 @@ mod http {
         read_only_and_write_only_wrappers,
         a_get_is_one_request,
         batch_fetch_framing,
-        errors_are_classified;
-        known bugs: concurrent_creators_one_wins =
-            "known bug: DiskStore::commit removes an entry that a racing put just stored",
+        errors_are_classified,
+        concurrent_creators_one_wins,
     );
 }
 
@@ -1034,7 +981,6 @@ mod memory {
         read_only_and_write_only_wrappers,
         a_get_is_one_request,
         batch_fetch_framing,
-        errors_are_classified;
-        known bugs:
+        errors_are_classified,
     );
 }

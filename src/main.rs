@@ -6,55 +6,45 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 
 use goremotecache::cache::Cache;
 use goremotecache::cache::stats;
 use goremotecache::cacheprog::{session, wire};
-use goremotecache::config::{Cli, Command, Config};
+use goremotecache::config::{
+    ClearRemoteConfig, Cli, Config, LocalDirs, RemoteMode, Run, ServeConfig,
+};
 use goremotecache::local::clear;
-use goremotecache::{fsutil, logging, store};
+use goremotecache::{logging, store};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let config = match Config::from_options(&cli.options) {
-        Ok(config) => config,
+    let run = match Run::from_cli(Cli::parse_args()) {
+        Ok(run) => run,
         Err(err) => {
             eprintln!("goremotecache: {err}");
             return ExitCode::from(2);
         }
     };
     // Before the handshake: a cache directory another user could write is never used.
-    let dirs = match &cli.command {
-        None => config.check_dirs(true),
-        Some(Command::ClearLocal) => config.check_dirs(false),
-        Some(Command::Serve(args)) => match &args.storage_dir {
-            Some(dir) if !config.trust_cache_dir => {
-                fsutil::private_dir(dir, "storage directory", fsutil::Links::Follow)
-            }
-            _ => Ok(()),
-        },
-        Some(Command::ClearRemote { .. } | Command::Version) => Ok(()),
-    };
-    if let Err(err) = dirs {
+    if let Err(err) = run.check_dirs() {
         eprintln!("goremotecache: {err}");
         return ExitCode::from(2);
     }
-    let result = match &cli.command {
-        None => serve_stdio(&config),
-        Some(Command::ClearLocal) => clear_local(&config),
-        Some(Command::ClearRemote { yes }) => clear_remote(&config, *yes),
-        Some(Command::Serve(args)) => {
-            logging::init(config.debug);
-            match goremotecache::config::s3_config(&cli.options) {
-                Ok(s3) => goremotecache::server::serve(args, s3).map_err(anyhow::Error::from),
-                Err(err) => {
-                    eprintln!("goremotecache: {err}");
-                    return ExitCode::from(2);
-                }
-            }
+    let result = match run {
+        Run::Cache(config) => serve_stdio(&config),
+        Run::ClearLocal(clear) => {
+            logging::init(clear.debug);
+            clear_local(&clear.dirs)
         }
-        Some(Command::Version) => {
+        Run::ClearRemote(clear) => {
+            logging::init(clear.debug);
+            clear_remote(&clear)
+        }
+        Run::Serve(serve) => {
+            logging::init(serve.debug);
+            let ServeConfig { args, s3, .. } = *serve;
+            goremotecache::server::serve(&args, s3).map_err(anyhow::Error::from)
+        }
+        Run::Version => {
             println!(
                 "goremotecache {} (GOCACHEPROG protocol commands: {})",
                 env!("CARGO_PKG_VERSION"),
@@ -102,8 +92,8 @@ fn serve_stdio(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn clear_local(config: &Config) -> anyhow::Result<()> {
-    for dir in [&config.cache_dir, &config.lock_dir] {
+fn clear_local(dirs: &LocalDirs) -> anyhow::Result<()> {
+    for dir in [&dirs.cache_dir, &dirs.lock_dir] {
         let cleared = clear::clear_dir(dir)?;
         if cleared.absent {
             println!("{}: does not exist, nothing to clear", dir.display());
@@ -119,13 +109,12 @@ fn clear_local(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn clear_remote(config: &Config, yes: bool) -> anyhow::Result<()> {
-    let remote = config
-        .remote
-        .as_ref()
-        .context("no remote store is configured: set --s3-bucket (and --s3-prefix)")?;
-    let store = store::open_store(&remote.store, remote.mode, remote.timeout)?;
-    if !yes {
+fn clear_remote(clear: &ClearRemoteConfig) -> anyhow::Result<()> {
+    let config = clear.store.as_ref().context(
+        "no remote store is configured: set --s3-bucket (and --s3-prefix) or --http-url",
+    )?;
+    let store = store::open_store(config, RemoteMode::ReadWrite, clear.timeout)?;
+    if !clear.yes {
         anyhow::bail!(
             "this deletes every entry under {}; run again with --yes to do it",
             store.location()

@@ -255,3 +255,170 @@ fn the_terminal_hint_stays_off_the_go_commands_stderr() {
         "{stderr}"
     );
 }
+
+#[test]
+fn serve_help_lists_only_the_servers_options() {
+    let (code, help, _) = run(&["serve", "--help"], &[]);
+    assert_eq!(code, 0);
+    for expected in [
+        "--listen",
+        "--storage-dir",
+        "GOREMOTECACHE_STORAGE_DIR",
+        "--token-file",
+        "--max-entry-size",
+        "--s3-bucket",
+        "GOREMOTECACHE_S3_BUCKET",
+        "--s3-endpoint",
+        "--remote-timeout",
+        "--remote-connect-timeout",
+        "--debug",
+        "--trust-cache-dir",
+    ] {
+        assert!(
+            help.contains(expected),
+            "serve --help lacks {expected:?}:\n{help}"
+        );
+    }
+    for unexpected in [
+        "--cache-dir",
+        "--lock-dir",
+        "--lock-type",
+        "--backend",
+        "--prefetch",
+        "--http-url",
+        "--remote-mode",
+        "--upload-wait",
+        "--stats",
+        "--verify-hits",
+    ] {
+        assert!(
+            !help.contains(unexpected),
+            "serve --help has {unexpected:?}:\n{help}"
+        );
+    }
+    // The main help lists the client's options, and says where the server's are.
+    let (code, help, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(help.contains("serve --help"), "{help}");
+    assert!(!help.contains("--storage-dir <DIR>"), "{help}");
+    assert!(!help.contains("--listen <ADDR>"), "{help}");
+}
+
+#[test]
+fn options_before_a_subcommand_are_refused_with_a_tip() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (code, out, err) = run(
+        &["--cache-dir", cache.to_str().unwrap(), "clear-local"],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(out, "");
+    assert!(
+        err.contains("the subcommand 'clear-local' cannot be used with"),
+        "{err}"
+    );
+    assert!(err.contains("goremotecache clear-local [OPTIONS]"), "{err}");
+    let (code, _, err) = run(&["--debug", "serve"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("'serve' cannot be used with"), "{err}");
+}
+
+#[test]
+fn an_option_of_the_main_mode_is_refused_by_a_subcommand() {
+    for args in [
+        &["serve", "--cache-dir", "/tmp/x"][..],
+        &["serve", "--prefetch=off"],
+        &["clear-local", "--s3-bucket", "b"],
+        &["clear-remote", "--upload-wait", "1s"],
+        &["version", "--debug"],
+    ] {
+        let (code, _, err) = run(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("unexpected argument"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn variables_apply_to_every_command_that_takes_the_option() {
+    // A cache made by the main mode, cleared through the variables.
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::on_dir(dir.path(), &[]);
+    client.put(1, action(1), b"cleared through the environment");
+    client.read().unwrap();
+    client.close_request(2);
+    client.read().unwrap();
+    client.finish();
+    let cache = dir.path().join("cache");
+    let locks = dir.path().join("locks");
+    let env = [
+        ("GOREMOTECACHE_CACHE_DIR", cache.to_str().unwrap()),
+        ("GOREMOTECACHE_LOCK_DIR", locks.to_str().unwrap()),
+    ];
+    let (code, out, err) = run(&["clear-local"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("{}: removed 2 files", cache.display())),
+        "{out}"
+    );
+
+    // S3 options reach both serve and clear-remote.
+    let env = [
+        ("GOREMOTECACHE_S3_BUCKET", "b"),
+        ("GOREMOTECACHE_S3_ENDPOINT", "minio:9000"),
+    ];
+    for command in ["serve", "clear-remote"] {
+        let (code, _, err) = run(&[command], &env);
+        assert_eq!(code, 2, "{command}: {err}");
+        assert!(err.contains("is not a URL"), "{command}: {err}");
+    }
+}
+
+#[test]
+fn variables_of_options_a_subcommand_does_not_take_do_not_refuse_it() {
+    // Values the main mode refuses (an empty path, unknown words), as a CI file might leave.
+    let env = [
+        ("GOREMOTECACHE_CACHE_DIR", ""),
+        ("GOREMOTECACHE_LOCK_TYPE", "sometimes"),
+        ("GOREMOTECACHE_UPLOAD_WAIT", "soon"),
+        ("GOREMOTECACHE_PREFETCH", "maybe"),
+        ("GOREMOTECACHE_REMOTE_MODE", "sideways"),
+    ];
+    let (code, _, err) = run(&[], &env);
+    assert_eq!(code, 2, "the main mode took them: {err}");
+
+    let (code, out, err) = run(&["version"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("goremotecache "), "{out}");
+
+    let storage = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--storage-dir",
+            storage.path().to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("serve needs tokens"), "{err}");
+
+    let (code, _, err) = run(&["clear-remote"], &env);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no remote store is configured"), "{err}");
+
+    // clear-local takes the directories (a valid one here) and nothing else of the main mode.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("never-made");
+    let mut env = env.to_vec();
+    env[0].1 = cache.to_str().unwrap();
+    env[1].1 = "memory";
+    let (code, out, err) = run(&["clear-local"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("{}: does not exist", cache.display())),
+        "{out}"
+    );
+}

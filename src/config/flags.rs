@@ -1,0 +1,542 @@
+//! The command line as clap declares it: every option is a flag and a `GOREMOTECACHE_*`
+//! variable, declared once here, grouped into `Args` structs by what uses them. Each command
+//! takes only the groups it uses; [`super`] validates them into one configuration per command.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::local::lock::LockType;
+use crate::store::RemoteMode;
+
+const ABOUT: &str = "A GOCACHEPROG build cache for the go command: local disk first, a shared remote store behind it";
+
+const LONG_ABOUT: &str = "\
+goremotecache is a GOCACHEPROG program: the go command (Go 1.24 and later) starts it and asks it
+for build and test results over stdin/stdout. It keeps them on local disk, safely shared by
+every go command on the machine.
+
+Use it by setting GOCACHEPROG (the go command splits the value like a shell, so options may
+follow the program):
+
+    export GOCACHEPROG=goremotecache
+    export GOCACHEPROG=\"goremotecache --stats --cache-dir /var/cache/goremotecache\"
+
+Every option can also be set with the GOREMOTECACHE_* variable shown beside it, which is the
+simplest way to configure it in CI.";
+
+const AFTER_HELP: &str = "\
+Examples:
+    GOCACHEPROG=goremotecache go build ./...
+    GOCACHEPROG=\"goremotecache --stats\" go test ./...
+    goremotecache clear-local          empty the local cache
+
+The options above are those of the go command's cache. Each subcommand takes its own options
+after its name (goremotecache serve --help lists the server's).
+
+The cache and lock directories must belong to you and not be writable by group or others
+(see --trust-cache-dir).
+
+Exit status: 0 on success; 2 for bad options or an untrusted directory; 1 for any other
+failure.";
+
+/// goremotecache's command line. Without a subcommand it takes the options of the go
+/// command's cache ([`MainArgs`]); a subcommand takes its own, after its name, and none of
+/// these (`goremotecache --cache-dir X clear-local` is refused: write
+/// `goremotecache clear-local --cache-dir X`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "goremotecache",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub main: MainArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+impl Cli {
+    /// Parses the process's arguments, or exits: status 2 for bad options, 0 after `--help`
+    /// or `--version`.
+    pub fn parse_args() -> Self {
+        Self::try_parse_args(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// Parses `args` (the program's name first). The `GOREMOTECACHE_*` variables of the main
+    /// mode's options are read only without a subcommand: a subcommand takes none of those
+    /// options, so a variable meant for the go command's cache (even a bad value) must not
+    /// refuse it. The variables of a subcommand's own options apply as usual.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        // First without the main mode's variables: if that names a subcommand, it is the answer.
+        let without_env = Self::command().mut_args(|arg| arg.env(None));
+        if let Ok(mut matches) = without_env.try_get_matches_from(&args)
+            && matches.subcommand_name().is_some()
+        {
+            return Self::from_arg_matches_mut(&mut matches)
+                .map_err(|err| err.format(&mut Self::command()));
+        }
+        // The main mode, or an error (which the full command states the same way).
+        Self::try_parse_from(args).map_err(with_option_order_tip)
+    }
+}
+
+/// An option before a subcommand is refused (`args_conflicts_with_subcommands`); the error
+/// says where it goes instead.
+fn with_option_order_tip(mut err: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() == ErrorKind::ArgumentConflict
+        && let Some(ContextValue::String(name)) = err.get(ContextKind::InvalidSubcommand)
+    {
+        let tip = format!(
+            "a subcommand takes its options after its name: 'goremotecache {name} [OPTIONS]' \
+             (see 'goremotecache {name} --help')"
+        );
+        err.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    err
+}
+
+/// The subcommands; without one, goremotecache serves the go command on stdin/stdout.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Run the HTTP cache server, the `http` backend of other machines (and of `docker
+    /// build`s). It stores on --storage-dir, or in S3 with the --s3-* options.
+    Serve(ServeCommand),
+    /// Delete every entry under the remote store's prefix (asks for --yes first).
+    ClearRemote(ClearRemoteArgs),
+    /// Empty the local cache and lock directories. Refuses directories that goremotecache did
+    /// not create (they carry its CACHEDIR.TAG).
+    ClearLocal(ClearLocalArgs),
+    /// Print the version and the protocol commands this build answers.
+    Version,
+}
+
+/// The options of the main mode, the go command's cache: every group but the server's.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct MainArgs {
+    #[command(flatten)]
+    pub local: LocalArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+/// `goremotecache serve`: the server's own options, its S3 storage, and the common ones.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ServeCommand {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `goremotecache clear-remote`: which store, and the confirmation.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ClearRemoteArgs {
+    /// Really delete.
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `goremotecache clear-local`: which directories.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ClearLocalArgs {
+    #[command(flatten)]
+    pub local: LocalArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Options of every command that runs something.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct CommonArgs {
+    /// Log every request and decision on stderr.
+    #[arg(long, env = "GOREMOTECACHE_DEBUG", value_parser = parse_switch)]
+    pub debug: bool,
+
+    /// Use a cache, lock or storage directory even if another user owns it or group or
+    /// others may write it. Only for a deliberate shared set-up whose users all trust each
+    /// other: anyone who can write the directory can plant build results (object code that is
+    /// linked into your binaries), delete yours, or hold your locks.
+    #[arg(long, env = "GOREMOTECACHE_TRUST_CACHE_DIR", value_parser = parse_switch)]
+    pub trust_cache_dir: bool,
+}
+
+/// The local cache's directories and locks (the main mode and `clear-local`).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct LocalArgs {
+    /// Directory of the local cache. Outputs are stored here and the go command reads them
+    /// in place, so it must be on a local file system. It must belong to you and not be
+    /// writable by group or others (see --trust-cache-dir). [default:
+    /// $XDG_CACHE_HOME/goremotecache/cache, else ~/.cache/goremotecache/cache; without a
+    /// usable home, <temp dir>/goremotecache-<uid>/cache]
+    #[arg(long, env = "GOREMOTECACHE_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Directory of the lock files that let several goremotecache processes share one cache
+    /// directory; checked like --cache-dir. [default: `locks` beside the default cache
+    /// directory]
+    #[arg(long, env = "GOREMOTECACHE_LOCK_DIR", value_name = "DIR")]
+    pub lock_dir: Option<PathBuf>,
+
+    /// How concurrent work on one key is serialized: `fslock` also excludes other processes
+    /// sharing the lock directory (parallel go commands, gopls, linters); `memory` only
+    /// within this process.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_LOCK_TYPE",
+        value_enum,
+        default_value_t = LockType::Fslock
+    )]
+    pub lock_type: LockType,
+}
+
+/// How the go command's cache uses its remote store (the main mode only).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ClientArgs {
+    /// Hash every output before answering a get with it; a damaged one is a miss (and the
+    /// go command's put replaces it). Costs reading every hit; like Go's gocacheverify.
+    #[arg(long, env = "GOREMOTECACHE_VERIFY_HITS", value_parser = parse_switch)]
+    pub verify_hits: bool,
+
+    /// The largest entry (decoded size) taken from the remote store: an entry whose header
+    /// says more is a miss, and its body is not downloaded. The server's option of the same
+    /// name refuses such entries.
+    #[arg(long, env = "GOREMOTECACHE_MAX_ENTRY_SIZE", value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub max_entry_size: u64,
+
+    /// Print a summary on stderr when the go command closes the session: gets, hits, misses,
+    /// puts, bytes, time spent.
+    #[arg(long, env = "GOREMOTECACHE_STATS", value_parser = parse_switch)]
+    pub stats: bool,
+
+    /// Write the same summary as JSON to PATH when the session ends.
+    #[arg(long, env = "GOREMOTECACHE_STATS_FILE", value_name = "PATH")]
+    pub stats_file: Option<PathBuf>,
+
+    /// `read-write`; `read-only` never uploads (untrusted builds such as pull requests from
+    /// forks); `write-only` never reads remote entries (to refill a cache suspected bad).
+    #[arg(long, env = "GOREMOTECACHE_REMOTE_MODE", value_enum, default_value_t = RemoteMode::ReadWrite)]
+    pub remote_mode: RemoteMode,
+
+    /// How long the end of a build may wait for pending uploads; what is left is dropped
+    /// and counted.
+    #[arg(long, env = "GOREMOTECACHE_UPLOAD_WAIT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub upload_wait: Duration,
+
+    /// Uploads in flight at once.
+    #[arg(long, env = "GOREMOTECACHE_UPLOAD_CONCURRENCY", value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub upload_concurrency: u16,
+
+    /// Uploads waiting at most; past that, uploads are dropped (counted) rather than slow
+    /// the build.
+    #[arg(long, env = "GOREMOTECACHE_UPLOAD_QUEUE", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub upload_queue: u32,
+
+    /// Prefetch: right after the go command starts this program, fetch in parallel the remote
+    /// entries that the last runs of the same build asked for, so that the go command finds
+    /// them on local disk (see docs/prefetch.md). `--prefetch=off` turns it off.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_PREFETCH",
+        value_name = "on|off",
+        value_parser = parse_switch,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "on",
+        default_missing_value = "on"
+    )]
+    pub prefetch: bool,
+
+    /// What names "the same build" for prefetch, instead of the automatic key (working
+    /// directory, the go command's arguments, GOOS, GOARCH, GOFLAGS, Go version, CI job).
+    #[arg(long, env = "GOREMOTECACHE_PREFETCH_KEY", value_name = "TEXT")]
+    pub prefetch_key: Option<String>,
+
+    /// Prefetch requests in flight at once: entry gets on S3; on an HTTP server, batches of up
+    /// to 256 entries, N/8 of them at once. About 1 MiB of memory per request in flight.
+    #[arg(long, env = "GOREMOTECACHE_PREFETCH_CONCURRENCY", value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch_concurrency: u16,
+
+    /// Prefetch at most this many bytes (uncompressed) per run.
+    #[arg(long, env = "GOREMOTECACHE_PREFETCH_MAX_BYTES", value_name = "BYTES", default_value = "2GiB", value_parser = parse_size)]
+    pub prefetch_max_bytes: u64,
+
+    /// Prefetch at most this many entries per run.
+    #[arg(long, env = "GOREMOTECACHE_PREFETCH_MAX_ENTRIES", value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefetch_max_entries: u32,
+}
+
+/// Which remote store: the backend and the HTTP server's options (the main mode and
+/// `clear-remote`; the S3 options are [`S3Args`]).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct StoreArgs {
+    /// Where shared results live behind the local disk: `disk` (none), `s3`, or `http` (a
+    /// `goremotecache serve` server). [default: s3 when --s3-bucket is set, http when
+    /// --http-url is set, else disk]
+    #[arg(long, env = "GOREMOTECACHE_BACKEND", value_enum)]
+    pub backend: Option<Backend>,
+
+    /// The URL of a `goremotecache serve` server, such as http://cache.internal:8321.
+    #[arg(long, env = "GOREMOTECACHE_HTTP_URL", value_name = "URL")]
+    pub http_url: Option<String>,
+
+    /// The bearer token for the server (read-only or read-write, as the server says).
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_HTTP_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub http_token: Option<String>,
+
+    /// A PEM file of certificate authorities to trust for --http-url, besides the system's
+    /// (for a server with a private CA's certificate).
+    #[arg(long, env = "GOREMOTECACHE_HTTP_CA_FILE", value_name = "PEM")]
+    pub http_ca_file: Option<PathBuf>,
+}
+
+/// The S3 bucket: the remote store of the main mode and `clear-remote`, the storage of
+/// `serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct S3Args {
+    /// The S3 bucket. A directory bucket (`name--zone--x-s3`) uses S3 Express One Zone.
+    #[arg(long, env = "GOREMOTECACHE_S3_BUCKET", value_name = "BUCKET")]
+    pub s3_bucket: Option<String>,
+
+    /// Key prefix for the entries in the bucket, so that several caches can share one.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_S3_PREFIX",
+        value_name = "PREFIX",
+        default_value = ""
+    )]
+    pub s3_prefix: String,
+
+    /// Endpoint of an S3-compatible store (MinIO, Ceph, R2, GCS, garage), such as
+    /// http://127.0.0.1:9000. [default: AWS]
+    #[arg(long, env = "GOREMOTECACHE_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// The bucket's region. [default: AWS_REGION, AWS_DEFAULT_REGION, then us-east-1]
+    #[arg(long, env = "GOREMOTECACHE_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Put the bucket in the URL path (endpoint/bucket/key), as MinIO and Ceph usually need,
+    /// instead of in the host name.
+    #[arg(long, env = "GOREMOTECACHE_S3_FORCE_PATH_STYLE", value_parser = parse_switch)]
+    pub s3_force_path_style: bool,
+
+    /// Also ask the EC2 instance metadata service for credentials (off by default: off EC2 it
+    /// can stall for seconds).
+    #[arg(long, env = "GOREMOTECACHE_S3_INSTANCE_METADATA", value_parser = parse_switch)]
+    pub s3_instance_metadata: bool,
+}
+
+/// The time bounds of every request to a remote store (S3 or an HTTP server), wherever one is
+/// used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct TimeoutArgs {
+    /// Give up on one remote request (or a stalled transfer) after this long.
+    #[arg(long, env = "GOREMOTECACHE_REMOTE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub remote_timeout: Duration,
+
+    /// Give up connecting to the remote store after this long.
+    #[arg(long, env = "GOREMOTECACHE_REMOTE_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub remote_connect_timeout: Duration,
+}
+
+/// The remote tier behind the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// No remote tier: the local disk only.
+    Disk,
+    /// AWS S3, S3 Express One Zone, or an S3-compatible store.
+    S3,
+    /// A `goremotecache serve` server.
+    Http,
+}
+
+/// The server's own options (`goremotecache serve` also takes [`S3Args`], [`TimeoutArgs`] and
+/// [`CommonArgs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8321"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Store entries in this directory (otherwise in S3, with the --s3-* options).
+    #[arg(long, env = "GOREMOTECACHE_STORAGE_DIR", value_name = "DIR")]
+    pub storage_dir: Option<PathBuf>,
+
+    /// A file of bearer tokens, one a line: `rw TOKEN` or `ro TOKEN` (see docs/http-api.md).
+    /// Read again on SIGHUP.
+    #[arg(long, env = "GOREMOTECACHE_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Bearer tokens as `rw:TOKEN,ro:TOKEN` (in addition to --token-file).
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_TOKENS",
+        value_name = "LIST",
+        hide_env_values = true
+    )]
+    pub tokens: Option<String>,
+
+    /// Let requests without a token read (GET and HEAD); writing always needs a token.
+    #[arg(long, env = "GOREMOTECACHE_ALLOW_ANONYMOUS_READ", value_parser = parse_switch)]
+    pub allow_anonymous_read: bool,
+
+    /// The largest entry a PUT may send; larger ones get 413.
+    #[arg(long, env = "GOREMOTECACHE_MAX_ENTRY_SIZE", value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub max_entry_size: u64,
+
+    /// Connections served at once; more are closed.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 1024
+    )]
+    pub max_connections: usize,
+
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Requests handled at once; more get 503.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_MAX_IN_FLIGHT",
+        value_name = "N",
+        default_value_t = 512
+    )]
+    pub max_in_flight: usize,
+
+    /// The time bounds on each connection.
+    #[command(flatten)]
+    pub timeouts: Box<ServeTimeouts>,
+}
+
+/// The time bounds of every connection of `serve` (part of [`ServeArgs`]; boxed there so
+/// that the `serve` command stays small beside the others): no client, with a token or
+/// without, holds a connection or an in-flight place longer than these allow without making
+/// progress. What each covers exactly is in `server::connection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct ServeTimeouts {
+    /// A request body that sends nothing for this long gets 408 and its connection is closed.
+    #[arg(long = "body-timeout", env = "GOREMOTECACHE_BODY_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_bound)]
+    pub body: Duration,
+
+    /// A client that reads nothing of an answer for this long is disconnected, and what the
+    /// answer held (its connection, its --max-in-flight place) is freed.
+    #[arg(long = "write-timeout", env = "GOREMOTECACHE_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_bound)]
+    pub write: Duration,
+
+    /// A connection that sends no complete request headers for this long, new or idle after
+    /// an answer, is closed.
+    #[arg(long = "idle-timeout", env = "GOREMOTECACHE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_bound)]
+    pub idle: Duration,
+}
+
+/// A time bound: a duration such as `30s` or `500ms`, longer than zero (a zero bound would
+/// cut every connection at once).
+pub(super) fn parse_bound(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than 0s".into()),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// `1048576`, `64KiB`, `256MiB`, `1GiB`.
+pub(super) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 256MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}: use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A switch's value from a variable: `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off`, and
+/// empty for off (so that `GOREMOTECACHE_STATS=` in a CI file turns it off, not the build).
+pub(super) fn parse_switch(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
+        "" | "0" | "false" | "no" | "off" | "n" | "f" => Ok(false),
+        other => Err(format!(
+            "{other:?} is not a switch value: use true or false"
+        )),
+    }
+}

@@ -2,6 +2,13 @@
 //! variable, declared once here, grouped into `Args` structs by what uses them. Each command
 //! takes only the groups it uses; [`super`] validates them into one configuration per command.
 
+// The doc comments of the flags are their --help text, written for a terminal, not rustdoc.
+#![allow(
+    rustdoc::invalid_html_tags,
+    rustdoc::bare_urls,
+    rustdoc::broken_intra_doc_links
+)]
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -13,8 +13,9 @@
 //!     60     .  body: raw bytes, or one zstd frame
 //! ```
 //!
-//! [`EntryWriter`] builds an entry from a body read as a stream; [`EntryReader`] decodes one
-//! as a stream and checks it: a wrong magic or version, unknown flags, a body that is not
+//! [`write_entry`] builds an entry from a body read as a stream; [`read_entry`] (and
+//! [`read_entry_within`], with a bound on the decoded size) decodes one as a stream and checks
+//! it: a wrong magic or version, unknown flags, a body that is not
 //! `size` bytes or whose sha256 is not the OutputID is an error, never data.
 
 use std::io::{self, Read, Write};

@@ -36,4 +36,4 @@ else:
 PY
 
 GOREMOTECACHE_TEST_S3_ENDPOINT="$endpoint" GOREMOTECACHE_TEST_S3_BUCKET=gocache \
-  cargo test --release --test suite -- --ignored s3_e2e::an_external_s3_server_serves_a_fresh_machine
+  cargo test --profile test-release --test suite -- --ignored s3_e2e::an_external_s3_server_serves_a_fresh_machine

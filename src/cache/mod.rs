@@ -87,7 +87,7 @@ impl Cache {
     /// set up is said once too, and the cache works on local disk alone. Call it inside a
     /// tokio runtime: the remote tier's upload workers start here.
     pub fn open(config: &Config) -> Self {
-        let disk = DiskCache::at(&config.cache_dir).verifying_hits(config.verify_hits);
+        let disk = DiskCache::at(&config.dirs.cache_dir).verifying_hits(config.verify_hits);
         match disk.prepare() {
             Ok(()) => {
                 let sweeper = disk.clone();
@@ -122,7 +122,7 @@ impl Cache {
         });
         Self {
             disk,
-            locks: Locker::new(config.lock_type, &config.lock_dir),
+            locks: Locker::new(config.dirs.lock_type, &config.dirs.lock_dir),
             stats,
             report: ReportOptions {
                 stats: config.stats,

@@ -49,14 +49,34 @@ impl LocalDirs {
     /// status 2. A directory that cannot be created is left to the cache, which says so and
     /// goes on (every get a miss, every put a clear error).
     pub fn check(&self, create: bool) -> Result<(), UntrustedDir> {
-        check_dirs(
-            &self.cache_dir,
-            &self.lock_dir,
-            self.default_base.as_ref(),
-            self.lock_type,
-            self.trust_cache_dir,
-            create,
-        )
+        if self.trust_cache_dir {
+            return Ok(());
+        }
+        let check = |dir: &Path, what, links| {
+            if create {
+                check_created_dir(dir, what, links)
+            } else if std::fs::symlink_metadata(dir).is_ok() {
+                check_private_dir(dir, what, links)
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(base) = &self.default_base {
+            check(&base.dir, "goremotecache's directory", base.links)?;
+        }
+        let mut dirs = vec![(&self.cache_dir, "cache directory")];
+        if self.lock_type == LockType::Fslock {
+            dirs.push((&self.lock_dir, "lock directory"));
+        }
+        for (dir, what) in dirs {
+            // Inside the default location, its rule for symlinks; a named directory may be one.
+            let links = match &self.default_base {
+                Some(base) if dir.parent() == Some(base.dir.as_path()) => base.links,
+                _ => Links::Follow,
+            };
+            check(dir, what, links)?;
+        }
+        Ok(())
     }
 }
 
@@ -102,45 +122,6 @@ impl DefaultBase {
             },
         }
     }
-}
-
-/// [`LocalDirs::check`], on the fields of either configuration that holds them.
-pub(super) fn check_dirs(
-    cache_dir: &Path,
-    lock_dir: &Path,
-    default_base: Option<&DefaultBase>,
-    lock_type: LockType,
-    trust_cache_dir: bool,
-    create: bool,
-) -> Result<(), UntrustedDir> {
-    if trust_cache_dir {
-        return Ok(());
-    }
-    let check = |dir: &Path, what, links| {
-        if create {
-            check_created_dir(dir, what, links)
-        } else if std::fs::symlink_metadata(dir).is_ok() {
-            check_private_dir(dir, what, links)
-        } else {
-            Ok(())
-        }
-    };
-    if let Some(base) = default_base {
-        check(&base.dir, "goremotecache's directory", base.links)?;
-    }
-    let mut dirs = vec![(cache_dir, "cache directory")];
-    if lock_type == LockType::Fslock {
-        dirs.push((lock_dir, "lock directory"));
-    }
-    for (dir, what) in dirs {
-        // Inside the default location, its rule for symlinks; a named directory may be one.
-        let links = match default_base {
-            Some(base) if dir.parent() == Some(base.dir.as_path()) => base.links,
-            _ => Links::Follow,
-        };
-        check(dir, what, links)?;
-    }
-    Ok(())
 }
 
 /// Creates `dir` (0700) if it is missing and checks it; one that cannot be created is not an

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::fsutil::{Links, UntrustedDir, private_dir};
-use crate::local::lock::LockType;
 use crate::store::http::HttpConfig;
 use crate::store::s3::S3Config;
 
@@ -62,11 +61,11 @@ impl Run {
     }
 
     /// Refuses the directories this run would use if someone else could write them (see
-    /// [`Config::check_dirs`]); the main mode creates its own first. Runs before the go command
+    /// [`LocalDirs::check`]); the main mode creates its own first. Runs before the go command
     /// is answered: a refusal is exit status 2.
     pub fn check_dirs(&self) -> Result<(), UntrustedDir> {
         match self {
-            Self::Cache(config) => config.check_dirs(true),
+            Self::Cache(config) => config.dirs.check(true),
             Self::ClearLocal(clear) => clear.dirs.check(false),
             Self::Serve(serve) => serve.check_dirs(),
             Self::ClearRemote(_) | Self::Version => Ok(()),
@@ -77,15 +76,9 @@ impl Run {
 /// The main mode's options, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Absolute and valid UTF-8 (it is sent to the go command in JSON).
-    pub cache_dir: PathBuf,
-    pub lock_dir: PathBuf,
-    /// The default location's own directory, when the cache or lock directory is the
-    /// default: goremotecache creates it, so it is checked as well.
-    pub default_base: Option<DefaultBase>,
-    pub trust_cache_dir: bool,
+    /// The cache and lock directories, as `clear-local` gets them too.
+    pub dirs: LocalDirs,
     pub verify_hits: bool,
-    pub lock_type: LockType,
     pub debug: bool,
     pub stats: bool,
     pub stats_file: Option<PathBuf>,
@@ -186,41 +179,14 @@ pub enum ConfigError {
 impl Config {
     /// Validates the main mode's options, filling in defaults.
     pub fn from_args(args: &MainArgs) -> Result<Self, ConfigError> {
-        let LocalDirs {
-            cache_dir,
-            lock_dir,
-            default_base,
-            lock_type,
-            trust_cache_dir,
-        } = LocalDirs::from_args(&args.local, &args.common)?;
         Ok(Self {
-            cache_dir,
-            lock_dir,
-            default_base,
-            trust_cache_dir,
+            dirs: LocalDirs::from_args(&args.local, &args.common)?,
             verify_hits: args.client.verify_hits,
-            lock_type,
             debug: args.common.debug,
             stats: args.client.stats,
             stats_file: args.client.stats_file.clone(),
             remote: remote_config(args)?,
         })
-    }
-
-    /// Refuses the cache and lock directories if another user owns them or group or others
-    /// may write them (unless `--trust-cache-dir`); with `create`, first creates those that
-    /// are missing (mode 0700). Runs before the go command is answered: a refusal is exit
-    /// status 2. A directory that cannot be created is left to the cache, which says so and
-    /// goes on (every get a miss, every put a clear error).
-    pub fn check_dirs(&self, create: bool) -> Result<(), UntrustedDir> {
-        dirs::check_dirs(
-            &self.cache_dir,
-            &self.lock_dir,
-            self.default_base.as_ref(),
-            self.lock_type,
-            self.trust_cache_dir,
-            create,
-        )
     }
 }
 

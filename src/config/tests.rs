@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::local::lock::LockType;
 use clap::CommandFactory;
 use clap::Parser;
 use clap::error::ErrorKind;
@@ -119,14 +120,14 @@ fn switches_read_the_usual_spellings() {
 fn relative_directories_become_absolute() {
     let cli = Cli::try_parse_from(["goremotecache", "--cache-dir", "rel/cache"]).unwrap();
     let config = Config::from_args(&cli.main).unwrap();
-    assert!(config.cache_dir.is_absolute());
-    assert!(config.cache_dir.ends_with("rel/cache"));
-    assert!(config.lock_dir.ends_with("locks"));
+    assert!(config.dirs.cache_dir.is_absolute());
+    assert!(config.dirs.cache_dir.ends_with("rel/cache"));
+    assert!(config.dirs.lock_dir.ends_with("locks"));
     assert_eq!(
-        config.lock_dir.parent(),
-        config.default_base.as_ref().map(|b| b.dir.as_path())
+        config.dirs.lock_dir.parent(),
+        config.dirs.default_base.as_ref().map(|b| b.dir.as_path())
     );
-    assert_eq!(config.lock_type, LockType::Fslock);
+    assert_eq!(config.dirs.lock_type, LockType::Fslock);
 }
 
 #[test]
@@ -290,7 +291,11 @@ fn clear_local_takes_the_directories_and_the_common_options() {
             &clear.dirs.lock_dir,
             &clear.dirs.default_base
         ),
-        (&config.cache_dir, &config.lock_dir, &config.default_base)
+        (
+            &config.dirs.cache_dir,
+            &config.dirs.lock_dir,
+            &config.dirs.default_base
+        )
     );
     let mut args = parse(&["clear-local"]).unwrap();
     let Some(Command::ClearLocal(clear)) = &mut args.command else {
@@ -392,7 +397,7 @@ fn without_a_subcommand_every_client_option_is_taken() {
     let Run::Cache(config) = run(&args) else {
         panic!("not the cache")
     };
-    assert!(config.verify_hits && config.stats && config.debug && config.trust_cache_dir);
+    assert!(config.verify_hits && config.stats && config.debug && config.dirs.trust_cache_dir);
     let remote = config.remote.unwrap();
     assert_eq!(remote.mode, RemoteMode::ReadOnly);
     assert_eq!(remote.prefetch, None);

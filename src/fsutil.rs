@@ -47,6 +47,12 @@ fn no_follow_flags() -> i32 {
 /// Opens `path` for reading if it is a regular file. A missing path, a symlink, a FIFO or
 /// any other kind of file is `None` (a miss); only unexpected I/O errors are errors.
 pub fn open_regular(path: &Path) -> io::Result<Option<File>> {
+    Ok(open_regular_with_meta(path)?.map(|(file, _)| file))
+}
+
+/// [`open_regular`], with the file's metadata from the `fstat` that checked its type (its
+/// modification time is when a cached file was last used, see [`touch_if_older`]).
+pub fn open_regular_with_meta(path: &Path) -> io::Result<Option<(File, fs::Metadata)>> {
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(no_follow_flags())
@@ -56,11 +62,8 @@ pub fn open_regular(path: &Path) -> io::Result<Option<File>> {
         Err(err) if is_not_a_file(&err) => return Ok(None),
         Err(err) => return Err(err),
     };
-    if file.metadata()?.is_file() {
-        Ok(Some(file))
-    } else {
-        Ok(None)
-    }
+    let meta = file.metadata()?;
+    Ok(meta.is_file().then_some((file, meta)))
 }
 
 /// Opens (creating it, mode 0600) a file for reading and writing if it is a regular file and
@@ -87,11 +90,70 @@ pub fn open_or_create_regular(path: &Path) -> io::Result<File> {
 /// The size of `path` if it is a regular file (not through a symlink); `None` if it is
 /// missing or anything else.
 pub fn regular_len(path: &Path) -> io::Result<Option<u64>> {
+    Ok(regular_meta(path)?.map(|meta| meta.len()))
+}
+
+/// The metadata of `path` (from `lstat`) if it is a regular file, not a symlink.
+pub fn regular_meta(path: &Path) -> io::Result<Option<fs::Metadata>> {
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
+        Ok(meta) if meta.is_file() => Ok(Some(meta)),
         Ok(_) => Ok(None),
         Err(err) if is_not_a_file(&err) => Ok(None),
         Err(err) => Err(err),
+    }
+}
+
+/// How stale a cached file's modification time may get before a use sets it to now: the
+/// time is "last used" to within this, at the cost of one system call per file per interval
+/// (Go's own cache does the same, with the same hour).
+pub const USE_REFRESH: Duration = Duration::from_secs(3600);
+
+/// Whether a file last modified at `modified` is due for a refresh of its time at `now`.
+pub fn due_for_refresh(modified: SystemTime, now: SystemTime) -> bool {
+    now.duration_since(modified)
+        .is_ok_and(|age| age > USE_REFRESH)
+}
+
+/// Sets the access and modification times of the file at `path` to now, without following a
+/// symlink, if `meta` (the file's metadata, read just before) says they are more than
+/// [`USE_REFRESH`] old. An `Err` of kind `NotFound` means the file is gone: a trim removed it
+/// between the look and the refresh, and whoever was about to hand it out must not.
+pub fn touch_if_older(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    if !meta
+        .modified()
+        .is_ok_and(|at| due_for_refresh(at, SystemTime::now()))
+    {
+        return Ok(());
+    }
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &now_timestamps(),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
+}
+
+/// [`touch_if_older`] for a file already open (an entry that was just read).
+pub fn touch_open_if_older(file: &File, meta: &fs::Metadata) -> io::Result<()> {
+    if !meta
+        .modified()
+        .is_ok_and(|at| due_for_refresh(at, SystemTime::now()))
+    {
+        return Ok(());
+    }
+    rustix::fs::futimens(file, &now_timestamps()).map_err(io::Error::from)
+}
+
+/// Both times `UTIME_NOW`: the kernel's own clock.
+fn now_timestamps() -> rustix::fs::Timestamps {
+    let now = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    rustix::fs::Timestamps {
+        last_access: now,
+        last_modification: now,
     }
 }
 
@@ -310,7 +372,7 @@ pub fn remove_all_but_directories(dir: &Path) -> io::Result<usize> {
 /// The entries of `dir` but `.` and `..`, with their types as the listing gives them, and a
 /// handle on `dir` to work on them with: `dir` is opened without following a symlink, so
 /// whatever is done through the handle stays inside it.
-fn list_no_follow(dir: &Path) -> io::Result<(OwnedFd, Vec<(CString, FileType)>)> {
+pub(crate) fn list_no_follow(dir: &Path) -> io::Result<(OwnedFd, Vec<(CString, FileType)>)> {
     let fd = rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,

@@ -11,9 +11,12 @@ use goremotecache::cache::Cache;
 use goremotecache::cache::stats;
 use goremotecache::cacheprog::{session, wire};
 use goremotecache::config::{
-    ClearRemoteConfig, Cli, Config, LocalDirs, RemoteMode, Run, ServeConfig,
+    ClearRemoteConfig, Cli, Config, LocalDirs, RemoteMode, Run, ServeConfig, TrimConfig,
 };
+use goremotecache::fsutil::explain_io;
 use goremotecache::local::clear;
+use goremotecache::local::disk::DiskCache;
+use goremotecache::local::trim::{self, TrimPolicy};
 use goremotecache::{logging, store};
 
 fn main() -> ExitCode {
@@ -31,6 +34,10 @@ fn main() -> ExitCode {
     }
     let result = match run {
         Run::Cache(config) => serve_stdio(&config),
+        Run::Trim(trim) => {
+            logging::init(trim.debug);
+            trim_local(&trim)
+        }
         Run::ClearLocal(clear) => {
             logging::init(clear.debug);
             clear_local(&clear.dirs)
@@ -85,10 +92,85 @@ fn serve_stdio(config: &Config) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     let _entered = runtime.enter();
     let cache = Arc::new(Cache::open(config));
-    let end = runtime.block_on(session::run(cache, std::io::stdin(), stdout));
+    let end = runtime.block_on(session::run(cache.clone(), std::io::stdin(), stdout));
     tracing::debug!(?end, "session ended");
-    // Exiting closes stdout, which the go command waits for; background work is not awaited.
+    // Background work is not awaited: the go command has had every answer.
     runtime.shutdown_background();
+    if let Some(policy) = &config.trim {
+        trim_after_session(config, policy, &cache);
+    }
+    // Exiting closes stdout, which the go command waits for (unless the trim closed it).
+    Ok(())
+}
+
+/// The automatic trim, at most once a day per cache directory ([`trim::claim`]). It runs
+/// after stdout is closed, so the go command, which waits only for that, is not kept
+/// waiting. Stderr stays open only if the trim is to be reported (`--stats`, `--debug`):
+/// whoever reads it (a CI step, a test harness) would otherwise wait for the trim too.
+fn trim_after_session(config: &Config, policy: &TrimPolicy, cache: &Cache) {
+    if let Err(err) = close_stdout(!(config.stats || config.debug)) {
+        tracing::debug!("not trimming: cannot close stdout: {err}");
+        return;
+    }
+    let root = &config.dirs.cache_dir;
+    let claim = match trim::claim(root) {
+        Ok(Some(claim)) => claim,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(
+                "cannot claim the trim of {}: {}",
+                root.display(),
+                explain_io(&err)
+            );
+            return;
+        }
+    };
+    match trim::trim(&DiskCache::at(root), policy, false) {
+        Ok(report) => {
+            if config.stats {
+                eprint!("goremotecache: {report}");
+            }
+            if let Some(path) = &config.stats_file {
+                let mut full = cache.stats().report();
+                full.trim = Some(report);
+                full.write_json(path);
+            }
+        }
+        Err(err) => tracing::warn!("trimming {}: {}", root.display(), explain_io(&err)),
+    }
+    drop(claim);
+}
+
+/// Points stdout (and, with `stderr_too`, stderr) at /dev/null, which closes the pipes the
+/// go command reads.
+fn close_stdout(stderr_too: bool) -> std::io::Result<()> {
+    std::io::stdout().flush()?;
+    let null = std::fs::File::options().write(true).open("/dev/null")?;
+    rustix::stdio::dup2_stdout(&null)?;
+    if stderr_too {
+        rustix::stdio::dup2_stderr(&null)?;
+    }
+    Ok(())
+}
+
+/// `goremotecache trim`: trims now (waiting for a trim another process is running), or with
+/// --dry-run says what it would remove.
+fn trim_local(config: &TrimConfig) -> anyhow::Result<()> {
+    let root = &config.dirs.cache_dir;
+    if !root.is_dir() {
+        println!("{}: does not exist, nothing to trim", root.display());
+        return Ok(());
+    }
+    let cache = DiskCache::open(root).with_context(|| format!("opening {}", root.display()))?;
+    let claim = if config.dry_run {
+        None
+    } else {
+        Some(trim::claim_now(root).with_context(|| format!("locking {}", root.display()))?)
+    };
+    let report = trim::trim(&cache, &config.policy, config.dry_run)
+        .map_err(|err| anyhow::anyhow!("trimming {}: {}", root.display(), explain_io(&err)))?;
+    drop(claim);
+    print!("{}: {report}", root.display());
     Ok(())
 }
 

@@ -323,10 +323,7 @@ impl Handler for Cache {
             eprint!("{report}");
         }
         if let Some(path) = &self.report.stats_file {
-            let json = serde_json::to_vec_pretty(&report).expect("the report serializes");
-            if let Err(err) = std::fs::write(path, json) {
-                tracing::warn!("cannot write stats file {}: {err}", path.display());
-            }
+            report.write_json(path);
         }
     }
 }

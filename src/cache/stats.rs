@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::local::trim::TrimReport;
+
 /// Live counters, updated by request handlers.
 #[derive(Debug)]
 pub struct Stats {
@@ -207,6 +209,7 @@ impl Stats {
                         manifest_written: get(&r.manifest_written),
                     }),
             }),
+            trim: None,
         }
     }
 }
@@ -236,6 +239,9 @@ pub struct Report {
     pub peak_rss_bytes: Option<u64>,
     /// The remote tier's figures, when there is one.
     pub remote: Option<RemoteReport>,
+    /// What the automatic trim after the session removed, when one ran (it runs after this
+    /// report is first printed and written: the stats file is then written again with it).
+    pub trim: Option<TrimReport>,
 }
 
 /// A snapshot of [`RemoteStats`].
@@ -369,6 +375,45 @@ impl fmt::Display for Report {
 }
 
 /// `1.5 MiB`, `300 B`.
+impl Report {
+    /// Writes the report as JSON to `path` (`--stats-file`); a failure is said on stderr.
+    pub fn write_json(&self, path: &std::path::Path) {
+        let json = serde_json::to_vec_pretty(self).expect("the report serializes");
+        if let Err(err) = std::fs::write(path, json) {
+            tracing::warn!("cannot write stats file {}: {err}", path.display());
+        }
+    }
+}
+
+impl fmt::Display for TrimReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        write!(
+            f,
+            "trim {verb} {} entries and {} outputs ({}) in {:.3}s; left: {} entries, {} outputs ({})",
+            self.entries_removed,
+            self.outputs_removed,
+            human_bytes(self.bytes_removed),
+            self.seconds,
+            self.entries_left,
+            self.outputs_left,
+            human_bytes(self.bytes_left)
+        )?;
+        if self.kept_in_use > 0 {
+            write!(
+                f,
+                "; {} kept because a build used them meanwhile",
+                self.kept_in_use
+            )?;
+        }
+        writeln!(f)
+    }
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;

@@ -126,6 +126,9 @@ pub enum Command {
     Serve(ServeCommand),
     /// Delete every entry under the remote store's prefix (asks for --yes first).
     ClearRemote(ClearRemoteArgs),
+    /// Trim the local cache now, as the automatic trim does once a day (--trim-age,
+    /// --max-cache-size), and say what was removed; --dry-run only says it.
+    Trim(TrimCommand),
     /// Empty the local cache and lock directories. Refuses directories that goremotecache did
     /// not create (they carry its CACHEDIR.TAG).
     ClearLocal(ClearLocalArgs),
@@ -142,6 +145,23 @@ pub struct MainArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(flatten)]
+    pub trim: TrimArgs,
+    /// The automatic trim: at most once a day per cache directory, after the go command has
+    /// had its last answer, remove what --trim-age and --max-cache-size say. `--trim=off`
+    /// turns it off (`goremotecache trim` still trims when asked).
+    #[arg(
+        long = "trim",
+        env = "GOREMOTECACHE_TRIM",
+        value_name = "on|off",
+        value_parser = parse_switch,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "on",
+        default_missing_value = "on"
+    )]
+    pub auto_trim: bool,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -177,6 +197,35 @@ pub struct ClearRemoteArgs {
     pub timeouts: TimeoutArgs,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// `goremotecache trim`: which cache, by what rule, and whether only to say it.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct TrimCommand {
+    /// Remove nothing: say what a trim would remove.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub trim: TrimArgs,
+    #[command(flatten)]
+    pub local: LocalArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// What a trim of the local cache removes (the main mode and `trim`).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct TrimArgs {
+    /// Remove action entries and outputs that no build used for longer than this (a use sets
+    /// a file's time, to within an hour).
+    #[arg(long, env = "GOREMOTECACHE_TRIM_AGE", value_name = "DURATION", default_value = "5d", value_parser = parse_bound)]
+    pub trim_age: Duration,
+
+    /// Past this size (disk space of the entries and outputs, as du counts it), remove the
+    /// least recently used until the cache is at 90% of it. Files used within the last two
+    /// hours are kept even then. [default: no bound]
+    #[arg(long, env = "GOREMOTECACHE_MAX_CACHE_SIZE", value_name = "SIZE", value_parser = parse_size)]
+    pub max_cache_size: Option<u64>,
 }
 
 /// `goremotecache clear-local`: which directories.
@@ -525,9 +574,10 @@ pub(super) fn parse_size(text: &str) -> Result<u64, String> {
         "KiB" | "K" => 1 << 10,
         "MiB" | "M" => 1 << 20,
         "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
         other => {
             return Err(format!(
-                "unknown size unit {other:?}: use B, KiB, MiB or GiB"
+                "unknown size unit {other:?}: use B, KiB, MiB, GiB or TiB"
             ));
         }
     };

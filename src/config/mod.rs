@@ -10,13 +10,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::fsutil::{Links, UntrustedDir, private_dir};
+use crate::local::trim::TrimPolicy;
 use crate::store::http::HttpConfig;
 use crate::store::s3::S3Config;
 
 pub use self::dirs::{DefaultBase, LocalDirs};
 pub use self::flags::{
     Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, LocalArgs,
-    MainArgs, S3Args, ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs,
+    MainArgs, S3Args, ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs, TrimArgs,
+    TrimCommand,
 };
 pub use crate::store::{RemoteMode, StoreConfig};
 
@@ -27,6 +29,8 @@ pub enum Run {
     Cache(Box<Config>),
     /// `serve`: the HTTP cache server.
     Serve(Box<ServeConfig>),
+    /// `trim`.
+    Trim(TrimConfig),
     /// `clear-local`.
     ClearLocal(ClearLocalConfig),
     /// `clear-remote`.
@@ -46,6 +50,12 @@ impl Run {
                 trust_cache_dir: serve.common.trust_cache_dir,
                 args: serve.serve,
             })),
+            Some(Command::Trim(trim)) => Self::Trim(TrimConfig {
+                dirs: LocalDirs::from_args(&trim.local, &trim.common)?,
+                policy: trim_policy(&trim.trim),
+                dry_run: trim.dry_run,
+                debug: trim.common.debug,
+            }),
             Some(Command::ClearLocal(clear)) => Self::ClearLocal(ClearLocalConfig {
                 dirs: LocalDirs::from_args(&clear.local, &clear.common)?,
                 debug: clear.common.debug,
@@ -67,6 +77,7 @@ impl Run {
         match self {
             Self::Cache(config) => config.dirs.check(true),
             Self::ClearLocal(clear) => clear.dirs.check(false),
+            Self::Trim(trim) => trim.dirs.check(false),
             Self::Serve(serve) => serve.check_dirs(),
             Self::ClearRemote(_) | Self::Version => Ok(()),
         }
@@ -82,6 +93,8 @@ pub struct Config {
     pub debug: bool,
     pub stats: bool,
     pub stats_file: Option<PathBuf>,
+    /// The automatic trim after each session; `None`: `--trim=off`.
+    pub trim: Option<TrimPolicy>,
     /// `None`: the local disk only.
     pub remote: Option<RemoteConfig>,
 }
@@ -141,6 +154,16 @@ pub struct ClearLocalConfig {
     pub debug: bool,
 }
 
+/// `trim`'s options, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrimConfig {
+    pub dirs: LocalDirs,
+    pub policy: TrimPolicy,
+    /// `--dry-run`: say what would be removed, remove nothing.
+    pub dry_run: bool,
+    pub debug: bool,
+}
+
 /// `clear-remote`'s options, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClearRemoteConfig {
@@ -185,8 +208,16 @@ impl Config {
             debug: args.common.debug,
             stats: args.client.stats,
             stats_file: args.client.stats_file.clone(),
+            trim: args.auto_trim.then(|| trim_policy(&args.trim)),
             remote: remote_config(args)?,
         })
+    }
+}
+
+fn trim_policy(args: &TrimArgs) -> TrimPolicy {
+    TrimPolicy {
+        max_age: args.trim_age,
+        max_size: args.max_cache_size,
     }
 }
 

@@ -32,7 +32,10 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
-use crate::fsutil::{self, open_regular, prepare_dir, real_dir, regular_len};
+use crate::fsutil::{
+    self, open_regular, open_regular_with_meta, prepare_dir, real_dir, regular_len, regular_meta,
+    touch_if_older, touch_open_if_older,
+};
 use crate::ids::{ActionId, OutputId};
 
 const ENTRY_VERSION: &str = "v1";
@@ -151,26 +154,37 @@ impl DiskCache {
         // never blocking on a FIFO), fstat (a regular file, else a miss), read, close, and
         // lstat of the output.
         let mut buf = [0u8; ENTRY_MAX];
-        let len = match open_regular(&self.action_path(action)) {
-            Ok(Some(mut file)) => read_full(&mut file, &mut buf)?,
-            Ok(None) => return Ok(None),
-            Err(err) => return Err(err),
+        let Some((mut file, entry_meta)) = open_regular_with_meta(&self.action_path(action))?
+        else {
+            return Ok(None);
         };
+        let len = read_full(&mut file, &mut buf)?;
         let Some((output_id, size, time)) =
             std::str::from_utf8(&buf[..len]).ok().and_then(parse_entry)
         else {
             return Ok(None);
         };
         let disk_path = self.output_path(&output_id);
-        if regular_len(&disk_path)? != Some(size) {
+        let Some(output_meta) = regular_meta(&disk_path)?.filter(|meta| meta.len() == size) else {
             return Ok(None);
-        }
+        };
         if self.verify_hits && !file_has_id(&disk_path, &output_id)? {
             tracing::warn!(
                 "output {} does not match its OutputID (damaged on disk); treated as a miss",
                 disk_path.display()
             );
             return Ok(None);
+        }
+        // A hit is a use: the files' times say when they were last used, to within an hour
+        // (the metadata is the one the checks above read, so a hit costs no extra call but
+        // once an hour per file). An output that a trim took away meanwhile is a miss.
+        match touch_if_older(&disk_path, &output_meta) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => tracing::debug!("cannot refresh {}: {err}", disk_path.display()),
+            Ok(()) => {}
+        }
+        if let Err(err) = touch_open_if_older(&file, &entry_meta) {
+            tracing::debug!("cannot refresh the entry of {action}: {err}");
         }
         Ok(Some(Entry {
             output_id,
@@ -196,14 +210,24 @@ impl DiskCache {
     /// is damaged. Returns the output's path and whether it was already present.
     pub fn store_output(&self, body: Spooled) -> io::Result<(PathBuf, bool)> {
         let path = self.output_path(&body.output_id);
-        if self.has_output(&body.output_id, body.size) {
-            if file_has_id(&path, &body.output_id)? {
-                return Ok((path, true));
+        if let Some(meta) = regular_meta(&path)?.filter(|meta| meta.len() == body.size) {
+            if !file_has_id(&path, &body.output_id)? {
+                tracing::warn!(
+                    "output {} does not match its OutputID (damaged on disk); replacing it",
+                    path.display()
+                );
+            } else {
+                // In use again: its time says so. A trim that took it away meanwhile makes
+                // this a NotFound, and the body is stored anew below.
+                match touch_if_older(&path, &meta) {
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => {
+                        tracing::debug!("cannot refresh {}: {err}", path.display());
+                        return Ok((path, true));
+                    }
+                    Ok(()) => return Ok((path, true)),
+                }
             }
-            tracing::warn!(
-                "output {} does not match its OutputID (damaged on disk); replacing it",
-                path.display()
-            );
         }
         fsutil::persist(body.file, &path)?;
         Ok((path, false))
@@ -289,7 +313,7 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(len)
 }
 
-fn parse_entry(text: &str) -> Option<(OutputId, u64, SystemTime)> {
+pub(super) fn parse_entry(text: &str) -> Option<(OutputId, u64, SystemTime)> {
     let mut fields = text.trim_end().split(' ');
     if fields.next()? != ENTRY_VERSION {
         return None;

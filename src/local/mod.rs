@@ -5,3 +5,4 @@
 pub mod clear;
 pub mod disk;
 pub mod lock;
+pub mod trim;

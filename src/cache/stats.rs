@@ -376,10 +376,23 @@ impl fmt::Display for Report {
 
 /// `1.5 MiB`, `300 B`.
 impl Report {
-    /// Writes the report as JSON to `path` (`--stats-file`); a failure is said on stderr.
+    /// Writes the report as JSON to `path` (`--stats-file`), replacing the file by a rename
+    /// so that a reader never sees half of it (the automatic trim writes it a second time,
+    /// after the go command may have exited); a failure is said on stderr.
     pub fn write_json(&self, path: &std::path::Path) {
         let json = serde_json::to_vec_pretty(self).expect("the report serializes");
-        if let Err(err) = std::fs::write(path, json) {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        let written = tempfile::Builder::new()
+            .prefix(".stats-")
+            .tempfile_in(dir)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, &json)?;
+                file.persist(path).map(drop).map_err(|err| err.error)
+            });
+        if let Err(err) = written {
             tracing::warn!("cannot write stats file {}: {err}", path.display());
         }
     }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::fsutil::{Links, UntrustedDir, private_dir};
-use crate::local::trim::TrimPolicy;
+use crate::local::trim::{KEEP_RECENT, TrimPolicy};
 use crate::store::http::HttpConfig;
 use crate::store::s3::S3Config;
 
@@ -52,7 +52,7 @@ impl Run {
             })),
             Some(Command::Trim(trim)) => Self::Trim(TrimConfig {
                 dirs: LocalDirs::from_args(&trim.local, &trim.common)?,
-                policy: trim_policy(&trim.trim),
+                policy: trim_policy(&trim.trim)?,
                 dry_run: trim.dry_run,
                 debug: trim.common.debug,
             }),
@@ -189,6 +189,10 @@ pub enum ConfigError {
     },
     #[error("--{flag}: the path is empty")]
     Empty { flag: &'static str },
+    #[error(
+        "--trim-age must be at least 2h: a file used within the last hour may carry a time up to an hour old, and must not be removed under the build using it"
+    )]
+    TrimAgeTooShort,
     #[error("--backend s3 needs a bucket: set --s3-bucket or GOREMOTECACHE_S3_BUCKET")]
     NoBucket,
     #[error("--backend http needs the server's URL: set --http-url or GOREMOTECACHE_HTTP_URL")]
@@ -208,17 +212,23 @@ impl Config {
             debug: args.common.debug,
             stats: args.client.stats,
             stats_file: args.client.stats_file.clone(),
-            trim: args.auto_trim.then(|| trim_policy(&args.trim)),
+            trim: match args.auto_trim {
+                true => Some(trim_policy(&args.trim)?),
+                false => None,
+            },
             remote: remote_config(args)?,
         })
     }
 }
 
-fn trim_policy(args: &TrimArgs) -> TrimPolicy {
-    TrimPolicy {
+fn trim_policy(args: &TrimArgs) -> Result<TrimPolicy, ConfigError> {
+    if args.trim_age < KEEP_RECENT {
+        return Err(ConfigError::TrimAgeTooShort);
+    }
+    Ok(TrimPolicy {
         max_age: args.trim_age,
         max_size: args.max_cache_size,
-    }
+    })
 }
 
 fn remote_config(args: &MainArgs) -> Result<Option<RemoteConfig>, ConfigError> {

@@ -17,3 +17,4 @@ mod s3_protocol;
 mod serve;
 mod session;
 mod store_conformance;
+mod trim;

@@ -199,7 +199,8 @@ fn clear_local_empties_the_cache_it_created() {
     let (code, out, err) = run(&args, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains(&format!("{}: removed 2 files (5.0 KiB)", cache.display())),
+        // The entry, its output, and the trim's trim.txt.
+        out.contains(&format!("{}: removed 3 files (5.0 KiB)", cache.display())),
         "{out}"
     );
     assert!(
@@ -358,7 +359,7 @@ fn variables_apply_to_every_command_that_takes_the_option() {
     let (code, out, err) = run(&["clear-local"], &env);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains(&format!("{}: removed 2 files", cache.display())),
+        out.contains(&format!("{}: removed 3 files", cache.display())),
         "{out}"
     );
 
@@ -383,6 +384,7 @@ fn variables_of_options_a_subcommand_does_not_take_do_not_refuse_it() {
         ("GOREMOTECACHE_UPLOAD_WAIT", "soon"),
         ("GOREMOTECACHE_PREFETCH", "maybe"),
         ("GOREMOTECACHE_REMOTE_MODE", "sideways"),
+        ("GOREMOTECACHE_TRIM_AGE", "1h"),
     ];
     let (code, _, err) = run(&[], &env);
     assert_eq!(code, 2, "the main mode took them: {err}");

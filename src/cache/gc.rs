@@ -329,7 +329,8 @@ async fn delete_retried(store: &dyn Inventory, keys: &[String]) -> Result<(), Re
 impl fmt::Display for Plan {
     /// The report of a run: what is deleted and what is kept, and why.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tally = |what: &str, t: Tally| format!("{} {what} ({})", t.count, human_bytes(t.bytes));
+        let tally =
+            |one: &str, t: Tally| format!("{} ({})", counted(t.count, one), human_bytes(t.bytes));
         let mut text = format!(
             "{}: entries and prefetch manifests last modified before {} ({} ago)\n",
             self.location,
@@ -339,39 +340,48 @@ impl fmt::Display for Plan {
         let _ = writeln!(
             text,
             "  to delete: {}, {}",
-            tally("entries", self.old_entries),
-            tally("manifests", self.old_manifests)
+            tally("entry", self.old_entries),
+            tally("manifest", self.old_manifests)
         );
         let _ = writeln!(
             text,
             "  kept: {} modified since",
-            tally("entries", self.recent_entries)
+            tally("entry", self.recent_entries)
         );
         let _ = writeln!(
             text,
             "  kept: {} older but listed in a recent manifest",
-            tally("entries", self.listed_entries)
+            tally("entry", self.listed_entries)
         );
         let _ = writeln!(
             text,
             "  kept: {} modified since",
-            tally("manifests", self.recent_manifests)
+            tally("manifest", self.recent_manifests)
         );
         if self.unreadable_manifests > 0 {
             let _ = writeln!(
                 text,
-                "  ({} recent manifests could not be decoded and keep no entry)",
-                self.unreadable_manifests
+                "  ({} could not be decoded and keep no entry)",
+                counted(self.unreadable_manifests, "recent manifest")
             );
         }
         if self.other.count > 0 {
             let _ = writeln!(
                 text,
                 "  kept: {} that are neither entries nor manifests",
-                tally("other objects", self.other)
+                tally("other object", self.other)
             );
         }
         f.write_str(text.trim_end())
+    }
+}
+
+/// `1 entry`, `2 entries`, `1 manifest`, `0 manifests`.
+fn counted(n: u64, one: &str) -> String {
+    match (n, one.strip_suffix('y')) {
+        (1, _) => format!("1 {one}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {one}s"),
     }
 }
 
@@ -379,9 +389,9 @@ impl fmt::Display for Swept {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "deleted {} entries and {} manifests ({}) in {:.1}s",
-            self.entries,
-            self.manifests,
+            "deleted {} and {} ({}) in {:.1}s",
+            counted(self.entries, "entry"),
+            counted(self.manifests, "manifest"),
             human_bytes(self.bytes),
             self.elapsed.as_secs_f64()
         )

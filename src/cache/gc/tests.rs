@@ -165,7 +165,7 @@ async fn old_entries_go_unless_a_recent_manifest_lists_them() {
     assert_eq!(store.len(), 8, "planning deletes nothing");
     let report = plan.to_string();
     assert!(
-        report.contains("to delete: 2 entries (200 B), 1 manifests"),
+        report.contains("to delete: 2 entries (200 B), 1 manifest ("),
         "{report}"
     );
     assert!(

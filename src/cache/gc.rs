@@ -278,26 +278,29 @@ pub async fn sweep(
     let start = Instant::now();
     let batch = store.delete_batch().max(1);
     let mut deleted = 0u64;
-    let entry_keys = plan.entry_keys.iter().map(entry_key);
-    let keys: Vec<String> = plan
-        .manifest_keys
-        .iter()
-        .cloned()
-        .chain(entry_keys)
-        .collect();
-    let mut deletes = futures::stream::iter(keys.chunks(batch))
-        .map(|keys| async move { delete_retried(store, keys).await.map(|()| keys.len()) })
-        .buffered(DELETE_CONCURRENCY);
-    while let Some(done) = deletes.next().await {
-        let done = done.map_err(|source| GcError::Delete {
-            location: plan.location.clone(),
-            deleted,
-            source,
-        })? as u64;
-        let before = deleted;
-        deleted += done;
-        if deleted / 1000 > before / 1000 {
-            progress(deleted);
+    // The manifests first, all of them, then the entries; keys are made a batch at a time.
+    let manifests = plan.manifest_keys.chunks(batch).map(<[String]>::to_vec);
+    let entries = plan
+        .entry_keys
+        .chunks(batch)
+        .map(|actions| actions.iter().map(entry_key).collect::<Vec<_>>());
+    let phases: [Box<dyn Iterator<Item = Vec<String>> + Send + '_>; 2] =
+        [Box::new(manifests), Box::new(entries)];
+    for batches in phases {
+        let mut deletes = futures::stream::iter(batches)
+            .map(|keys| async move { delete_retried(store, &keys).await.map(|()| keys.len()) })
+            .buffered(DELETE_CONCURRENCY);
+        while let Some(done) = deletes.next().await {
+            let done = done.map_err(|source| GcError::Delete {
+                location: plan.location.clone(),
+                deleted,
+                source,
+            })? as u64;
+            let before = deleted;
+            deleted += done;
+            if deleted / 1000 > before / 1000 {
+                progress(deleted);
+            }
         }
     }
     Ok(Swept {

@@ -231,3 +231,106 @@ fn refuses_what_it_cannot_collect_and_reports_a_bad_store() {
     );
     assert!(stderr.contains("denied"), "{stderr}");
 }
+
+/// Rewrites the `# written=` line of a stored manifest to `age` ago.
+fn backdate_manifest(path: &Path, age: Duration) {
+    let text =
+        String::from_utf8(zstd::stream::decode_all(&std::fs::read(path).unwrap()[..]).unwrap())
+            .unwrap();
+    let then = (SystemTime::now() - age)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut found = false;
+    let text: String = text
+        .lines()
+        .map(|line| match line.starts_with("# written=") {
+            true => {
+                found = true;
+                format!("# written={then}\n")
+            }
+            false => format!("{line}\n"),
+        })
+        .collect();
+    assert!(found, "no written= line in:\n{text}");
+    std::fs::write(path, zstd::bulk::compress(text.as_bytes(), 3).unwrap()).unwrap();
+}
+
+/// A build that asks for exactly its manifest's entries writes nothing, until the manifest is
+/// more than a day old: then it writes it again, and its old entries survive `gc-remote`.
+#[test]
+fn a_manifest_in_use_is_written_again_daily_and_keeps_its_entries() {
+    const N: u32 = 20;
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let client = || {
+        support::s3_client(
+            dir.path(),
+            with_prefetch(server.args("daily")),
+            &["--prefetch-key", "daily"],
+        )
+    };
+    let mut writer = client();
+    for n in 0..N {
+        writer.put(
+            i64::from(n),
+            support::action(n),
+            format!("entry {n}").as_bytes(),
+        );
+    }
+    for _ in 0..N {
+        assert!(writer.read().unwrap().get("Err").is_none());
+    }
+    let stderr = writer.close(i64::from(N));
+    assert!(
+        stderr.contains(&format!("manifest of {N} entries written")),
+        "{stderr}"
+    );
+    // The same build again: the same entries, nothing to write.
+    let same_again = || {
+        let mut reader = client();
+        for n in 0..N {
+            reader.get(i64::from(n), support::action(n));
+            assert!(reader.read().unwrap()["DiskPath"].is_string());
+        }
+        reader.close(i64::from(N))
+    };
+    let stderr = same_again();
+    assert!(stderr.contains("manifest unchanged"), "{stderr}");
+
+    // Ten days later by the bucket's clock, and the manifest says it was written 3 days ago.
+    let manifests = objects(&server, "daily/prefetch/v1/");
+    assert_eq!(manifests.len(), 1);
+    let manifest = server.bucket_dir().join(manifests.first().unwrap());
+    backdate_manifest(&manifest, DAY * 3);
+    age_everything(&server, DAY * 10);
+    let before = gc_remote(&server, "daily", &["--older-than", "5d"]);
+    let report = text(&before.stdout);
+    assert!(
+        report.contains(&format!("to delete: {N} entries (")) && report.contains(", 1 manifest ("),
+        "{report}"
+    );
+
+    // The same build once more: it writes its manifest again, which keeps its entries.
+    let stderr = same_again();
+    assert!(
+        stderr.contains(&format!("manifest of {N} entries written")),
+        "{stderr}"
+    );
+    let done = gc_remote(&server, "daily", &["--older-than", "5d", "--yes"]);
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let report = text(&done.stdout);
+    assert!(
+        report.contains("to delete: 0 entries (0 B), 0 manifests (0 B)"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("kept: {N} entries (")) && report.contains("older but listed"),
+        "{report}"
+    );
+    assert!(
+        report.contains("deleted 0 entries and 0 manifests"),
+        "{report}"
+    );
+    assert_eq!(objects(&server, "daily/v1/").len(), N as usize);
+}

@@ -188,8 +188,8 @@ async fn old_entries_go_unless_a_recent_manifest_lists_them() {
     assert!(!store.has(&manifest_key(&build(2))));
     assert_eq!(
         *store.deletes.lock().unwrap(),
-        vec![2, 1],
-        "in batches of 2"
+        vec![1, 2],
+        "the manifest alone first, then the entries in batches of 2"
     );
 }
 

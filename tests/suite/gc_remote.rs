@@ -334,3 +334,144 @@ fn a_manifest_in_use_is_written_again_daily_and_keeps_its_entries() {
     );
     assert_eq!(objects(&server, "daily/v1/").len(), N as usize);
 }
+
+/// A `goremotecache serve` server on S3 storage, configured by its environment; killed when
+/// dropped.
+struct Served {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Served {
+    fn start(env: &[(String, String)]) -> Self {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(support::bin());
+        command
+            .arg("serve")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("serving ") {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+        }
+        let url = line
+            .split("serving ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|url| url.to_string())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no address in {line:?}")
+            });
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Self { child, url }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `serve`'s S3 storage is the same objects: `gc-remote` run in the server's environment
+/// collects it (the server's own variables, such as its tokens, are not its concern).
+#[test]
+fn serve_s3_storage_is_collected_in_the_servers_environment() {
+    const TOKEN: &str = "rw-token-for-gc-remote-0123456789";
+    let s3 = S3Server::start();
+    let mut env = credentials(SECRET_KEY);
+    for (key, value) in [
+        ("GOREMOTECACHE_S3_BUCKET", support::s3::BUCKET),
+        ("GOREMOTECACHE_S3_PREFIX", "served"),
+        ("GOREMOTECACHE_S3_ENDPOINT", s3.endpoint.as_str()),
+        ("GOREMOTECACHE_S3_REGION", "us-east-1"),
+        ("GOREMOTECACHE_S3_FORCE_PATH_STYLE", "true"),
+        ("GOREMOTECACHE_LISTEN", "127.0.0.1:0"),
+        ("GOREMOTECACHE_TOKENS", &format!("rw:{TOKEN}")),
+    ] {
+        env.push((key.to_string(), value.to_string()));
+    }
+    let server = Served::start(&env);
+    let client = |dir: &Path, key: &str| {
+        support::Client::on_dir(
+            dir,
+            &[
+                "--http-url",
+                &server.url,
+                "--http-token",
+                TOKEN,
+                "--prefetch-key",
+                key,
+                "--stats",
+            ],
+        )
+    };
+    // Two builds through the server: `a` stores entries 0 to 9, `b` 10 to 19.
+    for (key, range) in [("a", 0..10u32), ("b", 10..20)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = client(dir.path(), key);
+        for n in range.clone() {
+            writer.put(
+                i64::from(n),
+                support::action(n),
+                format!("entry {n}").as_bytes(),
+            );
+            assert!(writer.read().unwrap().get("Err").is_none());
+        }
+        let stderr = writer.close(100);
+        assert!(
+            stderr.contains("manifest of 10 entries written"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(objects(&s3, "served/v1/").len(), 20);
+    // Ten days later, build `a` has run again (its manifest is fresh), `b` has not.
+    age_everything(&s3, DAY * 10);
+    let manifest_of = |key: &str| {
+        let hex = goremotecache::cache::manifest::KeySource::explicit(key)
+            .key()
+            .to_hex();
+        s3.bucket_dir().join(format!("served/prefetch/v1/{hex}"))
+    };
+    std::fs::File::options()
+        .write(true)
+        .open(manifest_of("a"))
+        .unwrap()
+        .set_modified(SystemTime::now())
+        .unwrap();
+
+    let mut command = std::process::Command::new(support::bin());
+    command
+        .args(["gc-remote", "--older-than", "5d", "--yes"])
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let done = command.output().unwrap();
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let report = text(&done.stdout);
+    assert!(report.starts_with("s3://gocache/served: "), "{report}");
+    assert!(
+        report.contains("deleted 10 entries and 1 manifest ("),
+        "{report}"
+    );
+    assert!(manifest_of("a").exists() && !manifest_of("b").exists());
+
+    // Through the server: build `a`'s entries are there, build `b`'s are gone.
+    let dir = tempfile::tempdir().unwrap();
+    let mut reader = client(dir.path(), "c");
+    for (n, found) in [(3, true), (13, false)] {
+        reader.get(i64::from(n), support::action(n));
+        let answer = reader.read().unwrap();
+        assert_eq!(answer["DiskPath"].is_string(), found, "entry {n}: {answer}");
+    }
+    reader.close(100);
+}

@@ -4,8 +4,7 @@
 //! goes once it is old.
 //!
 //! A manifest's modified time is the time a build last used it, give or take a day: a run that
-//! leaves its manifest unchanged writes it again once it is more than
-//! [`REFRESH`](super::manifest::REFRESH) old
+//! leaves its manifest unchanged writes it again once it is more than [`REFRESH`] old
 //! ([`super::prefetch`]). An entry's modified time is its upload: entries are never rewritten.
 //!
 //! The order of the work is what keeps it safe:
@@ -38,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::manifest::Manifest;
+use super::manifest::{Manifest, REFRESH};
 use super::stats::human_bytes;
 use crate::ids::ActionId;
 use crate::store::inventory::{Area, Inventory, StoredObject};
@@ -373,6 +372,15 @@ impl fmt::Display for Plan {
                 text,
                 "  kept: {} that are neither entries nor manifests",
                 tally("other object", self.other)
+            );
+        }
+        if self.older_than <= REFRESH {
+            let _ = writeln!(
+                text,
+                "  note: a build that leaves its manifest unchanged writes it again only once it \
+                 is a day old, so builds that ran within {} may lose their entries too: \
+                 choose days, not hours",
+                humantime::format_duration(self.older_than),
             );
         }
         f.write_str(text.trim_end())

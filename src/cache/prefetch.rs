@@ -359,8 +359,9 @@ impl Prefetcher {
 
     /// Writes this run's manifest: merged with the one found at start, unless the run asked
     /// for nothing, this run may not write, or nothing changed and the stored manifest was
-    /// written within [`REFRESH`](super::manifest::REFRESH) (an older one is written again, so that its time in the
-    /// store says when a build last used it: `gc-remote` keeps the entries of recent ones).
+    /// written within [`REFRESH`](super::manifest::REFRESH). An older one is written again,
+    /// so that its time in the store says when a build last used it: `gc-remote` keeps the
+    /// entries of recent ones.
     async fn write_manifest(&self) {
         let prefetch = self;
         let run = prefetch.recorder.take();

@@ -200,6 +200,11 @@ async fn a_longer_duration_keeps_more_and_a_shorter_one_less() {
     assert_eq!(long.old_entries.count + long.old_manifests.count, 0);
     // Within the day, even the recent manifest is old: only the entries modified since stay.
     let short = plan(&store, DAY / 2, SystemTime::now()).await.unwrap();
+    assert!(
+        short.to_string().contains("choose days, not hours"),
+        "{short}"
+    );
+    assert!(!long.to_string().contains("choose days"), "{long}");
     assert_eq!(short.old_manifests.count, 2);
     assert_eq!(short.old_entries.count, 4);
     assert_eq!(short.recent_entries.count, 2);

@@ -11,7 +11,8 @@ use goremotecache::cache::Cache;
 use goremotecache::cache::stats;
 use goremotecache::cacheprog::{session, wire};
 use goremotecache::config::{
-    ClearRemoteConfig, Cli, Config, LocalDirs, RemoteMode, Run, ServeConfig, TrimConfig,
+    ClearRemoteConfig, Cli, Config, GcRemoteConfig, LocalDirs, RemoteMode, Run, ServeConfig,
+    TrimConfig,
 };
 use goremotecache::fsutil::explain_io;
 use goremotecache::local::clear;
@@ -45,6 +46,10 @@ fn main() -> ExitCode {
         Run::ClearRemote(clear) => {
             logging::init(clear.debug);
             clear_remote(&clear)
+        }
+        Run::GcRemote(gc) => {
+            logging::init(gc.debug);
+            gc_remote(&gc)
         }
         Run::Serve(serve) => {
             logging::init(serve.debug);
@@ -210,5 +215,29 @@ fn clear_remote(clear: &ClearRemoteConfig) -> anyhow::Result<()> {
     let progress = |n: u64| eprintln!("goremotecache: {location}: deleted {n} entries so far");
     let deleted = runtime.block_on(store.clear(&progress))?;
     println!("{location}: deleted {deleted} entries");
+    Ok(())
+}
+
+fn gc_remote(config: &GcRemoteConfig) -> anyhow::Result<()> {
+    use goremotecache::cache::gc;
+    let store = store::s3::S3Store::new(&config.s3)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let plan = runtime.block_on(gc::plan(
+        &store,
+        config.older_than,
+        std::time::SystemTime::now(),
+    ))?;
+    println!("{plan}");
+    if !config.yes {
+        println!("dry run: nothing was deleted; run again with --yes to delete");
+        return Ok(());
+    }
+    let location = plan.location.clone();
+    let progress = |n: u64| eprintln!("goremotecache: {location}: deleted {n} objects so far");
+    let swept = runtime.block_on(gc::sweep(&store, &plan, &progress))?;
+    println!("{location}: {swept}");
     Ok(())
 }

@@ -17,14 +17,20 @@
 //!
 //! ```text
 //! goremotecache prefetch manifest v1
+//! # written=1767225600                   (Unix seconds of the write: see [`REFRESH`])
 //! # cwd=/home/runner/work/app/app        (what made the key, for people reading it)
 //! <actionid-hex> <size> <age>             (one line per entry, in prefetch order)
 //! ```
+//!
+//! A manifest's time in the store is the time of its last use, give or take [`REFRESH`]: a
+//! run that would leave it unchanged still writes it again once it is that old, so that
+//! `gc-remote` ([`crate::cache::gc`]) can keep what recent builds asked for.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -40,6 +46,12 @@ pub const MAX_AGE: u8 = 4;
 pub const MAX_ENTRIES: usize = 200_000;
 /// The largest decompressed manifest read.
 const MAX_TEXT: u64 = 64 << 20;
+/// A run that would leave its manifest unchanged writes it again when it was written longer
+/// ago than this (or does not say when): the manifest's modified time in the store then
+/// stays within a day of its last use, which is what `gc-remote` goes by.
+pub const REFRESH: Duration = Duration::from_secs(24 * 60 * 60);
+/// The comment line that says when a manifest was written (Unix seconds).
+const WRITTEN: &str = "# written=";
 
 /// CI variables that identify a job (not a run, not a branch), by CI system.
 const CI_JOB_VARIABLES: &[&str] = &[
@@ -229,6 +241,9 @@ pub struct Manifest {
     /// The stored form listed a key more than once (each is kept once here): write it again
     /// at close even if the run changed nothing.
     pub repaired: bool,
+    /// When the stored form was written (its `# written=` line, in Unix seconds); `None` for a
+    /// manifest not read from a store, or written before that line existed.
+    pub written: Option<u64>,
 }
 
 impl Manifest {
@@ -263,7 +278,22 @@ impl Manifest {
         Manifest {
             entries,
             repaired: false,
+            written: None,
         }
+    }
+
+    /// Whether a stored manifest is due to be written again even if a run leaves it as it
+    /// is: it was written more than [`REFRESH`] before `now`, or it does not say when (a time
+    /// further than that in the future, from a clock that was wrong, counts as stale too).
+    pub fn needs_refresh(&self, now: SystemTime) -> bool {
+        let Some(written) = self.written else {
+            return true;
+        };
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        now.abs_diff(written) > REFRESH.as_secs()
     }
 
     /// Whether writing `self` (merged from `previous`) is not worth a request: the run asked
@@ -284,11 +314,21 @@ impl Manifest {
             }
     }
 
-    /// The stored form, with `source` as comments.
+    /// The stored form, written now, with `source` as comments.
     pub fn encode(&self, source: &KeySource) -> Vec<u8> {
+        self.encode_at(source, SystemTime::now())
+    }
+
+    /// The stored form, with `written` and `source` as comments.
+    pub fn encode_at(&self, source: &KeySource, written: SystemTime) -> Vec<u8> {
         let mut text = String::with_capacity(80 * (self.entries.len() + 8));
         text.push_str(MAGIC);
         text.push('\n');
+        let written = written
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        text.push_str(&format!("{WRITTEN}{written}\n"));
         for (name, value) in &source.parts {
             text.push_str(&format!("# {name}={}\n", one_line(value)));
         }
@@ -320,7 +360,16 @@ impl Manifest {
         let mut entries = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut repaired = false;
-        for line in lines.filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let mut written = None;
+        for line in lines.filter(|l| !l.is_empty()) {
+            // Comments are for people, and readers ignore those they do not know; `written=`
+            // is the one read back.
+            if line.starts_with('#') {
+                if let Some(secs) = line.strip_prefix(WRITTEN) {
+                    written = written.or(secs.trim().parse().ok());
+                }
+                continue;
+            }
             let mut fields = line.split(' ');
             let parsed = (|| {
                 let action = ActionId::from_hex(fields.next()?)?;
@@ -338,7 +387,11 @@ impl Manifest {
                 None => return Err(format!("bad manifest line {line:?}")),
             }
         }
-        Ok(Manifest { entries, repaired })
+        Ok(Manifest {
+            entries,
+            repaired,
+            written,
+        })
     }
 }
 
@@ -443,14 +496,55 @@ mod tests {
             ],
         };
         let manifest = Manifest::merge(None, &[(id(1), 10), (id(200), u64::MAX)]);
-        let bytes = manifest.encode(&source);
-        assert_eq!(Manifest::decode(&bytes).unwrap(), manifest);
+        let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let bytes = manifest.encode_at(&source, written);
+        let decoded = Manifest::decode(&bytes).unwrap();
+        assert_eq!(decoded.written, Some(1_767_225_600));
+        assert_eq!(
+            decoded,
+            Manifest {
+                written: Some(1_767_225_600),
+                ..manifest
+            }
+        );
         let mut text = String::new();
         zstd::stream::read::Decoder::new(&bytes[..])
             .unwrap()
             .read_to_string(&mut text)
             .unwrap();
         assert!(text.contains("# args=build ./...\n"), "{text}");
+        assert!(text.contains("\n# written=1767225600\n"), "{text}");
+    }
+
+    #[test]
+    fn an_old_or_undated_manifest_needs_a_refresh() {
+        let now = SystemTime::now();
+        let at = |written: SystemTime| {
+            let bytes =
+                Manifest::merge(None, &[(id(1), 1)]).encode_at(&KeySource::explicit("x"), written);
+            Manifest::decode(&bytes).unwrap()
+        };
+        let hour = Duration::from_secs(3600);
+        assert!(!at(now).needs_refresh(now));
+        assert!(!at(now - REFRESH + hour).needs_refresh(now));
+        assert!(at(now - REFRESH - hour).needs_refresh(now));
+        assert!(
+            at(now + REFRESH + hour).needs_refresh(now),
+            "a time far ahead"
+        );
+        // Written before the line existed: old readers and writers skip comment lines.
+        let old = format!("{MAGIC}\n# cwd=/src\n{} 1 0\n", id(1).to_hex());
+        let old = Manifest::decode(&zstd::bulk::compress(old.as_bytes(), 1).unwrap()).unwrap();
+        assert_eq!(old.written, None);
+        assert_eq!(old.entries.len(), 1);
+        assert!(old.needs_refresh(now));
+        // An unknown comment, or a damaged written= line, is ignored, not an error.
+        let odd = format!(
+            "{MAGIC}\n# written=soon\n# future=1\n{} 1 0\n",
+            id(1).to_hex()
+        );
+        let odd = Manifest::decode(&zstd::bulk::compress(odd.as_bytes(), 1).unwrap()).unwrap();
+        assert_eq!(odd.written, None);
     }
 
     #[test]

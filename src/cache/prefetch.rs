@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -357,8 +357,11 @@ impl Prefetcher {
         Ok(())
     }
 
-    /// Writes this run's manifest: merged with the one found at start, unless nothing changed,
-    /// the run asked for nothing, or this run may not write.
+    /// Writes this run's manifest: merged with the one found at start, unless the run asked
+    /// for nothing, this run may not write, or nothing changed and the stored manifest was
+    /// written within [`REFRESH`](super::manifest::REFRESH). An older one is written again,
+    /// so that its time in the store says when a build last used it: `gc-remote` keeps the
+    /// entries of recent ones.
     async fn write_manifest(&self) {
         let prefetch = self;
         let run = prefetch.recorder.take();
@@ -372,7 +375,11 @@ impl Prefetcher {
             Err(_) => None,
         };
         let manifest = Manifest::merge(previous.as_ref(), &run);
-        if manifest.same_as(previous.as_ref()) {
+        if manifest.same_as(previous.as_ref())
+            && previous
+                .as_ref()
+                .is_some_and(|p| !p.needs_refresh(SystemTime::now()))
+        {
             return;
         }
         let bytes = Bytes::from(manifest.encode(&prefetch.source));

@@ -365,3 +365,66 @@ async fn a_put_is_tried_three_times_at_most() {
     assert_eq!(count(&setup.remote().uploads), 0);
     assert!(memory.is_empty());
 }
+
+/// A run that asks for exactly its manifest's entries writes nothing, unless the manifest was
+/// written more than a day ago (or does not say when): then it is written again, so that its
+/// time in the store stays the time of its last use (what `gc-remote` goes by).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_manifest_is_written_again_once_a_day_old() {
+    use super::manifest::REFRESH;
+    let source = KeySource::explicit(PREFETCH_KEY);
+    let listed: Vec<(ActionId, u64)> = (1..=3).map(|n| (action(n), 3000)).collect();
+    let hour = Duration::from_secs(3600);
+    for (written, rewritten) in [
+        (Some(SystemTime::now() - hour), false),
+        (Some(SystemTime::now() - REFRESH - hour), true),
+        (None, true),
+    ] {
+        let memory = Arc::new(MemoryStore::new());
+        for (n, (key, _)) in listed.iter().enumerate() {
+            memory.insert(*key, entry(&body(n as u8 + 1, 3000)));
+        }
+        let manifest = Manifest::merge(None, &listed);
+        let bytes = match written {
+            Some(time) => manifest.encode_at(&source, time),
+            None => {
+                // Written by a release without the `# written=` line.
+                let text = manifest.encode(&source);
+                let mut plain = String::new();
+                std::io::Read::read_to_string(
+                    &mut zstd::stream::read::Decoder::new(&text[..]).unwrap(),
+                    &mut plain,
+                )
+                .unwrap();
+                let plain: String = plain
+                    .lines()
+                    .filter(|line| !line.starts_with("# written="))
+                    .map(|line| format!("{line}\n"))
+                    .collect();
+                zstd::bulk::compress(plain.as_bytes(), 1).unwrap()
+            }
+        };
+        memory
+            .put_manifest(&source.key(), Bytes::from(bytes))
+            .await
+            .unwrap();
+        let setup = Setup::new(memory.clone(), true, Duration::from_secs(5));
+        let prefetch = setup.prefetch.clone().expect("prefetch is on");
+        prefetch.start(&setup.disk);
+        for (key, size) in listed.iter().rev() {
+            let found = setup.fetch(*key).await.expect("the entry is there");
+            assert_eq!(found.size, *size);
+            prefetch.note_get(*key, Some(*size));
+        }
+        prefetch.finish().await;
+        let puts = memory.requests.manifest_puts.load(Ordering::SeqCst);
+        assert_eq!(puts, 1 + u64::from(rewritten), "written {written:?}");
+        let stored = memory.get_manifest(&source.key()).await.unwrap().unwrap();
+        let stored = Manifest::decode(&stored).unwrap();
+        assert_eq!(stored.entries.len(), listed.len());
+        assert!(
+            !stored.needs_refresh(SystemTime::now()),
+            "written {written:?}"
+        );
+    }
+}

@@ -129,6 +129,9 @@ pub enum Command {
     /// Trim the local cache now, as the automatic trim does once a day (--trim-age,
     /// --max-cache-size), and say what was removed; --dry-run only says it.
     Trim(TrimCommand),
+    /// Delete the S3 entries and prefetch manifests not modified for --older-than, except the
+    /// entries that a recent manifest lists (reports only, without --yes).
+    GcRemote(GcRemoteArgs),
     /// Empty the local cache and lock directories. Refuses directories that goremotecache did
     /// not create (they carry its CACHEDIR.TAG).
     ClearLocal(ClearLocalArgs),
@@ -209,6 +212,40 @@ pub struct TrimCommand {
     pub trim: TrimArgs,
     #[command(flatten)]
     pub local: LocalArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `goremotecache gc-remote`: the age, the confirmation, and the bucket (the builds' own
+/// options, or the server's for `serve`'s S3 storage).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct GcRemoteArgs {
+    /// Delete entries and prefetch manifests last modified longer ago than this (such as
+    /// 14d), except entries listed in a manifest modified since: what recent builds asked for
+    /// stays, however old. A manifest's time lags its last use by up to a day, so choose more
+    /// than the longest time between two runs of a build you want to keep, plus a day.
+    #[arg(long, env = "GOREMOTECACHE_OLDER_THAN", value_name = "DURATION", value_parser = parse_bound)]
+    pub older_than: Duration,
+
+    /// Really delete; without it, only say what would be deleted and kept.
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Refused: a server that stores in a directory bounds it itself (`serve --max-size`).
+    /// Taken here so that gc-remote run with a server's options says so.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_STORAGE_DIR",
+        value_name = "DIR",
+        hide = true
+    )]
+    pub storage_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }

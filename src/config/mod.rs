@@ -16,9 +16,9 @@ use crate::store::s3::S3Config;
 
 pub use self::dirs::{DefaultBase, LocalDirs};
 pub use self::flags::{
-    Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, LocalArgs,
-    MainArgs, S3Args, ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs, TrimArgs,
-    TrimCommand,
+    Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, GcRemoteArgs,
+    LocalArgs, MainArgs, S3Args, ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs,
+    TrimArgs, TrimCommand,
 };
 pub use crate::store::{RemoteMode, StoreConfig};
 
@@ -35,6 +35,8 @@ pub enum Run {
     ClearLocal(ClearLocalConfig),
     /// `clear-remote`.
     ClearRemote(Box<ClearRemoteConfig>),
+    /// `gc-remote`.
+    GcRemote(Box<GcRemoteConfig>),
     /// `version`.
     Version,
 }
@@ -66,6 +68,9 @@ impl Run {
                 yes: clear.yes,
                 debug: clear.common.debug,
             })),
+            Some(Command::GcRemote(gc)) => {
+                Self::GcRemote(Box::new(GcRemoteConfig::from_args(&gc)?))
+            }
             Some(Command::Version) => Self::Version,
         })
     }
@@ -79,7 +84,7 @@ impl Run {
             Self::ClearLocal(clear) => clear.dirs.check(false),
             Self::Trim(trim) => trim.dirs.check(false),
             Self::Serve(serve) => serve.check_dirs(),
-            Self::ClearRemote(_) | Self::Version => Ok(()),
+            Self::ClearRemote(_) | Self::GcRemote(_) | Self::Version => Ok(()),
         }
     }
 }
@@ -176,6 +181,48 @@ pub struct ClearRemoteConfig {
     pub debug: bool,
 }
 
+/// `gc-remote`'s options, validated: it works on an S3 bucket only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcRemoteConfig {
+    pub s3: S3Config,
+    /// `--older-than`: longer than zero.
+    pub older_than: Duration,
+    /// `--yes`: really delete.
+    pub yes: bool,
+    pub debug: bool,
+}
+
+impl GcRemoteConfig {
+    fn from_args(gc: &GcRemoteArgs) -> Result<Self, ConfigError> {
+        if gc.storage_dir.is_some() {
+            return Err(ConfigError::GcNeedsBucket(
+                "a server's --storage-dir is bounded by the server itself (serve --max-size)",
+            ));
+        }
+        let s3 = match store_config(&gc.store, &gc.s3, &gc.timeouts)? {
+            Some(StoreConfig::S3(s3)) => s3,
+            Some(StoreConfig::Http(_)) => {
+                return Err(ConfigError::GcNeedsBucket(
+                    "an HTTP server has no listing to collect from: run gc-remote with the \
+                     server's own --s3-* options if it stores in S3 (a server with \
+                     --storage-dir bounds its directory itself with --max-size)",
+                ));
+            }
+            None => {
+                return Err(ConfigError::GcNeedsBucket(
+                    "set --s3-bucket (and --s3-prefix) as the builds or the server use them",
+                ));
+            }
+        };
+        Ok(Self {
+            s3,
+            older_than: gc.older_than,
+            yes: gc.yes,
+            debug: gc.common.debug,
+        })
+    }
+}
+
 /// An option whose value cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -201,6 +248,8 @@ pub enum ConfigError {
     BadUrl(String),
     #[error("--s3-endpoint {0:?} is not a URL: write it as http://host:port or https://host")]
     BadEndpoint(String),
+    #[error("gc-remote works on an S3 bucket: {0}")]
+    GcNeedsBucket(&'static str),
 }
 
 impl Config {

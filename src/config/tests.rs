@@ -521,3 +521,77 @@ fn the_parser_main_uses_agrees_with_clap_without_variables() {
         );
     }
 }
+
+#[test]
+fn gc_remote_takes_an_age_and_a_bucket_only() {
+    let Run::GcRemote(gc) = run(&[
+        "gc-remote",
+        "--older-than",
+        "14d",
+        "--s3-bucket",
+        "b",
+        "--s3-prefix",
+        "/ci/go/",
+        "--remote-timeout",
+        "5s",
+    ]) else {
+        panic!("not gc-remote")
+    };
+    assert_eq!(gc.older_than, Duration::from_secs(14 * 24 * 3600));
+    assert_eq!(gc.s3.prefix, "ci/go");
+    assert_eq!(gc.s3.request_timeout, Duration::from_secs(5));
+    assert!(!gc.yes);
+    let Run::GcRemote(gc) = run(&[
+        "gc-remote",
+        "--older-than",
+        "2s",
+        "--yes",
+        "--s3-bucket",
+        "b",
+    ]) else {
+        panic!("not gc-remote")
+    };
+    assert!(gc.yes);
+
+    let refused_by_config = |args: &[&str]| match Run::from_cli(parse(args).unwrap()) {
+        Err(err @ ConfigError::GcNeedsBucket(_)) => err.to_string(),
+        other => panic!("{args:?}: {other:?}"),
+    };
+    let http = refused_by_config(&[
+        "gc-remote",
+        "--older-than",
+        "1d",
+        "--http-url",
+        "http://c:1",
+    ]);
+    assert!(
+        http.contains("--max-size") && http.contains("--s3-*"),
+        "{http}"
+    );
+    let dir = refused_by_config(&[
+        "gc-remote",
+        "--older-than",
+        "1d",
+        "--storage-dir",
+        "/srv/cache",
+        "--s3-bucket",
+        "b",
+    ]);
+    assert!(dir.contains("serve --max-size"), "{dir}");
+    let none = refused_by_config(&["gc-remote", "--older-than", "1d"]);
+    assert!(none.contains("--s3-bucket"), "{none}");
+
+    // The age is required and longer than zero.
+    for args in [
+        &["gc-remote", "--s3-bucket", "b"][..],
+        &["gc-remote", "--older-than", "0s", "--s3-bucket", "b"],
+        &["gc-remote", "--older-than", "soon", "--s3-bucket", "b"],
+    ] {
+        let err = parse(args).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+    }
+    let help = help(&["gc-remote", "--help"]);
+    assert!(help.contains("--older-than <DURATION>"), "{help}");
+    assert!(!help.contains("--storage-dir"), "{help}");
+    assert!(!help.contains("--cache-dir"), "{help}");
+}

@@ -22,6 +22,7 @@ pub mod breaker;
 pub mod dir;
 pub mod format;
 pub mod http;
+pub mod inventory;
 pub mod memory;
 pub mod retry;
 pub mod s3;

@@ -9,7 +9,7 @@
 //! no custom endpoint is given). OpenDAL's own retries are not enabled: the cache decides
 //! what to retry, so that a get never waits long.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use opendal::services::S3;
 use opendal::{ErrorKind, HttpTransporter, Operator};
 use opendal_http_transport_reqwest::ReqwestTransport;
 
+use super::inventory::{Area, Inventory, StoredObject};
 use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, entry_key, manifest_key};
 use crate::ids::{ActionId, BuildKey};
 
@@ -26,6 +27,8 @@ use crate::ids::{ActionId, BuildKey};
 const PART: usize = 8 * 1024 * 1024;
 /// Deletes in flight during `clear`.
 const CLEAR_CONCURRENCY: usize = 16;
+/// The most keys in one DeleteObjects request (S3's own limit).
+const DELETE_BATCH: usize = 1000;
 
 /// How to reach a bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,6 +299,65 @@ impl RemoteStore for S3Store {
             .await
             .map(drop)
             .map_err(classify)
+    }
+}
+
+/// The bucket's objects for `gc-remote`: listings carry S3's sizes and last-modified times,
+/// and deletes go out as DeleteObjects requests of up to 1000 keys.
+#[async_trait]
+impl Inventory for S3Store {
+    async fn list(
+        &self,
+        area: Area,
+    ) -> Result<futures::stream::BoxStream<'static, Result<StoredObject, RemoteError>>, RemoteError>
+    {
+        let lister = self
+            .op
+            .lister_with(area.dir())
+            .recursive(true)
+            .await
+            .map_err(classify)?;
+        Ok(lister
+            .map_err(classify)
+            .try_filter(|entry| futures::future::ready(entry.metadata().is_file()))
+            .map_ok(|entry| {
+                let meta = entry.metadata();
+                StoredObject {
+                    key: entry.path().to_string(),
+                    size: meta.content_length(),
+                    modified: meta
+                        .last_modified()
+                        .map(SystemTime::from)
+                        .unwrap_or_else(SystemTime::now),
+                }
+            })
+            .boxed())
+    }
+
+    async fn read(&self, key: &str, limit: usize) -> Result<Option<Bytes>, RemoteError> {
+        match self.op.read(key).await {
+            Ok(buffer) if buffer.len() > limit => Err(RemoteError::Other(format!(
+                "{key} is larger than {limit} bytes"
+            ))),
+            Ok(buffer) => Ok(Some(buffer.to_bytes())),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(classify(err)),
+        }
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), RemoteError> {
+        self.op
+            .delete_iter(keys.iter().map(String::as_str))
+            .await
+            .map_err(classify)
+    }
+
+    fn delete_batch(&self) -> usize {
+        DELETE_BATCH
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
     }
 }
 

@@ -9,6 +9,7 @@ mod cli;
 mod codec;
 mod crash;
 mod disk_errors;
+mod gc_remote;
 mod go_e2e;
 mod hostile_disk;
 mod prefetch;

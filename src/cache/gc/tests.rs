@@ -1,0 +1,282 @@
+//! `gc-remote`'s decisions on an inventory in memory, with the times the tests give.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use super::*;
+use crate::cache::manifest::KeySource;
+use crate::ids::BuildKey;
+use crate::store::manifest_key;
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Objects with the times the test gave them.
+#[derive(Debug, Default)]
+struct Aged {
+    objects: Mutex<BTreeMap<String, (Bytes, SystemTime)>>,
+    /// Keys per delete request, in order.
+    deletes: Mutex<Vec<usize>>,
+    /// Delete requests still to fail with a transient error.
+    failing_deletes: AtomicU32,
+    /// Reads fail with this error.
+    read_error: Mutex<Option<RemoteError>>,
+    reads: AtomicU64,
+}
+
+impl Aged {
+    fn insert(&self, key: String, bytes: impl Into<Bytes>, age: Duration) {
+        let time = SystemTime::now() - age;
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(key, (bytes.into(), time));
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.objects.lock().unwrap().contains_key(key)
+    }
+
+    fn len(&self) -> usize {
+        self.objects.lock().unwrap().len()
+    }
+}
+
+#[async_trait]
+impl Inventory for Aged {
+    async fn list(
+        &self,
+        area: Area,
+    ) -> Result<BoxStream<'static, Result<StoredObject, RemoteError>>, RemoteError> {
+        let listed: Vec<_> = self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(key, _)| key.starts_with(area.dir()))
+            .map(|(key, (bytes, time))| {
+                Ok(StoredObject {
+                    key: key.clone(),
+                    size: bytes.len() as u64,
+                    modified: *time,
+                })
+            })
+            .collect();
+        Ok(futures::stream::iter(listed).boxed())
+    }
+
+    async fn read(&self, key: &str, _limit: usize) -> Result<Option<Bytes>, RemoteError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        if let Some(err) = self.read_error.lock().unwrap().clone() {
+            return Err(err);
+        }
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(b, _)| b.clone()))
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), RemoteError> {
+        if self
+            .failing_deletes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(RemoteError::Transient("503 slow down".into()));
+        }
+        self.deletes.lock().unwrap().push(keys.len());
+        let mut objects = self.objects.lock().unwrap();
+        for key in keys {
+            objects.remove(key);
+        }
+        Ok(())
+    }
+
+    fn delete_batch(&self) -> usize {
+        2
+    }
+
+    fn location(&self) -> String {
+        "aged://test".into()
+    }
+}
+
+fn action(n: u8) -> ActionId {
+    ActionId([n; 32])
+}
+
+fn build(n: u8) -> BuildKey {
+    BuildKey([n; 32])
+}
+
+/// A manifest listing `actions`, as a build writes it.
+fn manifest(actions: &[u8]) -> Vec<u8> {
+    let run: Vec<(ActionId, u64)> = actions.iter().map(|&n| (action(n), 10)).collect();
+    Manifest::merge(None, &run).encode(&KeySource::explicit("gc"))
+}
+
+/// Entries 1 to 6 and two manifests: a recent one listing 1 and 2 (old entries, kept) and 3
+/// (recent); an old one listing 4 (old, deleted) and 5 (recent, kept). Entry 6 is old and
+/// listed nowhere.
+fn store() -> Aged {
+    let store = Aged::default();
+    for (n, age) in [(1, 30), (2, 30), (3, 0), (4, 30), (5, 0), (6, 30)] {
+        store.insert(entry_key(&action(n)), vec![n; 100], DAY * age);
+    }
+    store.insert(manifest_key(&build(1)), manifest(&[1, 2, 3]), DAY);
+    store.insert(manifest_key(&build(2)), manifest(&[4, 5]), DAY * 20);
+    store
+}
+
+#[tokio::test]
+async fn old_entries_go_unless_a_recent_manifest_lists_them() {
+    let store = store();
+    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
+    assert_eq!(
+        plan.old_entries,
+        Tally {
+            count: 2,
+            bytes: 200
+        },
+        "4 and 6"
+    );
+    assert_eq!(
+        plan.listed_entries,
+        Tally {
+            count: 2,
+            bytes: 200
+        },
+        "1 and 2"
+    );
+    assert_eq!(plan.recent_entries.count, 2, "3 and 5");
+    assert_eq!(plan.old_manifests.count, 1);
+    assert_eq!(plan.recent_manifests.count, 1);
+    assert_eq!(
+        store.reads.load(Ordering::SeqCst),
+        1,
+        "only recent manifests are read"
+    );
+    assert_eq!(store.len(), 8, "planning deletes nothing");
+    let report = plan.to_string();
+    assert!(
+        report.contains("to delete: 2 entries (200 B), 1 manifest ("),
+        "{report}"
+    );
+    assert!(
+        report.contains("kept: 2 entries (200 B) older but listed in a recent manifest"),
+        "{report}"
+    );
+
+    let counts = Mutex::new(Vec::new());
+    let swept = sweep(&store, &plan, &|n| counts.lock().unwrap().push(n))
+        .await
+        .unwrap();
+    assert_eq!((swept.entries, swept.manifests), (2, 1));
+    for n in [1, 2, 3, 5] {
+        assert!(store.has(&entry_key(&action(n))), "entry {n} was deleted");
+    }
+    for n in [4, 6] {
+        assert!(!store.has(&entry_key(&action(n))), "entry {n} was kept");
+    }
+    assert!(store.has(&manifest_key(&build(1))));
+    assert!(!store.has(&manifest_key(&build(2))));
+    assert_eq!(
+        *store.deletes.lock().unwrap(),
+        vec![1, 2],
+        "the manifest alone first, then the entries in batches of 2"
+    );
+}
+
+#[tokio::test]
+async fn a_longer_duration_keeps_more_and_a_shorter_one_less() {
+    let store = store();
+    let long = plan(&store, DAY * 60, SystemTime::now()).await.unwrap();
+    assert_eq!(long.old_entries.count + long.old_manifests.count, 0);
+    // Within the day, even the recent manifest is old: only the entries modified since stay.
+    let short = plan(&store, DAY / 2, SystemTime::now()).await.unwrap();
+    assert!(
+        short.to_string().contains("choose days, not hours"),
+        "{short}"
+    );
+    assert!(!long.to_string().contains("choose days"), "{long}");
+    assert_eq!(short.old_manifests.count, 2);
+    assert_eq!(short.old_entries.count, 4);
+    assert_eq!(short.recent_entries.count, 2);
+}
+
+#[tokio::test]
+async fn other_objects_are_never_touched() {
+    let store = store();
+    store.insert("v1/not-an-entry".into(), "x", DAY * 30);
+    store.insert(format!("v1/{}", "A".repeat(64)), "x", DAY * 30);
+    store.insert("prefetch/v2/future".into(), "x", DAY * 30);
+    store.insert("mod/cache/download/x.zip".into(), "x", DAY * 30);
+    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
+    assert_eq!(
+        plan.other.count, 3,
+        "the listing covers v1/ and prefetch/ only"
+    );
+    sweep(&store, &plan, &|_| {}).await.unwrap();
+    assert_eq!(store.len(), 8 - 3 + 4);
+    assert!(store.has("prefetch/v2/future") && store.has("mod/cache/download/x.zip"));
+}
+
+#[tokio::test]
+async fn a_recent_manifest_that_cannot_be_read_stops_everything() {
+    let store = store();
+    *store.read_error.lock().unwrap() = Some(RemoteError::Denied("403".into()));
+    let err = plan(&store, DAY * 7, SystemTime::now()).await.unwrap_err();
+    assert!(matches!(err, GcError::Manifest { .. }), "{err}");
+    assert!(err.to_string().contains("nothing was deleted"), "{err}");
+}
+
+#[tokio::test]
+async fn a_damaged_recent_manifest_keeps_nothing_and_is_said() {
+    let store = store();
+    store.insert(manifest_key(&build(1)), "not a manifest", DAY);
+    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
+    assert_eq!(plan.unreadable_manifests, 1);
+    assert_eq!(plan.recent_manifests.count, 1, "kept: builds replace it");
+    assert_eq!(plan.old_entries.count, 4, "1, 2, 4 and 6");
+    assert!(plan.to_string().contains("could not be decoded"));
+}
+
+#[tokio::test]
+async fn a_transient_delete_failure_is_tried_again() {
+    let store = store();
+    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
+    store.failing_deletes.store(2, Ordering::SeqCst);
+    let swept = sweep(&store, &plan, &|_| {}).await.unwrap();
+    assert_eq!(swept.entries, 2);
+    assert_eq!(store.len(), 5);
+    store.failing_deletes.store(DELETE_TRIES, Ordering::SeqCst);
+    store.insert(entry_key(&action(9)), "x", DAY * 30);
+    let plan = super::plan(&store, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
+    let err = sweep(&store, &plan, &|_| {}).await.unwrap_err();
+    assert!(matches!(err, GcError::Delete { deleted: 0, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn progress_is_said_every_thousand() {
+    let store = Aged::default();
+    for n in 0..2500u32 {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        store.insert(entry_key(&ActionId(id)), "x", DAY * 30);
+    }
+    let plan = plan(&store, DAY, SystemTime::now()).await.unwrap();
+    let counts = Mutex::new(Vec::new());
+    sweep(&store, &plan, &|n| counts.lock().unwrap().push(n))
+        .await
+        .unwrap();
+    assert_eq!(*counts.lock().unwrap(), vec![1000, 2000]);
+    assert_eq!(store.len(), 0);
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use super::values::{parse_bound, parse_size, parse_switch};
 use crate::local::lock::LockType;
 use crate::store::RemoteMode;
 
@@ -584,53 +585,4 @@ pub struct ServeTimeouts {
     /// an answer, is closed.
     #[arg(long = "idle-timeout", env = "GOREMOTECACHE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_bound)]
     pub idle: Duration,
-}
-
-/// A time bound: a duration such as `30s` or `500ms`, longer than zero (a zero bound would
-/// cut every connection at once).
-pub(super) fn parse_bound(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if duration.is_zero() => Err("must be longer than 0s".into()),
-        Ok(duration) => Ok(duration),
-        Err(err) => Err(err.to_string()),
-    }
-}
-
-/// `1048576`, `64KiB`, `256MiB`, `1GiB`.
-pub(super) fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size such as 256MiB"))?;
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "TiB" | "T" => 1 << 40,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?}: use B, KiB, MiB, GiB or TiB"
-            ));
-        }
-    };
-    number
-        .checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
-
-/// A switch's value from a variable: `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off`, and
-/// empty for off (so that `GOREMOTECACHE_STATS=` in a CI file turns it off, not the build).
-pub(super) fn parse_switch(value: &str) -> Result<bool, String> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
-        "" | "0" | "false" | "no" | "off" | "n" | "f" => Ok(false),
-        other => Err(format!(
-            "{other:?} is not a switch value: use true or false"
-        )),
-    }
 }

@@ -5,6 +5,7 @@
 
 mod dirs;
 mod flags;
+mod values;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -7,7 +7,7 @@ use clap::CommandFactory;
 use clap::Parser;
 use clap::error::ErrorKind;
 
-use super::flags::{parse_bound, parse_size, parse_switch};
+use super::values::{parse_bound, parse_size, parse_switch};
 use super::*;
 
 #[test]

@@ -1,0 +1,190 @@
+use super::*;
+
+fn id(n: u8) -> ActionId {
+    ActionId([n; 32])
+}
+
+fn actions(m: &Manifest) -> Vec<(u8, u8)> {
+    m.entries.iter().map(|e| (e.action.0[0], e.age)).collect()
+}
+
+#[test]
+fn merge_puts_this_run_first_and_ages_the_rest() {
+    let first = Manifest::merge(None, &[(id(1), 10), (id(2), 20), (id(1), 10)]);
+    assert_eq!(actions(&first), vec![(1, 0), (2, 0)]);
+    // A run on another branch: 2 and 3.
+    let second = Manifest::merge(Some(&first), &[(id(3), 30), (id(2), 21)]);
+    assert_eq!(actions(&second), vec![(3, 0), (2, 0), (1, 1)]);
+    assert_eq!(second.entries[1].size, 21, "this run's size wins");
+    // Alternating branches keep both sets.
+    let third = Manifest::merge(Some(&second), &[(id(1), 10), (id(2), 20)]);
+    assert_eq!(actions(&third), vec![(1, 0), (2, 0), (3, 1)]);
+    // An entry nobody asks for any more goes after MAX_AGE more runs.
+    let mut m = Manifest::merge(None, &[(id(9), 1)]);
+    for run in 1..=MAX_AGE {
+        m = Manifest::merge(Some(&m), &[(id(1), 1)]);
+        assert_eq!(actions(&m), vec![(1, 0), (9, run)]);
+    }
+    m = Manifest::merge(Some(&m), &[(id(1), 1)]);
+    assert_eq!(actions(&m), vec![(1, 0)]);
+}
+
+#[test]
+fn same_run_again_changes_nothing() {
+    let run = [(id(1), 10), (id(2), 20)];
+    let first = Manifest::merge(None, &run);
+    assert!(Manifest::merge(Some(&first), &run).same_as(Some(&first)));
+    assert!(!first.same_as(None));
+    let other = Manifest::merge(Some(&first), &[(id(2), 20)]);
+    assert!(!other.same_as(Some(&first)), "entry 1 must age");
+    let reordered = Manifest::merge(Some(&first), &[(id(2), 20), (id(1), 10)]);
+    assert!(
+        reordered.same_as(Some(&first)),
+        "an order change alone is not written"
+    );
+    let grown = Manifest::merge(Some(&first), &[(id(1), 10), (id(2), 20), (id(3), 1)]);
+    assert!(!grown.same_as(Some(&first)));
+    // Entries still aging out are written each run until they are gone.
+    let aging = Manifest::merge(Some(&other), &[(id(2), 20)]);
+    assert!(!aging.same_as(Some(&other)));
+}
+
+#[test]
+fn encodes_and_decodes() {
+    let source = KeySource {
+        parts: vec![
+            ("cwd".into(), "/src/app".into()),
+            ("args".into(), "build\n./...".into()),
+        ],
+    };
+    let manifest = Manifest::merge(None, &[(id(1), 10), (id(200), u64::MAX)]);
+    let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+    let bytes = manifest.encode_at(&source, written);
+    let decoded = Manifest::decode(&bytes).unwrap();
+    assert_eq!(decoded.written, Some(1_767_225_600));
+    assert_eq!(
+        decoded,
+        Manifest {
+            written: Some(1_767_225_600),
+            ..manifest
+        }
+    );
+    let mut text = String::new();
+    zstd::stream::read::Decoder::new(&bytes[..])
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(text.contains("# args=build ./...\n"), "{text}");
+    assert!(text.contains("\n# written=1767225600\n"), "{text}");
+}
+
+#[test]
+fn an_old_or_undated_manifest_needs_a_refresh() {
+    let now = SystemTime::now();
+    let at = |written: SystemTime| {
+        let bytes =
+            Manifest::merge(None, &[(id(1), 1)]).encode_at(&KeySource::explicit("x"), written);
+        Manifest::decode(&bytes).unwrap()
+    };
+    let hour = Duration::from_secs(3600);
+    assert!(!at(now).needs_refresh(now));
+    assert!(!at(now - REFRESH + hour).needs_refresh(now));
+    assert!(at(now - REFRESH - hour).needs_refresh(now));
+    assert!(
+        at(now + REFRESH + hour).needs_refresh(now),
+        "a time far ahead"
+    );
+    // Written before the line existed: old readers and writers skip comment lines.
+    let old = format!("{MAGIC}\n# cwd=/src\n{} 1 0\n", id(1).to_hex());
+    let old = Manifest::decode(&zstd::bulk::compress(old.as_bytes(), 1).unwrap()).unwrap();
+    assert_eq!(old.written, None);
+    assert_eq!(old.entries.len(), 1);
+    assert!(old.needs_refresh(now));
+    // An unknown comment, or a damaged written= line, is ignored, not an error.
+    let odd = format!(
+        "{MAGIC}\n# written=soon\n# future=1\n{} 1 0\n",
+        id(1).to_hex()
+    );
+    let odd = Manifest::decode(&zstd::bulk::compress(odd.as_bytes(), 1).unwrap()).unwrap();
+    assert_eq!(odd.written, None);
+}
+
+#[test]
+fn duplicate_keys_are_read_once() {
+    let text = format!(
+        "{MAGIC}\n{a} 5 0\n{b} 6 1\n{a} 7 2\n",
+        a = id(1).to_hex(),
+        b = id(2).to_hex()
+    );
+    let manifest = Manifest::decode(&zstd::bulk::compress(text.as_bytes(), 1).unwrap()).unwrap();
+    assert_eq!(actions(&manifest), vec![(1, 0), (2, 1)]);
+    assert_eq!(manifest.entries[0].size, 5, "the first listing wins");
+    assert!(manifest.repaired);
+    // Even a run that asked for exactly those keys writes the manifest again.
+    let merged = Manifest::merge(Some(&manifest), &[(id(1), 5), (id(2), 6)]);
+    assert!(!merged.same_as(Some(&manifest)));
+    let clean = Manifest::decode(&merged.encode(&KeySource::explicit("x"))).unwrap();
+    assert!(!clean.repaired);
+    assert!(merged.same_as(Some(&clean)));
+}
+
+#[test]
+fn damaged_manifests_are_refused() {
+    assert!(Manifest::decode(b"not zstd").is_err());
+    let wrong_magic = zstd::bulk::compress(b"something else\n", 1).unwrap();
+    assert!(Manifest::decode(&wrong_magic).is_err());
+    let bad_line = zstd::bulk::compress(format!("{MAGIC}\nabc 1 0\n").as_bytes(), 1).unwrap();
+    assert!(Manifest::decode(&bad_line).is_err());
+    let extra = format!("{MAGIC}\n{} 1 0 9\n", id(1).to_hex());
+    assert!(Manifest::decode(&zstd::bulk::compress(extra.as_bytes(), 1).unwrap()).is_err());
+}
+
+#[test]
+fn keys_differ_by_every_part() {
+    let base = KeySource {
+        parts: vec![("cwd".into(), "/a".into()), ("args".into(), "b".into())],
+    };
+    let moved = KeySource {
+        parts: vec![("cwd".into(), "/a=".into()), ("args".into(), "b".into())],
+    };
+    assert_ne!(base.key(), moved.key());
+    assert_eq!(base.key(), base.clone().key());
+    assert_ne!(
+        KeySource::explicit("x").key(),
+        KeySource::explicit("y").key()
+    );
+    let auto = KeySource::automatic();
+    assert_eq!(auto.parts[0].0, "cwd");
+    assert!(auto.describe().contains("cwd="));
+}
+
+#[test]
+fn output_flags_do_not_change_the_key() {
+    let args = |list: &[&str]| build_args(&list.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    assert_eq!(args(&["build", "-x", "./..."]), args(&["build", "./..."]));
+    assert_eq!(
+        args(&["test", "-v", "-json", "./..."]),
+        args(&["test", "./..."])
+    );
+    assert_ne!(args(&["test", "./..."]), args(&["test", "-race", "./..."]));
+    assert_ne!(args(&["build", "./a", "b"]), args(&["build", "./a b"]));
+}
+
+#[test]
+fn process_tree_is_read() {
+    let me = std::process::id();
+    assert_eq!(parent_of(me), Some(std::os::unix::process::parent_id()));
+    // The test binary is not a go command.
+    assert_eq!(go_root_of(me), None);
+}
+
+#[test]
+fn recorder_keeps_first_order_and_known_sizes() {
+    let recorder = Recorder::default();
+    recorder.note(id(2), None);
+    recorder.note(id(1), Some(5));
+    recorder.note(id(2), Some(7));
+    recorder.note(id(1), None);
+    assert_eq!(recorder.take(), vec![(id(2), 7), (id(1), 5)]);
+    assert!(recorder.take().is_empty());
+}

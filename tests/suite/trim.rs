@@ -50,12 +50,35 @@ fn modified_age(path: &Path) -> Duration {
         .unwrap_or_default()
 }
 
-/// Disk space of the cache's files, as the trim counts it (allocated blocks).
-fn disk_bytes(cache: &Path) -> u64 {
+/// Disk space of `files`, as the trim counts it (allocated blocks).
+fn disk_bytes(files: &[PathBuf]) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    (cache_files(cache).iter())
+    (files.iter())
         .map(|file| std::fs::symlink_metadata(file).unwrap().blocks() * 512)
         .sum()
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> u64 {
+    (SystemTime::now().duration_since(SystemTime::UNIX_EPOCH))
+        .unwrap()
+        .as_secs()
+}
+
+/// The time trim.txt records.
+fn last_trim(project: &GoProject) -> u64 {
+    (std::fs::read_to_string(project.cache_dir.join("trim.txt")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A project whose go commands do not trim after themselves: only the test's own trims run.
+fn manual_trims_only(tag: &str) -> GoProject {
+    let mut project = GoProject::new(tag);
+    project.args.push("--trim=off".into());
+    project
 }
 
 /// Runs `goremotecache trim` on the project's cache with `args`; returns its report line.
@@ -82,18 +105,13 @@ fn figure(report: &str, label: &str) -> u64 {
 }
 
 fn write_trim_time(project: &GoProject, ago: Duration) {
-    let secs = (SystemTime::now() - ago)
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let secs = unix_now() - ago.as_secs();
     std::fs::write(project.cache_dir.join("trim.txt"), format!("{secs}\n")).unwrap();
 }
 
 #[test]
 fn trim_removes_what_no_build_used_within_the_age_and_keeps_the_rest() {
-    let mut project = GoProject::new("trim-age");
-    // Only the trims this test runs: none after its go commands.
-    project.args.push("--trim=off".into());
+    let project = manual_trims_only("trim-age");
     project.go(&["build", "./..."]);
     project.go(&["vet", "./..."]);
     age_all(&project.cache_dir, Duration::from_secs(10 * DAY));
@@ -134,15 +152,7 @@ fn trim_removes_what_no_build_used_within_the_age_and_keeps_the_rest() {
         );
     }
     // trim.txt records the trim.
-    let recorded: u64 = std::fs::read_to_string(project.cache_dir.join("trim.txt"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap();
-    assert!(now.as_secs().abs_diff(recorded) < 600);
+    assert!(unix_now().abs_diff(last_trim(&project)) < 600);
 
     // What was used stays: a warm build compiles nothing and its command runs; vet runs again.
     let warm = project.go(&["build", "-x", "./..."]);
@@ -221,23 +231,16 @@ fn the_automatic_trim_runs_once_a_day_after_the_session_unless_turned_off() {
         files - left,
         (removed + report["outputs_removed"].as_u64().unwrap()) as usize
     );
-    let last: u64 = std::fs::read_to_string(project.cache_dir.join("trim.txt"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap();
-    assert!(now.as_secs() - last < 600, "trim.txt not updated");
+    assert!(
+        unix_now().abs_diff(last_trim(&project)) < 600,
+        "trim.txt not updated"
+    );
     assert_eq!(project.build_and_run_command("auto-trim"), "TOTAL 9!\n");
 }
 
 #[test]
 fn max_cache_size_keeps_the_cache_under_the_bound_least_recently_used_first() {
-    let mut project = GoProject::new("trim-size");
-    // Only the trims this test runs: none after its go commands.
-    project.args.push("--trim=off".into());
+    let project = manual_trims_only("trim-size");
     project.go(&["build", "./..."]);
     project.go(&["vet", "./..."]);
     project.go(&["test", "./..."]);
@@ -259,17 +262,12 @@ fn max_cache_size_keeps_the_cache_under_the_bound_least_recently_used_first() {
         used.len()
     );
 
-    let total = disk_bytes(&project.cache_dir);
-    let used_bytes: u64 = {
-        use std::os::unix::fs::MetadataExt;
-        (used.iter())
-            .map(|f| std::fs::symlink_metadata(f).unwrap().blocks() * 512)
-            .sum()
-    };
+    let total = disk_bytes(&cache_files(&project.cache_dir));
+    let used_bytes = disk_bytes(&used);
     // A bound between what the warm build used and everything.
     let bound = used_bytes + (total - used_bytes) / 2;
     let report = trim(&project, &["--max-cache-size", &bound.to_string()]);
-    let after = disk_bytes(&project.cache_dir);
+    let after = disk_bytes(&cache_files(&project.cache_dir));
     assert!(
         after <= bound / 10 * 9,
         "{after} > 90% of {bound}: {report}"
@@ -290,9 +288,7 @@ fn max_cache_size_keeps_the_cache_under_the_bound_least_recently_used_first() {
 
 #[test]
 fn builds_running_while_trims_remove_files_under_them_all_succeed() {
-    let mut project = GoProject::new("trim-race");
-    // Only the trims this test runs: none after its go commands.
-    project.args.push("--trim=off".into());
+    let project = manual_trims_only("trim-race");
     project.go(&["build", "./..."]);
     project.go(&["test", "./..."]);
     age_all(&project.cache_dir, Duration::from_secs(10 * DAY));

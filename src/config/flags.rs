@@ -438,6 +438,14 @@ pub struct ServeArgs {
     #[arg(long, env = "GOREMOTECACHE_MAX_ENTRY_SIZE", value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
     pub max_entry_size: u64,
 
+    /// The most bytes of entries that --storage-dir keeps. Past it, the least recently used
+    /// entries (by last read or write) are deleted down to 90%; a PUT that would take the
+    /// storage more than 10% past it, because deleting falls behind, gets 507. `off` keeps
+    /// everything. Not for S3 storage (bound a bucket with its lifecycle rules). [default:
+    /// 10GiB]
+    #[arg(long, env = "GOREMOTECACHE_SERVE_MAX_SIZE", value_name = "BYTES", value_parser = parse_max_size)]
+    pub max_size: Option<MaxSize>,
+
     /// Connections served at once; more are closed.
     #[arg(
         long,
@@ -534,6 +542,24 @@ pub(super) fn parse_size(text: &str) -> Result<u64, String> {
     number
         .checked_mul(scale)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// `serve --max-size`: a bound, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxSize {
+    Bytes(u64),
+    Off,
+}
+
+/// A size as [`parse_size`] reads it, larger than zero, or `off`.
+pub(super) fn parse_max_size(text: &str) -> Result<MaxSize, String> {
+    match text.trim() {
+        "off" => Ok(MaxSize::Off),
+        text => match parse_size(text)? {
+            0 => Err("must be larger than 0 (`off` keeps everything)".into()),
+            bytes => Ok(MaxSize::Bytes(bytes)),
+        },
+    }
 }
 
 /// A switch's value from a variable: `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off`, and

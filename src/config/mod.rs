@@ -16,7 +16,7 @@ use crate::store::s3::S3Config;
 pub use self::dirs::{DefaultBase, LocalDirs};
 pub use self::flags::{
     Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, LocalArgs,
-    MainArgs, S3Args, ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs,
+    MainArgs, MaxSize, S3Args, ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs,
 };
 pub use crate::store::{RemoteMode, StoreConfig};
 

@@ -96,10 +96,11 @@ impl<S: RemoteStore> Breaker<S> {
         }
     }
 
-    /// Counts the outcome of a request that has no body to follow.
+    /// Counts the outcome of a request that has no body to follow. A store that refused a
+    /// write for lack of room ([`RemoteError::Full`]) answered: a success, not a failure.
     fn count<T>(&self, outcome: Result<T, RemoteError>) -> Result<T, RemoteError> {
         match &outcome {
-            Ok(_) => self.health.success(),
+            Ok(_) | Err(RemoteError::Full(_)) => self.health.success(),
             Err(err) => self.health.failure(err),
         }
         outcome

@@ -105,6 +105,9 @@ fn status_error(status: StatusCode, body: &str) -> RemoteError {
     let message = format!("{status}: {}", body.trim());
     match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RemoteError::Denied(message),
+        // A server whose storage is full (eviction behind): this write is dropped, the
+        // server is not broken.
+        StatusCode::INSUFFICIENT_STORAGE => RemoteError::Full(message),
         StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
             RemoteError::Transient(message)
         }

@@ -101,7 +101,9 @@ impl Metrics {
         let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         storage.bytes.set(gauge(usage.bytes));
         storage.entries.set(gauge(usage.entries));
-        storage.oldest_access_age.set(gauge(usage.oldest_access_age));
+        storage
+            .oldest_access_age
+            .set(gauge(usage.oldest_access_age));
         let counted = storage.evictions.get();
         storage
             .evictions

@@ -194,9 +194,17 @@ impl BoundedDisk {
     /// Admits a put of `len` bytes for `action`, or refuses it with [`RemoteError::Full`] when
     /// it would take the entries more than [`SLACK`]% past the bound. A key that has an entry
     /// already is admitted without reserving anything (its put will write nothing).
-    pub fn reserve(self: &Arc<Self>, action: &ActionId, len: u64) -> Result<Reservation, RemoteError> {
+    pub fn reserve(
+        self: &Arc<Self>,
+        action: &ActionId,
+        len: u64,
+    ) -> Result<Reservation, RemoteError> {
         let mut state = crate::sync::lock(&self.state);
-        let len = if state.index.get(action).is_some() { 0 } else { len };
+        let len = if state.index.get(action).is_some() {
+            0
+        } else {
+            len
+        };
         if let Some(max) = self.max {
             let limit = max.saturating_add(max / 100 * SLACK);
             let after = state.index.bytes() + state.reserved + len;
@@ -322,7 +330,9 @@ impl BoundedDisk {
 /// The eviction thread: waits to be woken (or [`RECHECK`]), evicts, and ends with the store.
 fn evict_loop(store: Weak<BoundedDisk>, wake: &(Mutex<bool>, Condvar)) {
     loop {
-        let Some(strong) = store.upgrade() else { return };
+        let Some(strong) = store.upgrade() else {
+            return;
+        };
         let (evicted, stuck) = strong.evict();
         drop(strong);
         if evicted > 0 {
@@ -381,7 +391,10 @@ fn scan(root: &Path) -> io::Result<(Vec<(ActionId, u64, i128)>, usize)> {
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("scan panicked"))))
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("scan panicked")))
+            })
             .collect()
     });
     let mut found = Vec::new();

@@ -133,7 +133,10 @@ impl Index {
     /// Removes and returns the least recently used entry.
     pub fn pop_oldest(&mut self) -> Option<(ActionId, Meta)> {
         let (_, id) = self.order.pop_first()?;
-        let meta = self.entries.remove(&id).expect("ordered entries are indexed");
+        let meta = self
+            .entries
+            .remove(&id)
+            .expect("ordered entries are indexed");
         self.bytes -= meta.size;
         Some((id, meta))
     }

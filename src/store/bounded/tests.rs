@@ -68,7 +68,10 @@ async fn the_least_recently_used_go_first_down_to_ninety_percent() {
     wait_until(|| store.usage().evictions == 2);
     assert_eq!(present(&store), [1, 2, 5, 6, 7, 8, 9, 10, 11]);
     let usage = store.usage();
-    assert_eq!((usage.entries, usage.bytes, usage.evictions), (9, 9 * one, 2));
+    assert_eq!(
+        (usage.entries, usage.bytes, usage.evictions),
+        (9, 9 * one, 2)
+    );
     assert!(store.get(&id(3)).await.unwrap().is_none());
 }
 
@@ -135,8 +138,8 @@ fn the_order_survives_a_restart_through_the_files_mtimes() {
     drop(store);
     let (store, _) = BoundedDisk::open(disk, Some(3 * one)).unwrap();
     let mut state = crate::sync::lock(&store.state);
-    let order: Vec<u8> = std::iter::from_fn(|| state.index.pop_oldest().map(|(id, _)| id.0[0]))
-        .collect();
+    let order: Vec<u8> =
+        std::iter::from_fn(|| state.index.pop_oldest().map(|(id, _)| id.0[0])).collect();
     assert_eq!(order, [2, 3, 4, 1]);
 }
 

@@ -115,18 +115,17 @@ fn go_build_std_through_a_bound_smaller_than_its_entries() {
     );
     let evictions = metric(&server, "goremotecache_evictions_total");
     assert!(evictions > 100, "{evictions} evictions");
-    // The puts that the server refused (none expected: eviction keeps up) are the client's
-    // upload errors, and nothing else failed.
+    // A few puts may be refused when several large ones arrive together (the bound's 10%
+    // is 1.6 MiB, and some entries are larger): they are the client's upload errors, and
+    // nothing else failed.
     let refused = metric(
         &server,
         "goremotecache_requests_total{method=\"PUT\",status=\"507\"}",
     );
-    assert_eq!(
-        cold.stat("remote.upload_errors"),
-        refused,
-        "{:?}",
-        cold.stats
-    );
+    let upload_errors = cold.stat("remote.upload_errors") + module.stat("remote.upload_errors");
+    assert_eq!(upload_errors, refused, "{:?}", cold.stats);
+    assert!(refused < 50, "{refused} puts refused");
+    println!("{refused} puts refused with 507, {evictions} entries evicted");
     assert_nothing_torn(storage.path());
 
     // A fresh machine builds from what is left: the module's packages (the most recent

@@ -79,7 +79,7 @@ fn go_build_std_through_a_bound_smaller_than_its_entries() {
     let mut project = GoProject::new("serve-bound-std");
     through(&mut project, &server, RW);
     let cold = project.go(&["build", "std"]);
-    project.go(&["build", "./..."]);
+    let module = project.go(&["build", "./..."]);
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
 

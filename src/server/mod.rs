@@ -9,7 +9,9 @@
 //! before anything else looks at them; a `PUT` body is spooled to a temporary file (never held
 //! in memory), limited to `--max-entry-size` both in the bytes sent and in the size its header
 //! says it decodes to (checked as soon as the header arrives, so a small zstd bomb never
-//! reaches the decoder), and verified against its header before the store sees it.
+//! reaches the decoder), and verified against its header before the store sees it. A storage
+//! directory is bounded by `--max-size` ([`crate::store::bounded`]): least recently used
+//! entries are deleted past it, and a `PUT` that finds no room gets 507.
 //!
 //! Every direction of a connection has a time bound
 //! ([`ServeTimeouts`](crate::config::ServeTimeouts), see [`connection`]): a

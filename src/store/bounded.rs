@@ -23,7 +23,8 @@
 //! hit on a key the index no longer holds does not put it back, so a put that races with the
 //! deletion finds the old file (200, nothing written) or none (201, indexed anew), never a
 //! file that the index does not count. A file that cannot be deleted (permissions, a
-//! read-only mount) keeps its place in the index and the thread tries again a second later.
+//! read-only mount) keeps its place in the index; newer entries go in its stead, and the
+//! thread tries it again a second later.
 //!
 //! **Admission.** A `PUT` reserves its size first ([`BoundedDisk::reserve`], from its
 //! `Content-Length` before a byte is spooled): when the entries plus the puts in flight
@@ -279,7 +280,10 @@ impl BoundedDisk {
         };
         let low = max / 100 * LOW_WATER;
         let mut evicted = 0;
+        // Entries that could not be deleted, out of the index until the pass ends: they
+        // still take room, and newer entries that can be deleted go instead.
         let mut failed = Vec::new();
+        let mut held = 0;
         {
             let state = crate::sync::lock(&self.state);
             if state.index.bytes() <= max {
@@ -290,7 +294,7 @@ impl BoundedDisk {
             let batch: Vec<_> = {
                 let mut state = crate::sync::lock(&self.state);
                 std::iter::from_fn(|| {
-                    (state.index.bytes() > low)
+                    (state.index.bytes() + held > low)
                         .then(|| state.index.pop_oldest())
                         .flatten()
                 })
@@ -309,6 +313,7 @@ impl BoundedDisk {
                         if failed.is_empty() {
                             tracing::warn!("evicting {}: {err}", path.display());
                         }
+                        held += meta.size;
                         failed.push((action, meta));
                     }
                 }

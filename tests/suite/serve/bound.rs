@@ -254,37 +254,40 @@ impl Drop for Jam {
     }
 }
 
-/// When old entries cannot be deleted, the storage grows to 110% of its bound and then
-/// puts get 507; a go build through it takes them as failed uploads and goes on (the remote
-/// is not switched off: its reads go on); once deleting works again, so do puts.
+/// When old entries cannot be deleted (here a directory stored without a bound and then
+/// served with one, its files undeletable), puts past 110% of the bound get 507; a go build
+/// through it takes them as failed uploads and goes on (the remote is not switched off: its
+/// reads go on); once deleting works again, so do puts.
 #[test]
 fn a_put_gets_507_when_old_entries_cannot_be_deleted_and_the_build_goes_on() {
     let storage = tempfile::tempdir().unwrap();
     let dir = storage.path().to_str().unwrap();
-    let server = Server::start(&["--storage-dir", dir, "--max-size", "1MiB"], &[]);
-    let put = |key: &str, n: u64| server.request("PUT", &key_path(key), Some(RW), &big_entry(n));
-    for n in 0..9 {
-        assert_eq!(put(&key_in("00", n), n).0, 201);
+    let unbounded = Server::start(&["--storage-dir", dir, "--max-size", "off"], &[]);
+    for n in 0..12 {
+        let put = unbounded.request("PUT", &key_path(&key_in("00", n)), Some(RW), &big_entry(n));
+        assert_eq!(put.0, 201);
     }
+    assert!(unbounded.stop().success());
     let Some(jam) = Jam::new(&storage.path().join("v1").join("00")) else {
         eprintln!("skipped: cannot make a directory's files undeletable here");
         return;
     };
-    // 10 and 11 entries: within 110% (the 11th passes the bound, and eviction fails).
-    assert_eq!(put(&key_in("11", 9), 9).0, 201);
-    assert_eq!(put(&key_in("11", 10), 10).0, 201);
-    let (status, body) = put(&key_in("11", 11), 11);
+    // 1.2 MB stored under a 1 MiB bound, and none of it can go.
+    let server = Server::start(&["--storage-dir", dir, "--max-size", "1MiB"], &[]);
+    let put = |key: &str, n: u64| server.request("PUT", &key_path(key), Some(RW), &big_entry(n));
+    let (status, body) = put(&key_in("11", 12), 12);
     assert_eq!(status, 507, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("full"));
     // A key that is there already is still answered.
     assert_eq!(put(&key_in("00", 1), 1).0, 200);
-    assert!(stored_bytes(storage.path()) <= (1 << 20) + (1 << 20) / 10);
+    assert_eq!(metric(&server, "goremotecache_storage_entries"), 12);
 
     let mut project = GoProject::new("serve-bound-507");
     through(&mut project, &server, RW);
     let build = project.go(&["build", "./..."]);
     let stat = |name: &str| build.stat(name);
     assert!(stat("remote.upload_errors") > 10, "{:?}", build.stats);
+    assert_eq!(stat("remote.uploads"), 0, "{:?}", build.stats);
     assert_eq!(stat("remote.uploads_dropped"), 0, "{:?}", build.stats);
     assert!(
         !build.stderr().contains("local cache only"),
@@ -298,13 +301,15 @@ fn a_put_gets_507_when_old_entries_cannot_be_deleted_and_the_build_goes_on() {
 
     drop(jam);
     eventually(Duration::from_secs(20), "puts taken again", || {
-        put(&key_in("11", 11), 11).0 == 201
+        put(&key_in("11", 12), 12).0 == 201
     });
     eventually(Duration::from_secs(20), "eviction settles", || {
         stored_bytes(storage.path()) <= 1 << 20
     });
-    assert!(metric(&server, "goremotecache_evictions_total") >= 2);
+    assert!(metric(&server, "goremotecache_evictions_total") >= 3);
+    // The oldest went first.
     assert!(!entry_file(storage.path(), &key_in("00", 0)).exists());
+    assert!(entry_file(storage.path(), &key_in("11", 12)).exists());
     assert_nothing_torn(storage.path());
 }
 

@@ -104,10 +104,12 @@ impl Metrics {
         storage
             .oldest_access_age
             .set(gauge(usage.oldest_access_age));
-        let counted = storage.evictions.get();
+        // The store counts; the counter follows it (fetch_max: two scrapes at once cannot
+        // both add the same evictions).
         storage
             .evictions
-            .inc_by(usage.evictions.saturating_sub(counted));
+            .inner()
+            .fetch_max(usage.evictions, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn new() -> Self {

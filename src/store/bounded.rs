@@ -67,6 +67,9 @@ const BATCH: usize = 64;
 /// Deletions that fail in one pass before the pass gives up and waits.
 const MAX_FAILED: usize = 64;
 
+/// Threads that scan the storage directory at start (at least; twice that on more cores).
+const SCAN_THREADS: usize = 8;
+
 /// How long the eviction thread waits before it looks again, woken or not.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -377,7 +380,7 @@ fn touch(path: &Path) -> io::Result<()> {
 
 /// The entries under `<root>/v1/<xx>/`: key, size and mtime (nanoseconds), with the count of
 /// files that are not entries. The shards are read by a few threads at once.
-fn scan(root: &Path) -> io::Result<(Vec<(ActionId, u64, i128)>, usize)> {
+fn scan(root: &Path) -> io::Result<(Vec<(ActionId, u64, i64)>, usize)> {
     let mut shards: Vec<PathBuf> = Vec::new();
     for shard in fs::read_dir(root.join("v1"))? {
         let shard = shard?;
@@ -385,9 +388,11 @@ fn scan(root: &Path) -> io::Result<(Vec<(ActionId, u64, i128)>, usize)> {
             shards.push(shard.path());
         }
     }
+    // More threads than cores: a scan of a directory that is not in the page cache waits on
+    // the disk for each inode, and a disk answers several reads at once.
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
-        .clamp(1, 8);
+        .clamp(SCAN_THREADS, 2 * SCAN_THREADS);
     let per = shards.len().div_ceil(threads).max(1);
     let parts: Vec<io::Result<(Vec<_>, usize)>> = std::thread::scope(|scope| {
         let workers: Vec<_> = shards
@@ -402,17 +407,21 @@ fn scan(root: &Path) -> io::Result<(Vec<(ActionId, u64, i128)>, usize)> {
             })
             .collect()
     });
-    let mut found = Vec::new();
+    let mut lists = Vec::with_capacity(parts.len());
     let mut skipped = 0;
     for part in parts {
         let (entries, skips) = part?;
-        found.extend(entries);
+        lists.push(entries);
         skipped += skips;
+    }
+    let mut found = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+    for list in lists {
+        found.extend(list);
     }
     Ok((found, skipped))
 }
 
-fn scan_shards(shards: &[PathBuf]) -> io::Result<(Vec<(ActionId, u64, i128)>, usize)> {
+fn scan_shards(shards: &[PathBuf]) -> io::Result<(Vec<(ActionId, u64, i64)>, usize)> {
     use std::os::unix::fs::MetadataExt;
     let mut found = Vec::new();
     let mut skipped = 0;
@@ -440,7 +449,11 @@ fn scan_shards(shards: &[PathBuf]) -> io::Result<(Vec<(ActionId, u64, i128)>, us
                 }
             };
             let (id, meta) = meta;
-            let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+            // Nanoseconds fit an i64 until 2262.
+            let mtime = meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec());
             found.push((id, meta.len(), mtime));
         }
     }

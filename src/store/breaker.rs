@@ -271,6 +271,33 @@ mod tests {
         assert_eq!(store.inner.requests.puts(), 0);
     }
 
+    /// A server out of room (507) refuses writes but is answering: however many puts it
+    /// refuses, the store stays on for reads, and a refusal also ends a run of failures.
+    #[tokio::test]
+    async fn a_full_store_refusing_puts_stays_on() {
+        let store = breaker();
+        let full = Faults {
+            error: Some(RemoteError::Full("507".into())),
+            ..Faults::default()
+        };
+        fault(&store, transient());
+        for _ in 0..MAX_FAILURES - 1 {
+            assert!(store.get(&ActionId([1; 32])).await.is_err());
+        }
+        fault(&store, full);
+        for n in 0..10 {
+            let put = store
+                .put(&ActionId([n; 32]), Upload::Bytes(Bytes::from_static(b"x")))
+                .await;
+            assert!(matches!(put, Err(RemoteError::Full(_))), "{put:?}");
+        }
+        fault(&store, transient());
+        assert!(store.get(&ActionId([1; 32])).await.is_err());
+        assert!(store.usable());
+        fault(&store, Faults::default());
+        read(&store).await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_denied_request_switches_off_at_once() {
         let store = breaker();

@@ -248,3 +248,19 @@ impl RemoteStore for HttpStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_server_is_neither_denied_nor_transient() {
+        let full = status_error(StatusCode::INSUFFICIENT_STORAGE, "the storage is full\n");
+        assert!(matches!(&full, RemoteError::Full(m) if m.contains("storage is full")));
+        assert!(!full.is_fatal());
+        assert!(matches!(
+            status_error(StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            RemoteError::Transient(_)
+        ));
+    }
+}

@@ -8,7 +8,7 @@
 //! (the oldest access, when a file's mtime was last refreshed), never for the order itself,
 //! so a clock that steps back cannot scramble it.
 //!
-//! About 150 bytes an entry: a million entries, about 150 MB (`bench/bench_bound_scan.py`).
+//! A million entries take about 200 MiB (`bench/bench_bound_scan.py`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -39,7 +39,7 @@ pub struct Index {
 impl Index {
     /// An index of the entries found on disk: `(key, size, mtime)` with the mtime in any
     /// monotonic unit (nanoseconds), seconds for the ages. Ordered by mtime, oldest first.
-    pub fn from_scan(mut found: Vec<(ActionId, u64, i128)>) -> Self {
+    pub fn from_scan(mut found: Vec<(ActionId, u64, i64)>) -> Self {
         found.sort_unstable_by_key(|&(id, _, mtime)| (mtime, id));
         let mut index = Self {
             entries: HashMap::with_capacity(found.len()),
@@ -48,9 +48,6 @@ impl Index {
         for (id, size, mtime) in found {
             let secs = u64::try_from(mtime.div_euclid(1_000_000_000)).unwrap_or(0);
             index.insert(id, size, secs);
-            if let Some(meta) = index.entries.get_mut(&id) {
-                meta.touched = secs;
-            }
         }
         index
     }
@@ -195,7 +192,7 @@ mod tests {
 
     #[test]
     fn a_scan_orders_by_mtime_and_a_failed_removal_keeps_its_place() {
-        let s = 1_000_000_000i128;
+        let s = 1_000_000_000i64;
         let mut index = Index::from_scan(vec![
             (id(1), 10, 30 * s),
             (id(2), 20, 10 * s),

@@ -204,11 +204,12 @@ impl BoundedDisk {
         len: u64,
     ) -> Result<Reservation, RemoteError> {
         let mut state = crate::sync::lock(&self.state);
-        let len = if state.index.get(action).is_some() {
-            0
-        } else {
-            len
-        };
+        if state.index.get(action).is_some() {
+            return Ok(Reservation {
+                store: self.clone(),
+                len: 0,
+            });
+        }
         if let Some(max) = self.max {
             let limit = max.saturating_add(max / 100 * SLACK);
             let after = state.index.bytes() + state.reserved + len;

@@ -83,21 +83,21 @@ fn a_put_past_the_slack_is_refused_until_eviction_catches_up() {
     // no eviction thread: eviction is "behind" until `evict` is called.
     let disk = DiskStore::open(dir.path()).unwrap();
     let (store, _) = BoundedDisk::open(disk.clone(), None).unwrap();
-    for n in 1..=11 {
+    for n in 1..=12 {
         put(&store, n, 1000).unwrap();
     }
     drop(store);
     let (store, scan) = BoundedDisk::open_with(disk, Some(10 * one), false).unwrap();
-    assert_eq!((scan.entries, scan.bytes), (11, 11 * one));
-    // 11 of 10 stored: the 12th would be 120%.
-    let refused = put(&store, 12, 1000).unwrap_err();
+    assert_eq!((scan.entries, scan.bytes), (12, 12 * one));
+    // 12 of 10 stored, past the 10% slack: a new key is refused.
+    let refused = put(&store, 13, 1000).unwrap_err();
     assert!(matches!(refused, RemoteError::Full(_)), "{refused:?}");
-    assert_eq!(present(&store).len(), 11);
+    assert_eq!(present(&store).len(), 12);
     // A key that is there already writes nothing, and is taken (and is now the most recent).
     put(&store, 1, 1000).unwrap();
-    assert_eq!(store.evict(), (2, false));
-    assert_eq!(present(&store), [1, 4, 5, 6, 7, 8, 9, 10, 11]);
-    put(&store, 12, 1000).unwrap();
+    assert_eq!(store.evict(), (3, false));
+    assert_eq!(present(&store), [1, 5, 6, 7, 8, 9, 10, 11, 12]);
+    put(&store, 13, 1000).unwrap();
 }
 
 #[test]

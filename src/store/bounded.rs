@@ -98,6 +98,17 @@ struct State {
     index: Index,
     /// Bytes of puts admitted but not yet committed.
     reserved: u64,
+    /// Bytes of entries taken out of the index by eviction whose files are not deleted yet
+    /// (or could not be): still on disk, so still counted against the bound.
+    leaving: u64,
+}
+
+impl State {
+    /// What the bound is checked against: the entries, those being deleted, and the puts
+    /// in flight.
+    fn committed(&self) -> u64 {
+        self.index.bytes() + self.leaving + self.reserved
+    }
 }
 
 /// A [`DiskStore`] with an index of its entries, bounded to `max` bytes when there is one.
@@ -157,7 +168,11 @@ impl BoundedDisk {
         let store = Arc::new(Self {
             disk,
             max,
-            state: Mutex::new(State { index, reserved: 0 }),
+            state: Mutex::new(State {
+                index,
+                reserved: 0,
+                leaving: 0,
+            }),
             wake: Arc::new((Mutex::new(true), Condvar::new())),
             evictions: AtomicU64::new(0),
         });
@@ -185,7 +200,7 @@ impl BoundedDisk {
     pub fn usage(&self) -> Usage {
         let state = crate::sync::lock(&self.state);
         Usage {
-            bytes: state.index.bytes(),
+            bytes: state.index.bytes() + state.leaving,
             entries: state.index.len() as u64,
             evictions: self.evictions.load(Ordering::Relaxed),
             oldest_access_age: state
@@ -212,7 +227,7 @@ impl BoundedDisk {
         }
         if let Some(max) = self.max {
             let limit = max.saturating_add(max / 100 * SLACK);
-            let after = state.index.bytes() + state.reserved + len;
+            let after = state.committed() + len;
             if after > limit {
                 drop(state);
                 self.wake();
@@ -297,22 +312,28 @@ impl BoundedDisk {
         loop {
             let batch: Vec<_> = {
                 let mut state = crate::sync::lock(&self.state);
-                std::iter::from_fn(|| {
+                let batch: Vec<_> = std::iter::from_fn(|| {
                     (state.index.bytes() + held > low)
                         .then(|| state.index.pop_oldest())
                         .flatten()
                 })
                 .take(BATCH)
-                .collect()
+                .collect();
+                state.leaving += batch.iter().map(|(_, meta)| meta.size).sum::<u64>();
+                batch
             };
             if batch.is_empty() {
                 break;
             }
+            let mut gone = 0;
             for (action, meta) in batch {
                 let path = self.disk.entry_path(&action);
                 match fs::remove_file(&path) {
-                    Ok(()) => evicted += 1,
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Ok(()) => {
+                        evicted += 1;
+                        gone += meta.size;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => gone += meta.size,
                     Err(err) => {
                         if failed.is_empty() {
                             tracing::warn!("evicting {}: {err}", path.display());
@@ -322,6 +343,7 @@ impl BoundedDisk {
                     }
                 }
             }
+            crate::sync::lock(&self.state).leaving -= gone;
             if failed.len() >= MAX_FAILED {
                 break;
             }
@@ -329,6 +351,7 @@ impl BoundedDisk {
         self.evictions.fetch_add(evicted, Ordering::Relaxed);
         let stuck = !failed.is_empty();
         let mut state = crate::sync::lock(&self.state);
+        state.leaving -= held;
         for (action, meta) in failed {
             state.index.restore(action, meta);
         }
@@ -479,8 +502,7 @@ impl RemoteStore for BoundedDisk {
             let state = crate::sync::lock(&self.state);
             if let Some(max) = self.max
                 && state.index.get(action).is_none()
-                && state.index.bytes() + state.reserved + len
-                    > max.saturating_add(max / 100 * SLACK)
+                && state.committed() + len > max.saturating_add(max / 100 * SLACK)
             {
                 return Err(RemoteError::Full("the storage is full".into()));
             }

@@ -402,9 +402,12 @@ fn touch(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// An entry found by the scan: key, size, mtime in nanoseconds.
+type Found = (ActionId, u64, i64);
+
 /// The entries under `<root>/v1/<xx>/`: key, size and mtime (nanoseconds), with the count of
 /// files that are not entries. The shards are read by a few threads at once.
-fn scan(root: &Path) -> io::Result<(Vec<(ActionId, u64, i64)>, usize)> {
+fn scan(root: &Path) -> io::Result<(Vec<Found>, usize)> {
     let mut shards: Vec<PathBuf> = Vec::new();
     for shard in fs::read_dir(root.join("v1"))? {
         let shard = shard?;
@@ -445,7 +448,7 @@ fn scan(root: &Path) -> io::Result<(Vec<(ActionId, u64, i64)>, usize)> {
     Ok((found, skipped))
 }
 
-fn scan_shards(shards: &[PathBuf]) -> io::Result<(Vec<(ActionId, u64, i64)>, usize)> {
+fn scan_shards(shards: &[PathBuf]) -> io::Result<(Vec<Found>, usize)> {
     use std::os::unix::fs::MetadataExt;
     let mut found = Vec::new();
     let mut skipped = 0;

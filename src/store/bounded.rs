@@ -21,16 +21,18 @@
 //! descriptor closes); a reader that comes after finds nothing, a miss. So an entry being
 //! read is never torn. An entry is taken out of the index before its file is unlinked, and a
 //! hit on a key the index no longer holds does not put it back, so a put that races with the
-//! deletion finds the old file (200, nothing written) or none (201, indexed anew), never a
-//! file that the index does not count. A file that cannot be deleted (permissions, a
+//! deletion finds the old file (200, nothing written, and the entry goes a moment later, as
+//! a cache's entries may) or none (201, indexed anew), never a file that the index does not
+//! count. A file that cannot be deleted (permissions, a
 //! read-only mount) keeps its place in the index; newer entries go in its stead, and the
 //! thread tries it again a second later.
 //!
 //! **Admission.** A `PUT` reserves its size first ([`BoundedDisk::reserve`], from its
 //! `Content-Length` before a byte is spooled): when the entries plus the puts in flight
 //! would pass the bound by more than 10% ([`SLACK`]), eviction is behind (or stuck) and the
-//! put is refused with [`RemoteError::Full`] (the server answers 507). The storage
-//! directory's entries therefore never exceed 110% of the bound, and settle under it.
+//! put is refused with [`RemoteError::Full`] (the server answers 507). So puts never take
+//! the entries past 110% of the bound (a directory found larger at start can be, until
+//! eviction has run), and the entries settle under it unless their files cannot be deleted.
 
 use std::fs;
 use std::io;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use super::values::{parse_bound, parse_size, parse_switch};
+use super::values::{MaxSize, parse_bound, parse_max_size, parse_size, parse_switch};
 use crate::local::lock::LockType;
 use crate::store::RemoteMode;
 
@@ -524,6 +524,14 @@ pub struct ServeArgs {
     /// The largest entry a PUT may send; larger ones get 413.
     #[arg(long, env = "GOREMOTECACHE_MAX_ENTRY_SIZE", value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
     pub max_entry_size: u64,
+
+    /// The most bytes of entries that --storage-dir keeps. Past it, the least recently used
+    /// entries (by last read or write) are deleted down to 90%; a PUT that would take the
+    /// storage more than 10% past it, because deleting falls behind, gets 507. `off` keeps
+    /// everything. Not for S3 storage (bound a bucket with its lifecycle rules). [default:
+    /// 10GiB]
+    #[arg(long, env = "GOREMOTECACHE_SERVE_MAX_SIZE", value_name = "BYTES", value_parser = parse_max_size)]
+    pub max_size: Option<MaxSize>,
 
     /// Connections served at once; more are closed.
     #[arg(

@@ -21,6 +21,7 @@ pub use self::flags::{
     LocalArgs, MainArgs, S3Args, ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs,
     TrimArgs, TrimCommand,
 };
+pub use self::values::MaxSize;
 pub use crate::store::{RemoteMode, StoreConfig};
 
 /// What this run of goremotecache does, with the configuration it needs, validated.

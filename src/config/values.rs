@@ -50,3 +50,21 @@ pub fn parse_switch(value: &str) -> Result<bool, String> {
         )),
     }
 }
+
+/// `serve --max-size`: a bound, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxSize {
+    Bytes(u64),
+    Off,
+}
+
+/// A size as [`parse_size`] reads it, larger than zero, or `off`.
+pub fn parse_max_size(text: &str) -> Result<MaxSize, String> {
+    match text.trim() {
+        "off" => Ok(MaxSize::Off),
+        text => match parse_size(text)? {
+            0 => Err("must be larger than 0 (`off` keeps everything)".into()),
+            bytes => Ok(MaxSize::Bytes(bytes)),
+        },
+    }
+}

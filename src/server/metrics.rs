@@ -1,5 +1,8 @@
 //! The server's Prometheus metrics, served as OpenMetrics text on `/metrics`: requests by
-//! method and status, hits, misses, bytes in and out, storage errors, latency histograms.
+//! method and status, hits, misses, bytes in and out, storage errors, latency histograms;
+//! and for a storage directory ([`Metrics::with_storage`]) its entries, their bytes, the
+//! evictions and the age of the least recently used entry, read from its index when
+//! `/metrics` is asked.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +10,11 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::store::bounded::Usage;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -39,6 +45,16 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub storage_errors: Counter,
+    storage: Option<StorageGauges>,
+}
+
+/// The storage directory's figures: set from its index before each encoding.
+#[derive(Clone, Debug, Default)]
+struct StorageGauges {
+    bytes: Gauge,
+    entries: Gauge,
+    evictions: Counter,
+    oldest_access_age: Gauge,
 }
 
 impl Default for Metrics {
@@ -48,6 +64,54 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics of a server on a storage directory: [`Metrics::new`]'s and
+    /// `goremotecache_storage_bytes`, `goremotecache_storage_entries`,
+    /// `goremotecache_evictions_total` and `goremotecache_storage_oldest_access_age_seconds`.
+    pub fn with_storage() -> Self {
+        let mut metrics = Self::new();
+        let storage = StorageGauges::default();
+        let registry = Arc::get_mut(&mut metrics.registry).expect("not shared yet");
+        registry.register(
+            "storage_bytes",
+            "Bytes of the entries in the storage directory",
+            storage.bytes.clone(),
+        );
+        registry.register(
+            "storage_entries",
+            "Entries in the storage directory",
+            storage.entries.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Entries deleted to keep the storage directory under --max-size",
+            storage.evictions.clone(),
+        );
+        registry.register(
+            "storage_oldest_access_age_seconds",
+            "Seconds since the least recently used entry was last read or written",
+            storage.oldest_access_age.clone(),
+        );
+        metrics.storage = Some(storage);
+        metrics
+    }
+
+    /// Sets the storage figures (nothing without [`Metrics::with_storage`]).
+    pub fn set_storage(&self, usage: Usage) {
+        let Some(storage) = &self.storage else { return };
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        storage.bytes.set(gauge(usage.bytes));
+        storage.entries.set(gauge(usage.entries));
+        storage
+            .oldest_access_age
+            .set(gauge(usage.oldest_access_age));
+        // The store counts; the counter follows it (fetch_max: two scrapes at once cannot
+        // both add the same evictions).
+        storage
+            .evictions
+            .inner()
+            .fetch_max(usage.evictions, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("goremotecache");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -89,6 +153,7 @@ impl Metrics {
             bytes_in,
             bytes_out,
             storage_errors,
+            storage: None,
         }
     }
 

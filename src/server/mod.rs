@@ -9,7 +9,9 @@
 //! before anything else looks at them; a `PUT` body is spooled to a temporary file (never held
 //! in memory), limited to `--max-entry-size` both in the bytes sent and in the size its header
 //! says it decodes to (checked as soon as the header arrives, so a small zstd bomb never
-//! reaches the decoder), and verified against its header before the store sees it.
+//! reaches the decoder), and verified against its header before the store sees it. A storage
+//! directory is bounded by `--max-size` ([`crate::store::bounded`]): least recently used
+//! entries are deleted past it, and a `PUT` that finds no room gets 507.
 //!
 //! Every direction of a connection has a time bound
 //! ([`ServeTimeouts`](crate::config::ServeTimeouts), see [`connection`]): a
@@ -30,8 +32,10 @@ use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::config::MaxSize;
 use crate::fsutil::STALE_TEMP_AGE;
 use crate::store::RemoteStore;
+use crate::store::bounded::{BoundedDisk, DEFAULT_MAX_SIZE};
 use crate::store::dir::DiskStore;
 
 mod body;
@@ -59,6 +63,10 @@ pub enum ServeError {
         "serve needs tokens (--token-file or GOREMOTECACHE_TOKENS), or --allow-anonymous-read for a read-only cache"
     )]
     NoTokens,
+    #[error(
+        "--max-size bounds a --storage-dir; an S3 bucket is bounded by its lifecycle rules (unset GOREMOTECACHE_SERVE_MAX_SIZE)"
+    )]
+    MaxSizeWithS3,
     #[error("tokens: {0}")]
     Tokens(String),
     #[error("storage: {0}")]
@@ -94,7 +102,7 @@ pub fn serve(
     runtime.block_on(async {
         let (store, disk, spool_dir, _spool_guard): (
             Arc<dyn RemoteStore>,
-            Option<DiskStore>,
+            Option<Arc<BoundedDisk>>,
             PathBuf,
             Option<tempfile::TempDir>,
         ) = match (&args.storage_dir, s3) {
@@ -107,8 +115,12 @@ pub fn serve(
                     tracing::info!("removed {n} stale temporary files");
                 }
                 let spool = dir.join("tmp");
-                (Arc::new(store.clone()), Some(store), spool, None)
+                let bounded = open_bounded(store, args.max_size).map_err(|err| {
+                    ServeError::Storage(format!("indexing {}: {err}", dir.display()))
+                })?;
+                (bounded.clone(), Some(bounded), spool, None)
             }
+            (None, Some(_)) if args.max_size.is_some() => return Err(ServeError::MaxSizeWithS3),
             (None, Some(s3)) => {
                 let store = crate::store::s3::S3Store::new(&s3)
                     .map_err(|err| ServeError::Storage(err.to_string()))?;
@@ -148,14 +160,17 @@ pub fn serve(
         );
         let state = Arc::new(ServerState {
             store,
-            disk,
             tokens: RwLock::new(tokens),
             anonymous_read: args.allow_anonymous_read,
             max_entry_size: args.max_entry_size,
             spool_dir,
             in_flight: Arc::new(Semaphore::new(args.max_in_flight.max(1))),
             timeouts: *args.timeouts,
-            metrics: Metrics::new(),
+            metrics: match disk.is_some() {
+                true => Metrics::with_storage(),
+                false => Metrics::new(),
+            },
+            disk,
         });
         tokio::spawn(reload_on_hangup(args.clone(), state.clone()));
         run(
@@ -169,6 +184,34 @@ pub fn serve(
         eprintln!("goremotecache: server stopped");
         Ok(())
     })
+}
+
+/// The storage directory's index and bound (`--max-size`, [`DEFAULT_MAX_SIZE`] unless
+/// given), built by a scan of its entries, which is said on stderr.
+fn open_bounded(disk: DiskStore, max_size: Option<MaxSize>) -> io::Result<Arc<BoundedDisk>> {
+    let max = match max_size {
+        None => Some(DEFAULT_MAX_SIZE),
+        Some(MaxSize::Bytes(bytes)) => Some(bytes),
+        Some(MaxSize::Off) => None,
+    };
+    let (store, scan) = BoundedDisk::open(disk, max)?;
+    let bound = match max {
+        Some(max) => format!("bound {max} bytes"),
+        None => "no bound (--max-size off)".into(),
+    };
+    eprintln!(
+        "goremotecache: storage: {} entries, {} bytes, indexed in {:.3}s; {bound}",
+        scan.entries,
+        scan.bytes,
+        scan.took.as_secs_f64()
+    );
+    if scan.skipped > 0 {
+        tracing::warn!(
+            "{} files in the storage directory are not entries: not counted",
+            scan.skipped
+        );
+    }
+    Ok(store)
 }
 
 fn load_tokens(args: &crate::config::ServeArgs) -> Result<Tokens, ServeError> {

@@ -27,9 +27,10 @@ use super::refusal::Refusal;
 use super::tokens::{Scope, Tokens};
 use crate::config::ServeTimeouts;
 use crate::ids::{ActionId, BuildKey};
-use crate::store::dir::{DiskStore, VerifiedEntry, VerifyError};
+use crate::store::bounded::BoundedDisk;
+use crate::store::dir::{VerifiedEntry, VerifyError};
 use crate::store::format;
-use crate::store::{MAX_MANIFEST, PutOutcome, RemoteStore, Upload, batch};
+use crate::store::{MAX_MANIFEST, PutOutcome, RemoteError, RemoteStore, Upload, batch};
 
 /// Entries of one batch read from storage ahead of the one being sent.
 const BATCH_AHEAD: usize = 8;
@@ -38,11 +39,12 @@ const BATCH_AHEAD: usize = 8;
 #[derive(Debug)]
 pub struct ServerState {
     pub store: Arc<dyn RemoteStore>,
-    /// The same store as `store` when that is a directory: a `PUT` body is then spooled into
-    /// its `tmp/`, verified once, and that very file renamed into place
-    /// ([`DiskStore::commit_verified`]) instead of handed to `store.put`, which would copy
+    /// The same store as `store` when that is a directory: a `PUT` is then admitted under
+    /// its bound ([`BoundedDisk::reserve`], 507 when full), its body spooled into its `tmp/`,
+    /// verified once, and that very file renamed into place
+    /// ([`BoundedDisk::commit_verified`]) instead of handed to `store.put`, which would copy
     /// and verify it again. `None` for any other store (S3 uploads from the spool file).
-    pub disk: Option<DiskStore>,
+    pub disk: Option<Arc<BoundedDisk>>,
     pub tokens: RwLock<Tokens>,
     pub anonymous_read: bool,
     pub max_entry_size: u64,
@@ -428,6 +430,15 @@ async fn store(
     let action = parse_key(key, ActionId::from_key)?;
     let mut body = state.body("an entry", headers, body, state.max_entry_size)?;
     let _permit = state.in_flight.try_acquire().map_err(|_| busy())?;
+    // Room for the entry, before a byte of it is spooled when its length is announced.
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut reservation = match (&state.disk, announced) {
+        (Some(disk), Some(len)) => Some(disk.reserve(&action, len).map_err(full)?),
+        _ => None,
+    };
     let internal = |err: io::Error| {
         tracing::warn!("spooling a put: {err}");
         Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot spool the entry")
@@ -435,7 +446,7 @@ async fn store(
     // On disk storage the spool is the store's own tmp/, so that the file can be renamed
     // into place.
     let temp = match &state.disk {
-        Some(disk) => disk.temp_file(),
+        Some(disk) => disk.disk().temp_file(),
         None => tempfile::Builder::new()
             .prefix("put-")
             .tempfile_in(&state.spool_dir),
@@ -471,10 +482,16 @@ async fn store(
         })?;
     let stored = match &state.disk {
         Some(disk) => {
+            let reservation = match reservation.take() {
+                Some(reservation) => reservation,
+                None => disk.reserve(&action, verified.len()).map_err(full)?,
+            };
             let disk = disk.clone();
-            tokio::task::spawn_blocking(move || disk.commit_verified(&action, verified))
-                .await
-                .map_err(|err| internal(io::Error::other(err.to_string())))?
+            tokio::task::spawn_blocking(move || {
+                disk.commit_verified(&action, verified, reservation)
+            })
+            .await
+            .map_err(|err| internal(io::Error::other(err.to_string())))?
         }
         None => {
             let upload = Upload::File {
@@ -490,6 +507,13 @@ async fn store(
         Ok(PutOutcome::Exists | PutOutcome::Skipped) => Ok(StatusCode::OK.into_response()),
         Err(err) => Err(storage_failure(state, &format!("put {action}"), err)),
     }
+}
+
+/// The answer to a put that the bounded storage has no room for: 507, counted as a refusal
+/// and not as a storage error (nothing failed; deleting old entries is behind).
+fn full(err: RemoteError) -> Refusal {
+    tracing::debug!("{err}");
+    Refusal::new(StatusCode::INSUFFICIENT_STORAGE, err.to_string())
 }
 
 /// Refuses an entry by its header alone, before the rest is spooled or its body decoded: a
@@ -512,6 +536,9 @@ fn check_header(state: &ServerState, bytes: &[u8]) -> Result<(), Refusal> {
 }
 
 async fn metrics_text(State(state): State<Arc<ServerState>>) -> Response {
+    if let Some(disk) = &state.disk {
+        state.metrics.set_storage(disk.usage());
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -96,10 +96,11 @@ impl<S: RemoteStore> Breaker<S> {
         }
     }
 
-    /// Counts the outcome of a request that has no body to follow.
+    /// Counts the outcome of a request that has no body to follow. A store that refused a
+    /// write for lack of room ([`RemoteError::Full`]) answered: a success, not a failure.
     fn count<T>(&self, outcome: Result<T, RemoteError>) -> Result<T, RemoteError> {
         match &outcome {
-            Ok(_) => self.health.success(),
+            Ok(_) | Err(RemoteError::Full(_)) => self.health.success(),
             Err(err) => self.health.failure(err),
         }
         outcome
@@ -268,6 +269,33 @@ mod tests {
         assert!(store.get_manifest(&BuildKey([1; 32])).await.is_err());
         assert_eq!(store.inner.requests.gets(), asked, "no request once off");
         assert_eq!(store.inner.requests.puts(), 0);
+    }
+
+    /// A server out of room (507) refuses writes but is answering: however many puts it
+    /// refuses, the store stays on for reads, and a refusal also ends a run of failures.
+    #[tokio::test]
+    async fn a_full_store_refusing_puts_stays_on() {
+        let store = breaker();
+        let full = Faults {
+            error: Some(RemoteError::Full("507".into())),
+            ..Faults::default()
+        };
+        fault(&store, transient());
+        for _ in 0..MAX_FAILURES - 1 {
+            assert!(store.get(&ActionId([1; 32])).await.is_err());
+        }
+        fault(&store, full);
+        for n in 0..10 {
+            let put = store
+                .put(&ActionId([n; 32]), Upload::Bytes(Bytes::from_static(b"x")))
+                .await;
+            assert!(matches!(put, Err(RemoteError::Full(_))), "{put:?}");
+        }
+        fault(&store, transient());
+        assert!(store.get(&ActionId([1; 32])).await.is_err());
+        assert!(store.usable());
+        fault(&store, Faults::default());
+        read(&store).await.unwrap();
     }
 
     #[tokio::test]

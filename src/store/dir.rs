@@ -54,6 +54,16 @@ impl DiskStore {
         self.root.join("v1").join(&hex[..2]).join(hex)
     }
 
+    /// Where the entry for `action` is (or would be).
+    pub fn entry_path(&self, action: &ActionId) -> PathBuf {
+        self.path(action)
+    }
+
+    /// The storage directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn manifest_path(&self, key: &BuildKey) -> PathBuf {
         self.root.join("prefetch").join(key.to_hex())
     }

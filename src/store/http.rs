@@ -105,6 +105,9 @@ fn status_error(status: StatusCode, body: &str) -> RemoteError {
     let message = format!("{status}: {}", body.trim());
     match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RemoteError::Denied(message),
+        // A server whose storage is full (eviction behind): this write is dropped, the
+        // server is not broken.
+        StatusCode::INSUFFICIENT_STORAGE => RemoteError::Full(message),
         StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
             RemoteError::Transient(message)
         }
@@ -243,5 +246,21 @@ impl RemoteStore for HttpStore {
             StatusCode::OK => Ok(response.bytes_stream().map_err(network_error).boxed()),
             _ => Err(failed(response).await),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_server_is_neither_denied_nor_transient() {
+        let full = status_error(StatusCode::INSUFFICIENT_STORAGE, "the storage is full\n");
+        assert!(matches!(&full, RemoteError::Full(m) if m.contains("storage is full")));
+        assert!(!full.is_fatal());
+        assert!(matches!(
+            status_error(StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            RemoteError::Transient(_)
+        ));
     }
 }

@@ -18,11 +18,13 @@ use futures::stream::BoxStream;
 use crate::ids::{ActionId, BuildKey};
 
 pub mod batch;
+pub mod bounded;
 pub mod breaker;
 pub mod dir;
 pub mod format;
 pub mod http;
 pub mod inventory;
+pub mod lru;
 pub mod memory;
 pub mod retry;
 pub mod s3;
@@ -94,6 +96,12 @@ pub enum RemoteError {
     /// A timeout, a refused or reset connection, a 5xx or a throttling answer: may pass.
     #[error("unavailable: {0}")]
     Transient(String),
+    /// The store is out of room for now and refused a write (the HTTP server's 507, when
+    /// deleting old entries falls behind): the write is dropped and counted, but the store
+    /// is answering, not broken, so this is neither retried nor held against it by the
+    /// circuit breaker, and reads go on.
+    #[error("out of room: {0}")]
+    Full(String),
     /// The circuit breaker switched the store off for this run ([`breaker`]).
     #[error("switched off for the rest of this run")]
     SwitchedOff,

@@ -1,7 +1,7 @@
 //! `goremotecache serve` as a running binary, a module per topic: go builds through it
 //! ([`builds`]), its API's auth and bad-input matrices, batches, manifests and metrics
-//! ([`api`]), what it stores and how ([`storage`]), and its bounds: time, connections, TLS,
-//! reload and shutdown ([`limits`]). This file has the [`Server`] harness they share.
+//! ([`api`]), what it stores and how ([`storage`]), its storage under `--max-size`
+//! ([`bound`]), and its bounds: time, connections, TLS, reload and shutdown ([`limits`]). This file has the [`Server`] harness they share.
 
 use crate::support;
 
@@ -15,6 +15,7 @@ use goremotecache::store::format::{self, Header};
 use support::GoProject;
 
 mod api;
+mod bound;
 mod builds;
 mod limits;
 mod storage;

@@ -17,6 +17,7 @@ use goremotecache::ids::{ActionId, BuildKey};
 use goremotecache::server::metrics::Metrics;
 use goremotecache::server::tokens::Tokens;
 use goremotecache::server::{ServerState, run};
+use goremotecache::store::bounded::BoundedDisk;
 use goremotecache::store::dir::DiskStore;
 use goremotecache::store::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload};
 use sha2::{Digest, Sha256};
@@ -363,7 +364,7 @@ async fn a_put_on_disk_storage_is_verified_once_and_its_spool_file_renamed_into_
     });
     let state = Arc::new(ServerState {
         store: store.clone(),
-        disk: Some(disk),
+        disk: Some(BoundedDisk::open(disk, None).unwrap().0),
         tokens: RwLock::new(Tokens::parse_list(&format!("rw:{RW},ro:{RO}")).unwrap()),
         anonymous_read: false,
         max_entry_size: 1 << 20,

@@ -45,6 +45,7 @@ use goremotecache::server::ServerState;
 use goremotecache::server::metrics::Metrics;
 use goremotecache::server::tokens::Tokens;
 use goremotecache::store::batch::{self, Event};
+use goremotecache::store::bounded::{BoundedDisk, DEFAULT_MAX_SIZE};
 use goremotecache::store::dir::DiskStore;
 use goremotecache::store::format::{self, Header};
 use goremotecache::store::http::{HttpConfig, HttpStore};
@@ -127,7 +128,11 @@ struct TestServer {
 impl TestServer {
     /// Serves `store` with a read-write and a read-only token; `disk` is the same store when
     /// it is a directory, as `serve --storage-dir` sets it up.
-    async fn start(store: Arc<dyn RemoteStore>, disk: Option<DiskStore>, spool: &Path) -> Self {
+    async fn start(
+        store: Arc<dyn RemoteStore>,
+        disk: Option<Arc<BoundedDisk>>,
+        spool: &Path,
+    ) -> Self {
         let tokens = Tokens::parse_list(&format!("rw:{TOKEN},ro:{READ_TOKEN}")).unwrap();
         let state = Arc::new(ServerState {
             store,
@@ -221,9 +226,11 @@ impl Backend {
             Kind::Http => {
                 let dir = tempfile::tempdir().unwrap();
                 let root = dir.path().join("storage");
+                // As `serve --storage-dir` sets it up: indexed, under the default bound.
                 let storage = DiskStore::open(&root).unwrap();
+                let (storage, _) = BoundedDisk::open(storage, Some(DEFAULT_MAX_SIZE)).unwrap();
                 let server = backend.runtime.block_on(TestServer::start(
-                    Arc::new(storage.clone()),
+                    storage.clone(),
                     Some(storage),
                     &root.join("tmp"),
                 ));

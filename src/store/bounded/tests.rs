@@ -1,0 +1,159 @@
+//! The bounded store on a real directory: eviction order, admission, the scan at start.
+
+use super::*;
+use crate::store::format::{self, Header};
+use futures::StreamExt;
+use std::io::Write;
+
+fn entry(body: &[u8]) -> Vec<u8> {
+    let header = Header {
+        flags: 0,
+        output_id: crate::ids::OutputId::of(body),
+        size: body.len() as u64,
+        time: SystemTime::now(),
+    };
+    let mut out = Vec::new();
+    format::write_entry(&header, &mut &body[..], &mut out).unwrap();
+    out
+}
+
+fn id(n: u8) -> ActionId {
+    ActionId([n; 32])
+}
+
+/// Puts an entry of `len` body bytes through the server's path (reserve, spool, verify,
+/// commit); returns its size on disk or the refusal.
+fn put(store: &Arc<BoundedDisk>, n: u8, len: usize) -> Result<u64, RemoteError> {
+    let bytes = entry(&vec![n; len]);
+    let reservation = store.reserve(&id(n), bytes.len() as u64)?;
+    let mut temp = store.disk().temp_file().unwrap();
+    temp.write_all(&bytes).unwrap();
+    let verified = VerifiedEntry::check(temp).unwrap();
+    store.commit_verified(&id(n), verified, reservation)?;
+    Ok(bytes.len() as u64)
+}
+
+fn wait_until(mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(20), "not within 20s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn present(store: &BoundedDisk) -> Vec<u8> {
+    (0..=255)
+        .filter(|&n| store.disk().entry_path(&id(n)).exists())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_least_recently_used_go_first_down_to_ninety_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = entry(&[1; 1000]).len() as u64;
+    let (store, scan) =
+        BoundedDisk::open(DiskStore::open(dir.path()).unwrap(), Some(10 * one)).unwrap();
+    assert_eq!(scan.entries, 0);
+    for n in 1..=10 {
+        put(&store, n, 1000).unwrap();
+    }
+    assert_eq!(store.evict(), (0, false), "at the bound, not past it");
+    // Read 1 and 2 (a GET and a HEAD): they become the most recent.
+    let mut stream = store.get(&id(1)).await.unwrap().unwrap();
+    while stream.next().await.is_some() {}
+    assert_eq!(store.head(&id(2)).await.unwrap(), Some(one));
+    put(&store, 11, 1000).unwrap();
+    // 11 entries, bound 10: down to 9, by the eviction thread or by hand.
+    store.evict();
+    wait_until(|| store.usage().evictions == 2);
+    assert_eq!(present(&store), [1, 2, 5, 6, 7, 8, 9, 10, 11]);
+    let usage = store.usage();
+    assert_eq!(
+        (usage.entries, usage.bytes, usage.evictions),
+        (9, 9 * one, 2)
+    );
+    assert!(store.get(&id(3)).await.unwrap().is_none());
+}
+
+#[test]
+fn a_put_past_the_slack_is_refused_until_eviction_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = entry(&[1; 1000]).len() as u64;
+    // Filled without a bound, then opened again with one smaller than what it holds, and
+    // no eviction thread: eviction is "behind" until `evict` is called.
+    let disk = DiskStore::open(dir.path()).unwrap();
+    let (store, _) = BoundedDisk::open(disk.clone(), None).unwrap();
+    for n in 1..=12 {
+        put(&store, n, 1000).unwrap();
+    }
+    drop(store);
+    let (store, scan) = BoundedDisk::open_with(disk, Some(10 * one), false).unwrap();
+    assert_eq!((scan.entries, scan.bytes), (12, 12 * one));
+    // 12 of 10 stored, past the 10% slack: a new key is refused.
+    let refused = put(&store, 13, 1000).unwrap_err();
+    assert!(matches!(refused, RemoteError::Full(_)), "{refused:?}");
+    assert_eq!(present(&store).len(), 12);
+    // A key that is there already writes nothing, and is taken (and is now the most recent).
+    put(&store, 1, 1000).unwrap();
+    assert_eq!(store.evict(), (3, false));
+    assert_eq!(present(&store), [1, 5, 6, 7, 8, 9, 10, 11, 12]);
+    put(&store, 13, 1000).unwrap();
+}
+
+#[test]
+fn a_reservation_holds_room_until_its_put_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) =
+        BoundedDisk::open_with(DiskStore::open(dir.path()).unwrap(), Some(1000), false).unwrap();
+    let held = store.reserve(&id(1), 600).unwrap();
+    assert!(store.reserve(&id(2), 600).is_err(), "1200 > 1100");
+    drop(held);
+    store.reserve(&id(2), 600).unwrap();
+}
+
+#[test]
+fn the_order_survives_a_restart_through_the_files_mtimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskStore::open(dir.path()).unwrap();
+    let (store, _) = BoundedDisk::open(disk.clone(), None).unwrap();
+    let one = put(&store, 1, 100).unwrap();
+    for n in 2..=4 {
+        put(&store, n, 100).unwrap();
+    }
+    // Written hours ago, 1 first; then 1 is read: its mtime is refreshed.
+    let now = SystemTime::now();
+    for n in 1..=4u8 {
+        let age = Duration::from_secs(3 * 3600 - u64::from(n) * 60);
+        fs::File::options()
+            .write(true)
+            .open(disk.entry_path(&id(n)))
+            .unwrap()
+            .set_modified(now - age)
+            .unwrap();
+    }
+    drop(store);
+    let (store, _) = BoundedDisk::open(disk.clone(), None).unwrap();
+    assert!(store.usage().oldest_access_age >= 3 * 3600 - 61);
+    futures::executor::block_on(store.head(&id(1))).unwrap();
+    drop(store);
+    let (store, _) = BoundedDisk::open(disk, Some(3 * one)).unwrap();
+    let mut state = crate::sync::lock(&store.state);
+    let order: Vec<u8> =
+        std::iter::from_fn(|| state.index.pop_oldest().map(|(id, _)| id.0[0])).collect();
+    assert_eq!(order, [2, 3, 4, 1]);
+}
+
+#[test]
+fn a_scan_skips_what_is_not_an_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskStore::open(dir.path()).unwrap();
+    let (store, _) = BoundedDisk::open(disk.clone(), None).unwrap();
+    put(&store, 0xab, 10).unwrap();
+    let shard = dir.path().join("v1").join("ab");
+    fs::write(shard.join("not-an-entry"), b"x").unwrap();
+    fs::write(shard.join("cd".repeat(32)), b"in the wrong shard").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", shard.join("ef".repeat(32))).unwrap();
+    drop(store);
+    let (_, scan) = BoundedDisk::open(disk, None).unwrap();
+    assert_eq!((scan.entries, scan.skipped), (1, 3));
+}

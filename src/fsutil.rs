@@ -125,6 +125,12 @@ pub fn touch_if_older(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
     {
         return Ok(());
     }
+    touch(path)
+}
+
+/// Sets the access and modification times of the file at `path` to now, without following
+/// a symlink.
+pub fn touch(path: &Path) -> io::Result<()> {
     rustix::fs::utimensat(
         rustix::fs::CWD,
         path,

@@ -60,8 +60,8 @@ pub const LOW_WATER: u64 = 90;
 /// A put is refused when it would take the entries this far past the bound (percent).
 pub const SLACK: u64 = 10;
 
-/// A file's mtime is refreshed by a read at most this often (seconds).
-pub const REFRESH: u64 = 3600;
+/// A file's mtime is refreshed by a read at most this often (seconds), as in the local cache.
+pub const REFRESH: u64 = crate::fsutil::USE_REFRESH.as_secs();
 
 /// Entries unlinked per hold of the index's lock.
 const BATCH: usize = 64;
@@ -214,19 +214,23 @@ impl BoundedDisk {
 
     /// Admits a put of `len` bytes for `action`, or refuses it with [`RemoteError::Full`] when
     /// it would take the entries more than [`SLACK`]% past the bound. A key that has an entry
-    /// already is admitted without reserving anything (its put will write nothing).
+    /// already is admitted without reserving anything (its put will write nothing): one in
+    /// the index, or one whose file is still there while eviction holds it out of the index
+    /// (being deleted, or failing to be).
     pub fn reserve(
         self: &Arc<Self>,
         action: &ActionId,
         len: u64,
     ) -> Result<Reservation, RemoteError> {
-        let mut state = crate::sync::lock(&self.state);
-        if state.index.get(action).is_some() {
+        if crate::sync::lock(&self.state).index.get(action).is_some()
+            || self.disk.size(action).is_some()
+        {
             return Ok(Reservation {
                 store: self.clone(),
                 len: 0,
             });
         }
+        let mut state = crate::sync::lock(&self.state);
         if let Some(max) = self.max {
             let limit = max.saturating_add(max / 100 * SLACK);
             let after = state.committed() + len;
@@ -281,7 +285,7 @@ impl BoundedDisk {
             .access(action, unix_now(), REFRESH);
         if refresh == Some(true) {
             let path = self.disk.entry_path(action);
-            if let Err(err) = touch(&path) {
+            if let Err(err) = crate::fsutil::touch(&path) {
                 tracing::debug!("refreshing the mtime of {}: {err}", path.display());
             }
         }
@@ -385,23 +389,6 @@ fn evict_loop(store: Weak<BoundedDisk>, wake: &(Mutex<bool>, Condvar)) {
         }
         *woken = false;
     }
-}
-
-/// Sets `path`'s mtime to now, without following a symlink.
-fn touch(path: &Path) -> io::Result<()> {
-    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
-    let times = Timestamps {
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_OMIT,
-        },
-        last_modification: Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_NOW,
-        },
-    };
-    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(())
 }
 
 /// An entry found by the scan: key, size, mtime in nanoseconds.

@@ -12,7 +12,9 @@ it starts the server on it several times and reports:
 - the time from starting the process to its "serving" line (what a restart costs),
 - the scan's own time, as the server says it ("indexed in ...s"),
 - the server's peak resident memory once it is serving, from `/usr/bin/time -v` (GNU time,
-  Debian's `time` package).
+  Debian's `time` package),
+- the baseline, measured after each start: `find` printing every entry's size and mtime,
+  which is the `lstat` of every file that the scan cannot avoid; the ratio is of the medians.
 
 With --drop-caches (root only) each start begins with the kernel's dentry, inode and page
 caches dropped (`echo 3 > /proc/sys/vm/drop_caches`): a server started after a reboot.
@@ -119,6 +121,19 @@ def start_once(binary, root, tmp, drop_caches, max_size):
     return ready, scan, int(match.group(1)) * 1024
 
 
+def find_stat(root, drop_caches):
+    """The baseline: `find` printing every entry's size and mtime (one lstat each), timed."""
+    if drop_caches:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    start = time.perf_counter()
+    result = subprocess.run(["find", os.path.join(root, "v1"), "-type", "f", "-printf", "%s %T@\n"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"find failed: {result.stderr}")
+    return time.perf_counter() - start
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
@@ -144,19 +159,24 @@ def main():
         total = fill(root, args.entries)
         # A bound above what is stored: the start is measured, not an eviction.
         max_size = f"{(total >> 30) + 1}GiB"
-        results = []
+        results, baselines = [], []
         for run in range(args.runs):
             ready, scan, rss = start_once(binary, root, tmp, args.drop_caches, max_size)
+            baselines.append(find_stat(root, args.drop_caches))
             progress(f"  start {run + 1}: serving after {ready:.2f}s (scan {scan:.2f}s), "
-                     f"peak RSS {rss / 2**20:.0f} MiB")
+                     f"peak RSS {rss / 2**20:.0f} MiB; find -printf of the same files "
+                     f"{baselines[-1]:.2f}s")
             results.append((ready, scan, rss))
         ready = sorted(r[0] for r in results)[len(results) // 2]
         scan = sorted(r[1] for r in results)[len(results) // 2]
         rss = max(r[2] for r in results)
+        baseline = sorted(baselines)[len(baselines) // 2]
         cache = "caches dropped before each start" if args.drop_caches else "directory in the page cache"
         print(f"serve start-up on {args.entries} entries ({cache}, {os.cpu_count()} CPUs, "
               f"median of {args.runs}): serving after {ready:.2f}s, scan {scan:.2f}s, "
-              f"peak RSS {rss / 2**20:.0f} MiB ({rss / args.entries:.0f} bytes an entry)")
+              f"peak RSS {rss / 2**20:.0f} MiB ({rss / args.entries:.0f} bytes an entry); "
+              f"baseline `find -printf '%s %T@'` of the same files {baseline:.2f}s, "
+              f"ratio {ready / baseline:.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -266,7 +266,7 @@ fn max_cache_size_keeps_the_cache_under_the_bound(project: &GoProject) {
     let used_bytes = disk_bytes(&used);
     // A bound between what the warm build used and everything.
     let bound = used_bytes + (total - used_bytes) / 2;
-    let report = trim(&project, &["--max-cache-size", &bound.to_string()]);
+    let report = trim(project, &["--max-cache-size", &bound.to_string()]);
     let after = disk_bytes(&cache_files(&project.cache_dir));
     assert!(
         after <= bound / 10 * 9,

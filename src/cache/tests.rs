@@ -16,7 +16,7 @@ use super::upload::Job;
 use crate::config::{PrefetchConfig, RemoteConfig, StoreConfig};
 use crate::ids::{ActionId, OutputId};
 use crate::local::disk::DiskCache;
-use crate::store::format::{self, Header};
+use crate::store::format;
 use crate::store::http::HttpConfig;
 use crate::store::memory::{Faults, MemoryStore};
 use crate::store::{RemoteError, RemoteMode, RemoteStore, wrap};
@@ -123,15 +123,7 @@ fn body(n: u8, len: usize) -> Vec<u8> {
 
 /// A valid entry of `body`.
 fn entry(body: &[u8]) -> Bytes {
-    let header = Header {
-        flags: 0,
-        output_id: OutputId::of(body),
-        size: body.len() as u64,
-        time: SystemTime::now(),
-    };
-    let mut out = Vec::new();
-    format::write_entry(&header, &mut &body[..], &mut out).unwrap();
-    Bytes::from(out)
+    Bytes::from(format::encode_for_test(body))
 }
 
 fn delayed(delay: Duration) -> MemoryStore {

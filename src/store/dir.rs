@@ -287,21 +287,11 @@ impl RemoteStore for DiskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::format::Header;
     use bytes::Bytes;
     use futures::StreamExt;
-    use std::time::SystemTime;
 
     fn entry(body: &[u8]) -> Bytes {
-        let header = Header {
-            flags: 0,
-            output_id: crate::ids::OutputId::of(body),
-            size: body.len() as u64,
-            time: SystemTime::now(),
-        };
-        let mut out = Vec::new();
-        format::write_entry(&header, &mut &body[..], &mut out).unwrap();
-        Bytes::from(out)
+        Bytes::from(format::encode_for_test(body))
     }
 
     #[tokio::test]

@@ -134,6 +134,20 @@ pub fn compression_pays(size: u64, sample: &[u8]) -> bool {
 /// How many leading bytes of a body [`compression_pays`] looks at.
 pub const SAMPLE_LEN: usize = SAMPLE;
 
+/// A whole uncompressed entry of `body`, put now, in memory: how unit tests make entries.
+#[cfg(test)]
+pub fn encode_for_test(body: &[u8]) -> Vec<u8> {
+    let header = Header {
+        flags: 0,
+        output_id: crate::ids::OutputId::of(body),
+        size: body.len() as u64,
+        time: std::time::SystemTime::now(),
+    };
+    let mut out = Vec::new();
+    write_entry(&header, &mut &body[..], &mut out).expect("writing to memory");
+    out
+}
+
 /// Writes an entry for a body of known header to `out`, compressing the body as it streams
 /// through when the header says so. Returns the bytes written.
 pub fn write_entry(header: &Header, body: &mut impl Read, out: &mut impl Write) -> io::Result<u64> {

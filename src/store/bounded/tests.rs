@@ -1,20 +1,12 @@
 //! The bounded store on a real directory: eviction order, admission, the scan at start.
 
 use super::*;
-use crate::store::format::{self, Header};
+use crate::store::format;
 use futures::StreamExt;
 use std::io::Write;
 
 fn entry(body: &[u8]) -> Vec<u8> {
-    let header = Header {
-        flags: 0,
-        output_id: crate::ids::OutputId::of(body),
-        size: body.len() as u64,
-        time: SystemTime::now(),
-    };
-    let mut out = Vec::new();
-    format::write_entry(&header, &mut &body[..], &mut out).unwrap();
-    out
+    format::encode_for_test(body)
 }
 
 fn id(n: u8) -> ActionId {

@@ -108,10 +108,14 @@ pub fn regular_meta(path: &Path) -> io::Result<Option<fs::Metadata>> {
 /// (Go's own cache does the same, with the same hour).
 pub const USE_REFRESH: Duration = Duration::from_secs(3600);
 
-/// Whether a file last modified at `modified` is due for a refresh of its time at `now`.
-pub fn due_for_refresh(modified: SystemTime, now: SystemTime) -> bool {
-    now.duration_since(modified)
-        .is_ok_and(|age| age > USE_REFRESH)
+/// Whether a file whose metadata is `meta` is due for a refresh of its times: they are more
+/// than [`USE_REFRESH`] old.
+fn due_for_refresh(meta: &fs::Metadata) -> bool {
+    meta.modified().is_ok_and(|at| {
+        SystemTime::now()
+            .duration_since(at)
+            .is_ok_and(|age| age > USE_REFRESH)
+    })
 }
 
 /// Sets the access and modification times of the file at `path` to now, without following a
@@ -119,10 +123,7 @@ pub fn due_for_refresh(modified: SystemTime, now: SystemTime) -> bool {
 /// [`USE_REFRESH`] old. An `Err` of kind `NotFound` means the file is gone: a trim removed it
 /// between the look and the refresh, and whoever was about to hand it out must not.
 pub fn touch_if_older(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
-    if !meta
-        .modified()
-        .is_ok_and(|at| due_for_refresh(at, SystemTime::now()))
-    {
+    if !due_for_refresh(meta) {
         return Ok(());
     }
     touch(path)
@@ -142,10 +143,7 @@ pub fn touch(path: &Path) -> io::Result<()> {
 
 /// [`touch_if_older`] for a file already open (an entry that was just read).
 pub fn touch_open_if_older(file: &File, meta: &fs::Metadata) -> io::Result<()> {
-    if !meta
-        .modified()
-        .is_ok_and(|at| due_for_refresh(at, SystemTime::now()))
-    {
+    if !due_for_refresh(meta) {
         return Ok(());
     }
     rustix::fs::futimens(file, &now_timestamps()).map_err(io::Error::from)
@@ -375,15 +373,21 @@ pub fn remove_all_but_directories(dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
+/// A handle on the directory `dir`, opened without following a symlink (an error if `dir` is
+/// one): what is done through it stays inside the real directory.
+pub(crate) fn open_dir_no_follow(dir: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// The entries of `dir` but `.` and `..`, with their types as the listing gives them, and a
 /// handle on `dir` to work on them with: `dir` is opened without following a symlink, so
 /// whatever is done through the handle stays inside it.
 pub(crate) fn list_no_follow(dir: &Path) -> io::Result<(OwnedFd, Vec<(CString, FileType)>)> {
-    let fd = rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = open_dir_no_follow(dir)?;
     let mut entries = Vec::new();
     for entry in rustix::fs::Dir::read_from(&fd)? {
         let entry = entry?;

@@ -44,7 +44,7 @@ use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use serde::Serialize;
 
 use super::disk::{DiskCache, parse_entry};
-use crate::fsutil::{USE_REFRESH, list_no_follow, open_or_create_regular};
+use crate::fsutil::{USE_REFRESH, list_no_follow, open_dir_no_follow, open_or_create_regular};
 
 /// How often the automatic trim runs, at most, per cache directory.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(24 * 3600);
@@ -131,7 +131,7 @@ struct Trimmer {
 pub fn trim(cache: &DiskCache, policy: &TrimPolicy, dry_run: bool) -> io::Result<TrimReport> {
     let start = Instant::now();
     let now = SystemTime::now();
-    let tmp = open_dir(cache.tmp_dir())?;
+    let tmp = open_dir_no_follow(cache.tmp_dir())?;
     let mut trimmer = Trimmer {
         scan: scan(cache.root())?,
         tmp,
@@ -384,14 +384,6 @@ fn timespec(time: SystemTime) -> (i64, i64) {
     (since.as_secs() as i64, i64::from(since.subsec_nanos()))
 }
 
-fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
-}
-
 /// The automatic trim's claim on `trim.txt`: while it is held, no other process trims.
 #[derive(Debug)]
 pub struct Claim {
@@ -422,10 +414,7 @@ pub fn claim(root: &Path) -> io::Result<Option<Claim>> {
             return Ok(None);
         }
     }
-    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    file.set_len(0)?;
-    file.rewind()?;
-    writeln!(file, "{secs}")?;
+    record(&mut file, now)?;
     Ok(Some(Claim { _file: file }))
 }
 
@@ -434,12 +423,16 @@ pub fn claim(root: &Path) -> io::Result<Option<Claim>> {
 pub fn claim_now(root: &Path) -> io::Result<Claim> {
     let mut file = open_or_create_regular(&root.join(TRIM_FILE))?;
     rustix::fs::flock(&file, FlockOperation::LockExclusive)?;
-    let secs = (SystemTime::now().duration_since(UNIX_EPOCH))
-        .unwrap_or_default()
-        .as_secs();
-    file.set_len(0)?;
-    writeln!(file, "{secs}")?;
+    record(&mut file, SystemTime::now())?;
     Ok(Claim { _file: file })
+}
+
+/// Replaces what `trim.txt` holds with `now`, in Unix seconds.
+fn record(file: &mut File, now: SystemTime) -> io::Result<()> {
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{secs}")
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ fn a_file_used_after_the_scan_is_put_back_not_removed() {
     set_age(&output, WEEK);
     let mut trimmer = Trimmer {
         scan: scan(cache.root()).unwrap(),
-        tmp: open_dir(cache.tmp_dir()).unwrap(),
+        tmp: open_dir_no_follow(cache.tmp_dir()).unwrap(),
         dry_run: false,
         report: TrimReport::default(),
         kept_in_use: Cell::new(0),

@@ -273,15 +273,32 @@ impl Trimmer {
             Err(rustix::io::Errno::NOENT) => return Ok(false),
             Err(err) => return Err(err.into()),
         }
-        let stat = rustix::fs::statat(&self.tmp, &aside, AtFlags::SYMLINK_NOFOLLOW)?;
+        self.settle(file, &aside)
+    }
+
+    /// Unlinks the file set aside in `tmp/` as `aside`, or puts it back where it was if it
+    /// was used since the scan. Returns whether it is gone.
+    fn settle(&self, file: &Found, aside: &CStr) -> io::Result<bool> {
+        match self.settle_aside(file, aside) {
+            // Gone from tmp/ under us: a session's sweep of stale temporary files removes any
+            // file there older than an hour, and this one was (it had not been used since the
+            // scan), so it is removed all the same.
+            Err(rustix::io::Errno::NOENT) => Ok(true),
+            other => Ok(other?),
+        }
+    }
+
+    fn settle_aside(&self, file: &Found, aside: &CStr) -> rustix::io::Result<bool> {
+        let stat = rustix::fs::statat(&self.tmp, aside, AtFlags::SYMLINK_NOFOLLOW)?;
         if (stat.st_mtime, stat.st_mtime_nsec as i64) != file.modified {
             // Used since the scan: back in place (a put of the same output meanwhile wrote the
             // same bytes, so replacing it changes nothing).
-            rustix::fs::renameat(&self.tmp, &aside, dir, &file.name)?;
+            let dir = &self.scan.dirs[file.dir];
+            rustix::fs::renameat(&self.tmp, aside, dir, &file.name)?;
             self.kept_in_use.set(self.kept_in_use.get() + 1);
             return Ok(false);
         }
-        rustix::fs::unlinkat(&self.tmp, &aside, AtFlags::empty())?;
+        rustix::fs::unlinkat(&self.tmp, aside, AtFlags::empty())?;
         Ok(true)
     }
 }

@@ -82,6 +82,29 @@ fn a_file_used_after_the_scan_is_put_back_not_removed() {
 }
 
 #[test]
+fn a_file_the_stale_temp_sweep_removes_while_set_aside_counts_as_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = DiskCache::open(dir.path()).unwrap();
+    let (entry, _) = put(&cache, 1, b"old");
+    set_age(&entry, WEEK);
+    let trimmer = Trimmer {
+        scan: scan(cache.root()).unwrap(),
+        tmp: open_dir_no_follow(cache.tmp_dir()).unwrap(),
+        dry_run: false,
+        report: TrimReport::default(),
+        kept_in_use: Cell::new(0),
+    };
+    let found = &trimmer.scan.entries[0].file;
+    // Set aside as the trim does, then a concurrent session's sweep of stale temporary
+    // files removes it (it is old) before the trim reads its times again.
+    std::fs::rename(&entry, cache.tmp_dir().join("trim-1-swept")).unwrap();
+    assert_eq!(cache.sweep_tmp(Duration::from_secs(3600)).unwrap(), 1);
+    let aside = CString::new("trim-1-swept").unwrap();
+    assert!(trimmer.settle(found, &aside).unwrap());
+    assert_eq!(std::fs::read_dir(cache.tmp_dir()).unwrap().count(), 0);
+}
+
+#[test]
 fn a_get_after_the_output_was_taken_is_a_miss() {
     let dir = tempfile::tempdir().unwrap();
     let cache = DiskCache::open(dir.path()).unwrap();

@@ -71,3 +71,79 @@ impl OutputId {
         Self(Sha256::digest(data).into())
     }
 }
+
+/// A namespace of the remote store: the entries and manifests that one kind of build (say,
+/// main's, or one pull request's) writes, apart from the others' (`<prefix>/ns/<NAME>/...` in
+/// a bucket, `/v1/ns/<NAME>/...` on the server). A name is 1 to 128 of `A-Z a-z 0-9 . _ -`,
+/// not starting with a dot, so it is one path segment and never `.` or `..`. Cloning one is
+/// cheap (a manifest names one per entry).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Namespace(std::sync::Arc<str>);
+
+impl Namespace {
+    /// The longest name.
+    pub const MAX_LEN: usize = 128;
+
+    /// Checks a name that came from outside (a flag, a URL, a token file).
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name.is_empty() || name.len() > Self::MAX_LEN {
+            return Err(format!(
+                "namespace {name:?}: a name has 1 to {} characters",
+                Self::MAX_LEN
+            ));
+        }
+        if name.starts_with('.') {
+            return Err(format!("namespace {name:?}: a name must not start with '.'"));
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "namespace {name:?}: {bad:?} is not allowed (only A-Z a-z 0-9 . _ -; map a \
+                 branch name such as feature/x to feature-x)"
+            ));
+        }
+        Ok(Self(name.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The part of an object key or URL path before `v1/` or `prefetch/`: `ns/<NAME>`.
+    pub fn path(&self) -> String {
+        format!("ns/{}", self.0)
+    }
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_names_are_one_safe_path_segment() {
+        for good in ["main", "pr-12", "release_1.2", "A", &"x".repeat(128), "a..b"] {
+            assert_eq!(Namespace::parse(good).unwrap().as_str(), good);
+        }
+        for bad in [
+            "", ".", "..", ".hidden", "feature/x", "a b", "ä", "../main", "a\\b", "a%2fb", "a\0",
+            &"x".repeat(129),
+        ] {
+            assert!(Namespace::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(Namespace::parse("main").unwrap().path(), "ns/main");
+    }
+}

@@ -93,7 +93,9 @@ impl Namespace {
             ));
         }
         if name.starts_with('.') {
-            return Err(format!("namespace {name:?}: a name must not start with '.'"));
+            return Err(format!(
+                "namespace {name:?}: a name must not start with '.'"
+            ));
         }
         if let Some(bad) = name
             .chars()
@@ -135,11 +137,28 @@ mod tests {
 
     #[test]
     fn namespace_names_are_one_safe_path_segment() {
-        for good in ["main", "pr-12", "release_1.2", "A", &"x".repeat(128), "a..b"] {
+        for good in [
+            "main",
+            "pr-12",
+            "release_1.2",
+            "A",
+            &"x".repeat(128),
+            "a..b",
+        ] {
             assert_eq!(Namespace::parse(good).unwrap().as_str(), good);
         }
         for bad in [
-            "", ".", "..", ".hidden", "feature/x", "a b", "ä", "../main", "a\\b", "a%2fb", "a\0",
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "feature/x",
+            "a b",
+            "ä",
+            "../main",
+            "a\\b",
+            "a%2fb",
+            "a\0",
             &"x".repeat(129),
         ] {
             assert!(Namespace::parse(bad).is_err(), "{bad:?} accepted");

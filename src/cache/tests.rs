@@ -43,6 +43,7 @@ fn config(prefetch: bool, timeout: Duration) -> RemoteConfig {
             ca_file: None,
             connect_timeout: timeout,
             request_timeout: timeout,
+            namespace: None,
         }),
         mode: RemoteMode::ReadWrite,
         prefetch: prefetch.then(|| PrefetchConfig {

@@ -332,6 +332,7 @@ pub fn store_config(
                 ca_file: store.http_ca_file.clone(),
                 connect_timeout: timeouts.remote_connect_timeout,
                 request_timeout: timeouts.remote_timeout,
+                namespace: None,
             })
         }
     }))

@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 
 use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, batch, file_stream};
-use crate::ids::{ActionId, BuildKey};
+use crate::ids::{ActionId, BuildKey, Namespace};
 
 /// Entries asked for in one batch request (the server takes up to [`batch::MAX_KEYS`]).
 const BATCH: usize = 256;
@@ -25,13 +25,17 @@ pub struct HttpConfig {
     pub ca_file: Option<std::path::PathBuf>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// The namespace whose paths (`/v1/ns/<NAME>/...`) this store uses; `None`: the
+    /// un-namespaced ones (`/v1/...`).
+    pub namespace: Option<Namespace>,
 }
 
 /// Entries on a `goremotecache serve` server.
 #[derive(Debug, Clone)]
 pub struct HttpStore {
     client: reqwest::Client,
-    base: String,
+    /// `<base>/v1`, or `<base>/v1/ns/<NAME>` in a namespace: what the paths start with.
+    api: String,
     token: Option<String>,
     /// Set once a put was refused with 403: the token is read-only.
     read_only_said: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -59,20 +63,24 @@ impl HttpStore {
             .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(|err| RemoteError::Config(format!("building the HTTP client: {err}")))?;
+        let base = config.url.trim_end_matches('/').to_string();
         Ok(Self {
             client,
-            base: config.url.trim_end_matches('/').to_string(),
+            api: match &config.namespace {
+                None => format!("{base}/v1"),
+                Some(namespace) => format!("{base}/v1/{}", namespace.path()),
+            },
             token: config.token.clone().filter(|t| !t.is_empty()),
             read_only_said: Default::default(),
         })
     }
 
     fn url(&self, action: &ActionId) -> String {
-        format!("{}/v1/ac/{}", self.base, action.to_hex())
+        format!("{}/ac/{}", self.api, action.to_hex())
     }
 
     fn manifest_url(&self, key: &BuildKey) -> String {
-        format!("{}/v1/prefetch/{}", self.base, key.to_hex())
+        format!("{}/prefetch/{}", self.api, key.to_hex())
     }
 
     /// Sends a request without a body.
@@ -167,8 +175,8 @@ impl RemoteStore for HttpStore {
                     .swap(true, std::sync::atomic::Ordering::Relaxed)
                 {
                     tracing::warn!(
-                        "the token for {} may only read: uploads are skipped (--remote-mode read-only says so up front)",
-                        self.base
+                        "the token for {} may not write there: uploads are skipped (--remote-mode read-only says so up front)",
+                        self.location()
                     );
                 }
                 Ok(PutOutcome::Skipped)
@@ -200,7 +208,10 @@ impl RemoteStore for HttpStore {
     }
 
     fn location(&self) -> String {
-        self.base.clone()
+        match self.api.strip_suffix("/v1") {
+            Some(base) => base.to_string(),
+            None => self.api.clone(),
+        }
     }
 
     async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
@@ -237,7 +248,7 @@ impl RemoteStore for HttpStore {
 
     async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
         let response = self
-            .request_to(reqwest::Method::POST, format!("{}/v1/batch", self.base))
+            .request_to(reqwest::Method::POST, format!("{}/batch", self.api))
             .body(batch::request_body(actions))
             .send()
             .await

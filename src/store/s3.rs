@@ -21,7 +21,7 @@ use opendal_http_transport_reqwest::ReqwestTransport;
 
 use super::inventory::{Area, Inventory, StoredObject};
 use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, entry_key, manifest_key};
-use crate::ids::{ActionId, BuildKey};
+use crate::ids::{ActionId, BuildKey, Namespace};
 
 /// Multipart part size for large entries.
 const PART: usize = 8 * 1024 * 1024;
@@ -51,6 +51,21 @@ pub struct S3Config {
     /// A fixed access key ID and secret (for embedding and tests); `None` takes the standard
     /// AWS credential chain, as the command line always does.
     pub static_credentials: Option<(String, String)>,
+}
+
+impl S3Config {
+    /// The same bucket, with the prefix of `namespace` inside this one's:
+    /// `<prefix>/ns/<NAME>` (see docs/format.md).
+    pub fn in_namespace(&self, namespace: &Namespace) -> S3Config {
+        let prefix = match self.prefix.trim_matches('/') {
+            "" => namespace.path(),
+            prefix => format!("{prefix}/{}", namespace.path()),
+        };
+        S3Config {
+            prefix,
+            ..self.clone()
+        }
+    }
 }
 
 /// Entries in an S3 bucket.

@@ -189,6 +189,7 @@ fn http_store(url: &str, token: Option<&str>) -> HttpStore {
         // The server verifies a 19 MiB entry twice before it answers (spool, then store):
         // slow in a debug build on a busy machine.
         request_timeout: Duration::from_secs(60),
+        namespace: None,
     })
     .unwrap()
 }

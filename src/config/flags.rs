@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use super::values::{MaxSize, parse_bound, parse_max_size, parse_size, parse_switch};
+use super::values::{parse_bound, parse_size, parse_switch};
 use crate::local::lock::LockType;
 use crate::store::RemoteMode;
 
@@ -150,6 +150,8 @@ pub struct MainArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     #[command(flatten)]
+    pub namespaces: NamespaceArgs,
+    #[command(flatten)]
     pub trim: TrimArgs,
     /// The automatic trim: at most once a day per cache directory, after the go command has
     /// had its last answer, remove what --trim-age and --max-cache-size say. `--trim=off`
@@ -194,6 +196,8 @@ pub struct ClearRemoteArgs {
     #[arg(long)]
     pub yes: bool,
     #[command(flatten)]
+    pub namespaces: NamespaceSelectionArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
     pub s3: S3Args,
@@ -231,6 +235,8 @@ pub struct GcRemoteArgs {
     /// Really delete; without it, only say what would be deleted and kept.
     #[arg(long)]
     pub yes: bool,
+    #[command(flatten)]
+    pub namespaces: NamespaceSelectionArgs,
 
     /// Refused: a server that stores in a directory bounds it itself (`serve --max-size`).
     /// Taken here so that gc-remote run with a server's options says so.
@@ -249,6 +255,38 @@ pub struct GcRemoteArgs {
     pub timeouts: TimeoutArgs,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// Which namespaces of the remote store the go command's cache writes and reads (see
+/// docs/ci.md). Checked by [`super`]: an empty value is none.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct NamespaceArgs {
+    /// Write entries and prefetch manifests into this namespace of the remote store
+    /// (<prefix>/ns/NAME/ in a bucket, /v1/ns/NAME/ on a server) and read it first. A name has
+    /// 1 to 128 of A-Z a-z 0-9 . _ - and does not start with a dot: map a branch name such as
+    /// feature/x yourself (${GITHUB_HEAD_REF//\//-}). [default: none, the un-namespaced
+    /// layout, as before namespaces existed]
+    #[arg(long, env = "GOREMOTECACHE_NAMESPACE", value_name = "NAME")]
+    pub namespace: Option<String>,
+
+    /// Also read these namespaces, in this order, after --namespace; never written. A pull
+    /// request's build: --namespace pr-123 --read-namespaces main. A local miss asks them
+    /// all at once and takes the first in this order that has the entry.
+    #[arg(long, env = "GOREMOTECACHE_READ_NAMESPACES", value_name = "A,B")]
+    pub read_namespaces: Option<String>,
+}
+
+/// Which namespaces `clear-remote` and `gc-remote` work on.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct NamespaceSelectionArgs {
+    /// Work on this namespace. [default: the un-namespaced entries and manifests]
+    #[arg(long, env = "GOREMOTECACHE_NAMESPACE", value_name = "NAME")]
+    pub namespace: Option<String>,
+
+    /// Work on the un-namespaced entries and on every namespace, one after the other, and
+    /// report each.
+    #[arg(long)]
+    pub all_namespaces: bool,
 }
 
 /// What a trim of the local cache removes (the main mode and `trim`).
@@ -486,111 +524,5 @@ pub enum Backend {
     Http,
 }
 
-/// The server's own options (`goremotecache serve` also takes [`S3Args`], [`TimeoutArgs`] and
-/// [`CommonArgs`]).
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-pub struct ServeArgs {
-    /// Address and port to listen on.
-    #[arg(
-        long,
-        env = "GOREMOTECACHE_LISTEN",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:8321"
-    )]
-    pub listen: std::net::SocketAddr,
-
-    /// Store entries in this directory (otherwise in S3, with the --s3-* options).
-    #[arg(long, env = "GOREMOTECACHE_STORAGE_DIR", value_name = "DIR")]
-    pub storage_dir: Option<PathBuf>,
-
-    /// A file of bearer tokens, one a line: `rw TOKEN` or `ro TOKEN` (see docs/http-api.md).
-    /// Read again on SIGHUP.
-    #[arg(long, env = "GOREMOTECACHE_TOKEN_FILE", value_name = "PATH")]
-    pub token_file: Option<PathBuf>,
-
-    /// Bearer tokens as `rw:TOKEN,ro:TOKEN` (in addition to --token-file).
-    #[arg(
-        long,
-        env = "GOREMOTECACHE_TOKENS",
-        value_name = "LIST",
-        hide_env_values = true
-    )]
-    pub tokens: Option<String>,
-
-    /// Let requests without a token read (GET and HEAD); writing always needs a token.
-    #[arg(long, env = "GOREMOTECACHE_ALLOW_ANONYMOUS_READ", value_parser = parse_switch)]
-    pub allow_anonymous_read: bool,
-
-    /// The largest entry a PUT may send; larger ones get 413.
-    #[arg(long, env = "GOREMOTECACHE_MAX_ENTRY_SIZE", value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
-    pub max_entry_size: u64,
-
-    /// The most bytes of entries that --storage-dir keeps. Past it, the least recently used
-    /// entries (by last read or write) are deleted down to 90%; a PUT that would take the
-    /// storage more than 10% past it, because deleting falls behind, gets 507. `off` keeps
-    /// everything. Not for S3 storage (bound a bucket with its lifecycle rules). [default:
-    /// 10GiB]
-    #[arg(long, env = "GOREMOTECACHE_SERVE_MAX_SIZE", value_name = "BYTES", value_parser = parse_max_size)]
-    pub max_size: Option<MaxSize>,
-
-    /// Connections served at once; more are closed.
-    #[arg(
-        long,
-        env = "GOREMOTECACHE_MAX_CONNECTIONS",
-        value_name = "N",
-        default_value_t = 1024
-    )]
-    pub max_connections: usize,
-
-    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
-    #[arg(
-        long,
-        env = "GOREMOTECACHE_TLS_CERT",
-        value_name = "PEM",
-        requires = "tls_key"
-    )]
-    pub tls_cert: Option<PathBuf>,
-
-    /// The private key of --tls-cert (PEM).
-    #[arg(
-        long,
-        env = "GOREMOTECACHE_TLS_KEY",
-        value_name = "PEM",
-        requires = "tls_cert"
-    )]
-    pub tls_key: Option<PathBuf>,
-
-    /// Requests handled at once; more get 503.
-    #[arg(
-        long,
-        env = "GOREMOTECACHE_MAX_IN_FLIGHT",
-        value_name = "N",
-        default_value_t = 512
-    )]
-    pub max_in_flight: usize,
-
-    /// The time bounds on each connection.
-    #[command(flatten)]
-    pub timeouts: Box<ServeTimeouts>,
-}
-
-/// The time bounds of every connection of `serve` (part of [`ServeArgs`]; boxed there so
-/// that the `serve` command stays small beside the others): no client, with a token or
-/// without, holds a connection or an in-flight place longer than these allow without making
-/// progress. What each covers exactly is in `server::connection`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
-pub struct ServeTimeouts {
-    /// A request body that sends nothing for this long gets 408 and its connection is closed.
-    #[arg(long = "body-timeout", env = "GOREMOTECACHE_BODY_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_bound)]
-    pub body: Duration,
-
-    /// A client that reads nothing of an answer for this long is disconnected, and what the
-    /// answer held (its connection, its --max-in-flight place) is freed.
-    #[arg(long = "write-timeout", env = "GOREMOTECACHE_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_bound)]
-    pub write: Duration,
-
-    /// A connection that sends no complete request headers for this long, new or idle after
-    /// an answer, is closed.
-    #[arg(long = "idle-timeout", env = "GOREMOTECACHE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_bound)]
-    pub idle: Duration,
-}
+mod serve;
+pub use serve::{ServeArgs, ServeTimeouts};

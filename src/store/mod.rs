@@ -26,6 +26,7 @@ pub mod http;
 pub mod inventory;
 pub mod lru;
 pub mod memory;
+pub mod namespace;
 pub mod retry;
 pub mod s3;
 pub mod timeout;

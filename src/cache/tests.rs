@@ -13,7 +13,7 @@ use super::prefetch::Prefetcher;
 use super::remote::RemoteTier;
 use super::stats::{RemoteStats, Stats};
 use super::upload::Job;
-use crate::config::{PrefetchConfig, RemoteConfig, StoreConfig};
+use crate::config::{NamespacePlan, PrefetchConfig, RemoteConfig, StoreConfig};
 use crate::ids::{ActionId, OutputId};
 use crate::local::disk::DiskCache;
 use crate::store::format;
@@ -36,6 +36,7 @@ struct Setup {
 
 fn config(prefetch: bool, timeout: Duration) -> RemoteConfig {
     RemoteConfig {
+        namespaces: NamespacePlan::default(),
         // Not used: the tier is given its store.
         store: StoreConfig::Http(HttpConfig {
             url: "http://127.0.0.1:9".into(),

@@ -18,10 +18,12 @@ use crate::store::s3::S3Config;
 pub use self::dirs::{DefaultBase, LocalDirs};
 pub use self::flags::{
     Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, GcRemoteArgs,
-    LocalArgs, MainArgs, S3Args, ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs,
-    TrimArgs, TrimCommand,
+    LocalArgs, MainArgs, NamespaceArgs, NamespaceSelectionArgs, S3Args, ServeArgs, ServeCommand,
+    ServeTimeouts, StoreArgs, TimeoutArgs, TrimArgs, TrimCommand,
 };
 pub use self::values::MaxSize;
+use crate::ids::Namespace;
+pub use crate::store::namespace::{NamespacePlan, Selection};
 pub use crate::store::{RemoteMode, StoreConfig};
 
 /// What this run of goremotecache does, with the configuration it needs, validated.
@@ -66,6 +68,7 @@ impl Run {
             }),
             Some(Command::ClearRemote(clear)) => Self::ClearRemote(Box::new(ClearRemoteConfig {
                 store: store_config(&clear.store, &clear.s3, &clear.timeouts)?,
+                namespaces: selection(&clear.namespaces)?,
                 timeout: clear.timeouts.remote_timeout,
                 yes: clear.yes,
                 debug: clear.common.debug,
@@ -120,6 +123,8 @@ pub struct PrefetchConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteConfig {
     pub store: StoreConfig,
+    /// `--namespace`, `--read-namespaces`.
+    pub namespaces: NamespacePlan,
     pub mode: RemoteMode,
     /// `None`: prefetch is off.
     pub prefetch: Option<PrefetchConfig>,
@@ -176,6 +181,8 @@ pub struct TrimConfig {
 pub struct ClearRemoteConfig {
     /// `None`: no remote store is named.
     pub store: Option<StoreConfig>,
+    /// `--namespace`, `--all-namespaces`.
+    pub namespaces: Selection,
     /// `--remote-timeout`, for each request.
     pub timeout: Duration,
     /// `--yes`: really delete.
@@ -187,6 +194,8 @@ pub struct ClearRemoteConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcRemoteConfig {
     pub s3: S3Config,
+    /// `--namespace`, `--all-namespaces`.
+    pub namespaces: Selection,
     /// `--older-than`: longer than zero.
     pub older_than: Duration,
     /// `--yes`: really delete.
@@ -218,6 +227,7 @@ impl GcRemoteConfig {
         };
         Ok(Self {
             s3,
+            namespaces: selection(&gc.namespaces)?,
             older_than: gc.older_than,
             yes: gc.yes,
             debug: gc.common.debug,
@@ -250,6 +260,12 @@ pub enum ConfigError {
     BadUrl(String),
     #[error("--s3-endpoint {0:?} is not a URL: write it as http://host:port or https://host")]
     BadEndpoint(String),
+    #[error("--{flag}: {reason}")]
+    Namespace { flag: &'static str, reason: String },
+    #[error(
+        "--namespace and --all-namespaces: give one (GOREMOTECACHE_NAMESPACE counts as --namespace)"
+    )]
+    NamespaceAndAll,
     #[error("gc-remote works on an S3 bucket: {0}")]
     GcNeedsBucket(&'static str),
 }
@@ -289,6 +305,7 @@ fn remote_config(args: &MainArgs) -> Result<Option<RemoteConfig>, ConfigError> {
     let client = &args.client;
     Ok(Some(RemoteConfig {
         store,
+        namespaces: namespace_plan(&args.namespaces)?,
         mode: client.remote_mode,
         prefetch: client.prefetch.then(|| PrefetchConfig {
             key: client.prefetch_key.clone().filter(|k| !k.is_empty()),
@@ -336,6 +353,45 @@ pub fn store_config(
             })
         }
     }))
+}
+
+/// `--namespace` and `--read-namespaces`: empty values are none; the own namespace and
+/// repeats are dropped from the reads.
+fn namespace_plan(args: &NamespaceArgs) -> Result<NamespacePlan, ConfigError> {
+    let own = namespace("namespace", args.namespace.as_deref())?;
+    let mut reads: Vec<Namespace> = Vec::new();
+    for name in args.read_namespaces.as_deref().unwrap_or("").split(',') {
+        if let Some(name) = namespace("read-namespaces", Some(name))?
+            && Some(&name) != own.as_ref()
+            && !reads.contains(&name)
+        {
+            reads.push(name);
+        }
+    }
+    Ok(NamespacePlan { own, reads })
+}
+
+/// Which namespaces `clear-remote` or `gc-remote` works on.
+fn selection(args: &NamespaceSelectionArgs) -> Result<Selection, ConfigError> {
+    match (
+        namespace("namespace", args.namespace.as_deref())?,
+        args.all_namespaces,
+    ) {
+        (Some(_), true) => Err(ConfigError::NamespaceAndAll),
+        (Some(name), false) => Ok(Selection::One(name)),
+        (None, true) => Ok(Selection::All),
+        (None, false) => Ok(Selection::Unnamespaced),
+    }
+}
+
+/// A namespace name from `--flag`, checked; empty (or only spaces) is none.
+fn namespace(flag: &'static str, value: Option<&str>) -> Result<Option<Namespace>, ConfigError> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(name) => Namespace::parse(name)
+            .map(Some)
+            .map_err(|reason| ConfigError::Namespace { flag, reason }),
+    }
 }
 
 fn is_url(text: &str) -> bool {

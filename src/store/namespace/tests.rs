@@ -129,17 +129,26 @@ async fn the_manifest_falls_back_to_the_read_namespaces_in_order() {
     let (namespaces, memories) = stores(&[0, 0, 0]);
     let key = BuildKey([1; 32]);
     assert_eq!(namespaces.get_manifest(&key).await.unwrap(), None);
-    memories[2].put_manifest(&key, Bytes::from_static(b"release")).await.unwrap();
+    memories[2]
+        .put_manifest(&key, Bytes::from_static(b"release"))
+        .await
+        .unwrap();
     assert_eq!(
         namespaces.get_manifest(&key).await.unwrap(),
         Some((2, Bytes::from_static(b"release")))
     );
-    memories[1].put_manifest(&key, Bytes::from_static(b"main")).await.unwrap();
+    memories[1]
+        .put_manifest(&key, Bytes::from_static(b"main"))
+        .await
+        .unwrap();
     assert_eq!(
         namespaces.get_manifest(&key).await.unwrap(),
         Some((1, Bytes::from_static(b"main")))
     );
-    memories[0].put_manifest(&key, Bytes::from_static(b"own")).await.unwrap();
+    memories[0]
+        .put_manifest(&key, Bytes::from_static(b"own"))
+        .await
+        .unwrap();
     assert_eq!(
         namespaces.get_manifest(&key).await.unwrap(),
         Some((0, Bytes::from_static(b"own")))
@@ -160,17 +169,29 @@ async fn open_names_each_namespace_and_writes_only_the_own_one() {
         own: ns("pr-1"),
         reads: vec![Namespace::parse("main").unwrap()],
     };
-    let namespaces =
-        Namespaces::open(&config, &plan, RemoteMode::ReadWrite, Duration::from_secs(1)).unwrap();
+    let namespaces = Namespaces::open(
+        &config,
+        &plan,
+        RemoteMode::ReadWrite,
+        Duration::from_secs(1),
+    )
+    .unwrap();
     assert_eq!(namespaces.names(), &[ns("pr-1"), ns("main")]);
     assert_eq!(namespaces.own().location(), "http://127.0.0.1:9/v1/ns/pr-1");
-    assert_eq!(namespaces.store(1).location(), "http://127.0.0.1:9/v1/ns/main");
+    assert_eq!(
+        namespaces.store(1).location(),
+        "http://127.0.0.1:9/v1/ns/main"
+    );
     assert_eq!(namespaces.index_of(ns("main").as_ref()), Some(1));
     assert_eq!(namespaces.index_of(None), None);
     // Nothing listens on port 9: a read namespace's put is skipped before any request.
     let upload = crate::store::Upload::Bytes(Bytes::from_static(b"x"));
     assert_eq!(
-        namespaces.store(1).put(&ACTION, upload.clone()).await.unwrap(),
+        namespaces
+            .store(1)
+            .put(&ACTION, upload.clone())
+            .await
+            .unwrap(),
         PutOutcome::Skipped
     );
     assert!(namespaces.own().put(&ACTION, upload).await.is_err());

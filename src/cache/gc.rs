@@ -227,7 +227,7 @@ async fn read_manifests(
         .buffer_unordered(READ_CONCURRENCY);
     while let Some((object, read)) = reads.next().await {
         match read {
-            Ok(Some(Some(bytes))) => match Manifest::decode(&bytes) {
+            Ok(Some(Some(bytes))) => match Manifest::decode(&bytes, None) {
                 Ok(manifest) => kept.extend(manifest.entries.iter().map(|e| e.action)),
                 Err(err) => {
                     tracing::warn!(

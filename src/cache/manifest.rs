@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use crate::ids::{ActionId, BuildKey};
+use crate::ids::{ActionId, BuildKey, Namespace};
 use crate::sync::lock;
 
 /// The first line of a manifest.
@@ -225,14 +225,21 @@ fn go_version() -> Option<String> {
 }
 
 /// One line of a manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestEntry {
     pub action: ActionId,
     /// The output's size when it was last seen (0 if unknown), for the byte budget.
     pub size: u64,
     /// Runs since a run last asked for it (0: the run that wrote the manifest).
     pub age: u8,
+    /// The namespace the entry is in (`None`: the un-namespaced layout). Stored as a fourth
+    /// field only where it is not the namespace the manifest is stored in.
+    pub namespace: Option<Namespace>,
 }
+
+/// An entry a run used or stored: its action, its size (0 if unknown), and where the run
+/// found it, as an index into the run's namespaces, own first (`None`: not known, a local hit).
+pub type Used = (ActionId, u64, Option<usize>);
 
 /// The entries a build asked for, most recent first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -251,15 +258,34 @@ impl Manifest {
     /// entries first, with age 0, in the order the go command asked for them; then the
     /// previous manifest's other entries, one run older, in their order, until they are older
     /// than [`MAX_AGE`]; at most [`MAX_ENTRIES`] in all.
-    pub fn merge(previous: Option<&Manifest>, run: &[(ActionId, u64)]) -> Manifest {
+    ///
+    /// `namespaces` are the run's, own first (`[None]` without namespaces). An entry the run
+    /// found in one of them is in that one; one it took from its local disk is where the
+    /// previous manifest says (prefetch put it there from that namespace), or else in the own
+    /// namespace (a put of an earlier run on this machine).
+    pub fn merge(
+        previous: Option<&Manifest>,
+        run: &[Used],
+        namespaces: &[Option<Namespace>],
+    ) -> Manifest {
+        let before: HashMap<ActionId, &Option<Namespace>> = previous
+            .map(|p| p.entries.iter().map(|e| (e.action, &e.namespace)).collect())
+            .unwrap_or_default();
         let mut seen = std::collections::HashSet::with_capacity(run.len());
         let mut entries: Vec<ManifestEntry> = run
             .iter()
-            .filter(|(action, _)| seen.insert(*action))
-            .map(|&(action, size)| ManifestEntry {
+            .filter(|(action, _, _)| seen.insert(*action))
+            .map(|&(action, size, found_in)| ManifestEntry {
                 action,
                 size,
                 age: 0,
+                namespace: match found_in {
+                    Some(index) => namespaces[index].clone(),
+                    None => match before.get(&action) {
+                        Some(namespace) => (*namespace).clone(),
+                        None => namespaces[0].clone(),
+                    },
+                },
             })
             .collect();
         if let Some(previous) = previous {
@@ -270,7 +296,7 @@ impl Manifest {
                     .filter(|e| e.age < MAX_AGE && seen.insert(e.action))
                     .map(|e| ManifestEntry {
                         age: e.age + 1,
-                        ..*e
+                        ..e.clone()
                     }),
             );
         }
@@ -314,13 +340,19 @@ impl Manifest {
             }
     }
 
-    /// The stored form, written now, with `source` as comments.
-    pub fn encode(&self, source: &KeySource) -> Vec<u8> {
-        self.encode_at(source, SystemTime::now())
+    /// The stored form, written now, with `source` as comments, to be stored in the namespace
+    /// `home`.
+    pub fn encode(&self, source: &KeySource, home: Option<&Namespace>) -> Vec<u8> {
+        self.encode_at(source, home, SystemTime::now())
     }
 
-    /// The stored form, with `written` and `source` as comments.
-    pub fn encode_at(&self, source: &KeySource, written: SystemTime) -> Vec<u8> {
+    /// The stored form, with `written` and `source` as comments, to be stored in `home`.
+    pub fn encode_at(
+        &self,
+        source: &KeySource,
+        home: Option<&Namespace>,
+        written: SystemTime,
+    ) -> Vec<u8> {
         let mut text = String::with_capacity(80 * (self.entries.len() + 8));
         text.push_str(MAGIC);
         text.push('\n');
@@ -334,19 +366,28 @@ impl Manifest {
         }
         for entry in &self.entries {
             text.push_str(&format!(
-                "{} {} {}\n",
+                "{} {} {}",
                 entry.action.to_hex(),
                 entry.size,
                 entry.age
             ));
+            match &entry.namespace {
+                Some(namespace) if Some(namespace) != home => {
+                    text.push(' ');
+                    text.push_str(namespace.as_str());
+                }
+                _ => {}
+            }
+            text.push('\n');
         }
         zstd::bulk::compress(text.as_bytes(), 3).expect("compressing in memory")
     }
 
     /// Reads a stored manifest; anything malformed is an error (and the manifest is ignored).
     /// A key listed twice is kept once, at its first place: a manifest is data, and prefetch
-    /// asks for each key once.
-    pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
+    /// asks for each key once. An entry without a namespace of its own is in `home`, the
+    /// namespace the manifest was stored in.
+    pub fn decode(bytes: &[u8], home: Option<&Namespace>) -> Result<Manifest, String> {
         let mut text = String::new();
         zstd::stream::read::Decoder::new(bytes)
             .map_err(|err| format!("not zstd: {err}"))?
@@ -375,10 +416,16 @@ impl Manifest {
                 let action = ActionId::from_hex(fields.next()?)?;
                 let size = fields.next()?.parse().ok()?;
                 let age = fields.next()?.parse().ok()?;
-                fields
-                    .next()
-                    .is_none()
-                    .then_some(ManifestEntry { action, size, age })
+                let namespace = match fields.next() {
+                    None => home.cloned(),
+                    Some(name) => Some(Namespace::parse(name).ok()?),
+                };
+                fields.next().is_none().then_some(ManifestEntry {
+                    action,
+                    size,
+                    age,
+                    namespace,
+                })
             })();
             match parsed {
                 Some(entry) if !seen.insert(entry.action) => repaired = true,
@@ -403,14 +450,15 @@ pub struct Recorder {
 
 #[derive(Debug, Default)]
 struct Recorded {
-    order: Vec<(ActionId, u64)>,
+    order: Vec<Used>,
     index: HashMap<ActionId, usize>,
 }
 
 impl Recorder {
     /// Notes a get or a put of `action`; `size` is the output's size when known (a hit or a
-    /// put), and a known size replaces an unknown one.
-    pub fn note(&self, action: ActionId, size: Option<u64>) {
+    /// put), `found_in` the namespace it is in when known (see [`Used`]); what is known
+    /// replaces what is not.
+    pub fn note(&self, action: ActionId, size: Option<u64>, found_in: Option<usize>) {
         let mut inner = lock(&self.inner);
         let Recorded { order, index } = &mut *inner;
         match index.get(&action) {
@@ -418,16 +466,19 @@ impl Recorder {
                 if let Some(size) = size {
                     order[i].1 = size;
                 }
+                if found_in.is_some() {
+                    order[i].2 = found_in;
+                }
             }
             None => {
                 index.insert(action, order.len());
-                order.push((action, size.unwrap_or(0)));
+                order.push((action, size.unwrap_or(0), found_in));
             }
         }
     }
 
     /// What was recorded, in order.
-    pub fn take(&self) -> Vec<(ActionId, u64)> {
+    pub fn take(&self) -> Vec<Used> {
         let mut inner = lock(&self.inner);
         inner.index.clear();
         std::mem::take(&mut inner.order)

@@ -30,8 +30,9 @@ pub struct Prefetcher {
     source: KeySource,
     key: BuildKey,
     recorder: Recorder,
-    /// The manifest found at start: `None` until the lookup ends.
-    loaded: watch::Sender<Option<Option<Manifest>>>,
+    /// The manifest found at start, with the index of the namespace it was found in: `None`
+    /// until the lookup ends.
+    loaded: watch::Sender<Option<Option<(usize, Manifest)>>>,
     /// Entries that prefetch stored and the go command has not asked for yet.
     unused: Mutex<HashSet<ActionId>>,
     /// The prefetch work, stopped at close.
@@ -78,7 +79,7 @@ impl Prefetcher {
         let this = self.clone();
         let disk = disk.clone();
         let work = tokio::spawn(async move {
-            if let Ok(Some(manifest)) = lookup.await {
+            if let Ok(Some((_, manifest))) = lookup.await {
                 this.prefetch_entries(&disk, manifest).await;
             }
         });
@@ -93,7 +94,8 @@ impl Prefetcher {
         let Some(size) = hit else {
             return;
         };
-        self.recorder.note(action, Some(size));
+        self.recorder
+            .note(action, Some(size), self.tier.found_in(&action));
         if lock(&self.unused).remove(&action) {
             add(&self.tier.remote_stats().prefetch_used, 1);
         }
@@ -101,7 +103,7 @@ impl Prefetcher {
 
     /// Notes a put of the go command (for the manifest).
     pub fn note_put(&self, action: ActionId, size: u64) {
-        self.recorder.note(action, Some(size));
+        self.recorder.note(action, Some(size), Some(0));
     }
 
     /// At the end of the run: stops prefetching and writes what this run asked for.
@@ -110,16 +112,19 @@ impl Prefetcher {
         self.write_manifest().await;
     }
 
-    /// Looks the manifest up; any failure is no manifest.
-    async fn load_manifest(&self) -> Option<Manifest> {
+    /// Looks the manifest up, in the own namespace and then in each read namespace; any
+    /// failure is no manifest.
+    async fn load_manifest(&self) -> Option<(usize, Manifest)> {
         let prefetch = self;
-        let found = self.tier.store.get_manifest(&prefetch.key).await;
+        let namespaces = &self.tier.namespaces;
+        let found = namespaces.get_manifest(&prefetch.key).await;
         let manifest = match found {
-            Ok(Some(bytes)) => Manifest::decode(&bytes)
+            Ok(Some((index, bytes))) => Manifest::decode(&bytes, namespaces.name(index))
                 .inspect_err(|err| {
                     tracing::warn!("the prefetch manifest {} is unusable: {err}", prefetch.key)
                 })
-                .ok(),
+                .ok()
+                .map(|manifest| (index, manifest)),
             Ok(None) => None,
             Err(err) => {
                 tracing::debug!("looking up the prefetch manifest failed: {err}");
@@ -128,7 +133,8 @@ impl Prefetcher {
         };
         tracing::debug!(
             key = %prefetch.key,
-            entries = manifest.as_ref().map(|m| m.entries.len()),
+            entries = manifest.as_ref().map(|(_, m)| m.entries.len()),
+            namespace = ?manifest.as_ref().map(|(index, _)| namespaces.name(*index)),
             "prefetch manifest"
         );
         prefetch.loaded.send_replace(Some(manifest.clone()));
@@ -142,26 +148,30 @@ impl Prefetcher {
         let stats = self.tier.remote_stats();
         add(&stats.prefetch_listed, manifest.entries.len() as u64);
         let mut budget = prefetch.config.max_bytes;
-        let wanted: Vec<ActionId> = manifest
+        let namespaces = &self.tier.namespaces;
+        // Each entry from the namespace it is in; those of a namespace this run does not read
+        // are left out.
+        let wanted: Vec<(ActionId, usize)> = manifest
             .entries
             .iter()
             .filter(|entry| entry.size <= self.tier.max_entry_size)
+            .filter_map(|entry| Some((entry, namespaces.index_of(entry.namespace.as_ref())?)))
             .take(prefetch.config.max_entries)
-            .take_while(|entry| match budget.checked_sub(entry.size) {
+            .take_while(|(entry, _)| match budget.checked_sub(entry.size) {
                 Some(left) => {
                     budget = left;
                     true
                 }
                 None => false,
             })
-            .map(|entry| entry.action)
+            .map(|(entry, index)| (entry.action, index))
             .collect();
         let wanted_len = wanted.len();
         let local = disk.clone();
         let Ok(todo) = tokio::task::spawn_blocking(move || {
             wanted
                 .into_iter()
-                .filter(|action| !local.has_entry(action))
+                .filter(|(action, _)| !local.has_entry(action))
                 .collect::<Vec<_>>()
         })
         .await
@@ -170,18 +180,18 @@ impl Prefetcher {
         };
         add(&stats.prefetch_local, (wanted_len - todo.len()) as u64);
         let concurrency = prefetch.config.concurrency;
-        match self.tier.store.batch_limit() {
+        match self.tier.store().batch_limit() {
             0 => {
                 futures::stream::iter(todo)
-                    .for_each_concurrent(concurrency, |action| self.prefetch_one(disk, action))
+                    .for_each_concurrent(concurrency, |(action, index)| {
+                        self.prefetch_one(disk, action, index)
+                    })
                     .await
             }
             limit => {
-                let batches: Vec<Vec<ActionId>> =
-                    todo.chunks(limit).map(<[ActionId]>::to_vec).collect();
-                futures::stream::iter(batches)
-                    .for_each_concurrent((concurrency / 8).max(1), |keys| {
-                        self.prefetch_batch(disk, keys)
+                futures::stream::iter(batches(todo, limit))
+                    .for_each_concurrent((concurrency / 8).max(1), |(index, keys)| {
+                        self.prefetch_batch(disk, index, keys)
                     })
                     .await
             }
@@ -196,12 +206,13 @@ impl Prefetcher {
         lock(&self.unused).insert(action);
     }
 
-    /// Counts an entry that prefetch stored, and ends its claim.
-    fn prefetched(&self, claim: Claim<'_>, entry: &Entry) {
+    /// Counts an entry that prefetch stored from the namespace at `index`, and ends its
+    /// claim.
+    fn prefetched(&self, claim: Claim<'_>, entry: &Entry, index: usize) {
         let stats = self.tier.remote_stats();
         add(&stats.prefetch_fetched, 1);
         add(&stats.prefetch_bytes, entry.size);
-        lock(&self.tier.downloaded).insert(claim.action);
+        self.tier.fetched_from(claim.action, index, true);
         claim.end(Outcome::Found);
     }
 
@@ -223,9 +234,10 @@ impl Prefetcher {
         claim.end(outcome);
     }
 
-    /// Prefetches one entry, unless it is being fetched or the remote is off.
-    async fn prefetch_one(&self, disk: &DiskCache, action: ActionId) {
-        if !self.tier.store.usable() {
+    /// Prefetches one entry from the namespace at `index`, unless it is being fetched or the
+    /// namespace's store is off.
+    async fn prefetch_one(&self, disk: &DiskCache, action: ActionId, index: usize) {
+        if !self.tier.namespaces.store(index).usable() {
             return;
         }
         let Ok(claim) = self.tier.claim(action) else {
@@ -237,8 +249,8 @@ impl Prefetcher {
         }
         let stats = self.tier.remote_stats();
         self.prefetch_begins(action);
-        match self.tier.try_fetch(disk, action).await {
-            Ok(Some(entry)) => self.prefetched(claim, &entry),
+        match self.tier.try_fetch(disk, action, Some(index)).await {
+            Ok(Some((index, entry))) => self.prefetched(claim, &entry, index),
             Ok(None) => {
                 add(&stats.prefetch_missing, 1);
                 self.prefetch_failed(claim, Outcome::Missing);
@@ -247,10 +259,11 @@ impl Prefetcher {
         }
     }
 
-    /// Prefetches up to a batch of entries in one request; those being fetched already are
-    /// left out.
-    async fn prefetch_batch(&self, disk: &DiskCache, keys: Vec<ActionId>) {
-        if !self.tier.store.usable() {
+    /// Prefetches up to a batch of entries of the namespace at `index` in one request; those
+    /// being fetched already are left out.
+    async fn prefetch_batch(&self, disk: &DiskCache, index: usize, keys: Vec<ActionId>) {
+        let store = self.tier.namespaces.store(index);
+        if !store.usable() {
             return;
         }
         // Each key is asked once: a second copy of a key finds it claimed by the first.
@@ -269,7 +282,7 @@ impl Prefetcher {
             return;
         }
         let stats = self.tier.remote_stats();
-        let mut stream = match self.tier.store.get_batch(&keys).await {
+        let mut stream = match store.get_batch(&keys).await {
             Ok(stream) => stream,
             Err(err) => {
                 add(&stats.prefetch_errors, claims.len() as u64);
@@ -277,7 +290,7 @@ impl Prefetcher {
                 return;
             }
         };
-        if let Err(err) = self.read_batch(disk, &mut stream, &mut claims).await {
+        if let Err(err) = self.read_batch(disk, index, &mut stream, &mut claims).await {
             tracing::debug!("a prefetch batch ended early: {err}");
         }
         // Keys the answer did not settle: failed (a get asks for them itself).
@@ -288,6 +301,7 @@ impl Prefetcher {
     async fn read_batch<'a>(
         &'a self,
         disk: &DiskCache,
+        index: usize,
         stream: &mut ByteStream,
         claims: &mut Claims<'a>,
     ) -> Result<(), RemoteError> {
@@ -322,7 +336,7 @@ impl Prefetcher {
                         };
                         let claim = claims.remove(&action).expect("checked at its start");
                         match writer.finish().await {
-                            Ok(entry) => self.prefetched(claim, &entry),
+                            Ok(entry) => self.prefetched(claim, &entry, index),
                             Err(err) => self.prefetch_error(claim, err),
                         }
                     }
@@ -365,7 +379,7 @@ impl Prefetcher {
     async fn write_manifest(&self) {
         let prefetch = self;
         let run = prefetch.recorder.take();
-        if run.is_empty() || !self.tier.writes || !self.tier.store.usable() {
+        if run.is_empty() || !self.tier.writes || !self.tier.store().usable() {
             return;
         }
         // The lookup started with the run; the store bounds it by the remote timeout.
@@ -374,16 +388,18 @@ impl Prefetcher {
             Ok(found) => found.clone().flatten(),
             Err(_) => None,
         };
-        let manifest = Manifest::merge(previous.as_ref(), &run);
-        if manifest.same_as(previous.as_ref())
-            && previous
-                .as_ref()
-                .is_some_and(|p| !p.needs_refresh(SystemTime::now()))
+        // A manifest found in a read namespace is not this namespace's own: always written.
+        let previous = previous.map(|(home, manifest)| (home == 0, manifest));
+        let own_previous = previous.as_ref().filter(|(own, _)| *own).map(|(_, m)| m);
+        let names = self.tier.namespaces.names();
+        let manifest = Manifest::merge(previous.as_ref().map(|(_, m)| m), &run, names);
+        if manifest.same_as(own_previous)
+            && own_previous.is_some_and(|p| !p.needs_refresh(SystemTime::now()))
         {
             return;
         }
-        let bytes = Bytes::from(manifest.encode(&prefetch.source));
-        match self.tier.store.put_manifest(&prefetch.key, bytes).await {
+        let bytes = Bytes::from(manifest.encode(&prefetch.source, names[0].as_ref()));
+        match self.tier.store().put_manifest(&prefetch.key, bytes).await {
             Ok(()) => add(
                 &self.tier.remote_stats().manifest_written,
                 manifest.entries.len() as u64,
@@ -401,7 +417,7 @@ impl Prefetcher {
         let downloaded = lock(&self.tier.downloaded);
         let wasted = lock(&self.unused)
             .iter()
-            .filter(|action| downloaded.contains(action))
+            .filter(|action| downloaded.contains_key(action))
             .count() as u64;
         drop(downloaded);
         self.tier
@@ -409,4 +425,22 @@ impl Prefetcher {
             .prefetch_wasted
             .store(wasted, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// The batches to ask for `todo` (each entry with its namespace's index), at most `limit`
+/// keys each and one namespace each, in about the order of `todo`.
+fn batches(todo: Vec<(ActionId, usize)>, limit: usize) -> Vec<(usize, Vec<ActionId>)> {
+    let mut filling: HashMap<usize, Vec<ActionId>> = HashMap::new();
+    let mut batches = Vec::new();
+    for (action, index) in todo {
+        let batch = filling.entry(index).or_default();
+        batch.push(action);
+        if batch.len() == limit {
+            batches.push((index, std::mem::take(batch)));
+        }
+    }
+    let mut rest: Vec<_> = filling.into_iter().filter(|(_, b)| !b.is_empty()).collect();
+    rest.sort_by_key(|(index, _)| *index);
+    batches.extend(rest);
+    batches
 }

@@ -30,7 +30,8 @@ use crate::config::RemoteConfig;
 use crate::ids::ActionId;
 use crate::local::disk::{DiskCache, Entry, Spooled};
 use crate::store::format::{self, FormatError};
-use crate::store::{RemoteError, RemoteMode, RemoteStore, open_store};
+use crate::store::namespace::Namespaces;
+use crate::store::{RemoteError, RemoteMode, RemoteStore};
 use crate::sync::lock;
 
 /// Chunks of an entry in flight between the network and the decoder.
@@ -39,12 +40,14 @@ const CHANNEL_CHUNKS: usize = 4;
 /// The remote tier of one run.
 #[derive(Debug)]
 pub struct RemoteTier {
-    pub(super) store: Arc<dyn RemoteStore>,
+    /// The namespaces read, own first (one, the store itself, without namespaces).
+    pub(super) namespaces: Namespaces,
     uploader: Uploader,
     pub(super) reads: bool,
     pub(super) writes: bool,
-    /// Actions fetched in this run: never uploaded back.
-    pub(super) downloaded: Mutex<HashSet<ActionId>>,
+    /// Actions fetched in this run, with the namespace each was found in (an index into
+    /// `namespaces`): never uploaded back.
+    pub(super) downloaded: Mutex<HashMap<ActionId, usize>>,
     /// Keys whose remote entry was found damaged in this run: not asked for again.
     damaged: Mutex<HashSet<ActionId>>,
     /// Fetches running now, by key, with what they found once they end.
@@ -106,8 +109,13 @@ impl RemoteTier {
         disk: &DiskCache,
         stats: Arc<Stats>,
     ) -> Result<Self, RemoteError> {
-        let store = open_store(&config.store, config.mode, config.timeout)?;
-        Ok(Self::with_store(store, config, disk, stats))
+        let namespaces = Namespaces::open(
+            &config.store,
+            &config.namespaces,
+            config.mode,
+            config.timeout,
+        )?;
+        Ok(Self::with_namespaces(namespaces, config, disk, stats))
     }
 
     /// Starts the tier on a given store, wrapped as it should be (tests pass stores of their
@@ -118,8 +126,21 @@ impl RemoteTier {
         disk: &DiskCache,
         stats: Arc<Stats>,
     ) -> Self {
+        Self::with_namespaces(Namespaces::single(store), config, disk, stats)
+    }
+
+    /// Starts the tier on given namespaces' stores.
+    pub fn with_namespaces(
+        namespaces: Namespaces,
+        config: &RemoteConfig,
+        disk: &DiskCache,
+        stats: Arc<Stats>,
+    ) -> Self {
+        if let Some(remote) = &stats.remote {
+            remote.name_namespaces(namespaces.names());
+        }
         let uploader = Uploader::start(
-            store.clone(),
+            namespaces.own().clone(),
             stats.clone(),
             disk.tmp_dir().to_path_buf(),
             config.upload_concurrency,
@@ -127,11 +148,11 @@ impl RemoteTier {
         );
         let reads = config.mode != RemoteMode::WriteOnly;
         Self {
-            store,
+            namespaces,
             uploader,
             reads,
             writes: config.mode != RemoteMode::ReadOnly,
-            downloaded: Mutex::new(HashSet::new()),
+            downloaded: Mutex::new(HashMap::new()),
             damaged: Mutex::new(HashSet::new()),
             in_flight: Mutex::new(HashMap::new()),
             upload_wait: config.upload_wait,
@@ -147,9 +168,25 @@ impl RemoteTier {
             .expect("a remote tier has remote stats")
     }
 
+    /// The own namespace's store: the one written.
+    pub(super) fn store(&self) -> &Arc<dyn RemoteStore> {
+        self.namespaces.own()
+    }
+
     /// Whether a local miss should ask the remote.
     pub fn reads(&self) -> bool {
-        self.reads && self.store.usable()
+        self.reads && self.namespaces.usable()
+    }
+
+    /// The namespace (an index into `namespaces`) that `action` was fetched from in this run.
+    pub(super) fn found_in(&self, action: &ActionId) -> Option<usize> {
+        lock(&self.downloaded).get(action).copied()
+    }
+
+    /// Notes an entry fetched from the namespace at `index`, by a get or prefetch.
+    pub(super) fn fetched_from(&self, action: ActionId, index: usize, prefetch: bool) {
+        lock(&self.downloaded).insert(action, index);
+        self.remote_stats().count_in_namespace(index, prefetch);
     }
 
     /// Registers a fetch of `action`, or says who is fetching it already.
@@ -219,10 +256,10 @@ impl RemoteTier {
     /// One get of the entry, counted as the go command's.
     async fn fetch_entry(&self, disk: &DiskCache, action: ActionId) -> Option<Entry> {
         let stats = self.remote_stats();
-        match self.try_fetch(disk, action).await {
-            Ok(Some(entry)) => {
+        match self.try_fetch(disk, action, None).await {
+            Ok(Some((index, entry))) => {
                 add(&stats.hits, 1);
-                lock(&self.downloaded).insert(action);
+                self.fetched_from(action, index, false);
                 Some(entry)
             }
             Ok(None) => {
@@ -266,12 +303,21 @@ impl RemoteTier {
         }
     }
 
+    /// Fetches `action`'s entry from the namespace at index `from`, or with `None` from the
+    /// first namespace in order that has it (all are asked at once). Returns the namespace's
+    /// index with the stored entry.
     pub(super) async fn try_fetch(
         &self,
         disk: &DiskCache,
         action: ActionId,
-    ) -> Result<Option<Entry>, FetchError> {
-        let Some(mut stream) = self.store.get(&action).await.map_err(FetchError::Remote)? else {
+        from: Option<usize>,
+    ) -> Result<Option<(usize, Entry)>, FetchError> {
+        let found = match from {
+            Some(index) => (self.namespaces.store(index).get(&action).await)
+                .map(|found| found.map(|stream| (index, stream))),
+            None => self.namespaces.get(&action).await,
+        };
+        let Some((index, mut stream)) = found.map_err(FetchError::Remote)? else {
             return Ok(None);
         };
         let mut writer =
@@ -297,7 +343,7 @@ impl RemoteTier {
             writer.abort().await;
             return Err(FetchError::Remote(err));
         }
-        writer.finish().await.map(Some)
+        writer.finish().await.map(|entry| Some((index, entry)))
     }
 
     /// Queues the upload of an output that was just stored locally, unless it came from the
@@ -312,11 +358,11 @@ impl RemoteTier {
             tracing::debug!(action = %job.action, size = job.size, "not uploaded: over --max-entry-size");
             return;
         }
-        if !self.store.usable() {
+        if !self.store().usable() {
             add(&self.remote_stats().uploads_dropped, 1);
             return;
         }
-        if lock(&self.downloaded).contains(&job.action) {
+        if lock(&self.downloaded).contains_key(&job.action) {
             return;
         }
         self.uploader.enqueue(job);

@@ -72,6 +72,51 @@ pub struct RemoteStats {
     pub prefetch_nanos: AtomicU64,
     /// Entries in the manifest written at close (0: none written).
     pub manifest_written: AtomicU64,
+    /// With namespaces: entries found in each, in the order they are read (set once, when
+    /// the tier starts).
+    pub namespaces: std::sync::OnceLock<Vec<NamespaceCounts>>,
+}
+
+/// Entries found in one namespace.
+#[derive(Debug)]
+pub struct NamespaceCounts {
+    pub name: String,
+    /// Fetched for a get of the go command.
+    pub hits: AtomicU64,
+    /// Fetched by prefetch.
+    pub prefetched: AtomicU64,
+}
+
+impl RemoteStats {
+    /// Names the namespaces read, own first (`None`: un-namespaced); nothing is counted by
+    /// namespace without namespaces.
+    pub fn name_namespaces(&self, names: &[Option<crate::ids::Namespace>]) {
+        if names.iter().all(Option::is_none) {
+            return;
+        }
+        let counts = (names.iter())
+            .map(|name| NamespaceCounts {
+                name: name.as_ref().map_or("", |n| n.as_str()).to_string(),
+                hits: AtomicU64::new(0),
+                prefetched: AtomicU64::new(0),
+            })
+            .collect();
+        let _ = self.namespaces.set(counts);
+    }
+
+    /// Counts an entry found in the namespace at `index`, by prefetch or by a get.
+    pub fn count_in_namespace(&self, index: usize, prefetch: bool) {
+        if let Some(counts) = self.namespaces.get().and_then(|c| c.get(index)) {
+            add(
+                if prefetch {
+                    &counts.prefetched
+                } else {
+                    &counts.hits
+                },
+                1,
+            );
+        }
+    }
 }
 
 impl Default for Stats {
@@ -208,6 +253,13 @@ impl Stats {
                         seconds: get(&r.prefetch_nanos) as f64 / 1e9,
                         manifest_written: get(&r.manifest_written),
                     }),
+                namespaces: (r.namespaces.get().into_iter().flatten())
+                    .map(|n| NamespaceReport {
+                        name: n.name.clone(),
+                        hits: get(&n.hits),
+                        prefetched: get(&n.prefetched),
+                    })
+                    .collect(),
             }),
             trim: None,
         }
@@ -265,6 +317,20 @@ pub struct RemoteReport {
     pub close_wait_seconds: f64,
     /// Prefetch's figures, when it is on.
     pub prefetch: Option<PrefetchReport>,
+    /// With namespaces: the entries found in each, own first (the un-namespaced layout is
+    /// named "").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<NamespaceReport>,
+}
+
+/// Entries found in one namespace in a run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NamespaceReport {
+    pub name: String,
+    /// Fetched for the go command's gets.
+    pub hits: u64,
+    /// Fetched by prefetch.
+    pub prefetched: u64,
 }
 
 /// What prefetch did in a run.
@@ -343,6 +409,15 @@ impl fmt::Display for Report {
                 r.queue_high_water,
                 r.close_wait_seconds
             )?;
+            if !r.namespaces.is_empty() {
+                let each: Vec<String> = (r.namespaces.iter())
+                    .map(|n| {
+                        let name = if n.name.is_empty() { "(none)" } else { &n.name };
+                        format!("{name} {} hits + {} prefetched", n.hits, n.prefetched)
+                    })
+                    .collect();
+                writeln!(f, "goremotecache: namespaces: {}", each.join(", "))?;
+            }
             if let Some(p) = &r.prefetch {
                 writeln!(
                     f,

@@ -167,11 +167,11 @@ async fn a_get_joins_the_running_prefetch_of_its_key() {
     let mut listed = Vec::new();
     for (n, key) in keys.iter().enumerate() {
         let data = body(n as u8, 3000);
-        listed.push((*key, data.len() as u64));
+        listed.push((*key, data.len() as u64, None));
         memory.insert(*key, entry(&data));
     }
     let source = KeySource::explicit(PREFETCH_KEY);
-    let manifest = Manifest::merge(None, &listed).encode(&source);
+    let manifest = Manifest::merge(None, &listed, &[None]).encode(&source, None);
     memory.set_faults(Faults::default());
     memory
         .put_manifest(&source.key(), Bytes::from(manifest))
@@ -367,7 +367,7 @@ async fn a_put_is_tried_three_times_at_most() {
 async fn an_unchanged_manifest_is_written_again_once_a_day_old() {
     use super::manifest::REFRESH;
     let source = KeySource::explicit(PREFETCH_KEY);
-    let listed: Vec<(ActionId, u64)> = (1..=3).map(|n| (action(n), 3000)).collect();
+    let listed: Vec<_> = (1..=3).map(|n| (action(n), 3000, None)).collect();
     let hour = Duration::from_secs(3600);
     for (written, rewritten) in [
         (Some(SystemTime::now() - hour), false),
@@ -375,15 +375,15 @@ async fn an_unchanged_manifest_is_written_again_once_a_day_old() {
         (None, true),
     ] {
         let memory = Arc::new(MemoryStore::new());
-        for (n, (key, _)) in listed.iter().enumerate() {
+        for (n, (key, _, _)) in listed.iter().enumerate() {
             memory.insert(*key, entry(&body(n as u8 + 1, 3000)));
         }
-        let manifest = Manifest::merge(None, &listed);
+        let manifest = Manifest::merge(None, &listed, &[None]);
         let bytes = match written {
-            Some(time) => manifest.encode_at(&source, time),
+            Some(time) => manifest.encode_at(&source, None, time),
             None => {
                 // Written by a release without the `# written=` line.
-                let text = manifest.encode(&source);
+                let text = manifest.encode(&source, None);
                 let mut plain = String::new();
                 std::io::Read::read_to_string(
                     &mut zstd::stream::read::Decoder::new(&text[..]).unwrap(),
@@ -405,7 +405,7 @@ async fn an_unchanged_manifest_is_written_again_once_a_day_old() {
         let setup = Setup::new(memory.clone(), true, Duration::from_secs(5));
         let prefetch = setup.prefetch.clone().expect("prefetch is on");
         prefetch.start(&setup.disk);
-        for (key, size) in listed.iter().rev() {
+        for (key, size, _) in listed.iter().rev() {
             let found = setup.fetch(*key).await.expect("the entry is there");
             assert_eq!(found.size, *size);
             prefetch.note_get(*key, Some(*size));
@@ -414,7 +414,7 @@ async fn an_unchanged_manifest_is_written_again_once_a_day_old() {
         let puts = memory.requests.manifest_puts.load(Ordering::SeqCst);
         assert_eq!(puts, 1 + u64::from(rewritten), "written {written:?}");
         let stored = memory.get_manifest(&source.key()).await.unwrap().unwrap();
-        let stored = Manifest::decode(&stored).unwrap();
+        let stored = Manifest::decode(&stored, None).unwrap();
         assert_eq!(stored.entries.len(), listed.len());
         assert!(
             !stored.needs_refresh(SystemTime::now()),

@@ -117,8 +117,8 @@ fn build(n: u8) -> BuildKey {
 
 /// A manifest listing `actions`, as a build writes it.
 fn manifest(actions: &[u8]) -> Vec<u8> {
-    let run: Vec<(ActionId, u64)> = actions.iter().map(|&n| (action(n), 10)).collect();
-    Manifest::merge(None, &run).encode(&KeySource::explicit("gc"))
+    let run: Vec<_> = actions.iter().map(|&n| (action(n), 10, None)).collect();
+    Manifest::merge(None, &run, &[None]).encode(&KeySource::explicit("gc"), None)
 }
 
 /// Entries 1 to 6 and two manifests: a recent one listing 1 and 2 (old entries, kept) and 3

@@ -43,7 +43,10 @@ fn namespaces_are_checked_and_the_reads_keep_their_order_once_each() {
         );
     }
     let err = plan(&["--namespace", "feature/x"]).unwrap_err().to_string();
-    assert!(err.starts_with("--namespace: namespace \"feature/x\""), "{err}");
+    assert!(
+        err.starts_with("--namespace: namespace \"feature/x\""),
+        "{err}"
+    );
     assert!(err.contains("feature-x"), "says how to map it: {err}");
 }
 

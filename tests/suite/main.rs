@@ -12,6 +12,7 @@ mod disk_errors;
 mod gc_remote;
 mod go_e2e;
 mod hostile_disk;
+mod namespaces;
 mod prefetch;
 mod s3_e2e;
 mod s3_protocol;

@@ -29,10 +29,14 @@ pub enum Fault {
     Truncate,
     /// Flip one byte in the middle of the object.
     Flip,
+    /// Answer this many milliseconds late (a far-away store), the object unchanged.
+    DelayMs(u64),
 }
 
 struct Shared {
     counts: Mutex<HashMap<String, u64>>,
+    /// Object GETs being answered now, and the most there were at once.
+    gets_in_flight: Mutex<(u64, u64)>,
     fault: Mutex<Option<Fault>>,
     /// Where the buckets are: a request for any other bucket is answered NoSuchBucket, as S3
     /// does (s3s-fs alone would create it on a put).
@@ -95,7 +99,13 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
             Fault::None
         };
         let inner = self.inner.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
+            let _in_flight = object_get.then(|| InFlight::enter(&shared));
+            if let Fault::DelayMs(ms) = fault {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                return Service::call(&inner, req).await;
+            }
             if let Fault::Status(code) = fault {
                 return Ok(http::Response::builder()
                     .status(code)
@@ -132,6 +142,24 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
     }
 }
 
+/// An object GET being answered: counted in [`Shared::gets_in_flight`] while it lives.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>) -> Self {
+        let mut counts = shared.gets_in_flight.lock().unwrap();
+        counts.0 += 1;
+        counts.1 = counts.1.max(counts.0);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.gets_in_flight.lock().unwrap().0 -= 1;
+    }
+}
+
 impl S3Server {
     /// Starts a server with one bucket, [`BUCKET`].
     pub fn start() -> Self {
@@ -139,6 +167,7 @@ impl S3Server {
         std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
         let shared = Arc::new(Shared {
             counts: Mutex::default(),
+            gets_in_flight: Mutex::default(),
             fault: Mutex::default(),
             root: root.path().to_path_buf(),
         });
@@ -199,6 +228,12 @@ impl S3Server {
 
     pub fn reset_counts(&self) {
         self.shared.counts.lock().unwrap().clear();
+        *self.shared.gets_in_flight.lock().unwrap() = (0, 0);
+    }
+
+    /// The most object GETs that were being answered at once since the last reset.
+    pub fn most_gets_at_once(&self) -> u64 {
+        self.shared.gets_in_flight.lock().unwrap().1
     }
 
     pub fn set_fault(&self, fault: Fault) {

@@ -4,6 +4,16 @@ fn id(n: u8) -> ActionId {
     ActionId([n; 32])
 }
 
+/// A stored manifest's text.
+fn plain_text(bytes: &[u8]) -> String {
+    let mut text = String::new();
+    zstd::stream::read::Decoder::new(bytes)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    text
+}
+
 fn actions(m: &Manifest) -> Vec<(u8, u8)> {
     m.entries.iter().map(|e| (e.action.0[0], e.age)).collect()
 }
@@ -93,11 +103,7 @@ fn encodes_and_decodes() {
             ..manifest
         }
     );
-    let mut text = String::new();
-    zstd::stream::read::Decoder::new(&bytes[..])
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
+    let text = plain_text(&bytes);
     assert!(text.contains("# args=build ./...\n"), "{text}");
     assert!(text.contains("\n# written=1767225600\n"), "{text}");
 }
@@ -237,11 +243,7 @@ fn entries_keep_the_namespace_they_are_in() {
         &[Some(main.clone())],
     );
     let bytes = mains.encode(&KeySource::explicit("x"), Some(&main));
-    let mut text = String::new();
-    zstd::stream::read::Decoder::new(&bytes[..])
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
+    let text = plain_text(&bytes);
     assert!(
         text.contains(&format!("\n{} 1 0\n", id(1).to_hex())),
         "{text}"
@@ -278,11 +280,7 @@ fn entries_keep_the_namespace_they_are_in() {
     assert_eq!(where_(&merged), expected);
     // Stored in pr-1: main's entries carry the field, its own do not.
     let bytes = merged.encode(&KeySource::explicit("x"), Some(&pr));
-    let mut text = String::new();
-    zstd::stream::read::Decoder::new(&bytes[..])
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
+    let text = plain_text(&bytes);
     assert!(
         text.contains(&format!("\n{} 3 0 main\n", id(3).to_hex())),
         "{text}"

@@ -17,11 +17,11 @@ fn id(n: u8) -> ActionId {
 /// commit); returns its size on disk or the refusal.
 fn put(store: &Arc<BoundedDisk>, n: u8, len: usize) -> Result<u64, RemoteError> {
     let bytes = entry(&vec![n; len]);
-    let reservation = store.reserve(&id(n), bytes.len() as u64)?;
-    let mut temp = store.disk().temp_file().unwrap();
+    let reservation = store.root().reserve(&id(n), bytes.len() as u64)?;
+    let mut temp = store.root().disk().temp_file().unwrap();
     temp.write_all(&bytes).unwrap();
     let verified = VerifiedEntry::check(temp).unwrap();
-    store.commit_verified(&id(n), verified, reservation)?;
+    store.root().commit_verified(&id(n), verified, reservation)?;
     Ok(bytes.len() as u64)
 }
 
@@ -35,7 +35,7 @@ fn wait_until(mut done: impl FnMut() -> bool) {
 
 fn present(store: &BoundedDisk) -> Vec<u8> {
     (0..=255)
-        .filter(|&n| store.disk().entry_path(&id(n)).exists())
+        .filter(|&n| store.root().disk().entry_path(&id(n)).exists())
         .collect()
 }
 
@@ -51,9 +51,9 @@ async fn the_least_recently_used_go_first_down_to_ninety_percent() {
     }
     assert_eq!(store.evict(), (0, false), "at the bound, not past it");
     // Read 1 and 2 (a GET and a HEAD): they become the most recent.
-    let mut stream = store.get(&id(1)).await.unwrap().unwrap();
+    let mut stream = store.root().get(&id(1)).await.unwrap().unwrap();
     while stream.next().await.is_some() {}
-    assert_eq!(store.head(&id(2)).await.unwrap(), Some(one));
+    assert_eq!(store.root().head(&id(2)).await.unwrap(), Some(one));
     put(&store, 11, 1000).unwrap();
     // 11 entries, bound 10: down to 9, by the eviction thread or by hand.
     store.evict();
@@ -64,7 +64,7 @@ async fn the_least_recently_used_go_first_down_to_ninety_percent() {
         (usage.entries, usage.bytes, usage.evictions),
         (9, 9 * one, 2)
     );
-    assert!(store.get(&id(3)).await.unwrap().is_none());
+    assert!(store.root().get(&id(3)).await.unwrap().is_none());
 }
 
 #[test]
@@ -97,10 +97,10 @@ fn a_reservation_holds_room_until_its_put_is_done() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) =
         BoundedDisk::open_with(DiskStore::open(dir.path()).unwrap(), Some(1000), false).unwrap();
-    let held = store.reserve(&id(1), 600).unwrap();
-    assert!(store.reserve(&id(2), 600).is_err(), "1200 > 1100");
+    let held = store.root().reserve(&id(1), 600).unwrap();
+    assert!(store.root().reserve(&id(2), 600).is_err(), "1200 > 1100");
     drop(held);
-    store.reserve(&id(2), 600).unwrap();
+    store.root().reserve(&id(2), 600).unwrap();
 }
 
 #[test]
@@ -126,12 +126,12 @@ fn the_order_survives_a_restart_through_the_files_mtimes() {
     drop(store);
     let (store, _) = BoundedDisk::open(disk.clone(), None).unwrap();
     assert!(store.usage().oldest_access_age >= 3 * 3600 - 61);
-    futures::executor::block_on(store.head(&id(1))).unwrap();
+    futures::executor::block_on(store.root().head(&id(1))).unwrap();
     drop(store);
     let (store, _) = BoundedDisk::open(disk, Some(3 * one)).unwrap();
     let mut state = crate::sync::lock(&store.state);
     let order: Vec<u8> =
-        std::iter::from_fn(|| state.index.pop_oldest().map(|(id, _)| id.0[0])).collect();
+        std::iter::from_fn(|| state.index.pop_oldest().map(|(key, _)| key.action.0[0])).collect();
     assert_eq!(order, [2, 3, 4, 1]);
 }
 

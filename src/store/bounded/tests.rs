@@ -1,6 +1,7 @@
 //! The bounded store on a real directory: eviction order, admission, the scan at start.
 
 use super::*;
+use crate::store::RemoteStore;
 use crate::store::format;
 use futures::StreamExt;
 use std::io::Write;
@@ -33,7 +34,7 @@ fn wait_until(mut done: impl FnMut() -> bool) {
     }
 }
 
-fn present(store: &BoundedDisk) -> Vec<u8> {
+fn present(store: &Arc<BoundedDisk>) -> Vec<u8> {
     (0..=255)
         .filter(|&n| store.root().disk().entry_path(&id(n)).exists())
         .collect()

@@ -37,7 +37,7 @@ impl Server {
         let token_file = dir.path().join("tokens");
         std::fs::write(
             &token_file,
-            format!("# test tokens\nrw {RW} writer\nro {RO}\n"),
+            format!("# test tokens\nrw {RW} # writer\nro {RO}\n"),
         )
         .unwrap();
         let mut command = Command::new(support::bin());

@@ -117,36 +117,39 @@ pub fn serve(
     runtime.block_on(async {
         let (storage, spool_dir, _spool_guard): (Storage, PathBuf, Option<tempfile::TempDir>) =
             match (&args.storage_dir, s3) {
-            (Some(dir), _) => {
-                let store = DiskStore::open(dir)
-                    .map_err(|err| ServeError::Storage(format!("{}: {err}", dir.display())))?;
-                if let Ok(n) = store.sweep(STALE_TEMP_AGE)
-                    && n > 0
-                {
-                    tracing::info!("removed {n} stale temporary files");
+                (Some(dir), _) => {
+                    let store = DiskStore::open(dir)
+                        .map_err(|err| ServeError::Storage(format!("{}: {err}", dir.display())))?;
+                    if let Ok(n) = store.sweep(STALE_TEMP_AGE)
+                        && n > 0
+                    {
+                        tracing::info!("removed {n} stale temporary files");
+                    }
+                    let spool = dir.join("tmp");
+                    let bounded = open_bounded(store, args.max_size).map_err(|err| {
+                        ServeError::Storage(format!("indexing {}: {err}", dir.display()))
+                    })?;
+                    (Storage::Disk(bounded), spool, None)
                 }
-                let spool = dir.join("tmp");
-                let bounded = open_bounded(store, args.max_size).map_err(|err| {
-                    ServeError::Storage(format!("indexing {}: {err}", dir.display()))
-                })?;
-                (Storage::Disk(bounded), spool, None)
-            }
-            (None, Some(_)) if args.max_size.is_some() => return Err(ServeError::MaxSizeWithS3),
-            (None, Some(s3)) => {
-                let store = S3Store::new(&s3).map_err(|err| ServeError::Storage(err.to_string()))?;
-                // A namespace's objects are under `<prefix>/ns/<NAME>/`: a client of its own.
-                let storage = Storage::stores(Arc::new(store), move |namespace| {
-                    let store = S3Store::new(&s3.in_namespace(namespace))?;
-                    Ok(Arc::new(store) as Arc<dyn RemoteStore>)
-                });
-                let spool = tempfile::Builder::new()
-                    .prefix("goremotecache-serve-")
-                    .tempdir()
-                    .map_err(|err| ServeError::Storage(format!("a spool directory: {err}")))?;
-                (storage, spool.path().to_path_buf(), Some(spool))
-            }
-            (None, None) => return Err(ServeError::NoStorage),
-        };
+                (None, Some(_)) if args.max_size.is_some() => {
+                    return Err(ServeError::MaxSizeWithS3);
+                }
+                (None, Some(s3)) => {
+                    let store =
+                        S3Store::new(&s3).map_err(|err| ServeError::Storage(err.to_string()))?;
+                    // A namespace's objects are under `<prefix>/ns/<NAME>/`: a client of its own.
+                    let storage = Storage::stores(Arc::new(store), move |namespace| {
+                        let store = S3Store::new(&s3.in_namespace(namespace))?;
+                        Ok(Arc::new(store) as Arc<dyn RemoteStore>)
+                    });
+                    let spool = tempfile::Builder::new()
+                        .prefix("goremotecache-serve-")
+                        .tempdir()
+                        .map_err(|err| ServeError::Storage(format!("a spool directory: {err}")))?;
+                    (storage, spool.path().to_path_buf(), Some(spool))
+                }
+                (None, None) => return Err(ServeError::NoStorage),
+            };
         let listener = TcpListener::bind(args.listen)
             .await
             .map_err(|source| ServeError::Bind {

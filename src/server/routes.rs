@@ -62,9 +62,8 @@ pub struct ServerState {
 
 /// The routes: each of entries, batches and manifests without a namespace and in one.
 pub fn router(state: Arc<ServerState>) -> Router {
-    let entries = || -> MethodRouter<Arc<ServerState>> {
-        get(get_entry).head(head_entry).put(put_entry)
-    };
+    let entries =
+        || -> MethodRouter<Arc<ServerState>> { get(get_entry).head(head_entry).put(put_entry) };
     let manifests = || -> MethodRouter<Arc<ServerState>> { get(get_manifest).put(put_manifest) };
     Router::new()
         .route("/v1/ac/{key}", entries())

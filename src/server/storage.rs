@@ -65,10 +65,7 @@ impl Storage {
     /// once per namespace, when it is first used).
     pub fn stores(
         root: Arc<dyn RemoteStore>,
-        open: impl Fn(&Namespace) -> Result<Arc<dyn RemoteStore>, RemoteError>
-        + Send
-        + Sync
-        + 'static,
+        open: impl Fn(&Namespace) -> Result<Arc<dyn RemoteStore>, RemoteError> + Send + Sync + 'static,
     ) -> Self {
         Storage::Stores(Stores {
             root,
@@ -108,11 +105,10 @@ impl Storage {
                 }
                 // The first use of a namespace looks at (or makes) its directory.
                 let (disk, namespace) = (disk.clone(), namespace.clone());
-                let space =
-                    tokio::task::spawn_blocking(move || disk.namespace(&namespace, write))
-                        .await
-                        .map_err(|err| RemoteError::Other(err.to_string()))?
-                        .map_err(|err| RemoteError::Other(format!("storage: {err}")))?;
+                let space = tokio::task::spawn_blocking(move || disk.namespace(&namespace, write))
+                    .await
+                    .map_err(|err| RemoteError::Other(err.to_string()))?
+                    .map_err(|err| RemoteError::Other(format!("storage: {err}")))?;
                 Ok(match space {
                     Some(space) => Place::disk(space),
                     None => Place {

@@ -22,7 +22,9 @@ fn put(store: &Arc<BoundedDisk>, n: u8, len: usize) -> Result<u64, RemoteError> 
     let mut temp = store.root().disk().temp_file().unwrap();
     temp.write_all(&bytes).unwrap();
     let verified = VerifiedEntry::check(temp).unwrap();
-    store.root().commit_verified(&id(n), verified, reservation)?;
+    store
+        .root()
+        .commit_verified(&id(n), verified, reservation)?;
     Ok(bytes.len() as u64)
 }
 
@@ -149,4 +151,107 @@ fn a_scan_skips_what_is_not_an_entry() {
     drop(store);
     let (_, scan) = BoundedDisk::open(disk, None).unwrap();
     assert_eq!((scan.entries, scan.skipped), (1, 3));
+}
+
+/// Puts an entry of `len` body bytes into `space` through the server's path.
+fn put_in(space: &BoundedSpace, n: u8, len: usize) -> u64 {
+    let bytes = entry(&vec![n; len]);
+    let reservation = space.reserve(&id(n), bytes.len() as u64).unwrap();
+    let mut temp = space.disk().temp_file().unwrap();
+    temp.write_all(&bytes).unwrap();
+    let verified = VerifiedEntry::check(temp).unwrap();
+    space
+        .commit_verified(&id(n), verified, reservation)
+        .unwrap();
+    bytes.len() as u64
+}
+
+fn ns(name: &str) -> Namespace {
+    Namespace::parse(name).unwrap()
+}
+
+#[test]
+fn namespaces_share_one_index_and_one_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskStore::open(dir.path()).unwrap();
+    let one = entry(&[1; 1000]).len() as u64;
+    let (store, _) = BoundedDisk::open_with(disk.clone(), Some(10 * one), false).unwrap();
+    // A read of a namespace that has no directory makes none.
+    assert!(store.namespace(&ns("a"), false).unwrap().is_none());
+    assert!(!dir.path().join("ns").exists());
+    let a = store.namespace(&ns("a"), true).unwrap().unwrap();
+    let b = store.namespace(&ns("b"), true).unwrap().unwrap();
+    assert!(store.namespace(&ns("a"), false).unwrap().is_some());
+    // The same keys in a, then in b: two entries each, in their own directories.
+    for n in 1..=6 {
+        put_in(&a, n, 1000);
+    }
+    for n in 1..=5 {
+        put_in(&b, n, 1000);
+    }
+    assert!(dir.path().join("ns/b/v1/05").join("05".repeat(32)).exists());
+    assert_eq!(store.usage().entries, 11);
+    // Admission counts every namespace: an 11th entry was within the 10% slack, a 12th is
+    // not, though b has only five.
+    let refused = b.reserve(&id(6), one).unwrap_err();
+    assert!(matches!(refused, RemoteError::Full(_)), "{refused:?}");
+    // Eviction takes the least recently used, whichever namespace they are in.
+    assert_eq!(store.evict(), (2, false));
+    put_in(&b, 6, 1000);
+    let present = |space: &BoundedSpace| -> Vec<u8> {
+        (1..=6)
+            .filter(|&n| space.disk().entry_path(&id(n)).exists())
+            .collect()
+    };
+    assert_eq!(present(&a), [3, 4, 5, 6]);
+    assert_eq!(present(&b), [1, 2, 3, 4, 5, 6]);
+    let root = store.root();
+    put_in(&root, 7, 1000);
+    assert_eq!(store.usage().entries, 11);
+    drop((a, b, root, store));
+
+    // The start-up scan finds every namespace's entries.
+    let (store, scan) = BoundedDisk::open_with(disk, Some(10 * one), false).unwrap();
+    assert_eq!((scan.entries, scan.bytes), (11, 11 * one));
+    let a = store.opened(&ns("a")).expect("found at start");
+    assert_eq!(
+        futures::executor::block_on(a.head(&id(4))).unwrap(),
+        Some(one)
+    );
+    // A clear of one namespace leaves the others indexed.
+    futures::executor::block_on(a.clear(&|_| {})).unwrap();
+    assert_eq!(store.usage().entries, 7);
+}
+
+#[test]
+fn a_namespace_directory_is_never_reached_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let disk = DiskStore::open(dir.path()).unwrap();
+    // Something that looks like a namespace, elsewhere, linked in as ns/.
+    let outside = DiskStore::open(&elsewhere.path().join("x")).unwrap();
+    let mut temp = outside.temp_file().unwrap();
+    temp.write_all(&entry(b"outside")).unwrap();
+    outside.commit(&id(1), temp).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("ns")).unwrap();
+    let (store, scan) = BoundedDisk::open(disk, None).unwrap();
+    assert_eq!(scan.entries, 0, "nothing indexed through the link");
+    assert!(store.namespace(&ns("x"), false).unwrap().is_none());
+    // A write replaces the link by a directory; what it pointed to is left alone.
+    let x = store.namespace(&ns("x"), true).unwrap().unwrap();
+    assert!(
+        futures::executor::block_on(x.get(&id(1)))
+            .unwrap()
+            .is_none()
+    );
+    put_in(&x, 2, 10);
+    assert!(dir.path().join("ns").symlink_metadata().unwrap().is_dir());
+    assert!(
+        elsewhere
+            .path()
+            .join("x/v1/01")
+            .join("01".repeat(32))
+            .exists()
+    );
+    assert!(!elsewhere.path().join("x/v1/02").exists());
 }

@@ -160,6 +160,9 @@ pub fn serve(
             addr: args.listen,
             source,
         })?;
+        // Listening for SIGHUP before saying "serving": a SIGHUP that came between the two
+        // would otherwise end the process (its default action).
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         eprintln!(
             "goremotecache: serving {}://{addr} from {}: {} tokens, anonymous reads {}",
             if tls.is_some() { "https" } else { "http" },
@@ -184,7 +187,9 @@ pub fn serve(
             in_flight: Arc::new(Semaphore::new(args.max_in_flight.max(1))),
             timeouts: *args.timeouts,
         });
-        tokio::spawn(reload_on_hangup(args.clone(), state.clone()));
+        if let Some(hangups) = hangups {
+            tokio::spawn(reload_on_hangup(args.clone(), state.clone(), hangups));
+        }
         run(
             listener,
             state,
@@ -246,11 +251,11 @@ fn load_tokens(args: &crate::config::ServeArgs) -> Result<Tokens, ServeError> {
 }
 
 /// Reads the tokens again on each SIGHUP; a file that does not parse keeps the old tokens.
-async fn reload_on_hangup(args: crate::config::ServeArgs, state: Arc<ServerState>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_hangup(
+    args: crate::config::ServeArgs,
+    state: Arc<ServerState>,
+    mut hangups: tokio::signal::unix::Signal,
+) {
     while hangups.recv().await.is_some() {
         match load_tokens(&args) {
             Ok(tokens) => {

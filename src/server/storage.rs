@@ -3,9 +3,9 @@
 //! the un-namespaced one's configuration (S3: `<prefix>/ns/<NAME>/`, see
 //! [`crate::store::s3::S3Config::in_namespace`]), each made on first use and kept.
 //!
-//! A request resolves its namespace to a [`Place`] once, after its namespace, token and key
+//! A request resolves its namespace to a `Place` once, after its namespace, token and key
 //! are checked. Reading a namespace that has nothing on disk makes nothing there (it is an
-//! empty store, [`Absent`]); only a write makes a namespace's directory.
+//! empty store, `Absent`); only a write makes a namespace's directory.
 
 use std::collections::HashMap;
 use std::fmt;

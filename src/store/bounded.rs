@@ -27,7 +27,7 @@
 //! read-only mount) keeps its place in the index; newer entries go in its stead, and the
 //! thread tries it again a second later.
 //!
-//! **Admission.** A `PUT` reserves its size first ([`BoundedDisk::reserve`], from its
+//! **Admission.** A `PUT` reserves its size first ([`BoundedSpace::reserve`], from its
 //! `Content-Length` before a byte is spooled): when the entries plus the puts in flight
 //! would pass the bound by more than 10% ([`SLACK`]), eviction is behind (or stuck) and the
 //! put is refused with [`RemoteError::Full`] (the server answers 507). So puts never take

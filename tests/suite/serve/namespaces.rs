@@ -491,9 +491,9 @@ fn one_bound_over_every_namespace() {
     assert_eq!(metric(&server, "goremotecache_storage_bytes"), bytes);
     // And bounds them together still: two entries in a third namespace push out the two
     // oldest, a's next two.
-    for n in 0..2 {
+    for (n, key) in keys.iter().enumerate().take(2) {
         let body = big_entry(100 + n as u64);
-        let status = server.request("PUT", &ac("c", &keys[n]), Some(RW), &body).0;
+        let status = server.request("PUT", &ac("c", key), Some(RW), &body).0;
         assert_eq!(status, 201);
     }
     eventually(

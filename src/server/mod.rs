@@ -4,8 +4,10 @@
 //!
 //! API (documented in `docs/http-api.md`): `GET`, `HEAD` and `PUT /v1/ac/<actionid-hex>`,
 //! `POST /v1/batch` (many entries in one streamed answer, for prefetch), `GET` and `PUT
-//! /v1/prefetch/<key-hex>` (prefetch manifests), `GET /healthz`, `GET /metrics`. Bearer
-//! tokens are read-only or read-write. Keys other than 64 lowercase hex digits are refused
+//! /v1/prefetch/<key-hex>` (prefetch manifests), `GET /healthz`, `GET /metrics`; the entry,
+//! batch and manifest paths also as `/v1/ns/<NAME>/...`, in a namespace of their own (a
+//! storage directory's `ns/<NAME>/`, a bucket's `<prefix>/ns/<NAME>/`). Bearer tokens are
+//! read-only or read-write, for every namespace or for those their globs match. Keys other than 64 lowercase hex digits are refused
 //! before anything else looks at them; a `PUT` body is spooled to a temporary file (never held
 //! in memory), limited to `--max-entry-size` both in the bytes sent and in the size its header
 //! says it decodes to (checked as soon as the header arrives, so a small zstd bomb never
@@ -21,9 +23,10 @@
 //! The files, each importing only from those after it: this one starts the server from its
 //! options (storage, tokens and their reload on SIGHUP); `listen` accepts connections
 //! ([`run`]), sets up TLS ([`tls_acceptor`]) and stops; `routes` has the [`router`], its
-//! handlers and the [`ServerState`] they share; `body` reads a request body within its
-//! bounds; `refusal` is the answer to a request refused; [`connection`] bounds a connection
-//! in time; [`tokens`] and [`metrics`] are what their names say.
+//! handlers and the [`ServerState`] they share; `access` finds a request's namespace and
+//! checks its token for it; [`storage`] is each namespace's storage; `body` reads a request
+//! body within its bounds; `refusal` is the answer to a request refused; [`connection`]
+//! bounds a connection in time; [`tokens`] and [`metrics`] are what their names say.
 
 use std::io;
 use std::path::PathBuf;
@@ -37,17 +40,21 @@ use crate::fsutil::STALE_TEMP_AGE;
 use crate::store::RemoteStore;
 use crate::store::bounded::{BoundedDisk, DEFAULT_MAX_SIZE};
 use crate::store::dir::DiskStore;
+use crate::store::s3::S3Store;
 
+mod access;
 mod body;
 pub mod connection;
 mod listen;
 pub mod metrics;
 mod refusal;
 mod routes;
+pub mod storage;
 pub mod tokens;
 
 pub use listen::{DRAIN, HANDSHAKE_TIMEOUT, TlsError, run, tls_acceptor};
 pub use routes::{ServerState, router};
+pub use storage::Storage;
 
 use metrics::Metrics;
 use tokens::Tokens;
@@ -81,12 +88,20 @@ pub enum ServeError {
 }
 
 /// `goremotecache serve`: builds the server from its options, binds, and serves until
-/// SIGTERM or Ctrl-C. SIGHUP reads the token file again.
+/// SIGTERM or Ctrl-C. SIGHUP reads the token file again. Tokens that do not parse end the
+/// process at once with status 2, as other bad configuration does (`main` gives every other
+/// error of `serve` status 1).
 pub fn serve(
     args: &crate::config::ServeArgs,
     s3: Option<crate::store::s3::S3Config>,
 ) -> Result<(), ServeError> {
-    let tokens = load_tokens(args)?;
+    let tokens = match load_tokens(args) {
+        Ok(tokens) => tokens,
+        Err(err) => {
+            eprintln!("goremotecache: {err}");
+            std::process::exit(2);
+        }
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,
@@ -100,43 +115,41 @@ pub fn serve(
         .build()
         .map_err(|err| ServeError::Storage(format!("starting the runtime: {err}")))?;
     runtime.block_on(async {
-        let (store, disk, spool_dir, _spool_guard): (
-            Arc<dyn RemoteStore>,
-            Option<Arc<BoundedDisk>>,
-            PathBuf,
-            Option<tempfile::TempDir>,
-        ) = match (&args.storage_dir, s3) {
-            (Some(dir), _) => {
-                let store = DiskStore::open(dir)
-                    .map_err(|err| ServeError::Storage(format!("{}: {err}", dir.display())))?;
-                if let Ok(n) = store.sweep(STALE_TEMP_AGE)
-                    && n > 0
-                {
-                    tracing::info!("removed {n} stale temporary files");
+        let (storage, spool_dir, _spool_guard): (Storage, PathBuf, Option<tempfile::TempDir>) =
+            match (&args.storage_dir, s3) {
+                (Some(dir), _) => {
+                    let store = DiskStore::open(dir)
+                        .map_err(|err| ServeError::Storage(format!("{}: {err}", dir.display())))?;
+                    if let Ok(n) = store.sweep(STALE_TEMP_AGE)
+                        && n > 0
+                    {
+                        tracing::info!("removed {n} stale temporary files");
+                    }
+                    let spool = dir.join("tmp");
+                    let bounded = open_bounded(store, args.max_size).map_err(|err| {
+                        ServeError::Storage(format!("indexing {}: {err}", dir.display()))
+                    })?;
+                    (Storage::Disk(bounded), spool, None)
                 }
-                let spool = dir.join("tmp");
-                let bounded = open_bounded(store, args.max_size).map_err(|err| {
-                    ServeError::Storage(format!("indexing {}: {err}", dir.display()))
-                })?;
-                (bounded.clone(), Some(bounded), spool, None)
-            }
-            (None, Some(_)) if args.max_size.is_some() => return Err(ServeError::MaxSizeWithS3),
-            (None, Some(s3)) => {
-                let store = crate::store::s3::S3Store::new(&s3)
-                    .map_err(|err| ServeError::Storage(err.to_string()))?;
-                let spool = tempfile::Builder::new()
-                    .prefix("goremotecache-serve-")
-                    .tempdir()
-                    .map_err(|err| ServeError::Storage(format!("a spool directory: {err}")))?;
-                (
-                    Arc::new(store),
-                    None,
-                    spool.path().to_path_buf(),
-                    Some(spool),
-                )
-            }
-            (None, None) => return Err(ServeError::NoStorage),
-        };
+                (None, Some(_)) if args.max_size.is_some() => {
+                    return Err(ServeError::MaxSizeWithS3);
+                }
+                (None, Some(s3)) => {
+                    let store =
+                        S3Store::new(&s3).map_err(|err| ServeError::Storage(err.to_string()))?;
+                    // A namespace's objects are under `<prefix>/ns/<NAME>/`: a client of its own.
+                    let storage = Storage::stores(Arc::new(store), move |namespace| {
+                        let store = S3Store::new(&s3.in_namespace(namespace))?;
+                        Ok(Arc::new(store) as Arc<dyn RemoteStore>)
+                    });
+                    let spool = tempfile::Builder::new()
+                        .prefix("goremotecache-serve-")
+                        .tempdir()
+                        .map_err(|err| ServeError::Storage(format!("a spool directory: {err}")))?;
+                    (storage, spool.path().to_path_buf(), Some(spool))
+                }
+                (None, None) => return Err(ServeError::NoStorage),
+            };
         let listener = TcpListener::bind(args.listen)
             .await
             .map_err(|source| ServeError::Bind {
@@ -147,10 +160,13 @@ pub fn serve(
             addr: args.listen,
             source,
         })?;
+        // Listening for SIGHUP before saying "serving": a SIGHUP that came between the two
+        // would otherwise end the process (its default action).
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         eprintln!(
             "goremotecache: serving {}://{addr} from {}: {} tokens, anonymous reads {}",
             if tls.is_some() { "https" } else { "http" },
-            store.location(),
+            storage.location(),
             tokens.len(),
             if args.allow_anonymous_read {
                 "allowed"
@@ -159,20 +175,21 @@ pub fn serve(
             }
         );
         let state = Arc::new(ServerState {
-            store,
+            metrics: match storage {
+                Storage::Disk(_) => Metrics::with_storage(),
+                Storage::Stores(_) => Metrics::new(),
+            },
+            storage,
             tokens: RwLock::new(tokens),
             anonymous_read: args.allow_anonymous_read,
             max_entry_size: args.max_entry_size,
             spool_dir,
             in_flight: Arc::new(Semaphore::new(args.max_in_flight.max(1))),
             timeouts: *args.timeouts,
-            metrics: match disk.is_some() {
-                true => Metrics::with_storage(),
-                false => Metrics::new(),
-            },
-            disk,
         });
-        tokio::spawn(reload_on_hangup(args.clone(), state.clone()));
+        if let Some(hangups) = hangups {
+            tokio::spawn(reload_on_hangup(args.clone(), state.clone(), hangups));
+        }
         run(
             listener,
             state,
@@ -187,7 +204,7 @@ pub fn serve(
 }
 
 /// The storage directory's index and bound (`--max-size`, [`DEFAULT_MAX_SIZE`] unless
-/// given), built by a scan of its entries, which is said on stderr.
+/// given), over every namespace, built by a scan of their entries, which is said on stderr.
 fn open_bounded(disk: DiskStore, max_size: Option<MaxSize>) -> io::Result<Arc<BoundedDisk>> {
     let max = match max_size {
         None => Some(DEFAULT_MAX_SIZE),
@@ -234,11 +251,11 @@ fn load_tokens(args: &crate::config::ServeArgs) -> Result<Tokens, ServeError> {
 }
 
 /// Reads the tokens again on each SIGHUP; a file that does not parse keeps the old tokens.
-async fn reload_on_hangup(args: crate::config::ServeArgs, state: Arc<ServerState>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_hangup(
+    args: crate::config::ServeArgs,
+    state: Arc<ServerState>,
+    mut hangups: tokio::signal::unix::Signal,
+) {
     while hangups.recv().await.is_some() {
         match load_tokens(&args) {
             Ok(tokens) => {

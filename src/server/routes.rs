@@ -1,6 +1,9 @@
 //! The routes and their handlers: entries (`GET`, `HEAD`, `PUT /v1/ac/<key>`), batches
-//! (`POST /v1/batch`), prefetch manifests, `/healthz` and `/metrics`; the bearer-token check,
-//! and the state every handler shares ([`ServerState`]).
+//! (`POST /v1/batch`), prefetch manifests, `/healthz` and `/metrics`, and the state every
+//! handler shares ([`ServerState`]). Each entry, batch and manifest route is there twice, as
+//! `/v1/...` (no namespace) and as `/v1/ns/<NAME>/...`, with the same handler: it learns its
+//! namespace from the path ([`Target`]), is admitted for it ([`ServerState::admit`]) and
+//! works on that namespace's storage ([`Storage::place`](super::storage::Storage)).
 
 use std::future::Future;
 use std::io;
@@ -12,22 +15,23 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::access::Target;
 use super::body::BodyReader;
 use super::metrics::Metrics;
 use super::refusal::Refusal;
+use super::storage::{Place, Storage};
 use super::tokens::{Scope, Tokens};
 use crate::config::ServeTimeouts;
-use crate::ids::{ActionId, BuildKey};
-use crate::store::bounded::BoundedDisk;
+use crate::ids::{ActionId, BuildKey, Namespace};
 use crate::store::dir::{VerifiedEntry, VerifyError};
 use crate::store::format;
 use crate::store::{MAX_MANIFEST, PutOutcome, RemoteError, RemoteStore, Upload, batch};
@@ -38,17 +42,17 @@ const BATCH_AHEAD: usize = 8;
 /// What a running server needs.
 #[derive(Debug)]
 pub struct ServerState {
-    pub store: Arc<dyn RemoteStore>,
-    /// The same store as `store` when that is a directory: a `PUT` is then admitted under
-    /// its bound ([`BoundedDisk::reserve`], 507 when full), its body spooled into its `tmp/`,
-    /// verified once, and that very file renamed into place
-    /// ([`BoundedDisk::commit_verified`]) instead of handed to `store.put`, which would copy
-    /// and verify it again. `None` for any other store (S3 uploads from the spool file).
-    pub disk: Option<Arc<BoundedDisk>>,
+    /// The entries of every namespace. On a storage directory a `PUT` is admitted under its
+    /// bound ([`BoundedSpace::reserve`](crate::store::bounded::BoundedSpace::reserve), 507
+    /// when full), its body spooled into its `tmp/`, verified once, and that very file renamed
+    /// into place ([`BoundedSpace::commit_verified`](crate::store::bounded::BoundedSpace::commit_verified))
+    /// instead of handed to the store's `put`, which would copy and verify it again. Any other
+    /// store (S3) uploads from the spool file.
+    pub storage: Storage,
     pub tokens: RwLock<Tokens>,
     pub anonymous_read: bool,
     pub max_entry_size: u64,
-    /// Where `PUT` bodies are spooled when there is no `disk`.
+    /// Where `PUT` bodies are spooled when the storage is not a directory.
     pub spool_dir: PathBuf,
     /// Requests handled at once; past it, 503.
     pub in_flight: Arc<Semaphore>,
@@ -56,15 +60,18 @@ pub struct ServerState {
     pub metrics: Metrics,
 }
 
-/// The routes.
+/// The routes: each of entries, batches and manifests without a namespace and in one.
 pub fn router(state: Arc<ServerState>) -> Router {
+    let entries =
+        || -> MethodRouter<Arc<ServerState>> { get(get_entry).head(head_entry).put(put_entry) };
+    let manifests = || -> MethodRouter<Arc<ServerState>> { get(get_manifest).put(put_manifest) };
     Router::new()
-        .route(
-            "/v1/ac/{key}",
-            get(get_entry).head(head_entry).put(put_entry),
-        )
+        .route("/v1/ac/{key}", entries())
+        .route("/v1/ns/{ns}/ac/{key}", entries())
         .route("/v1/batch", post(get_batch))
-        .route("/v1/prefetch/{key}", get(get_manifest).put(put_manifest))
+        .route("/v1/ns/{ns}/batch", post(get_batch))
+        .route("/v1/prefetch/{key}", manifests())
+        .route("/v1/ns/{ns}/prefetch/{key}", manifests())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
         .with_state(state)
@@ -82,36 +89,14 @@ async fn timed(
     response
 }
 
-/// The token of an `Authorization: Bearer TOKEN` value; the scheme is case-insensitive, as
-/// every HTTP authentication scheme is (RFC 9110, 11.1).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim_start().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token)
-}
-
 impl ServerState {
-    /// Checks the request's bearer token for `needed`.
-    fn authorize(&self, headers: &HeaderMap, needed: Scope) -> Result<(), Refusal> {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token);
-        let scope = match presented {
-            None if needed == Scope::Read && self.anonymous_read => return Ok(()),
-            None => None,
-            Some(token) => crate::sync::read(&self.tokens).scope_of(token.trim().as_bytes()),
-        };
-        match scope {
-            Some(scope) if scope >= needed => Ok(()),
-            Some(_) => Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                "this token may only read",
-            )),
-            None => Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "a valid bearer token is needed",
-            )),
-        }
+    /// The storage of `namespace`, for a request that needs `scope` (a write makes a
+    /// namespace's directory; a read never does).
+    async fn place(&self, namespace: Option<&Namespace>, scope: Scope) -> Result<Place, Refusal> {
+        self.storage
+            .place(namespace, scope == Scope::ReadWrite)
+            .await
+            .map_err(|err| storage_failure(self, "opening a namespace", err))
     }
 
     /// A reader for a request body that is `what` and may have at most `limit` bytes, under
@@ -157,13 +142,14 @@ fn storage_failure(state: &ServerState, what: &str, err: impl std::fmt::Display)
 
 async fn get_manifest(
     State(state): State<Arc<ServerState>>,
-    Path(key): Path<String>,
+    target: Target,
     headers: HeaderMap,
 ) -> Response {
     timed(&state, "GET", async {
-        state.authorize(&headers, Scope::Read)?;
-        let key = parse_key(&key, BuildKey::from_key)?;
-        match state.store.get_manifest(&key).await {
+        let namespace = state.admit(&target, &headers, Scope::Read)?;
+        let key = parse_key(&target.key, BuildKey::from_key)?;
+        let place = state.place(namespace.as_ref(), Scope::Read).await?;
+        match place.store.get_manifest(&key).await {
             Ok(Some(bytes)) => Ok((StatusCode::OK, bytes).into_response()),
             Ok(None) => Err(Refusal::new(StatusCode::NOT_FOUND, "no manifest")),
             Err(err) => Err(storage_failure(&state, "get manifest", err)),
@@ -174,19 +160,20 @@ async fn get_manifest(
 
 async fn put_manifest(
     State(state): State<Arc<ServerState>>,
-    Path(key): Path<String>,
+    target: Target,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     timed(&state, "PUT", async {
-        state.authorize(&headers, Scope::ReadWrite)?;
-        let key = parse_key(&key, BuildKey::from_key)?;
+        let namespace = state.admit(&target, &headers, Scope::ReadWrite)?;
+        let key = parse_key(&target.key, BuildKey::from_key)?;
         let bytes = state
             .body("a manifest", &headers, body, MAX_MANIFEST as u64)?
             .read_all()
             .await?;
         state.metrics.bytes_in.inc_by(bytes.len() as u64);
-        match state.store.put_manifest(&key, bytes).await {
+        let place = state.place(namespace.as_ref(), Scope::ReadWrite).await?;
+        match place.store.put_manifest(&key, bytes).await {
             Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
             Err(err) => Err(storage_failure(&state, "put manifest", err)),
         }
@@ -200,11 +187,13 @@ async fn put_manifest(
 /// connection is gone, or a frame waits longer than the write timeout to be taken.
 async fn get_batch(
     State(state): State<Arc<ServerState>>,
+    target: Target,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     timed(&state, "POST", async {
-        state.authorize(&headers, Scope::Read)?;
+        // One namespace per batch: its scope is checked once, for all its keys.
+        let namespace = state.admit(&target, &headers, Scope::Read)?;
         let limit = (batch::MAX_KEYS * 66) as u64;
         let body = state
             .body("a batch request", &headers, body, limit)?
@@ -212,6 +201,7 @@ async fn get_batch(
             .await?;
         let keys =
             batch::parse_keys(&body).map_err(|err| Refusal::new(StatusCode::BAD_REQUEST, err))?;
+        let place = state.place(namespace.as_ref(), Scope::Read).await?;
         // The answer outlives this handler: the sender task holds its slot.
         let permit = state
             .in_flight
@@ -222,6 +212,7 @@ async fn get_batch(
         let complete = Arc::new(AtomicBool::new(false));
         tokio::spawn(send_batch(
             state.clone(),
+            place.store,
             keys,
             tx,
             permit,
@@ -249,21 +240,22 @@ async fn get_batch(
 
 async fn get_entry(
     State(state): State<Arc<ServerState>>,
-    Path(key): Path<String>,
+    target: Target,
     headers: HeaderMap,
 ) -> Response {
-    timed(&state, "GET", fetch(&state, &key, &headers)).await
+    timed(&state, "GET", fetch(&state, &target, &headers)).await
 }
 
 async fn fetch(
     state: &Arc<ServerState>,
-    key: &str,
+    target: &Target,
     headers: &HeaderMap,
 ) -> Result<Response, Refusal> {
-    state.authorize(headers, Scope::Read)?;
-    let action = parse_key(key, ActionId::from_key)?;
+    let namespace = state.admit(target, headers, Scope::Read)?;
+    let action = parse_key(&target.key, ActionId::from_key)?;
     let _permit = state.in_flight.try_acquire().map_err(|_| busy())?;
-    match state.store.get(&action).await {
+    let place = state.place(namespace.as_ref(), Scope::Read).await?;
+    match place.store.get(&action).await {
         Ok(None) => {
             state.metrics.misses.inc();
             Err(Refusal::new(StatusCode::NOT_FOUND, "no entry"))
@@ -300,6 +292,7 @@ fn batch_failure(state: &ServerState, action: &ActionId, err: impl std::fmt::Dis
 /// before the channel closes when every frame was handed on.
 async fn send_batch(
     state: Arc<ServerState>,
+    store: Arc<dyn RemoteStore>,
     keys: Vec<ActionId>,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>,
     permit: OwnedSemaphorePermit,
@@ -307,7 +300,7 @@ async fn send_batch(
 ) {
     // Ends at once when the receiver goes, even while a storage read is pending.
     let whole = tokio::select! {
-        whole = send_frames(&state, keys, &tx) => whole,
+        whole = send_frames(&state, store, keys, &tx) => whole,
         _ = tx.closed() => false,
     };
     complete.store(whole, Ordering::Release);
@@ -318,6 +311,7 @@ async fn send_batch(
 /// The frames of [`send_batch`]: true when all were handed on, false when one could not be.
 async fn send_frames(
     state: &ServerState,
+    store: Arc<dyn RemoteStore>,
     keys: Vec<ActionId>,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>,
 ) -> bool {
@@ -330,7 +324,6 @@ async fn send_frames(
             Ok(Ok(()))
         )
     };
-    let store = state.store.clone();
     let mut opened = futures::stream::iter(keys)
         .map(|action| {
             let store = store.clone();
@@ -385,20 +378,21 @@ async fn send_frames(
 
 async fn head_entry(
     State(state): State<Arc<ServerState>>,
-    Path(key): Path<String>,
+    target: Target,
     headers: HeaderMap,
 ) -> Response {
-    timed(&state, "HEAD", head(&state, &key, &headers)).await
+    timed(&state, "HEAD", head(&state, &target, &headers)).await
 }
 
 async fn head(
     state: &Arc<ServerState>,
-    key: &str,
+    target: &Target,
     headers: &HeaderMap,
 ) -> Result<Response, Refusal> {
-    state.authorize(headers, Scope::Read)?;
-    let action = parse_key(key, ActionId::from_key)?;
-    match state.store.head(&action).await {
+    let namespace = state.admit(target, headers, Scope::Read)?;
+    let action = parse_key(&target.key, ActionId::from_key)?;
+    let place = state.place(namespace.as_ref(), Scope::Read).await?;
+    match place.store.head(&action).await {
         Ok(Some(size)) => {
             Ok((StatusCode::OK, [(header::CONTENT_LENGTH, size.to_string())]).into_response())
         }
@@ -413,29 +407,30 @@ async fn head(
 
 async fn put_entry(
     State(state): State<Arc<ServerState>>,
-    Path(key): Path<String>,
+    target: Target,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    timed(&state, "PUT", store(&state, &key, &headers, body)).await
+    timed(&state, "PUT", store(&state, &target, &headers, body)).await
 }
 
 async fn store(
     state: &Arc<ServerState>,
-    key: &str,
+    target: &Target,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
-    state.authorize(headers, Scope::ReadWrite)?;
-    let action = parse_key(key, ActionId::from_key)?;
+    let namespace = state.admit(target, headers, Scope::ReadWrite)?;
+    let action = parse_key(&target.key, ActionId::from_key)?;
     let mut body = state.body("an entry", headers, body, state.max_entry_size)?;
     let _permit = state.in_flight.try_acquire().map_err(|_| busy())?;
+    let place = state.place(namespace.as_ref(), Scope::ReadWrite).await?;
     // Room for the entry, before a byte of it is spooled when its length is announced.
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mut reservation = match (&state.disk, announced) {
+    let mut reservation = match (&place.disk, announced) {
         (Some(disk), Some(len)) => Some(disk.reserve(&action, len).map_err(full)?),
         _ => None,
     };
@@ -445,7 +440,7 @@ async fn store(
     };
     // On disk storage the spool is the store's own tmp/, so that the file can be renamed
     // into place.
-    let temp = match &state.disk {
+    let temp = match &place.disk {
         Some(disk) => disk.disk().temp_file(),
         None => tempfile::Builder::new()
             .prefix("put-")
@@ -480,7 +475,7 @@ async fn store(
                 Refusal::new(StatusCode::BAD_REQUEST, format!("rejected entry: {reason}"))
             }
         })?;
-    let stored = match &state.disk {
+    let stored = match &place.disk {
         Some(disk) => {
             let reservation = match reservation.take() {
                 Some(reservation) => reservation,
@@ -499,7 +494,7 @@ async fn store(
                 len: verified.len(),
             };
             // `verified` (the spool file) lives until the upload is done.
-            state.store.put(&action, upload).await
+            place.store.put(&action, upload).await
         }
     };
     match stored {
@@ -536,8 +531,8 @@ fn check_header(state: &ServerState, bytes: &[u8]) -> Result<(), Refusal> {
 }
 
 async fn metrics_text(State(state): State<Arc<ServerState>>) -> Response {
-    if let Some(disk) = &state.disk {
-        state.metrics.set_storage(disk.usage());
+    if let Some(usage) = state.storage.usage() {
+        state.metrics.set_storage(usage);
     }
     (
         [(

@@ -27,27 +27,40 @@
 //! read-only mount) keeps its place in the index; newer entries go in its stead, and the
 //! thread tries it again a second later.
 //!
-//! **Admission.** A `PUT` reserves its size first ([`BoundedDisk::reserve`], from its
+//! **Admission.** A `PUT` reserves its size first ([`BoundedSpace::reserve`], from its
 //! `Content-Length` before a byte is spooled): when the entries plus the puts in flight
 //! would pass the bound by more than 10% ([`SLACK`]), eviction is behind (or stuck) and the
 //! put is refused with [`RemoteError::Full`] (the server answers 507). So puts never take
 //! the entries past 110% of the bound (a directory found larger at start can be, until
 //! eviction has run), and the entries settle under it unless their files cannot be deleted.
+//!
+//! **Namespaces.** The un-namespaced entries are in the root's `v1/`, a namespace's in
+//! `ns/<NAME>/v1/` ([`DiskStore::namespace`]); one index, one bound, one eviction thread and
+//! one admission cover them all, so a namespace filled by one busy branch pushes out the
+//! least recently used entries of every namespace, as one cache would. The index tells the
+//! same action ID in two namespaces apart by its namespace's number ([`EntryKey`]). Each
+//! namespace is used through a [`BoundedSpace`]: [`BoundedDisk::root`] for the un-namespaced
+//! entries, [`BoundedDisk::namespace`] for a named one, whose directory is made only when
+//! something is written to it (a read of a namespace that has none is a miss and makes
+//! nothing).
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use bytes::Bytes;
-
-use super::dir::{DiskStore, VerifiedEntry};
+use super::dir::{DiskStore, NAMESPACES_DIR, VerifiedEntry};
 use super::lru::Index;
-use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload};
-use crate::ids::{ActionId, BuildKey};
+use super::{PutOutcome, RemoteError};
+use crate::ids::{ActionId, Namespace};
+
+mod scan;
+mod space;
+
+pub use space::BoundedSpace;
 
 /// `--max-size` when none is given: a bound that a new server on a small disk survives, and
 /// that holds the working set of several branches of a large Go project (`go vet std` puts
@@ -95,9 +108,34 @@ pub struct Usage {
     pub oldest_access_age: u64,
 }
 
+/// An entry's key in the index: the number of its namespace (0: none, the root) and its
+/// action ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryKey {
+    space: u32,
+    action: ActionId,
+}
+
+/// The directories of the namespaces known so far, by number; 0 is the root's.
+#[derive(Debug)]
+struct Spaces {
+    dirs: Vec<Arc<DiskStore>>,
+    numbers: HashMap<Namespace, u32>,
+}
+
+impl Spaces {
+    /// The roots to scan: each namespace's number and directory.
+    fn roots(&self) -> Vec<(u32, PathBuf)> {
+        (0u32..)
+            .zip(&self.dirs)
+            .map(|(n, dir)| (n, dir.root().to_path_buf()))
+            .collect()
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    index: Index,
+    index: Index<EntryKey>,
     /// Bytes of puts admitted but not yet committed.
     reserved: u64,
     /// Bytes of entries taken out of the index by eviction whose files are not deleted yet
@@ -113,10 +151,11 @@ impl State {
     }
 }
 
-/// A [`DiskStore`] with an index of its entries, bounded to `max` bytes when there is one.
+/// A [`DiskStore`] and its namespaces, with an index of their entries, bounded together to
+/// `max` bytes when there is one.
 #[derive(Debug)]
 pub struct BoundedDisk {
-    disk: DiskStore,
+    spaces: RwLock<Spaces>,
     max: Option<u64>,
     state: Mutex<State>,
     /// Set when the eviction thread should look now (shared with it, which holds the store
@@ -145,8 +184,9 @@ fn unix_now() -> u64 {
 }
 
 impl BoundedDisk {
-    /// Indexes the entries of `disk` (a scan of `v1/`) and starts the eviction thread when
-    /// there is a bound. Blocking: call before serving.
+    /// Indexes the entries of `disk` and of its namespaces (a scan of `v1/` and every
+    /// `ns/<NAME>/v1/`) and starts the eviction thread when there is a bound. Blocking: call
+    /// before serving.
     pub fn open(disk: DiskStore, max: Option<u64>) -> io::Result<(Arc<Self>, Scan)> {
         Self::open_with(disk, max, max.is_some())
     }
@@ -159,16 +199,32 @@ impl BoundedDisk {
         evict_thread: bool,
     ) -> io::Result<(Arc<Self>, Scan)> {
         let start = Instant::now();
-        let (found, skipped) = scan(disk.root())?;
+        let (names, not_namespaces) = disk.namespaces()?;
+        let mut spaces = Spaces {
+            dirs: vec![Arc::new(disk.clone())],
+            numbers: HashMap::new(),
+        };
+        for name in names {
+            let number = spaces.dirs.len() as u32;
+            spaces.dirs.push(Arc::new(disk.namespace(&name)?));
+            spaces.numbers.insert(name, number);
+        }
+        if not_namespaces > 0 {
+            tracing::warn!(
+                "{not_namespaces} files in {} are not namespace directories: left alone",
+                disk.root().join(NAMESPACES_DIR).display()
+            );
+        }
+        let (found, skipped) = scan::scan(&spaces.roots())?;
         let index = Index::from_scan(found);
         let scan = Scan {
             entries: index.len(),
             bytes: index.bytes(),
-            skipped,
+            skipped: skipped + not_namespaces,
             took: start.elapsed(),
         };
         let store = Arc::new(Self {
-            disk,
+            spaces: RwLock::new(spaces),
             max,
             state: Mutex::new(State {
                 index,
@@ -188,9 +244,59 @@ impl BoundedDisk {
         Ok((store, scan))
     }
 
-    /// The directory store underneath.
-    pub fn disk(&self) -> &DiskStore {
-        &self.disk
+    /// The un-namespaced entries.
+    pub fn root(self: &Arc<Self>) -> BoundedSpace {
+        BoundedSpace::new(self.clone(), 0, self.dir(0))
+    }
+
+    /// The entries of `namespace`, if it has a directory: else `None`, or, with `create`, its
+    /// directory made now (`ns/<NAME>/`, [`DiskStore::namespace`]). Blocking the first time a
+    /// namespace is used (a few `mkdir`s); after that a look-up in a map.
+    pub fn namespace(
+        self: &Arc<Self>,
+        namespace: &Namespace,
+        create: bool,
+    ) -> io::Result<Option<BoundedSpace>> {
+        if let Some(space) = self.opened(namespace) {
+            return Ok(Some(space));
+        }
+        let root = self.dir(0);
+        // Only real directories count: a symlink in the place of `ns/` or `ns/<NAME>/` is
+        // never read through (and `DiskStore::namespace` replaces it on a write).
+        let on_disk = || {
+            let spaces = root.root().join(NAMESPACES_DIR);
+            [spaces.clone(), spaces.join(namespace.as_str())]
+                .iter()
+                .all(|dir| fs::symlink_metadata(dir).is_ok_and(|meta| meta.is_dir()))
+        };
+        if !create && !on_disk() {
+            return Ok(None);
+        }
+        let mut spaces = crate::sync::write(&self.spaces);
+        let number = match spaces.numbers.get(namespace) {
+            Some(&number) => number,
+            None => {
+                let number = spaces.dirs.len() as u32;
+                spaces.dirs.push(Arc::new(root.namespace(namespace)?));
+                spaces.numbers.insert(namespace.clone(), number);
+                number
+            }
+        };
+        let dir = spaces.dirs[number as usize].clone();
+        Ok(Some(BoundedSpace::new(self.clone(), number, dir)))
+    }
+
+    /// The entries of `namespace` if it was used already (never blocks on the disk).
+    pub fn opened(self: &Arc<Self>, namespace: &Namespace) -> Option<BoundedSpace> {
+        let spaces = crate::sync::read(&self.spaces);
+        let &number = spaces.numbers.get(namespace)?;
+        let dir = spaces.dirs[number as usize].clone();
+        Some(BoundedSpace::new(self.clone(), number, dir))
+    }
+
+    /// The directory store of namespace number `space`.
+    fn dir(&self, space: u32) -> Arc<DiskStore> {
+        crate::sync::read(&self.spaces).dirs[space as usize].clone()
     }
 
     /// The bound, if there is one.
@@ -212,18 +318,19 @@ impl BoundedDisk {
         }
     }
 
-    /// Admits a put of `len` bytes for `action`, or refuses it with [`RemoteError::Full`] when
-    /// it would take the entries more than [`SLACK`]% past the bound. A key that has an entry
-    /// already is admitted without reserving anything (its put will write nothing): one in
-    /// the index, or one whose file is still there while eviction holds it out of the index
-    /// (being deleted, or failing to be).
-    pub fn reserve(
+    /// Admits a put of `len` bytes for `key` (whose directory is `disk`), or refuses it with
+    /// [`RemoteError::Full`] when it would take the entries more than [`SLACK`]% past the
+    /// bound. A key that has an entry already is admitted without reserving anything (its
+    /// put will write nothing): one in the index, or one whose file is still there while
+    /// eviction holds it out of the index (being deleted, or failing to be).
+    fn reserve(
         self: &Arc<Self>,
-        action: &ActionId,
+        key: EntryKey,
+        disk: &DiskStore,
         len: u64,
     ) -> Result<Reservation, RemoteError> {
-        if crate::sync::lock(&self.state).index.get(action).is_some()
-            || self.disk.size(action).is_some()
+        if crate::sync::lock(&self.state).index.get(&key).is_some()
+            || disk.size(&key.action).is_some()
         {
             return Ok(Reservation {
                 store: self.clone(),
@@ -252,39 +359,55 @@ impl BoundedDisk {
 
     /// Commits a verified entry ([`DiskStore::commit_verified`]) under its reservation and
     /// records the write. Blocking.
-    pub fn commit_verified(
+    fn commit_verified(
         &self,
-        action: &ActionId,
+        key: EntryKey,
+        disk: &DiskStore,
         verified: VerifiedEntry,
         reservation: Reservation,
     ) -> Result<PutOutcome, RemoteError> {
         let len = verified.len();
-        let outcome = self.disk.commit_verified(action, verified)?;
+        let outcome = disk.commit_verified(&key.action, verified)?;
+        self.stored(key, disk, outcome, len);
+        drop(reservation);
+        Ok(outcome)
+    }
+
+    /// Records what a put of `len` bytes for `key` did.
+    fn stored(&self, key: EntryKey, disk: &DiskStore, outcome: PutOutcome, len: u64) {
         match outcome {
             PutOutcome::Stored => {
                 let mut state = crate::sync::lock(&self.state);
-                state.index.insert(*action, len, unix_now());
+                state.index.insert(key, len, unix_now());
                 let over = self.max.is_some_and(|max| state.index.bytes() > max);
                 drop(state);
                 if over {
                     self.wake();
                 }
             }
-            PutOutcome::Exists => self.accessed(action),
+            PutOutcome::Exists => self.accessed(key, disk),
             PutOutcome::Skipped => {}
         }
-        drop(reservation);
-        Ok(outcome)
+    }
+
+    /// Whether a put of `len` more bytes for `key` would pass the bound by more than
+    /// [`SLACK`]% (for puts that are not reserved ahead).
+    fn would_overflow(&self, key: &EntryKey, len: u64) -> bool {
+        let state = crate::sync::lock(&self.state);
+        self.max.is_some_and(|max| {
+            state.index.get(key).is_none()
+                && state.committed() + len > max.saturating_add(max / 100 * SLACK)
+        })
     }
 
     /// Records a read or write of an entry that exists; refreshes its file's mtime if that
     /// was last set [`REFRESH`] ago or more.
-    fn accessed(&self, action: &ActionId) {
+    fn accessed(&self, key: EntryKey, disk: &DiskStore) {
         let refresh = crate::sync::lock(&self.state)
             .index
-            .access(action, unix_now(), REFRESH);
+            .access(&key, unix_now(), REFRESH);
         if refresh == Some(true) {
-            let path = self.disk.entry_path(action);
+            let path = disk.entry_path(&key.action);
             if let Err(err) = crate::fsutil::touch(&path) {
                 tracing::debug!("refreshing the mtime of {}: {err}", path.display());
             }
@@ -332,8 +455,8 @@ impl BoundedDisk {
                 break;
             }
             let mut gone = 0;
-            for (action, meta) in batch {
-                let path = self.disk.entry_path(&action);
+            for (key, meta) in batch {
+                let path = self.dir(key.space).entry_path(&key.action);
                 match fs::remove_file(&path) {
                     Ok(()) => {
                         evicted += 1;
@@ -345,7 +468,7 @@ impl BoundedDisk {
                             tracing::warn!("evicting {}: {err}", path.display());
                         }
                         held += meta.size;
-                        failed.push((action, meta));
+                        failed.push((key, meta));
                     }
                 }
             }
@@ -358,10 +481,18 @@ impl BoundedDisk {
         let stuck = !failed.is_empty();
         let mut state = crate::sync::lock(&self.state);
         state.leaving -= held;
-        for (action, meta) in failed {
-            state.index.restore(action, meta);
+        for (key, meta) in failed {
+            state.index.restore(key, meta);
         }
         (evicted, stuck)
+    }
+
+    /// Indexes every namespace's entries again (after a clear). Blocking.
+    fn rescan(&self) -> io::Result<()> {
+        let roots = crate::sync::read(&self.spaces).roots();
+        let (found, _) = scan::scan(&roots)?;
+        crate::sync::lock(&self.state).index = Index::from_scan(found);
+        Ok(())
     }
 }
 
@@ -388,158 +519,6 @@ fn evict_loop(store: Weak<BoundedDisk>, wake: &(Mutex<bool>, Condvar)) {
                 .map_or_else(|err| err.into_inner().0, |(guard, _)| guard);
         }
         *woken = false;
-    }
-}
-
-/// An entry found by the scan: key, size, mtime in nanoseconds.
-type Found = (ActionId, u64, i64);
-
-/// The entries under `<root>/v1/<xx>/`: key, size and mtime (nanoseconds), with the count of
-/// files that are not entries. The shards are read by a few threads at once.
-fn scan(root: &Path) -> io::Result<(Vec<Found>, usize)> {
-    let mut shards: Vec<PathBuf> = Vec::new();
-    for shard in fs::read_dir(root.join("v1"))? {
-        let shard = shard?;
-        if shard.file_type()?.is_dir() {
-            shards.push(shard.path());
-        }
-    }
-    // More threads than cores: a scan of a directory that is not in the page cache waits on
-    // the disk for each inode, and a disk answers several reads at once.
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(SCAN_THREADS, 2 * SCAN_THREADS);
-    let per = shards.len().div_ceil(threads).max(1);
-    let parts: Vec<io::Result<(Vec<_>, usize)>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = shards
-            .chunks(per)
-            .map(|part| scope.spawn(move || scan_shards(part)))
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("scan panicked")))
-            })
-            .collect()
-    });
-    let mut lists = Vec::with_capacity(parts.len());
-    let mut skipped = 0;
-    for part in parts {
-        let (entries, skips) = part?;
-        lists.push(entries);
-        skipped += skips;
-    }
-    let mut found = Vec::with_capacity(lists.iter().map(Vec::len).sum());
-    for list in lists {
-        found.extend(list);
-    }
-    Ok((found, skipped))
-}
-
-fn scan_shards(shards: &[PathBuf]) -> io::Result<(Vec<Found>, usize)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut found = Vec::new();
-    let mut skipped = 0;
-    for shard in shards {
-        let prefix = shard.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let listing = match fs::read_dir(shard) {
-            Ok(listing) => listing,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(err),
-        };
-        for file in listing {
-            let file = file?;
-            let name = file.file_name();
-            let id = name
-                .to_str()
-                .filter(|name| name.starts_with(prefix))
-                .and_then(ActionId::from_key);
-            // `DirEntry::metadata` does not follow a symlink.
-            let meta = match (id, file.metadata()) {
-                (Some(id), Ok(meta)) if meta.file_type().is_file() => (id, meta),
-                (_, Err(err)) if err.kind() == io::ErrorKind::NotFound => continue,
-                _ => {
-                    skipped += 1;
-                    continue;
-                }
-            };
-            let (id, meta) = meta;
-            // Nanoseconds fit an i64 until 2262.
-            let mtime = meta
-                .mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(meta.mtime_nsec());
-            found.push((id, meta.len(), mtime));
-        }
-    }
-    Ok((found, skipped))
-}
-
-#[async_trait]
-impl RemoteStore for BoundedDisk {
-    async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
-        let found = self.disk.get(action).await?;
-        if found.is_some() {
-            self.accessed(action);
-        }
-        Ok(found)
-    }
-
-    async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
-        // Not the server's path (it commits a verified spool file); for completeness: the
-        // same admission, then the directory's own put.
-        let len = entry.len();
-        {
-            let state = crate::sync::lock(&self.state);
-            if let Some(max) = self.max
-                && state.index.get(action).is_none()
-                && state.committed() + len > max.saturating_add(max / 100 * SLACK)
-            {
-                return Err(RemoteError::Full("the storage is full".into()));
-            }
-        }
-        let outcome = self.disk.put(action, entry).await?;
-        match outcome {
-            PutOutcome::Stored => {
-                let size = self.disk.size(action).unwrap_or(len);
-                crate::sync::lock(&self.state)
-                    .index
-                    .insert(*action, size, unix_now());
-                self.wake();
-            }
-            PutOutcome::Exists => self.accessed(action),
-            PutOutcome::Skipped => {}
-        }
-        Ok(outcome)
-    }
-
-    async fn head(&self, action: &ActionId) -> Result<Option<u64>, RemoteError> {
-        let found = self.disk.head(action).await?;
-        if found.is_some() {
-            self.accessed(action);
-        }
-        Ok(found)
-    }
-
-    async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
-        let deleted = self.disk.clear(progress).await;
-        let (found, _) =
-            scan(self.disk.root()).map_err(|err| RemoteError::Other(format!("storage: {err}")))?;
-        crate::sync::lock(&self.state).index = Index::from_scan(found);
-        deleted
-    }
-
-    fn location(&self) -> String {
-        self.disk.location()
-    }
-
-    async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {
-        self.disk.get_manifest(key).await
-    }
-
-    async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
-        self.disk.put_manifest(key, manifest).await
     }
 }
 

@@ -9,6 +9,12 @@
 //! copied or hashed again. Prefetch manifests are files at `<dir>/prefetch/<key-hex>`,
 //! replaced by renames.
 //!
+//! A namespace ([`DiskStore::namespace`]) has the same layout one level down, in
+//! `<dir>/ns/<NAME>/` (`v1/`, `prefetch/`), and shares the root's `tmp/`: one spool, swept
+//! once, on the same file system as every namespace's entries so that a rename commits a put.
+//! A name is one checked path segment ([`Namespace`]), and `ns/` and `ns/<NAME>/` are made
+//! real directories before anything is written below them, so nothing lands outside `<dir>`.
+//!
 //! As in the local cache ([`crate::fsutil`]), nothing in the directory is followed through a
 //! symlink and only regular files are entries: a FIFO, a symlink or a directory where an entry
 //! should be is a miss (404 on GET and HEAD alike), never a blocked worker thread, and the
@@ -24,8 +30,11 @@ use bytes::Bytes;
 
 use super::{ByteStream, MAX_MANIFEST, PutOutcome, RemoteError, RemoteStore, Upload};
 use crate::fsutil::{self, open_regular, real_dir, regular_len};
-use crate::ids::{ActionId, BuildKey};
+use crate::ids::{ActionId, BuildKey, Namespace};
 use crate::store::format;
+
+/// The directory below a storage directory that holds its namespaces.
+pub const NAMESPACES_DIR: &str = "ns";
 
 /// Entries in a directory.
 #[derive(Debug, Clone)]
@@ -47,6 +56,49 @@ impl DiskStore {
             root: root.to_path_buf(),
             tmp,
         })
+    }
+
+    /// The store of `namespace` inside this one: `<root>/ns/<NAME>/`, created if missing (a
+    /// symlink or file in the place of `ns/` or `ns/<NAME>/` is replaced, never followed),
+    /// sharing this store's `tmp/`. Blocking.
+    pub fn namespace(&self, namespace: &Namespace) -> io::Result<Self> {
+        let spaces = self.root.join(NAMESPACES_DIR);
+        real_dir(&spaces)?;
+        let root = spaces.join(namespace.as_str());
+        real_dir(&root)?;
+        real_dir(&root.join("v1"))?;
+        fsutil::remove_all_but_directories(&root.join("v1"))?;
+        real_dir(&root.join("prefetch"))?;
+        Ok(Self {
+            root,
+            tmp: self.tmp.clone(),
+        })
+    }
+
+    /// The namespaces found in `<root>/ns/`: the real directories there whose names are
+    /// namespace names, and the count of anything else (left alone). No `ns/`, or one that is
+    /// not a real directory, has none. Blocking.
+    pub fn namespaces(&self) -> io::Result<(Vec<Namespace>, usize)> {
+        let spaces = self.root.join(NAMESPACES_DIR);
+        match fs::symlink_metadata(&spaces) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Ok((Vec::new(), 0)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(err) => return Err(err),
+        }
+        let mut found = Vec::new();
+        let mut skipped = 0;
+        for dir in fs::read_dir(&spaces)? {
+            let dir = dir?;
+            // `DirEntry::file_type` does not follow a symlink.
+            let name = dir.file_name();
+            match name.to_str().map(Namespace::parse) {
+                Some(Ok(namespace)) if dir.file_type()?.is_dir() => found.push(namespace),
+                _ => skipped += 1,
+            }
+        }
+        found.sort();
+        Ok((found, skipped))
     }
 
     fn path(&self, action: &ActionId) -> PathBuf {

@@ -12,6 +12,7 @@
 //! index together (`bench/bench_bound_scan.py`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 
 use crate::ids::ActionId;
 
@@ -28,19 +29,31 @@ pub struct Meta {
     pub touched: u64,
 }
 
-/// Entries in least-recently-used order, and their total size.
-#[derive(Debug, Default)]
-pub struct Index {
-    entries: HashMap<ActionId, Meta>,
-    order: BTreeMap<u64, ActionId>,
+/// Entries in least-recently-used order, and their total size, by a key `K` that names an
+/// entry (an action ID; the server's, an action ID in a namespace).
+#[derive(Debug)]
+pub struct Index<K = ActionId> {
+    entries: HashMap<K, Meta>,
+    order: BTreeMap<u64, K>,
     next_tick: u64,
     bytes: u64,
 }
 
-impl Index {
+impl<K> Default for Index<K> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            next_tick: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash + Ord> Index<K> {
     /// An index of the entries found on disk: `(key, size, mtime)` with the mtime in any
     /// monotonic unit (nanoseconds), seconds for the ages. Ordered by mtime, oldest first.
-    pub fn from_scan(mut found: Vec<(ActionId, u64, i64)>) -> Self {
+    pub fn from_scan(mut found: Vec<(K, u64, i64)>) -> Self {
         found.sort_unstable_by_key(|&(id, _, mtime)| (mtime, id));
         let mut index = Self {
             entries: HashMap::with_capacity(found.len()),
@@ -69,7 +82,7 @@ impl Index {
     }
 
     /// What the index knows of `id`.
-    pub fn get(&self, id: &ActionId) -> Option<Meta> {
+    pub fn get(&self, id: &K) -> Option<Meta> {
         self.entries.get(id).copied()
     }
 
@@ -86,7 +99,7 @@ impl Index {
 
     /// Adds an entry just written at `now` (unix seconds) as the most recent; an entry that
     /// was there already is replaced (its size may differ).
-    pub fn insert(&mut self, id: ActionId, size: u64, now: u64) {
+    pub fn insert(&mut self, id: K, size: u64, now: u64) {
         self.remove(&id);
         let tick = self.tick();
         self.order.insert(tick, id);
@@ -106,7 +119,7 @@ impl Index {
     /// `Some(true)` when its file's mtime was last set `refresh` seconds ago or more (the
     /// caller sets it, and the index takes it as done), `Some(false)` when not, `None` for a
     /// key the index does not hold.
-    pub fn access(&mut self, id: &ActionId, now: u64, refresh: u64) -> Option<bool> {
+    pub fn access(&mut self, id: &K, now: u64, refresh: u64) -> Option<bool> {
         let tick = self.tick();
         let meta = self.entries.get_mut(id)?;
         self.order.remove(&meta.tick);
@@ -121,7 +134,7 @@ impl Index {
     }
 
     /// Removes `id`; returns what the index knew of it.
-    pub fn remove(&mut self, id: &ActionId) -> Option<Meta> {
+    pub fn remove(&mut self, id: &K) -> Option<Meta> {
         let meta = self.entries.remove(id)?;
         self.order.remove(&meta.tick);
         self.bytes -= meta.size;
@@ -129,7 +142,7 @@ impl Index {
     }
 
     /// Removes and returns the least recently used entry.
-    pub fn pop_oldest(&mut self) -> Option<(ActionId, Meta)> {
+    pub fn pop_oldest(&mut self) -> Option<(K, Meta)> {
         let (_, id) = self.order.pop_first()?;
         let meta = self
             .entries
@@ -141,7 +154,7 @@ impl Index {
 
     /// Puts back an entry taken by [`Index::pop_oldest`] that could not be removed, at its
     /// old place in the order; unless the key was written again meanwhile.
-    pub fn restore(&mut self, id: ActionId, meta: Meta) {
+    pub fn restore(&mut self, id: K, meta: Meta) {
         if self.entries.contains_key(&id) || self.order.contains_key(&meta.tick) {
             return;
         }
@@ -159,7 +172,7 @@ mod tests {
         ActionId([n; 32])
     }
 
-    fn drain(index: &mut Index) -> Vec<u8> {
+    fn drain(index: &mut Index<ActionId>) -> Vec<u8> {
         std::iter::from_fn(|| index.pop_oldest().map(|(id, _)| id.0[0])).collect()
     }
 

@@ -1,6 +1,7 @@
 //! The bounded store on a real directory: eviction order, admission, the scan at start.
 
 use super::*;
+use crate::store::RemoteStore;
 use crate::store::format;
 use futures::StreamExt;
 use std::io::Write;
@@ -17,11 +18,13 @@ fn id(n: u8) -> ActionId {
 /// commit); returns its size on disk or the refusal.
 fn put(store: &Arc<BoundedDisk>, n: u8, len: usize) -> Result<u64, RemoteError> {
     let bytes = entry(&vec![n; len]);
-    let reservation = store.reserve(&id(n), bytes.len() as u64)?;
-    let mut temp = store.disk().temp_file().unwrap();
+    let reservation = store.root().reserve(&id(n), bytes.len() as u64)?;
+    let mut temp = store.root().disk().temp_file().unwrap();
     temp.write_all(&bytes).unwrap();
     let verified = VerifiedEntry::check(temp).unwrap();
-    store.commit_verified(&id(n), verified, reservation)?;
+    store
+        .root()
+        .commit_verified(&id(n), verified, reservation)?;
     Ok(bytes.len() as u64)
 }
 
@@ -33,9 +36,9 @@ fn wait_until(mut done: impl FnMut() -> bool) {
     }
 }
 
-fn present(store: &BoundedDisk) -> Vec<u8> {
+fn present(store: &Arc<BoundedDisk>) -> Vec<u8> {
     (0..=255)
-        .filter(|&n| store.disk().entry_path(&id(n)).exists())
+        .filter(|&n| store.root().disk().entry_path(&id(n)).exists())
         .collect()
 }
 
@@ -51,9 +54,9 @@ async fn the_least_recently_used_go_first_down_to_ninety_percent() {
     }
     assert_eq!(store.evict(), (0, false), "at the bound, not past it");
     // Read 1 and 2 (a GET and a HEAD): they become the most recent.
-    let mut stream = store.get(&id(1)).await.unwrap().unwrap();
+    let mut stream = store.root().get(&id(1)).await.unwrap().unwrap();
     while stream.next().await.is_some() {}
-    assert_eq!(store.head(&id(2)).await.unwrap(), Some(one));
+    assert_eq!(store.root().head(&id(2)).await.unwrap(), Some(one));
     put(&store, 11, 1000).unwrap();
     // 11 entries, bound 10: down to 9, by the eviction thread or by hand.
     store.evict();
@@ -64,7 +67,7 @@ async fn the_least_recently_used_go_first_down_to_ninety_percent() {
         (usage.entries, usage.bytes, usage.evictions),
         (9, 9 * one, 2)
     );
-    assert!(store.get(&id(3)).await.unwrap().is_none());
+    assert!(store.root().get(&id(3)).await.unwrap().is_none());
 }
 
 #[test]
@@ -97,10 +100,10 @@ fn a_reservation_holds_room_until_its_put_is_done() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) =
         BoundedDisk::open_with(DiskStore::open(dir.path()).unwrap(), Some(1000), false).unwrap();
-    let held = store.reserve(&id(1), 600).unwrap();
-    assert!(store.reserve(&id(2), 600).is_err(), "1200 > 1100");
+    let held = store.root().reserve(&id(1), 600).unwrap();
+    assert!(store.root().reserve(&id(2), 600).is_err(), "1200 > 1100");
     drop(held);
-    store.reserve(&id(2), 600).unwrap();
+    store.root().reserve(&id(2), 600).unwrap();
 }
 
 #[test]
@@ -126,12 +129,12 @@ fn the_order_survives_a_restart_through_the_files_mtimes() {
     drop(store);
     let (store, _) = BoundedDisk::open(disk.clone(), None).unwrap();
     assert!(store.usage().oldest_access_age >= 3 * 3600 - 61);
-    futures::executor::block_on(store.head(&id(1))).unwrap();
+    futures::executor::block_on(store.root().head(&id(1))).unwrap();
     drop(store);
     let (store, _) = BoundedDisk::open(disk, Some(3 * one)).unwrap();
     let mut state = crate::sync::lock(&store.state);
     let order: Vec<u8> =
-        std::iter::from_fn(|| state.index.pop_oldest().map(|(id, _)| id.0[0])).collect();
+        std::iter::from_fn(|| state.index.pop_oldest().map(|(key, _)| key.action.0[0])).collect();
     assert_eq!(order, [2, 3, 4, 1]);
 }
 
@@ -148,4 +151,107 @@ fn a_scan_skips_what_is_not_an_entry() {
     drop(store);
     let (_, scan) = BoundedDisk::open(disk, None).unwrap();
     assert_eq!((scan.entries, scan.skipped), (1, 3));
+}
+
+/// Puts an entry of `len` body bytes into `space` through the server's path.
+fn put_in(space: &BoundedSpace, n: u8, len: usize) -> u64 {
+    let bytes = entry(&vec![n; len]);
+    let reservation = space.reserve(&id(n), bytes.len() as u64).unwrap();
+    let mut temp = space.disk().temp_file().unwrap();
+    temp.write_all(&bytes).unwrap();
+    let verified = VerifiedEntry::check(temp).unwrap();
+    space
+        .commit_verified(&id(n), verified, reservation)
+        .unwrap();
+    bytes.len() as u64
+}
+
+fn ns(name: &str) -> Namespace {
+    Namespace::parse(name).unwrap()
+}
+
+#[test]
+fn namespaces_share_one_index_and_one_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskStore::open(dir.path()).unwrap();
+    let one = entry(&[1; 1000]).len() as u64;
+    let (store, _) = BoundedDisk::open_with(disk.clone(), Some(10 * one), false).unwrap();
+    // A read of a namespace that has no directory makes none.
+    assert!(store.namespace(&ns("a"), false).unwrap().is_none());
+    assert!(!dir.path().join("ns").exists());
+    let a = store.namespace(&ns("a"), true).unwrap().unwrap();
+    let b = store.namespace(&ns("b"), true).unwrap().unwrap();
+    assert!(store.namespace(&ns("a"), false).unwrap().is_some());
+    // The same keys in a, then in b: two entries each, in their own directories.
+    for n in 1..=6 {
+        put_in(&a, n, 1000);
+    }
+    for n in 1..=5 {
+        put_in(&b, n, 1000);
+    }
+    assert!(dir.path().join("ns/b/v1/05").join("05".repeat(32)).exists());
+    assert_eq!(store.usage().entries, 11);
+    // Admission counts every namespace: an 11th entry was within the 10% slack, a 12th is
+    // not, though b has only five.
+    let refused = b.reserve(&id(6), one).unwrap_err();
+    assert!(matches!(refused, RemoteError::Full(_)), "{refused:?}");
+    // Eviction takes the least recently used, whichever namespace they are in.
+    assert_eq!(store.evict(), (2, false));
+    put_in(&b, 6, 1000);
+    let present = |space: &BoundedSpace| -> Vec<u8> {
+        (1..=6)
+            .filter(|&n| space.disk().entry_path(&id(n)).exists())
+            .collect()
+    };
+    assert_eq!(present(&a), [3, 4, 5, 6]);
+    assert_eq!(present(&b), [1, 2, 3, 4, 5, 6]);
+    let root = store.root();
+    put_in(&root, 7, 1000);
+    assert_eq!(store.usage().entries, 11);
+    drop((a, b, root, store));
+
+    // The start-up scan finds every namespace's entries.
+    let (store, scan) = BoundedDisk::open_with(disk, Some(10 * one), false).unwrap();
+    assert_eq!((scan.entries, scan.bytes), (11, 11 * one));
+    let a = store.opened(&ns("a")).expect("found at start");
+    assert_eq!(
+        futures::executor::block_on(a.head(&id(4))).unwrap(),
+        Some(one)
+    );
+    // A clear of one namespace leaves the others indexed.
+    futures::executor::block_on(a.clear(&|_| {})).unwrap();
+    assert_eq!(store.usage().entries, 7);
+}
+
+#[test]
+fn a_namespace_directory_is_never_reached_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let disk = DiskStore::open(dir.path()).unwrap();
+    // Something that looks like a namespace, elsewhere, linked in as ns/.
+    let outside = DiskStore::open(&elsewhere.path().join("x")).unwrap();
+    let mut temp = outside.temp_file().unwrap();
+    temp.write_all(&entry(b"outside")).unwrap();
+    outside.commit(&id(1), temp).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("ns")).unwrap();
+    let (store, scan) = BoundedDisk::open(disk, None).unwrap();
+    assert_eq!(scan.entries, 0, "nothing indexed through the link");
+    assert!(store.namespace(&ns("x"), false).unwrap().is_none());
+    // A write replaces the link by a directory; what it pointed to is left alone.
+    let x = store.namespace(&ns("x"), true).unwrap().unwrap();
+    assert!(
+        futures::executor::block_on(x.get(&id(1)))
+            .unwrap()
+            .is_none()
+    );
+    put_in(&x, 2, 10);
+    assert!(dir.path().join("ns").symlink_metadata().unwrap().is_dir());
+    assert!(
+        elsewhere
+            .path()
+            .join("x/v1/01")
+            .join("01".repeat(32))
+            .exists()
+    );
+    assert!(!elsewhere.path().join("x/v1/02").exists());
 }

@@ -1,7 +1,9 @@
 //! `goremotecache serve` as a running binary, a module per topic: go builds through it
 //! ([`builds`]), its API's auth and bad-input matrices, batches, manifests and metrics
 //! ([`api`]), what it stores and how ([`storage`]), its storage under `--max-size`
-//! ([`bound`]), and its bounds: time, connections, TLS, reload and shutdown ([`limits`]). This file has the [`Server`] harness they share.
+//! ([`bound`]), its bounds: time, connections, TLS, reload and shutdown ([`limits`]), and
+//! namespaces with the tokens scoped to them ([`namespaces`]). This file has the [`Server`]
+//! harness they share.
 
 use crate::support;
 
@@ -18,6 +20,7 @@ mod api;
 mod bound;
 mod builds;
 mod limits;
+mod namespaces;
 mod storage;
 
 const RW: &str = "rw-token-0123456789abcdef";
@@ -32,14 +35,17 @@ struct Server {
 }
 
 impl Server {
+    /// A server with the tokens [`RW`] and [`RO`].
     fn start(extra: &[&str], env: &[(String, String)]) -> Self {
+        let tokens = format!("# test tokens\nrw {RW} # writer\nro {RO}\n");
+        Self::with_tokens(&tokens, extra, env)
+    }
+
+    /// A server with the token file `tokens`.
+    fn with_tokens(tokens: &str, extra: &[&str], env: &[(String, String)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("tokens");
-        std::fs::write(
-            &token_file,
-            format!("# test tokens\nrw {RW} writer\nro {RO}\n"),
-        )
-        .unwrap();
+        std::fs::write(&token_file, tokens).unwrap();
         let mut command = Command::new(support::bin());
         command
             .args([

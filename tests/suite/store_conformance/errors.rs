@@ -98,7 +98,11 @@ pub(super) async fn http_errors(b: &Backend) {
         ..Faults::default()
     });
     let spool = tempfile::tempdir().unwrap();
-    let down = TestServer::start(failing, None, spool.path()).await;
+    // Its namespaces fail alike.
+    let storage = Storage::stores(failing.clone(), move |_| {
+        Ok(failing.clone() as Arc<dyn RemoteStore>)
+    });
+    let down = TestServer::start(storage, spool.path()).await;
     let err = get_bytes(&down.client(Some(TOKEN)), &action(1))
         .await
         .unwrap_err();

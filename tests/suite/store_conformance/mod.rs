@@ -41,9 +41,9 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use goremotecache::ids::{ActionId, BuildKey, OutputId};
-use goremotecache::server::ServerState;
 use goremotecache::server::metrics::Metrics;
 use goremotecache::server::tokens::Tokens;
+use goremotecache::server::{ServerState, Storage};
 use goremotecache::store::batch::{self, Event};
 use goremotecache::store::bounded::{BoundedDisk, DEFAULT_MAX_SIZE};
 use goremotecache::store::dir::DiskStore;
@@ -126,17 +126,11 @@ struct TestServer {
 }
 
 impl TestServer {
-    /// Serves `store` with a read-write and a read-only token; `disk` is the same store when
-    /// it is a directory, as `serve --storage-dir` sets it up.
-    async fn start(
-        store: Arc<dyn RemoteStore>,
-        disk: Option<Arc<BoundedDisk>>,
-        spool: &Path,
-    ) -> Self {
+    /// Serves `storage` with a read-write and a read-only token.
+    async fn start(storage: Storage, spool: &Path) -> Self {
         let tokens = Tokens::parse_list(&format!("rw:{TOKEN},ro:{READ_TOKEN}")).unwrap();
         let state = Arc::new(ServerState {
-            store,
-            disk,
+            storage,
             tokens: RwLock::new(tokens),
             anonymous_read: false,
             max_entry_size: 64 << 20,
@@ -230,11 +224,9 @@ impl Backend {
                 // As `serve --storage-dir` sets it up: indexed, under the default bound.
                 let storage = DiskStore::open(&root).unwrap();
                 let (storage, _) = BoundedDisk::open(storage, Some(DEFAULT_MAX_SIZE)).unwrap();
-                let server = backend.runtime.block_on(TestServer::start(
-                    storage.clone(),
-                    Some(storage),
-                    &root.join("tmp"),
-                ));
+                let server = backend
+                    .runtime
+                    .block_on(TestServer::start(Storage::Disk(storage), &root.join("tmp")));
                 backend.store = Arc::new(server.client(Some(TOKEN)));
                 backend.http = Some(server);
                 backend._dir = Some(dir);

@@ -54,7 +54,13 @@ fn main() -> ExitCode {
         Run::Serve(serve) => {
             logging::init(serve.debug);
             let ServeConfig { args, s3, .. } = *serve;
-            goremotecache::server::serve(&args, s3).map_err(anyhow::Error::from)
+            match goremotecache::server::serve(&args, s3) {
+                Err(err) if err.is_usage() => {
+                    eprintln!("goremotecache: {err}");
+                    return ExitCode::from(2);
+                }
+                result => result.map_err(anyhow::Error::from),
+            }
         }
         Run::Version => {
             println!(

@@ -87,6 +87,19 @@ pub enum ServeError {
     },
 }
 
+impl ServeError {
+    /// Whether the options are at fault (exit status 2), not the machine.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            ServeError::NoStorage
+                | ServeError::NoTokens
+                | ServeError::MaxSizeWithS3
+                | ServeError::Tokens(_)
+        )
+    }
+}
+
 /// `goremotecache serve`: builds the server from its options, binds, and serves until
 /// SIGTERM or Ctrl-C. SIGHUP reads the token file again. Tokens that do not parse end the
 /// process at once with status 2, as other bad configuration does (`main` gives every other
@@ -95,13 +108,7 @@ pub fn serve(
     args: &crate::config::ServeArgs,
     s3: Option<crate::store::s3::S3Config>,
 ) -> Result<(), ServeError> {
-    let tokens = match load_tokens(args) {
-        Ok(tokens) => tokens,
-        Err(err) => {
-            eprintln!("goremotecache: {err}");
-            std::process::exit(2);
-        }
-    };
+    let tokens = load_tokens(args)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,

@@ -404,7 +404,7 @@ fn variables_of_options_a_subcommand_does_not_take_do_not_refuse_it() {
         ],
         &env,
     );
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("serve needs tokens"), "{err}");
 
     let (code, _, err) = run(&["clear-remote"], &env);

@@ -74,7 +74,7 @@ fn serve_refuses_to_start_without_storage_or_tokens() {
         .args(["serve", "--tokens", &format!("rw:{RW}")])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("serve needs somewhere to store entries")
     );
@@ -84,7 +84,7 @@ fn serve_refuses_to_start_without_storage_or_tokens() {
         .env_remove("GOREMOTECACHE_TOKENS")
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("serve needs tokens"));
 }
 

@@ -118,3 +118,63 @@ fn a_manifest_listing_keys_twice_leaves_the_remote_on() {
     assert!(again.stat("remote.prefetch.used") > 50, "{:?}", again.stats);
     assert_eq!(again.stat("remote.errors"), 0, "{:?}", again.stats);
 }
+
+/// The token file of docs/ci.md: main's token writes main; the pull requests' token writes
+/// `pr-*` and reads main.
+const MAIN_TOKEN: &str = "main-token-0123456789abcdef";
+const PRS_TOKEN: &str = "prs-token-0123456789abcdef";
+
+#[test]
+fn a_pull_request_builds_from_mains_namespace_and_cannot_write_it() {
+    let storage = tempfile::tempdir().unwrap();
+    let tokens = format!(
+        "rw {MAIN_TOKEN} namespaces=main,release-*\nrw {PRS_TOKEN} namespaces=pr-*\nro {PRS_TOKEN} namespaces=main\n"
+    );
+    let server = Server::with_tokens(
+        &tokens,
+        &["--storage-dir", storage.path().to_str().unwrap()],
+        &[],
+    );
+    let mains = || support::count_files(&storage.path().join("ns/main"));
+    let mut project = GoProject::new("serve-namespaces");
+    let job = |project: &mut GoProject, token: &str, namespace: &[&str]| {
+        through(project, &server, token);
+        project.args.extend(namespace.iter().map(|a| a.to_string()));
+    };
+    job(&mut project, MAIN_TOKEN, &["--namespace", "main"]);
+    let cold = project.go(&["build", "./..."]);
+    assert!(cold.stat("remote.uploads") > 50, "{:?}", cold.stats);
+    assert_eq!(cold.stat("remote.upload_errors"), 0, "{:?}", cold.stats);
+    let main_files = mains();
+    assert!(main_files > 50);
+
+    // A pull request on a fresh machine: main's results through the server.
+    job(
+        &mut project,
+        PRS_TOKEN,
+        &["--namespace", "pr-7", "--read-namespaces", "main"],
+    );
+    let pr = project.build_on_fresh_machine("pr-machine");
+    assert!(
+        pr.stat("remote.prefetch.used") > 0,
+        "main's manifest was not used: {:?}",
+        pr.stats
+    );
+
+    // The pull request's job claims to be main: reads work, every upload is refused.
+    job(&mut project, PRS_TOKEN, &["--namespace", "main"]);
+    project.switch_machine("pr-as-main");
+    let text = project.module.join("text/text.go");
+    let mut source = std::fs::read_to_string(&text).unwrap();
+    source.push_str("\nfunc Poison() {}\n");
+    std::fs::write(&text, source).unwrap();
+    let poisoned = project.go(&["build", "./..."]);
+    assert!(poisoned.remote_answers() > 0, "{:?}", poisoned.stats);
+    assert_eq!(poisoned.stat("remote.uploads"), 0, "{:?}", poisoned.stats);
+    assert_eq!(
+        mains(),
+        main_files,
+        "the pull request's token wrote into main"
+    );
+    assert!(server.stop().success());
+}

@@ -537,3 +537,17 @@ fn write_module(dir: &Path, tag: &str) {
         std::fs::write(path, text).unwrap();
     }
 }
+
+/// The regular files below `dir`, however deep (0 if it does not exist).
+pub fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => count_files(&entry.path()),
+            Ok(kind) if kind.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}

@@ -50,14 +50,16 @@ impl Aged {
 impl Inventory for Aged {
     async fn list(
         &self,
+        namespace: Option<&Namespace>,
         area: Area,
     ) -> Result<BoxStream<'static, Result<StoredObject, RemoteError>>, RemoteError> {
+        let dir = area.dir_in(namespace);
         let listed: Vec<_> = self
             .objects
             .lock()
             .unwrap()
             .iter()
-            .filter(|(key, _)| key.starts_with(area.dir()))
+            .filter(|(key, _)| key.starts_with(&dir))
             .map(|(key, (bytes, time))| {
                 Ok(StoredObject {
                     key: key.clone(),
@@ -67,6 +69,18 @@ impl Inventory for Aged {
             })
             .collect();
         Ok(futures::stream::iter(listed).boxed())
+    }
+
+    async fn namespace_dirs(&self) -> Result<Vec<String>, RemoteError> {
+        let mut dirs: Vec<String> = self
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .filter_map(|key| Some(key.strip_prefix("ns/")?.split_once('/')?.0.to_string()))
+            .collect();
+        dirs.dedup();
+        Ok(dirs)
     }
 
     async fn read(&self, key: &str, _limit: usize) -> Result<Option<Bytes>, RemoteError> {
@@ -137,9 +151,11 @@ fn store() -> Aged {
 #[tokio::test]
 async fn old_entries_go_unless_a_recent_manifest_lists_them() {
     let store = store();
-    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
+    let plan = plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
     assert_eq!(
-        plan.old_entries,
+        plan.sections[0].old_entries,
         Tally {
             count: 2,
             bytes: 200
@@ -147,16 +163,16 @@ async fn old_entries_go_unless_a_recent_manifest_lists_them() {
         "4 and 6"
     );
     assert_eq!(
-        plan.listed_entries,
+        plan.sections[0].listed_entries,
         Tally {
             count: 2,
             bytes: 200
         },
         "1 and 2"
     );
-    assert_eq!(plan.recent_entries.count, 2, "3 and 5");
-    assert_eq!(plan.old_manifests.count, 1);
-    assert_eq!(plan.recent_manifests.count, 1);
+    assert_eq!(plan.sections[0].recent_entries.count, 2, "3 and 5");
+    assert_eq!(plan.sections[0].old_manifests.count, 1);
+    assert_eq!(plan.sections[0].recent_manifests.count, 1);
     assert_eq!(
         store.reads.load(Ordering::SeqCst),
         1,
@@ -177,7 +193,7 @@ async fn old_entries_go_unless_a_recent_manifest_lists_them() {
     let swept = sweep(&store, &plan, &|n| counts.lock().unwrap().push(n))
         .await
         .unwrap();
-    assert_eq!((swept.entries, swept.manifests), (2, 1));
+    assert_eq!((swept.total().entries, swept.total().manifests), (2, 1));
     for n in [1, 2, 3, 5] {
         assert!(store.has(&entry_key(&action(n))), "entry {n} was deleted");
     }
@@ -196,18 +212,30 @@ async fn old_entries_go_unless_a_recent_manifest_lists_them() {
 #[tokio::test]
 async fn a_longer_duration_keeps_more_and_a_shorter_one_less() {
     let store = store();
-    let long = plan(&store, DAY * 60, SystemTime::now()).await.unwrap();
-    assert_eq!(long.old_entries.count + long.old_manifests.count, 0);
+    let long = plan(
+        &store,
+        &Selection::Unnamespaced,
+        DAY * 60,
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        long.sections[0].old_entries.count + long.sections[0].old_manifests.count,
+        0
+    );
     // Within the day, even the recent manifest is old: only the entries modified since stay.
-    let short = plan(&store, DAY / 2, SystemTime::now()).await.unwrap();
+    let short = plan(&store, &Selection::Unnamespaced, DAY / 2, SystemTime::now())
+        .await
+        .unwrap();
     assert!(
         short.to_string().contains("choose days, not hours"),
         "{short}"
     );
     assert!(!long.to_string().contains("choose days"), "{long}");
-    assert_eq!(short.old_manifests.count, 2);
-    assert_eq!(short.old_entries.count, 4);
-    assert_eq!(short.recent_entries.count, 2);
+    assert_eq!(short.sections[0].old_manifests.count, 2);
+    assert_eq!(short.sections[0].old_entries.count, 4);
+    assert_eq!(short.sections[0].recent_entries.count, 2);
 }
 
 #[tokio::test]
@@ -217,9 +245,11 @@ async fn other_objects_are_never_touched() {
     store.insert(format!("v1/{}", "A".repeat(64)), "x", DAY * 30);
     store.insert("prefetch/v2/future".into(), "x", DAY * 30);
     store.insert("mod/cache/download/x.zip".into(), "x", DAY * 30);
-    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
+    let plan = plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
     assert_eq!(
-        plan.other.count, 3,
+        plan.sections[0].other.count, 3,
         "the listing covers v1/ and prefetch/ only"
     );
     sweep(&store, &plan, &|_| {}).await.unwrap();
@@ -231,7 +261,9 @@ async fn other_objects_are_never_touched() {
 async fn a_recent_manifest_that_cannot_be_read_stops_everything() {
     let store = store();
     *store.read_error.lock().unwrap() = Some(RemoteError::Denied("403".into()));
-    let err = plan(&store, DAY * 7, SystemTime::now()).await.unwrap_err();
+    let err = plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, GcError::Manifest { .. }), "{err}");
     assert!(err.to_string().contains("nothing was deleted"), "{err}");
 }
@@ -240,24 +272,31 @@ async fn a_recent_manifest_that_cannot_be_read_stops_everything() {
 async fn a_damaged_recent_manifest_keeps_nothing_and_is_said() {
     let store = store();
     store.insert(manifest_key(&build(1)), "not a manifest", DAY);
-    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
-    assert_eq!(plan.unreadable_manifests, 1);
-    assert_eq!(plan.recent_manifests.count, 1, "kept: builds replace it");
-    assert_eq!(plan.old_entries.count, 4, "1, 2, 4 and 6");
+    let plan = plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(plan.sections[0].unreadable_manifests, 1);
+    assert_eq!(
+        plan.sections[0].recent_manifests.count, 1,
+        "kept: builds replace it"
+    );
+    assert_eq!(plan.sections[0].old_entries.count, 4, "1, 2, 4 and 6");
     assert!(plan.to_string().contains("could not be decoded"));
 }
 
 #[tokio::test]
 async fn a_transient_delete_failure_is_tried_again() {
     let store = store();
-    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
+    let plan = plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
     store.failing_deletes.store(2, Ordering::SeqCst);
     let swept = sweep(&store, &plan, &|_| {}).await.unwrap();
-    assert_eq!(swept.entries, 2);
+    assert_eq!(swept.total().entries, 2);
     assert_eq!(store.len(), 5);
     store.failing_deletes.store(DELETE_TRIES, Ordering::SeqCst);
     store.insert(entry_key(&action(9)), "x", DAY * 30);
-    let plan = super::plan(&store, DAY * 7, SystemTime::now())
+    let plan = super::plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
         .await
         .unwrap();
     let err = sweep(&store, &plan, &|_| {}).await.unwrap_err();
@@ -272,7 +311,9 @@ async fn progress_is_said_every_thousand() {
         id[..4].copy_from_slice(&n.to_be_bytes());
         store.insert(entry_key(&ActionId(id)), "x", DAY * 30);
     }
-    let plan = plan(&store, DAY, SystemTime::now()).await.unwrap();
+    let plan = plan(&store, &Selection::Unnamespaced, DAY, SystemTime::now())
+        .await
+        .unwrap();
     let counts = Mutex::new(Vec::new());
     sweep(&store, &plan, &|n| counts.lock().unwrap().push(n))
         .await

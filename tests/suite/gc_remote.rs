@@ -5,6 +5,8 @@
 
 use crate::support;
 
+pub(crate) mod namespaces;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -237,3 +237,82 @@ fn a_pull_requests_recent_manifest_keeps_mains_old_entries_it_lists() {
     let gone: BTreeSet<String> = after.difference(&objects(&server, "")).cloned().collect();
     assert_eq!(gone, seeded.keys(&["r1", "root-manifest"]));
 }
+
+/// The same rule with manifests the real client writes: main's build stores entries 0 to 4;
+/// ten days later a pull request's build in `pr-1` reads 0 to 2 from main. Collecting main
+/// keeps those three and deletes 3, 4 and main's old manifest.
+#[test]
+fn the_manifest_a_pull_request_build_writes_keeps_mains_entries() {
+    let server = S3Server::start();
+    let client = |dir: &std::path::Path, extra: &[&str]| {
+        support::s3_client(dir, support::s3::with_prefetch(server.args("real")), extra)
+    };
+    let main_dir = tempfile::tempdir().unwrap();
+    let mut main = client(
+        main_dir.path(),
+        &["--namespace", "main", "--prefetch-key", "main"],
+    );
+    for n in 0..5u32 {
+        main.put(
+            i64::from(n),
+            support::action(n),
+            format!("entry {n}").as_bytes(),
+        );
+        assert!(main.read().unwrap().get("Err").is_none());
+    }
+    let stderr = main.close(100);
+    assert!(stderr.contains("manifest of 5 entries written"), "{stderr}");
+    let main_entries = objects(&server, "real/ns/main/v1/");
+    let main_manifest = objects(&server, "real/ns/main/prefetch/v1/");
+    assert_eq!((main_entries.len(), main_manifest.len()), (5, 1));
+    for path in server.entry_files() {
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(SystemTime::now() - DAY * 10)
+            .unwrap();
+    }
+
+    let pr_dir = tempfile::tempdir().unwrap();
+    let mut pr = client(
+        pr_dir.path(),
+        &[
+            "--namespace",
+            "pr-1",
+            "--read-namespaces",
+            "main",
+            "--prefetch-key",
+            "pr",
+        ],
+    );
+    for n in 0..3u32 {
+        pr.get(i64::from(n), support::action(n));
+        let answer = pr.read().unwrap();
+        assert!(answer["DiskPath"].is_string(), "entry {n}: {answer}");
+    }
+    let stderr = pr.close(100);
+    assert!(stderr.contains("manifest of 3 entries written"), "{stderr}");
+    assert_eq!(objects(&server, "real/ns/pr-1/prefetch/v1/").len(), 1);
+    assert!(objects(&server, "real/ns/pr-1/v1/").is_empty(), "{stderr}");
+
+    let before = objects(&server, "");
+    let done = gc_remote(
+        &server,
+        "real",
+        &["--older-than", "5d", "--namespace", "main", "--yes"],
+    );
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let report = text(&done.stdout);
+    assert!(
+        report.contains("kept: 3 entries (") && report.contains("older but listed"),
+        "{report}"
+    );
+    let gone: BTreeSet<String> = before.difference(&objects(&server, "")).cloned().collect();
+    let mut expected: BTreeSet<String> = [3u32, 4]
+        .iter()
+        .map(|&n| format!("real/ns/main/{}", entry_key(&support::action(n))))
+        .collect();
+    expected.extend(main_manifest);
+    assert_eq!(gone, expected, "{report}");
+}

@@ -231,7 +231,7 @@ fn clear_remote(clear: &ClearRemoteConfig) -> anyhow::Result<()> {
         skipped();
         let what = match &clear.namespaces {
             Selection::Unnamespaced => {
-                format!("under {location} (none of its namespaces, in {location}/{NAMESPACES})")
+                format!("of {location}, the un-namespaced ones only (nothing in its namespaces)")
             }
             Selection::One(ns) => format!("of {}", describe(&location, Some(ns))),
             Selection::All if named.is_empty() => {
@@ -267,10 +267,11 @@ fn clear_remote(clear: &ClearRemoteConfig) -> anyhow::Result<()> {
     }
     if clear.namespaces == Selection::All {
         skipped();
-        println!(
-            "total: deleted {total} entries, un-namespaced and in {} namespaces",
-            named.len()
-        );
+        let namespaces = match named.len() {
+            1 => "1 namespace".to_string(),
+            n => format!("{n} namespaces"),
+        };
+        println!("total: deleted {total} entries, un-namespaced and in {namespaces}");
     }
     Ok(())
 }

@@ -186,6 +186,13 @@ fn text(bytes: &[u8]) -> String {
 fn clear_remote_without_a_namespace_leaves_every_namespace_alone() {
     let server = S3Server::start();
     let seeded = seed(&server, "nsgc");
+    let refused = clear_remote(&server, "nsgc", &[]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("of s3://gocache/nsgc, the un-namespaced ones only (nothing in its"),
+        "{stderr}"
+    );
     let (gone, stdout) = cleared(&server, &["--yes"]);
     assert_eq!(gone, seeded.keys(&["r1", "r2", "root-manifest"]));
     assert_eq!(stdout, "s3://gocache/nsgc: deleted 3 entries\n");

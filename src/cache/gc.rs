@@ -7,41 +7,57 @@
 //! leaves its manifest unchanged writes it again once it is more than [`REFRESH`] old
 //! ([`super::prefetch`]). An entry's modified time is its upload: entries are never rewritten.
 //!
+//! Namespaces (`<prefix>/ns/<NAME>/`, docs/s3.md): the run collects the ones selected (the
+//! un-namespaced area by default, one with `--namespace`, all with `--all-namespaces`), but
+//! it reads the recent manifests of every namespace, selected or not. A manifest may list
+//! entries of another namespace (a pull request's lists the entries of main that it read), and
+//! an entry is kept if any recent manifest lists it in the namespace it lives in: the kept set
+//! is keyed by (namespace, action). Only the entries and manifests of the selected namespaces
+//! are ever deleted.
+//!
 //! The order of the work is what keeps it safe:
 //!
 //! 1. One cutoff (now minus the duration) decides everything: an object modified at or after
 //!    it is recent and kept.
-//! 2. The manifests are listed, and every recent one is read before anything is deleted; the
-//!    action IDs they list form the kept set. A recent manifest that cannot be read (a
-//!    network or permission failure) stops the run with nothing deleted; one that does not
-//!    decode is ignored by builds too, so it keeps nothing (and is said).
-//! 3. The entries are listed: an old entry not in the kept set is to be deleted.
-//! 4. With `--yes`, the old manifests are deleted first, then the old entries, in batches
-//!    (one DeleteObjects request each on S3, a few at once). Deleting the manifests first
-//!    means no build starting meanwhile prefetches entries that are about to go.
+//! 2. The namespaces are listed (one level of `ns/`), then the manifests of every namespace,
+//!    and every recent one is read before anything is deleted; the (namespace, action) pairs
+//!    they list form the kept set. A recent manifest that cannot be read (a network or
+//!    permission failure) stops the run with nothing deleted; one that does not decode is
+//!    ignored by builds too, so it keeps nothing (and is said).
+//! 3. The entries of the selected namespaces are listed: an old entry not in the kept set is
+//!    to be deleted.
+//! 4. With `--yes`, the old manifests of the selected namespaces are deleted first, then their
+//!    old entries, in batches (one DeleteObjects request each on S3, a few at once). Deleting
+//!    the manifests first means no build starting meanwhile prefetches entries that are about
+//!    to go.
 //!
 //! Builds running meanwhile: what they upload is newer than the cutoff and never deleted. A
 //! build may use an old entry that no recent manifest lists and name it in the manifest it
 //! writes at close, after that entry was deleted; the next run of that build then misses it
 //! and builds it again. That costs a compile, never a wrong result. Likewise an old manifest
 //! that a build rewrites between the listing and the delete is lost, which costs that build
-//! one run without prefetch.
+//! one run without prefetch. A namespace created after the listing of `ns/` is neither read
+//! nor collected: everything in it is new.
 //!
-//! Only keys of the two shapes this program writes are touched: `v1/<64 hex digits>` (an
-//! entry) and `prefetch/v1/<64 hex digits>` (a manifest). Anything else under the prefix
-//! (other files, later formats) is counted and kept.
+//! Only keys of the two shapes this program writes are touched, in each namespace:
+//! `v1/<64 hex digits>` (an entry) and `prefetch/v1/<64 hex digits>` (a manifest). Anything
+//! else in a namespace's `v1/` and `prefetch/` (other files, later formats) is counted and
+//! kept; anything else under the prefix is not even listed.
 
-use std::collections::HashSet;
-use std::fmt::{self, Write as _};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
 
 use super::manifest::{Manifest, REFRESH};
-use super::stats::human_bytes;
-use crate::ids::ActionId;
-use crate::store::inventory::{Area, Inventory, StoredObject};
+use crate::ids::{ActionId, Namespace};
+use crate::store::inventory::{
+    self, Area, Inventory, NAMESPACES, StoredObject, below_namespace, namespace_dir,
+};
+use crate::store::namespace::Selection;
 use crate::store::{MAX_MANIFEST, RemoteError, entry_key};
+
+mod report;
 
 /// Recent manifests read at once.
 const READ_CONCURRENCY: usize = 8;
@@ -55,7 +71,7 @@ const DELETE_TRIES: u32 = 3;
 pub enum GcError {
     #[error("listing {dir} in {location}: {source}")]
     List {
-        dir: &'static str,
+        dir: String,
         location: String,
         source: RemoteError,
     },
@@ -88,16 +104,21 @@ impl Tally {
         self.count += 1;
         self.bytes += object.size;
     }
+
+    fn plus(self, other: Tally) -> Tally {
+        Tally {
+            count: self.count + other.count,
+            bytes: self.bytes + other.bytes,
+        }
+    }
 }
 
-/// What a store holds, sorted by what `gc-remote` does with it: the dry run's report, and
-/// the keys to delete.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub location: String,
-    pub older_than: Duration,
-    /// Objects modified before this are old.
-    pub cutoff: SystemTime,
+/// What one namespace collected holds, sorted by what `gc-remote` does with it, and the keys
+/// to delete there.
+#[derive(Debug, Clone, Default)]
+pub struct Section {
+    /// `None`: the un-namespaced layout.
+    pub namespace: Option<Namespace>,
     /// Old manifests: deleted.
     pub old_manifests: Tally,
     /// Old entries that no recent manifest lists: deleted.
@@ -108,28 +129,124 @@ pub struct Plan {
     pub unreadable_manifests: u64,
     /// Entries modified since the cutoff: kept.
     pub recent_entries: Tally,
-    /// Old entries that a recent manifest lists: kept.
+    /// Old entries that a recent manifest (of any namespace) lists: kept.
     pub listed_entries: Tally,
-    /// Objects that are neither an entry nor a manifest: never touched.
+    /// Objects in `v1/` or `prefetch/` that are neither an entry nor a manifest: never touched.
     pub other: Tally,
+    /// Keys relative to the store's prefix.
     manifest_keys: Vec<String>,
     entry_keys: Vec<ActionId>,
 }
 
-/// What `--yes` deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Swept {
+impl Section {
+    fn new(namespace: Option<Namespace>) -> Self {
+        Section {
+            namespace,
+            ..Section::default()
+        }
+    }
+
+    /// The sum of `self` and `other`, without keys (for the report's total).
+    fn plus(&self, other: &Section) -> Section {
+        Section {
+            namespace: None,
+            old_manifests: self.old_manifests.plus(other.old_manifests),
+            old_entries: self.old_entries.plus(other.old_entries),
+            recent_manifests: self.recent_manifests.plus(other.recent_manifests),
+            unreadable_manifests: self.unreadable_manifests + other.unreadable_manifests,
+            recent_entries: self.recent_entries.plus(other.recent_entries),
+            listed_entries: self.listed_entries.plus(other.listed_entries),
+            other: self.other.plus(other.other),
+            manifest_keys: Vec::new(),
+            entry_keys: Vec::new(),
+        }
+    }
+}
+
+/// What a store holds, sorted by what `gc-remote` does with it: the dry run's report, and
+/// the keys to delete.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The store's prefix (the un-namespaced one).
+    pub location: String,
+    pub older_than: Duration,
+    /// Objects modified before this are old.
+    pub cutoff: SystemTime,
+    /// Whether the selection was every namespace (the report then gives a total).
+    pub all: bool,
+    /// The namespaces collected, in order: the un-namespaced area first if it is one.
+    pub sections: Vec<Section>,
+    /// Recent manifests of the namespaces not collected: read for the entries they list.
+    pub read_elsewhere: Tally,
+    /// How many of those do not decode.
+    pub unreadable_elsewhere: u64,
+    /// Folders under `ns/` whose names are not namespace names: neither read nor collected.
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// Every section added up.
+    pub fn total(&self) -> Section {
+        self.sections
+            .iter()
+            .fold(Section::default(), |sum, section| sum.plus(section))
+    }
+
+    /// The section of `namespace`, if it is collected.
+    pub fn section(&self, namespace: Option<&Namespace>) -> Option<&Section> {
+        self.sections
+            .iter()
+            .find(|s| s.namespace.as_ref() == namespace)
+    }
+}
+
+/// What `--yes` deleted in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweptSection {
+    pub namespace: Option<Namespace>,
     pub manifests: u64,
     pub entries: u64,
     pub bytes: u64,
+}
+
+/// What `--yes` deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swept {
+    pub location: String,
+    /// Whether the selection was every namespace (the report then gives a total).
+    pub all: bool,
+    /// Per namespace collected, in the plan's order.
+    pub sections: Vec<SweptSection>,
     pub elapsed: Duration,
 }
 
-/// Lists `store` and decides what to delete: entries and manifests modified more than
-/// `older_than` before `now`, except the entries listed in a manifest modified since.
-/// Nothing is deleted here.
+impl Swept {
+    /// Every namespace added up.
+    pub fn total(&self) -> SweptSection {
+        let mut total = SweptSection {
+            namespace: None,
+            manifests: 0,
+            entries: 0,
+            bytes: 0,
+        };
+        for section in &self.sections {
+            total.manifests += section.manifests;
+            total.entries += section.entries;
+            total.bytes += section.bytes;
+        }
+        total
+    }
+}
+
+/// The (namespace, action) pairs that recent manifests list.
+type Kept = HashMap<Option<Namespace>, HashSet<ActionId>>;
+
+/// Lists `store` and decides what to delete in the namespaces `selection` names: entries and
+/// manifests modified more than `older_than` before `now`, except the entries listed in a
+/// manifest, of any namespace, modified since. Nothing is deleted here.
 pub async fn plan(
     store: &dyn Inventory,
+    selection: &Selection,
     older_than: Duration,
     now: SystemTime,
 ) -> Result<Plan, GcError> {
@@ -137,117 +254,139 @@ pub async fn plan(
     let cutoff = now
         .checked_sub(older_than)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let mut plan = Plan {
-        location: location.clone(),
-        older_than,
-        cutoff,
-        old_manifests: Tally::default(),
-        old_entries: Tally::default(),
-        recent_manifests: Tally::default(),
-        unreadable_manifests: 0,
-        recent_entries: Tally::default(),
-        listed_entries: Tally::default(),
-        other: Tally::default(),
-        manifest_keys: Vec::new(),
-        entry_keys: Vec::new(),
-    };
-    let list_error = |area: Area| {
+    let list_error = |dir: String| {
         let location = location.clone();
         move |source| GcError::List {
-            dir: area.dir(),
+            dir: dir.clone(),
             location: location.clone(),
             source,
         }
     };
+    let found = inventory::namespaces(store)
+        .await
+        .map_err(list_error(NAMESPACES.to_string()))?;
+    for (dir, why) in &found.skipped {
+        tracing::warn!("{location}/{NAMESPACES}{dir}/: skipped, not a namespace: {why}");
+    }
+    let mut plan = Plan {
+        location: location.clone(),
+        older_than,
+        cutoff,
+        all: *selection == Selection::All,
+        sections: found
+            .select(selection)
+            .into_iter()
+            .map(Section::new)
+            .collect(),
+        read_elsewhere: Tally::default(),
+        unreadable_elsewhere: 0,
+        skipped: found.skipped.clone(),
+    };
 
+    // The manifests of every namespace: those found, and the one selected even if it was not.
+    let mut every: Vec<Option<Namespace>> = std::iter::once(None)
+        .chain(found.namespaces.iter().cloned().map(Some))
+        .collect();
+    for section in &plan.sections {
+        if !every.contains(&section.namespace) {
+            every.push(section.namespace.clone());
+        }
+    }
     let mut recent = Vec::new();
-    let mut manifests = store
-        .list(Area::Manifests)
-        .await
-        .map_err(list_error(Area::Manifests))?;
-    while let Some(object) = manifests
-        .try_next()
-        .await
-        .map_err(list_error(Area::Manifests))?
-    {
-        if !is_manifest_key(&object.key) {
-            plan.other.add(&object);
-        } else if object.modified >= cutoff {
-            plan.recent_manifests.add(&object);
-            recent.push(object);
-        } else {
-            plan.old_manifests.add(&object);
-            plan.manifest_keys.push(object.key);
+    for namespace in every {
+        let dir = Area::Manifests.dir_in(namespace.as_ref());
+        let mut manifests = store
+            .list(namespace.as_ref(), Area::Manifests)
+            .await
+            .map_err(list_error(dir.clone()))?;
+        let mut section = plan.sections.iter_mut().find(|s| s.namespace == namespace);
+        while let Some(object) = manifests
+            .try_next()
+            .await
+            .map_err(list_error(dir.clone()))?
+        {
+            if !is_manifest_key(&object.key, namespace.as_ref()) {
+                if let Some(section) = section.as_deref_mut() {
+                    section.other.add(&object);
+                }
+            } else if object.modified >= cutoff {
+                match section.as_deref_mut() {
+                    Some(section) => section.recent_manifests.add(&object),
+                    None => plan.read_elsewhere.add(&object),
+                }
+                recent.push((namespace.clone(), object));
+            } else if let Some(section) = section.as_deref_mut() {
+                section.old_manifests.add(&object);
+                section.manifest_keys.push(object.key);
+            }
         }
     }
 
     let kept = read_manifests(store, recent, &mut plan).await?;
 
-    let mut entries = store
-        .list(Area::Entries)
-        .await
-        .map_err(list_error(Area::Entries))?;
-    while let Some(object) = entries
-        .try_next()
-        .await
-        .map_err(list_error(Area::Entries))?
-    {
-        let Some(action) = object.key.strip_prefix("v1/").and_then(ActionId::from_key) else {
-            plan.other.add(&object);
-            continue;
-        };
-        if object.modified >= cutoff {
-            plan.recent_entries.add(&object);
-        } else if kept.contains(&action) {
-            plan.listed_entries.add(&object);
-        } else {
-            plan.old_entries.add(&object);
-            plan.entry_keys.push(action);
+    for section in &mut plan.sections {
+        let namespace = section.namespace.clone();
+        let dir = Area::Entries.dir_in(namespace.as_ref());
+        let kept = kept.get(&namespace);
+        let mut entries = store
+            .list(namespace.as_ref(), Area::Entries)
+            .await
+            .map_err(list_error(dir.clone()))?;
+        while let Some(object) = entries.try_next().await.map_err(list_error(dir.clone()))? {
+            let Some(action) = below_namespace(&object.key, namespace.as_ref())
+                .and_then(|key| key.strip_prefix("v1/"))
+                .and_then(ActionId::from_key)
+            else {
+                section.other.add(&object);
+                continue;
+            };
+            if object.modified >= cutoff {
+                section.recent_entries.add(&object);
+            } else if kept.is_some_and(|kept| kept.contains(&action)) {
+                section.listed_entries.add(&object);
+            } else {
+                section.old_entries.add(&object);
+                section.entry_keys.push(action);
+            }
         }
     }
     Ok(plan)
 }
 
-/// The action IDs that the `recent` manifests list.
+/// The (namespace, action) pairs that the `recent` manifests list, each manifest read as
+/// stored in its namespace (an entry without a namespace of its own is in the manifest's).
 async fn read_manifests(
     store: &dyn Inventory,
-    recent: Vec<StoredObject>,
+    recent: Vec<(Option<Namespace>, StoredObject)>,
     plan: &mut Plan,
-) -> Result<HashSet<ActionId>, GcError> {
-    let mut kept = HashSet::new();
+) -> Result<Kept, GcError> {
+    let mut kept = Kept::new();
     let mut reads = futures::stream::iter(recent)
-        .map(|object| async move {
+        .map(|(namespace, object)| async move {
             let read = if object.size > MAX_MANIFEST as u64 {
                 Ok(None)
             } else {
                 store.read(&object.key, MAX_MANIFEST).await.map(Some)
             };
-            (object, read)
+            (namespace, object, read)
         })
         .buffer_unordered(READ_CONCURRENCY);
-    while let Some((object, read)) = reads.next().await {
-        match read {
-            Ok(Some(Some(bytes))) => match Manifest::decode(&bytes, None) {
-                Ok(manifest) => kept.extend(manifest.entries.iter().map(|e| e.action)),
-                Err(err) => {
-                    tracing::warn!(
-                        "{}/{}: not a usable manifest: {err}",
-                        plan.location,
-                        object.key
-                    );
-                    plan.unreadable_manifests += 1;
+    while let Some((namespace, object, read)) = reads.next().await {
+        let unusable = match read {
+            Ok(Some(Some(bytes))) => match Manifest::decode(&bytes, namespace.as_ref()) {
+                Ok(manifest) => {
+                    for entry in manifest.entries {
+                        kept.entry(entry.namespace)
+                            .or_default()
+                            .insert(entry.action);
+                    }
+                    None
                 }
+                Err(err) => Some(format!("not a usable manifest: {err}")),
             },
             // Deleted since the listing: it keeps nothing any more.
-            Ok(Some(None)) => {}
-            Ok(None) => {
-                tracing::warn!(
-                    "{}/{}: too large to be a manifest",
-                    plan.location,
-                    object.key
-                );
-                plan.unreadable_manifests += 1;
-            }
+            Ok(Some(None)) => None,
+            Ok(None) => Some("too large to be a manifest".to_string()),
             Err(source) => {
                 return Err(GcError::Manifest {
                     location: plan.location.clone(),
@@ -255,20 +394,29 @@ async fn read_manifests(
                     source,
                 });
             }
+        };
+        if let Some(why) = unusable {
+            tracing::warn!("{}/{}: {why}", plan.location, object.key);
+            match plan.sections.iter_mut().find(|s| s.namespace == namespace) {
+                Some(section) => section.unreadable_manifests += 1,
+                None => plan.unreadable_elsewhere += 1,
+            }
         }
     }
     Ok(kept)
 }
 
-/// `prefetch/v1/<64 lowercase hex digits>`: a key [`crate::store::manifest_key`] makes.
-fn is_manifest_key(key: &str) -> bool {
-    key.strip_prefix("prefetch/v1/")
+/// `prefetch/v1/<64 lowercase hex digits>` in `namespace`: a key
+/// [`crate::store::manifest_key`] makes.
+fn is_manifest_key(key: &str, namespace: Option<&Namespace>) -> bool {
+    below_namespace(key, namespace)
+        .and_then(|key| key.strip_prefix("prefetch/v1/"))
         .and_then(crate::ids::BuildKey::from_key)
         .is_some()
 }
 
-/// Deletes what `plan` found old: the manifests first, then the entries, in batches, a few
-/// at once; `progress` gets the running count after every thousand or so.
+/// Deletes what `plan` found old: the manifests of every namespace first, then the entries,
+/// in batches, a few at once; `progress` gets the running count after every thousand or so.
 pub async fn sweep(
     store: &dyn Inventory,
     plan: &Plan,
@@ -278,11 +426,19 @@ pub async fn sweep(
     let batch = store.delete_batch().max(1);
     let mut deleted = 0u64;
     // The manifests first, all of them, then the entries; keys are made a batch at a time.
-    let manifests = plan.manifest_keys.chunks(batch).map(<[String]>::to_vec);
-    let entries = plan
-        .entry_keys
-        .chunks(batch)
-        .map(|actions| actions.iter().map(entry_key).collect::<Vec<_>>());
+    let manifests = plan
+        .sections
+        .iter()
+        .flat_map(|section| section.manifest_keys.chunks(batch).map(<[String]>::to_vec));
+    let entries = plan.sections.iter().flat_map(|section| {
+        let dir = namespace_dir(section.namespace.as_ref());
+        section.entry_keys.chunks(batch).map(move |actions| {
+            actions
+                .iter()
+                .map(|action| format!("{dir}{}", entry_key(action)))
+                .collect::<Vec<_>>()
+        })
+    });
     let phases: [Box<dyn Iterator<Item = Vec<String>> + Send + '_>; 2] =
         [Box::new(manifests), Box::new(entries)];
     for batches in phases {
@@ -303,9 +459,18 @@ pub async fn sweep(
         }
     }
     Ok(Swept {
-        manifests: plan.manifest_keys.len() as u64,
-        entries: plan.entry_keys.len() as u64,
-        bytes: plan.old_manifests.bytes + plan.old_entries.bytes,
+        location: plan.location.clone(),
+        all: plan.all,
+        sections: plan
+            .sections
+            .iter()
+            .map(|section| SweptSection {
+                namespace: section.namespace.clone(),
+                manifests: section.manifest_keys.len() as u64,
+                entries: section.entry_keys.len() as u64,
+                bytes: section.old_manifests.bytes + section.old_entries.bytes,
+            })
+            .collect(),
         elapsed: start.elapsed(),
     })
 }
@@ -325,87 +490,6 @@ async fn delete_retried(store: &dyn Inventory, keys: &[String]) -> Result<(), Re
             }
             result => return result,
         }
-    }
-}
-
-impl fmt::Display for Plan {
-    /// The report of a run: what is deleted and what is kept, and why.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tally =
-            |one: &str, t: Tally| format!("{} ({})", counted(t.count, one), human_bytes(t.bytes));
-        let mut text = format!(
-            "{}: entries and prefetch manifests last modified before {} ({} ago)\n",
-            self.location,
-            humantime::format_rfc3339_seconds(self.cutoff),
-            humantime::format_duration(self.older_than),
-        );
-        let _ = writeln!(
-            text,
-            "  to delete: {}, {}",
-            tally("entry", self.old_entries),
-            tally("manifest", self.old_manifests)
-        );
-        let _ = writeln!(
-            text,
-            "  kept: {} modified since",
-            tally("entry", self.recent_entries)
-        );
-        let _ = writeln!(
-            text,
-            "  kept: {} older but listed in a recent manifest",
-            tally("entry", self.listed_entries)
-        );
-        let _ = writeln!(
-            text,
-            "  kept: {} modified since",
-            tally("manifest", self.recent_manifests)
-        );
-        if self.unreadable_manifests > 0 {
-            let _ = writeln!(
-                text,
-                "  ({} could not be decoded and keep no entry)",
-                counted(self.unreadable_manifests, "recent manifest")
-            );
-        }
-        if self.other.count > 0 {
-            let _ = writeln!(
-                text,
-                "  kept: {} that are neither entries nor manifests",
-                tally("other object", self.other)
-            );
-        }
-        if self.older_than <= REFRESH {
-            let _ = writeln!(
-                text,
-                "  note: a build that leaves its manifest unchanged writes it again only once it \
-                 is a day old, so builds that ran within {} may lose their entries too: \
-                 choose days, not hours",
-                humantime::format_duration(self.older_than),
-            );
-        }
-        f.write_str(text.trim_end())
-    }
-}
-
-/// `1 entry`, `2 entries`, `1 manifest`, `0 manifests`.
-fn counted(n: u64, one: &str) -> String {
-    match (n, one.strip_suffix('y')) {
-        (1, _) => format!("1 {one}"),
-        (_, Some(stem)) => format!("{n} {stem}ies"),
-        (_, None) => format!("{n} {one}s"),
-    }
-}
-
-impl fmt::Display for Swept {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "deleted {} and {} ({}) in {:.1}s",
-            counted(self.entries, "entry"),
-            counted(self.manifests, "manifest"),
-            human_bytes(self.bytes),
-            self.elapsed.as_secs_f64()
-        )
     }
 }
 

@@ -1,13 +1,14 @@
-//! What `gc-remote` ([`crate::cache::gc`]) needs of a store beyond [`super::RemoteStore`]: the
-//! objects of an area (entries, or prefetch manifests) listed with their sizes and
-//! last-modified times, one read whole, and many deleted at once.
+//! What `gc-remote` ([`crate::cache::gc`]) and `clear-remote` need of a store beyond
+//! [`super::RemoteStore`]: the objects of an area (entries, or prefetch manifests) of a
+//! namespace listed with their sizes and last-modified times, the namespaces found under the
+//! prefix, one object read whole, and many deleted at once.
 //!
 //! Only the S3 backend has an inventory. A `goremotecache serve` server does not offer one
 //! over HTTP: with S3 storage, `gc-remote` runs on the bucket directly, with the server's
 //! `--s3-*` options; its directory storage is bounded by the server itself. Keys here are
-//! relative to the store's prefix (`v1/<actionid-hex>`), as [`super::entry_key`] and
-//! [`super::manifest_key`] make them, and nothing outside the prefix is ever listed or
-//! deleted.
+//! relative to the store's prefix, the un-namespaced one: `v1/<actionid-hex>` as
+//! [`super::entry_key`] makes it, `ns/<NAME>/v1/<actionid-hex>` in a namespace. Nothing
+//! outside the prefix is ever listed or deleted.
 
 use std::fmt;
 use std::time::SystemTime;
@@ -17,6 +18,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use super::RemoteError;
+use super::namespace::Selection;
+use crate::ids::Namespace;
 
 /// A part of the store's prefix, listed on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,14 +31,50 @@ pub enum Area {
 }
 
 impl Area {
-    /// The folder listed, below the store's prefix.
+    /// The folder listed, below a namespace's prefix.
     pub fn dir(self) -> &'static str {
         match self {
             Area::Entries => "v1/",
             Area::Manifests => "prefetch/",
         }
     }
+
+    /// The folder listed in `namespace`, below the store's prefix: `v1/`, `ns/<NAME>/v1/`.
+    pub fn dir_in(self, namespace: Option<&Namespace>) -> String {
+        format!("{}{}", namespace_dir(namespace), self.dir())
+    }
 }
+
+/// The folder of `namespace` below the store's prefix, with its slash: `ns/<NAME>/`, or
+/// nothing for the un-namespaced layout.
+pub fn namespace_dir(namespace: Option<&Namespace>) -> String {
+    namespace.map_or_else(String::new, |ns| format!("{}/", ns.path()))
+}
+
+/// `key` below the folder of `namespace` (`v1/<hex>` from `ns/<NAME>/v1/<hex>`), if it is in
+/// that folder. A key of the un-namespaced layout is never under `ns/`: that is where the
+/// namespaces are.
+pub fn below_namespace<'k>(key: &'k str, namespace: Option<&Namespace>) -> Option<&'k str> {
+    match namespace {
+        None => (!key.starts_with(NAMESPACES)).then_some(key),
+        Some(ns) => key
+            .strip_prefix(NAMESPACES)?
+            .strip_prefix(ns.as_str())?
+            .strip_prefix('/'),
+    }
+}
+
+/// How reports name a namespace of the store at `location` (the un-namespaced prefix):
+/// `s3://bucket/prefix`, `s3://bucket/prefix (namespace pr-1)`.
+pub fn describe(location: &str, namespace: Option<&Namespace>) -> String {
+    match namespace {
+        None => location.to_string(),
+        Some(ns) => format!("{location} (namespace {ns})"),
+    }
+}
+
+/// The folder that holds the namespaces, below the store's prefix.
+pub const NAMESPACES: &str = "ns/";
 
 /// One object found by a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +90,11 @@ pub struct StoredObject {
 
 /// The objects of a store, for garbage collection. Contracts:
 ///
-/// - `list` yields every object of the area once (in any order; directories are not
-///   objects). Objects written while it runs may or may not be listed.
+/// - `list` yields every object of the area of a namespace once (in any order; directories
+///   are not objects), with keys relative to the store's prefix. Objects written while it
+///   runs may or may not be listed.
+/// - `namespace_dirs` names the folders directly under `ns/`, one level only, as they are
+///   (unchecked: [`namespaces`] sorts them into names and others).
 /// - `read` reads an object whole, up to `limit` bytes (more is an error); `Ok(None)` if it
 ///   is gone.
 /// - `delete` deletes the objects named, in as few requests as the store allows; a key that
@@ -61,8 +103,11 @@ pub struct StoredObject {
 pub trait Inventory: Send + Sync + fmt::Debug {
     async fn list(
         &self,
+        namespace: Option<&Namespace>,
         area: Area,
     ) -> Result<BoxStream<'static, Result<StoredObject, RemoteError>>, RemoteError>;
+
+    async fn namespace_dirs(&self) -> Result<Vec<String>, RemoteError>;
 
     async fn read(&self, key: &str, limit: usize) -> Result<Option<Bytes>, RemoteError>;
 
@@ -73,4 +118,61 @@ pub trait Inventory: Send + Sync + fmt::Debug {
 
     /// Where the objects are, for messages: `s3://bucket/prefix`.
     fn location(&self) -> String;
+}
+
+/// The namespaces found under a store's prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Every folder under `ns/` whose name is a namespace name, sorted.
+    pub namespaces: Vec<Namespace>,
+    /// Folders under `ns/` whose names are not namespace names (never written by this
+    /// program, and never touched), with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Found {
+    /// What `selection` names, in order: the un-namespaced area (`None`) first, then the
+    /// namespaces. `One` names its namespace whether it was found or not.
+    pub fn select(&self, selection: &Selection) -> Vec<Option<Namespace>> {
+        match selection {
+            Selection::Unnamespaced => vec![None],
+            Selection::One(namespace) => vec![Some(namespace.clone())],
+            Selection::All => std::iter::once(None)
+                .chain(self.namespaces.iter().cloned().map(Some))
+                .collect(),
+        }
+    }
+}
+
+/// Lists the folders under `ns/` and sorts them into namespaces and others.
+pub async fn namespaces(store: &dyn Inventory) -> Result<Found, RemoteError> {
+    let mut found = Found::default();
+    for dir in store.namespace_dirs().await? {
+        match Namespace::parse(&dir) {
+            Ok(namespace) => found.namespaces.push(namespace),
+            Err(why) => found.skipped.push((dir, why)),
+        }
+    }
+    found.namespaces.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    found.namespaces.dedup();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_placed_in_their_namespace_only() {
+        let main = Namespace::parse("main").unwrap();
+        let pr = Namespace::parse("pr-1").unwrap();
+        assert_eq!(Area::Entries.dir_in(None), "v1/");
+        assert_eq!(Area::Manifests.dir_in(Some(&main)), "ns/main/prefetch/");
+        assert_eq!(below_namespace("v1/ab", None), Some("v1/ab"));
+        assert_eq!(below_namespace("ns/main/v1/ab", None), None);
+        assert_eq!(below_namespace("ns/main/v1/ab", Some(&main)), Some("v1/ab"));
+        assert_eq!(below_namespace("ns/main/v1/ab", Some(&pr)), None);
+        assert_eq!(below_namespace("ns/mainx/v1/ab", Some(&main)), None);
+        assert_eq!(below_namespace("v1/ab", Some(&main)), None);
+    }
 }

@@ -19,7 +19,7 @@ use opendal::services::S3;
 use opendal::{ErrorKind, HttpTransporter, Operator};
 use opendal_http_transport_reqwest::ReqwestTransport;
 
-use super::inventory::{Area, Inventory, StoredObject};
+use super::inventory::{Area, Inventory, NAMESPACES, StoredObject};
 use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, entry_key, manifest_key};
 use crate::ids::{ActionId, BuildKey, Namespace};
 
@@ -323,12 +323,13 @@ impl RemoteStore for S3Store {
 impl Inventory for S3Store {
     async fn list(
         &self,
+        namespace: Option<&Namespace>,
         area: Area,
     ) -> Result<futures::stream::BoxStream<'static, Result<StoredObject, RemoteError>>, RemoteError>
     {
         let lister = self
             .op
-            .lister_with(area.dir())
+            .lister_with(&area.dir_in(namespace))
             .recursive(true)
             .await
             .map_err(classify)?;
@@ -347,6 +348,25 @@ impl Inventory for S3Store {
                 }
             })
             .boxed())
+    }
+
+    /// One level of `ns/`, by delimiter: S3 answers with the common prefixes, one per
+    /// namespace, however many objects each holds.
+    async fn namespace_dirs(&self) -> Result<Vec<String>, RemoteError> {
+        let lister = self.op.lister(NAMESPACES).await.map_err(classify)?;
+        lister
+            .map_err(classify)
+            .try_filter_map(|entry| {
+                let name = entry
+                    .path()
+                    .strip_prefix(NAMESPACES)
+                    .and_then(|rest| rest.strip_suffix('/'))
+                    .filter(|name| !name.is_empty() && entry.metadata().is_dir())
+                    .map(str::to_string);
+                futures::future::ready(Ok(name))
+            })
+            .try_collect()
+            .await
     }
 
     async fn read(&self, key: &str, limit: usize) -> Result<Option<Bytes>, RemoteError> {

@@ -5,6 +5,8 @@
 
 use crate::support;
 
+pub(crate) mod namespaces;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -225,8 +227,9 @@ fn refuses_what_it_cannot_collect_and_reports_a_bad_store() {
     let denied = command.output().unwrap();
     assert_eq!(denied.status.code(), Some(1));
     let stderr = text(&denied.stderr);
+    // The namespaces are listed first (every namespace's recent manifests are read).
     assert!(
-        stderr.contains("listing prefetch/ in s3://gocache/gc"),
+        stderr.contains("listing ns/ in s3://gocache/gc"),
         "{stderr}"
     );
     assert!(stderr.contains("denied"), "{stderr}");

@@ -7,7 +7,10 @@ use crate::support;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use goremotecache::ids::OutputId;
+use std::collections::BTreeSet;
 use std::time::Duration;
+
+use crate::gc_remote::namespaces::seed;
 
 use support::proxy::{Mode, Proxy};
 use support::s3::{S3Server, SECRET_KEY, credentials};
@@ -136,6 +139,116 @@ fn clear_remote_asks_first_then_deletes_its_prefix_only() {
         "s3://gocache/drop: deleted 2 entries\n"
     );
     assert_eq!(server.entry_files().len(), 1);
+}
+
+/// `clear-remote` on `prefix` of the test bucket, with `extra` options.
+fn clear_remote(server: &S3Server, prefix: &str, extra: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(support::bin());
+    command
+        .arg("clear-remote")
+        .args(support::s3::with_prefetch(server.args(prefix)))
+        .args(extra);
+    for (key, value) in credentials(SECRET_KEY) {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+/// The keys of the objects in the bucket.
+fn bucket_keys(server: &S3Server) -> BTreeSet<String> {
+    let bucket = server.bucket_dir();
+    server
+        .entry_files()
+        .iter()
+        .map(|path| {
+            path.strip_prefix(&bucket)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// What `clear-remote` with `extra` deleted from the bucket of [`seed`], and its stdout.
+fn cleared(server: &S3Server, extra: &[&str]) -> (BTreeSet<String>, String) {
+    let before = bucket_keys(server);
+    let done = clear_remote(server, "nsgc", extra);
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let gone = before.difference(&bucket_keys(server)).cloned().collect();
+    (gone, text(&done.stdout))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn clear_remote_without_a_namespace_leaves_every_namespace_alone() {
+    let server = S3Server::start();
+    let seeded = seed(&server, "nsgc");
+    let refused = clear_remote(&server, "nsgc", &[]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("of s3://gocache/nsgc, the un-namespaced ones only (nothing in its"),
+        "{stderr}"
+    );
+    let (gone, stdout) = cleared(&server, &["--yes"]);
+    assert_eq!(gone, seeded.keys(&["r1", "r2", "root-manifest"]));
+    assert_eq!(stdout, "s3://gocache/nsgc: deleted 3 entries\n");
+}
+
+#[test]
+fn clear_remote_of_one_namespace_deletes_its_objects_only() {
+    let server = S3Server::start();
+    let seeded = seed(&server, "nsgc");
+    let before = bucket_keys(&server);
+    let refused = clear_remote(&server, "nsgc", &["--namespace", "pr-1"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("of s3://gocache/nsgc (namespace pr-1); run again with --yes"),
+        "{stderr}"
+    );
+    assert_eq!(bucket_keys(&server), before);
+    let (gone, stdout) = cleared(&server, &["--namespace", "pr-1", "--yes"]);
+    assert_eq!(gone, seeded.keys(&["p1", "p2", "pr-manifest"]));
+    assert_eq!(
+        stdout,
+        "s3://gocache/nsgc (namespace pr-1): deleted 3 entries\n"
+    );
+}
+
+#[test]
+fn clear_remote_of_every_namespace_reports_each() {
+    let server = S3Server::start();
+    let seeded = seed(&server, "nsgc");
+    let before = bucket_keys(&server);
+    let refused = clear_remote(&server, "nsgc", &["--all-namespaces"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains(
+            "under s3://gocache/nsgc, un-namespaced and in the namespaces main, pr-1; run again"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(bucket_keys(&server), before);
+
+    let (gone, stdout) = cleared(&server, &["--all-namespaces", "--yes"]);
+    let names = seeded.0.keys().copied();
+    let kept = ["bad", "elsewhere"];
+    let all: Vec<&str> = names.filter(|name| !kept.contains(name)).collect();
+    assert_eq!(gone, seeded.keys(&all));
+    assert_eq!(
+        stdout,
+        "s3://gocache/nsgc: deleted 3 entries\n\
+         s3://gocache/nsgc (namespace main): deleted 6 entries\n\
+         s3://gocache/nsgc (namespace pr-1): deleted 3 entries\n\
+         s3://gocache/nsgc/ns/.hidden/: skipped, not a namespace \
+         (namespace \".hidden\": a name must not start with '.')\n\
+         total: deleted 12 entries, un-namespaced and in 2 namespaces\n"
+    );
 }
 
 /// Puts `count` small entries and closes, through a link that adds `delay` to each round trip.

@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 
 use super::*;
 use crate::cache::manifest::KeySource;
-use crate::ids::BuildKey;
+use crate::ids::{BuildKey, Namespace};
 use crate::store::manifest_key;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -50,14 +50,16 @@ impl Aged {
 impl Inventory for Aged {
     async fn list(
         &self,
+        namespace: Option<&Namespace>,
         area: Area,
     ) -> Result<BoxStream<'static, Result<StoredObject, RemoteError>>, RemoteError> {
+        let dir = area.dir_in(namespace);
         let listed: Vec<_> = self
             .objects
             .lock()
             .unwrap()
             .iter()
-            .filter(|(key, _)| key.starts_with(area.dir()))
+            .filter(|(key, _)| key.starts_with(&dir))
             .map(|(key, (bytes, time))| {
                 Ok(StoredObject {
                     key: key.clone(),
@@ -67,6 +69,18 @@ impl Inventory for Aged {
             })
             .collect();
         Ok(futures::stream::iter(listed).boxed())
+    }
+
+    async fn namespace_dirs(&self) -> Result<Vec<String>, RemoteError> {
+        let mut dirs: Vec<String> = self
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .filter_map(|key| Some(key.strip_prefix("ns/")?.split_once('/')?.0.to_string()))
+            .collect();
+        dirs.dedup();
+        Ok(dirs)
     }
 
     async fn read(&self, key: &str, _limit: usize) -> Result<Option<Bytes>, RemoteError> {
@@ -137,9 +151,11 @@ fn store() -> Aged {
 #[tokio::test]
 async fn old_entries_go_unless_a_recent_manifest_lists_them() {
     let store = store();
-    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
+    let plan = plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
     assert_eq!(
-        plan.old_entries,
+        plan.sections[0].old_entries,
         Tally {
             count: 2,
             bytes: 200
@@ -147,16 +163,16 @@ async fn old_entries_go_unless_a_recent_manifest_lists_them() {
         "4 and 6"
     );
     assert_eq!(
-        plan.listed_entries,
+        plan.sections[0].listed_entries,
         Tally {
             count: 2,
             bytes: 200
         },
         "1 and 2"
     );
-    assert_eq!(plan.recent_entries.count, 2, "3 and 5");
-    assert_eq!(plan.old_manifests.count, 1);
-    assert_eq!(plan.recent_manifests.count, 1);
+    assert_eq!(plan.sections[0].recent_entries.count, 2, "3 and 5");
+    assert_eq!(plan.sections[0].old_manifests.count, 1);
+    assert_eq!(plan.sections[0].recent_manifests.count, 1);
     assert_eq!(
         store.reads.load(Ordering::SeqCst),
         1,
@@ -177,7 +193,7 @@ async fn old_entries_go_unless_a_recent_manifest_lists_them() {
     let swept = sweep(&store, &plan, &|n| counts.lock().unwrap().push(n))
         .await
         .unwrap();
-    assert_eq!((swept.entries, swept.manifests), (2, 1));
+    assert_eq!((swept.total().entries, swept.total().manifests), (2, 1));
     for n in [1, 2, 3, 5] {
         assert!(store.has(&entry_key(&action(n))), "entry {n} was deleted");
     }
@@ -196,18 +212,30 @@ async fn old_entries_go_unless_a_recent_manifest_lists_them() {
 #[tokio::test]
 async fn a_longer_duration_keeps_more_and_a_shorter_one_less() {
     let store = store();
-    let long = plan(&store, DAY * 60, SystemTime::now()).await.unwrap();
-    assert_eq!(long.old_entries.count + long.old_manifests.count, 0);
+    let long = plan(
+        &store,
+        &Selection::Unnamespaced,
+        DAY * 60,
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        long.sections[0].old_entries.count + long.sections[0].old_manifests.count,
+        0
+    );
     // Within the day, even the recent manifest is old: only the entries modified since stay.
-    let short = plan(&store, DAY / 2, SystemTime::now()).await.unwrap();
+    let short = plan(&store, &Selection::Unnamespaced, DAY / 2, SystemTime::now())
+        .await
+        .unwrap();
     assert!(
         short.to_string().contains("choose days, not hours"),
         "{short}"
     );
     assert!(!long.to_string().contains("choose days"), "{long}");
-    assert_eq!(short.old_manifests.count, 2);
-    assert_eq!(short.old_entries.count, 4);
-    assert_eq!(short.recent_entries.count, 2);
+    assert_eq!(short.sections[0].old_manifests.count, 2);
+    assert_eq!(short.sections[0].old_entries.count, 4);
+    assert_eq!(short.sections[0].recent_entries.count, 2);
 }
 
 #[tokio::test]
@@ -217,9 +245,11 @@ async fn other_objects_are_never_touched() {
     store.insert(format!("v1/{}", "A".repeat(64)), "x", DAY * 30);
     store.insert("prefetch/v2/future".into(), "x", DAY * 30);
     store.insert("mod/cache/download/x.zip".into(), "x", DAY * 30);
-    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
+    let plan = plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
     assert_eq!(
-        plan.other.count, 3,
+        plan.sections[0].other.count, 3,
         "the listing covers v1/ and prefetch/ only"
     );
     sweep(&store, &plan, &|_| {}).await.unwrap();
@@ -231,7 +261,9 @@ async fn other_objects_are_never_touched() {
 async fn a_recent_manifest_that_cannot_be_read_stops_everything() {
     let store = store();
     *store.read_error.lock().unwrap() = Some(RemoteError::Denied("403".into()));
-    let err = plan(&store, DAY * 7, SystemTime::now()).await.unwrap_err();
+    let err = plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, GcError::Manifest { .. }), "{err}");
     assert!(err.to_string().contains("nothing was deleted"), "{err}");
 }
@@ -240,24 +272,31 @@ async fn a_recent_manifest_that_cannot_be_read_stops_everything() {
 async fn a_damaged_recent_manifest_keeps_nothing_and_is_said() {
     let store = store();
     store.insert(manifest_key(&build(1)), "not a manifest", DAY);
-    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
-    assert_eq!(plan.unreadable_manifests, 1);
-    assert_eq!(plan.recent_manifests.count, 1, "kept: builds replace it");
-    assert_eq!(plan.old_entries.count, 4, "1, 2, 4 and 6");
+    let plan = plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(plan.sections[0].unreadable_manifests, 1);
+    assert_eq!(
+        plan.sections[0].recent_manifests.count, 1,
+        "kept: builds replace it"
+    );
+    assert_eq!(plan.sections[0].old_entries.count, 4, "1, 2, 4 and 6");
     assert!(plan.to_string().contains("could not be decoded"));
 }
 
 #[tokio::test]
 async fn a_transient_delete_failure_is_tried_again() {
     let store = store();
-    let plan = plan(&store, DAY * 7, SystemTime::now()).await.unwrap();
+    let plan = plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
     store.failing_deletes.store(2, Ordering::SeqCst);
     let swept = sweep(&store, &plan, &|_| {}).await.unwrap();
-    assert_eq!(swept.entries, 2);
+    assert_eq!(swept.total().entries, 2);
     assert_eq!(store.len(), 5);
     store.failing_deletes.store(DELETE_TRIES, Ordering::SeqCst);
     store.insert(entry_key(&action(9)), "x", DAY * 30);
-    let plan = super::plan(&store, DAY * 7, SystemTime::now())
+    let plan = super::plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
         .await
         .unwrap();
     let err = sweep(&store, &plan, &|_| {}).await.unwrap_err();
@@ -272,11 +311,235 @@ async fn progress_is_said_every_thousand() {
         id[..4].copy_from_slice(&n.to_be_bytes());
         store.insert(entry_key(&ActionId(id)), "x", DAY * 30);
     }
-    let plan = plan(&store, DAY, SystemTime::now()).await.unwrap();
+    let plan = plan(&store, &Selection::Unnamespaced, DAY, SystemTime::now())
+        .await
+        .unwrap();
     let counts = Mutex::new(Vec::new());
     sweep(&store, &plan, &|n| counts.lock().unwrap().push(n))
         .await
         .unwrap();
     assert_eq!(*counts.lock().unwrap(), vec![1000, 2000]);
     assert_eq!(store.len(), 0);
+}
+
+fn ns(name: &str) -> Namespace {
+    Namespace::parse(name).unwrap()
+}
+
+/// `key` (as [`entry_key`] or [`manifest_key`] make it) in `namespace`.
+fn in_ns(namespace: &str, key: String) -> String {
+    format!("ns/{namespace}/{key}")
+}
+
+/// A manifest stored in `home`, listing `actions` each in the namespace given (`None`: the
+/// un-namespaced layout), as a build reading those namespaces writes it.
+fn manifest_in(home: Option<&str>, actions: &[(u8, Option<&str>)]) -> Vec<u8> {
+    let mut names = vec![home.map(ns)];
+    let run: Vec<_> = actions
+        .iter()
+        .map(|&(n, namespace)| {
+            let namespace = namespace.map(ns);
+            let index = match names.iter().position(|known| *known == namespace) {
+                Some(index) => index,
+                None => {
+                    names.push(namespace);
+                    names.len() - 1
+                }
+            };
+            (action(n), 10, Some(index))
+        })
+        .collect();
+    let home = home.map(ns);
+    Manifest::merge(None, &run, &names).encode(&KeySource::explicit("gc"), home.as_ref())
+}
+
+/// Three areas, every entry 30 days old:
+/// - main: entries 1 to 4 and an old manifest listing 3;
+/// - pr-1: entry 5, and a recent manifest listing main's 1, and 4 in pr-1 itself (where it
+///   is not: main's 4 is listed by nobody);
+/// - un-namespaced: entries 6 and 7, and a recent manifest listing 7 and main's 2.
+fn namespaced_store() -> Aged {
+    let store = Aged::default();
+    let old = DAY * 30;
+    for n in 1..=4 {
+        store.insert(in_ns("main", entry_key(&action(n))), vec![n; 100], old);
+    }
+    store.insert(in_ns("main", manifest_key(&build(1))), manifest(&[3]), old);
+    store.insert(in_ns("pr-1", entry_key(&action(5))), vec![5; 100], old);
+    store.insert(
+        in_ns("pr-1", manifest_key(&build(2))),
+        manifest_in(Some("pr-1"), &[(1, Some("main")), (4, Some("pr-1"))]),
+        DAY,
+    );
+    for n in [6, 7] {
+        store.insert(entry_key(&action(n)), vec![n; 100], old);
+    }
+    store.insert(
+        manifest_key(&build(3)),
+        manifest_in(None, &[(7, None), (2, Some("main"))]),
+        DAY,
+    );
+    store
+}
+
+#[tokio::test]
+async fn a_recent_manifest_of_another_namespace_keeps_the_entries_it_lists_there() {
+    let store = namespaced_store();
+    let main = Selection::One(ns("main"));
+    let plan = plan(&store, &main, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(plan.sections.len(), 1);
+    let section = &plan.sections[0];
+    assert_eq!(section.namespace, Some(ns("main")));
+    assert_eq!(
+        section.listed_entries.count, 2,
+        "1 (listed by pr-1's manifest) and 2 (by the un-namespaced one)"
+    );
+    assert_eq!(section.old_entries.count, 2, "3 and 4");
+    assert_eq!(section.old_manifests.count, 1);
+    assert_eq!(section.recent_manifests.count, 0);
+    assert_eq!(
+        plan.read_elsewhere.count, 2,
+        "pr-1's and the un-namespaced one"
+    );
+    assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+    let report = plan.to_string();
+    assert!(
+        report.starts_with("aged://test (namespace main): entries and prefetch manifests"),
+        "{report}"
+    );
+    assert!(
+        report.contains("read: 2 recent manifests (") && report.contains("of other namespaces"),
+        "{report}"
+    );
+
+    let before = store.len();
+    let swept = sweep(&store, &plan, &|_| {}).await.unwrap();
+    assert_eq!((swept.total().entries, swept.total().manifests), (2, 1));
+    assert_eq!(store.len(), before - 3);
+    for n in [1, 2] {
+        assert!(store.has(&in_ns("main", entry_key(&action(n)))), "{n}");
+    }
+    for n in [3, 4] {
+        assert!(!store.has(&in_ns("main", entry_key(&action(n)))), "{n}");
+    }
+    assert!(!store.has(&in_ns("main", manifest_key(&build(1)))));
+    // Nothing of another namespace, old or not, listed or not.
+    assert!(store.has(&in_ns("pr-1", entry_key(&action(5)))));
+    assert!(store.has(&entry_key(&action(6))));
+    assert!(
+        swept
+            .to_string()
+            .starts_with("aged://test (namespace main): deleted 2 entries and 1 manifest (")
+    );
+}
+
+#[tokio::test]
+async fn the_selection_deletes_in_its_namespaces_only() {
+    // The un-namespaced area: 6 goes; the namespaces are neither collected nor "other".
+    let store = namespaced_store();
+    let plan = plan(&store, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
+    let root = plan.section(None).unwrap();
+    assert_eq!(plan.sections.len(), 1);
+    assert_eq!((root.old_entries.count, root.listed_entries.count), (1, 1));
+    assert_eq!((root.other.count, root.recent_manifests.count), (0, 1));
+    assert_eq!(plan.read_elsewhere.count, 1, "pr-1's manifest is read too");
+    let before = store.len();
+    sweep(&store, &plan, &|_| {}).await.unwrap();
+    assert_eq!(store.len(), before - 1);
+    assert!(!store.has(&entry_key(&action(6))));
+
+    // A namespace that holds nothing collects nothing, and reads every recent manifest.
+    let store = namespaced_store();
+    let empty = Selection::One(ns("pr-9"));
+    let plan = super::plan(&store, &empty, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.total().old_entries.count + plan.total().old_manifests.count,
+        0
+    );
+    assert_eq!(plan.read_elsewhere.count, 2);
+
+    // Every namespace, each reported, and the total; a folder that is no namespace is said
+    // and left alone.
+    let store = namespaced_store();
+    store.insert("ns/Not A Name/v1/x".into(), "x", DAY * 30);
+    let plan = super::plan(&store, &Selection::All, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
+    let names: Vec<_> = plan.sections.iter().map(|s| s.namespace.clone()).collect();
+    assert_eq!(names, [None, Some(ns("main")), Some(ns("pr-1"))]);
+    let count = |namespace: Option<&str>| {
+        let section = plan.section(namespace.map(ns).as_ref()).unwrap();
+        (section.old_entries.count, section.listed_entries.count)
+    };
+    assert_eq!(count(None), (1, 1), "6 goes, 7 stays");
+    assert_eq!(count(Some("main")), (2, 2), "3 and 4 go, 1 and 2 stay");
+    assert_eq!(count(Some("pr-1")), (1, 0), "5 goes");
+    assert_eq!(plan.total().old_entries.count, 4);
+    assert_eq!(plan.read_elsewhere.count, 0, "every namespace is collected");
+    assert_eq!(plan.skipped.len(), 1);
+    let report = plan.to_string();
+    for line in [
+        "aged://test, the un-namespaced area and 2 namespaces: entries and prefetch manifests",
+        "\naged://test:\n  to delete: 1 entry (100 B), 0 manifests (0 B)\n",
+        "\naged://test (namespace main):\n  to delete: 2 entries (200 B), 1 manifest (",
+        "\naged://test (namespace pr-1):\n  to delete: 1 entry (100 B), 0 manifests (0 B)\n",
+        "\ntotal:\n  to delete: 4 entries (400 B), 1 manifest (",
+        "skipped: aged://test/ns/Not A Name/, not a namespace",
+    ] {
+        assert!(report.contains(line), "{line:?} in:\n{report}");
+    }
+    let before = store.len();
+    let swept = sweep(&store, &plan, &|_| {}).await.unwrap();
+    assert_eq!(store.len(), before - 5);
+    assert!(store.has("ns/Not A Name/v1/x"));
+    let summary = swept.to_string();
+    for line in [
+        "aged://test: deleted 1 entry and 0 manifests (100 B)\n",
+        "aged://test (namespace main): deleted 2 entries and 1 manifest (",
+        "aged://test (namespace pr-1): deleted 1 entry and 0 manifests (100 B)\n",
+        "total: deleted 4 entries and 1 manifest (",
+    ] {
+        assert!(summary.contains(line), "{line:?} in:\n{summary}");
+    }
+}
+
+#[tokio::test]
+async fn a_manifest_is_read_in_its_own_namespace() {
+    // main's manifest lists 3 without a fourth field: that is main's 3, not the un-namespaced
+    // one, which goes.
+    let store = namespaced_store();
+    store.insert(in_ns("main", manifest_key(&build(1))), manifest(&[3]), DAY);
+    store.insert(entry_key(&action(3)), vec![3; 100], DAY * 30);
+    let plan = plan(&store, &Selection::All, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
+    let main = plan.section(Some(&ns("main"))).unwrap();
+    assert_eq!(main.listed_entries.count, 3, "1, 2 and 3");
+    let root = plan.section(None).unwrap();
+    assert_eq!(root.old_entries.count, 2, "6 and the un-namespaced 3");
+    // A damaged recent manifest of a namespace not collected keeps nothing and is said.
+    store.insert(in_ns("pr-1", manifest_key(&build(2))), "damaged", DAY);
+    let plan = super::plan(
+        &store,
+        &Selection::One(ns("main")),
+        DAY * 7,
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(plan.unreadable_elsewhere, 1);
+    assert_eq!(
+        plan.sections[0].old_entries.count, 2,
+        "4, and 1: pr-1's manifest no longer keeps it"
+    );
+    assert!(
+        plan.to_string()
+            .contains("of other namespaces could not be decoded")
+    );
 }

@@ -125,13 +125,14 @@ pub enum Command {
     /// Run the HTTP cache server, the `http` backend of other machines (and of `docker
     /// build`s). It stores on --storage-dir, or in S3 with the --s3-* options.
     Serve(ServeCommand),
-    /// Delete every entry under the remote store's prefix (asks for --yes first).
+    /// Delete every entry and prefetch manifest of the remote store's un-namespaced layout,
+    /// of --namespace, or of all namespaces with --all-namespaces (asks for --yes first).
     ClearRemote(ClearRemoteArgs),
     /// Trim the local cache now, as the automatic trim does once a day (--trim-age,
     /// --max-cache-size), and say what was removed; --dry-run only says it.
     Trim(TrimCommand),
     /// Delete the S3 entries and prefetch manifests not modified for --older-than, except the
-    /// entries that a recent manifest lists (reports only, without --yes).
+    /// entries that a recent manifest of any namespace lists (reports only, without --yes).
     GcRemote(GcRemoteArgs),
     /// Empty the local cache and lock directories. Refuses directories that goremotecache did
     /// not create (they carry its CACHEDIR.TAG).
@@ -283,8 +284,8 @@ pub struct NamespaceSelectionArgs {
     #[arg(long, env = "GOREMOTECACHE_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
 
-    /// Work on the un-namespaced entries and on every namespace, one after the other, and
-    /// report each.
+    /// Work on the un-namespaced entries and manifests and on every namespace found under the
+    /// prefix, and report each.
     #[arg(long)]
     pub all_namespaces: bool,
 }

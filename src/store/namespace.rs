@@ -155,7 +155,7 @@ impl Namespaces {
     }
 
     /// Asks every usable namespace for `action` at once; the first in order that has it wins,
-    /// with its index (see [`Namespaces::first_found`]).
+    /// with its index (see `first_found`).
     pub async fn get(&self, action: &ActionId) -> Result<Option<(usize, ByteStream)>, RemoteError> {
         self.first_found(|store| store.get(action)).await
     }

@@ -8,10 +8,21 @@ use std::time::{Duration, Instant};
 
 use support::GoProject;
 use support::proxy::{Mode, Proxy};
-use support::s3::{Fault, S3Server, SECRET_KEY, credentials, s3_args};
+use support::s3::{Fault, S3Server, SECRET_KEY, credentials, s3_args, warm_bucket};
 
 fn project(tag: &str, server: &S3Server, prefix: &str) -> GoProject {
     let mut project = GoProject::new(tag);
+    project.args = server.args(prefix);
+    project.env = credentials(SECRET_KEY);
+    project
+}
+
+/// A project on the shared module whose results are in `server`'s bucket under `prefix`, as
+/// machine A leaves them after building and testing it (the local cache is empty: a machine of
+/// its own).
+fn warmed(server: &S3Server, prefix: &str) -> GoProject {
+    warm_bucket(server, prefix);
+    let mut project = GoProject::on_shared_module();
     project.args = server.args(prefix);
     project.env = credentials(SECRET_KEY);
     project
@@ -30,8 +41,7 @@ fn warm_the_bucket(project: &GoProject) {
 #[test]
 fn a_fresh_machine_gets_every_result_from_the_bucket() {
     let server = S3Server::start();
-    let mut project = project("s3-fresh", &server, "ci");
-    warm_the_bucket(&project);
+    let mut project = warmed(&server, "ci");
 
     server.reset_counts();
     let build = project.build_on_fresh_machine("machine-b");
@@ -54,8 +64,7 @@ fn a_fresh_machine_gets_every_result_from_the_bucket() {
 #[test]
 fn prefixes_keep_caches_apart() {
     let server = S3Server::start();
-    let mut project = project("s3-prefix", &server, "team-a");
-    warm_the_bucket(&project);
+    let mut project = warmed(&server, "team-a");
     project.switch_machine("other-team");
     project.args = server.args("team-b");
     let build = project.go(&["build", "-x", "./..."]);
@@ -94,8 +103,7 @@ fn read_only_never_uploads_and_write_only_never_reads() {
 #[test]
 fn damaged_entries_are_never_served() {
     let server = S3Server::start();
-    let mut project = project("s3-damaged", &server, "damaged");
-    warm_the_bucket(&project);
+    let mut project = warmed(&server, "damaged");
     let files = server.entry_files();
     assert!(files.len() > 50);
     for (n, file) in files.iter().enumerate() {
@@ -125,16 +133,10 @@ fn damaged_entries_are_never_served() {
 #[test]
 fn http_faults_are_misses() {
     let server = S3Server::start();
-    let mut project = project("s3-faults", &server, "faults");
-    warm_the_bucket(&project);
-    for (n, fault) in [
-        Fault::Status(503),
-        Fault::Status(500),
-        Fault::Truncate,
-        Fault::Flip,
-    ]
-    .into_iter()
-    .enumerate()
+    let mut project = warmed(&server, "faults");
+    for (n, fault) in [Fault::Status(503), Fault::Truncate, Fault::Flip]
+        .into_iter()
+        .enumerate()
     {
         server.set_fault(fault);
         project.switch_machine(&format!("fault-{n}"));
@@ -257,10 +259,8 @@ fn connections_reset_by_the_store_do_not_fail_the_build() {
 fn a_slow_link_still_serves_a_fresh_machine() {
     let server = S3Server::start();
     let proxy = Proxy::start(&server.endpoint, Mode::Delay(Duration::from_millis(20)));
-    let mut project = GoProject::new("s3-slow");
+    let mut project = warmed(&server, "slow");
     project.args = s3_args(&proxy.endpoint, "slow");
-    project.env = credentials(SECRET_KEY);
-    warm_the_bucket(&project);
     let build = project.build_on_fresh_machine("slow-b");
     assert_eq!(build.stat("remote.errors"), 0, "{:?}", build.stats);
     proxy.set_mode(Mode::Reset);

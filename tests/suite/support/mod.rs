@@ -384,6 +384,22 @@ impl GoProject {
         project
     }
 
+    /// A project on the module that every test starting from a warm bucket shares
+    /// ([`s3::warm_bucket`]): the go command's action IDs include a package's directory, so
+    /// the bucket's entries are this module's only where it stays where it is. Its files must
+    /// not be changed.
+    pub fn on_shared_module() -> Self {
+        static MODULE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let module = MODULE.get_or_init(|| {
+            let dir = own_target_tmp_dir("shared-module");
+            write_module(&dir, "shared");
+            dir
+        });
+        let mut project = Self::new("unused");
+        project.module = module.clone();
+        project
+    }
+
     /// Moves to a new machine: fresh local cache, lock and GOCACHE directories (the module
     /// stays where it is, as a CI checkout does).
     pub fn switch_machine(&mut self, name: &str) {
@@ -550,4 +566,21 @@ pub fn count_files(dir: &Path) -> usize {
             _ => 0,
         })
         .sum()
+}
+
+/// A directory `NAME-<pid>` of this test process under Cargo's temp directory for tests,
+/// empty; those of test processes that are gone are removed first.
+pub fn own_target_tmp_dir(name: &str) -> PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        let file_name = entry.file_name();
+        let pid = (file_name.to_str())
+            .and_then(|n| n.strip_prefix(name)?.strip_prefix('-')?.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = base.join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }

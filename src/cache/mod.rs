@@ -20,6 +20,7 @@ use crate::ids::{ActionId, OutputId};
 use crate::local::disk::{DiskCache, Entry, Spooled};
 use crate::local::lock::Locker;
 
+pub mod clear;
 pub mod gc;
 pub mod manifest;
 pub mod prefetch;

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use support::GoProject;
 use support::proxy::{Mode, Proxy};
-use support::s3::{Fault, S3Server, SECRET_KEY, credentials, s3_args, warm_bucket};
+use support::s3::{Fault, S3Server, SECRET_KEY, credentials, s3_args};
+use support::warm_bucket;
 
 fn project(tag: &str, server: &S3Server, prefix: &str) -> GoProject {
     let mut project = GoProject::new(tag);

@@ -584,3 +584,41 @@ pub fn own_target_tmp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
+
+/// Puts into `server`'s bucket, under `prefix`, what machine A leaves there after `go build
+/// ./...` and `go test ./...` of [`GoProject::on_shared_module`]: built once per test binary
+/// and copied into each test's own bucket, so that tests that start from a warm bucket do not
+/// each compile the module and the standard library first.
+pub fn warm_bucket(server: &s3::S3Server, prefix: &str) {
+    static TEMPLATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let template = TEMPLATE.get_or_init(|| {
+        let builder = s3::S3Server::start();
+        let mut project = GoProject::on_shared_module();
+        project.args = builder.args("warm");
+        project.env = s3::credentials(s3::SECRET_KEY);
+        let build = project.go(&["build", "./..."]);
+        assert!(build.stat("remote.uploads") > 50, "{:?}", build.stats);
+        assert_eq!(build.stat("remote.upload_errors"), 0, "{:?}", build.stats);
+        assert_eq!(build.stat("remote.uploads_dropped"), 0, "{:?}", build.stats);
+        let test = project.go(&["test", "./..."]);
+        assert_eq!(test.stat("remote.upload_errors"), 0, "{:?}", test.stats);
+        let dir = own_target_tmp_dir("warm-bucket");
+        copy_tree(&builder.bucket_dir().join("warm"), &dir);
+        dir
+    });
+    copy_tree(template, &server.bucket_dir().join(prefix));
+}
+
+/// Copies the files below `from` to the same places below `to`.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

@@ -86,27 +86,30 @@ impl Namespace {
 
     /// Checks a name that came from outside (a flag, a URL, a token file).
     pub fn parse(name: &str) -> Result<Self, String> {
-        if name.is_empty() || name.len() > Self::MAX_LEN {
+        Self::check(name, "namespace", "")?;
+        Ok(Self(name.into()))
+    }
+
+    /// Checks `text` as a name, allowing the characters of `extra` too (a glob's `*`); an
+    /// error starts with `what` and the text.
+    pub fn check(text: &str, what: &str, extra: &str) -> Result<(), String> {
+        if text.is_empty() || text.len() > Self::MAX_LEN {
             return Err(format!(
-                "namespace {name:?}: a name has 1 to {} characters",
+                "{what} {text:?}: a name has 1 to {} characters",
                 Self::MAX_LEN
             ));
         }
-        if name.starts_with('.') {
+        if text.starts_with('.') {
+            return Err(format!("{what} {text:?}: a name must not start with '.'"));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_".contains(c) || extra.contains(c);
+        if let Some(bad) = text.chars().find(|&c| !allowed(c)) {
             return Err(format!(
-                "namespace {name:?}: a name must not start with '.'"
+                "{what} {text:?}: {bad:?} is not allowed (only A-Z a-z 0-9 . _ - {extra}; map \
+                 a branch name such as feature/x to feature-x)"
             ));
         }
-        if let Some(bad) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            return Err(format!(
-                "namespace {name:?}: {bad:?} is not allowed (only A-Z a-z 0-9 . _ -; map a \
-                 branch name such as feature/x to feature-x)"
-            ));
-        }
-        Ok(Self(name.into()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {

@@ -41,25 +41,7 @@ impl Glob {
     /// Checks a glob: 1 to [`Namespace::MAX_LEN`] characters of a namespace name
     /// (`A-Z a-z 0-9 . _ -`) or `*`, not starting with `.` (no name does).
     pub fn parse(glob: &str) -> Result<Self, String> {
-        if glob.is_empty() || glob.len() > Namespace::MAX_LEN {
-            return Err(format!(
-                "namespace glob {glob:?}: a glob has 1 to {} characters",
-                Namespace::MAX_LEN
-            ));
-        }
-        if glob.starts_with('.') {
-            return Err(format!(
-                "namespace glob {glob:?}: no namespace name starts with '.'"
-            ));
-        }
-        if let Some(bad) = glob
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*')))
-        {
-            return Err(format!(
-                "namespace glob {glob:?}: {bad:?} is not allowed (only A-Z a-z 0-9 . _ - and *)"
-            ));
-        }
+        Namespace::check(glob, "namespace glob", "*")?;
         Ok(Self(glob.to_string()))
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use support::GoProject;
 use support::proxy::{Mode, Proxy};
 use support::s3::{Fault, S3Server, SECRET_KEY, credentials, s3_args};
-use support::warm_bucket;
+use support::{warm_bucket, warm_the_bucket};
 
 fn project(tag: &str, server: &S3Server, prefix: &str) -> GoProject {
     let mut project = GoProject::new(tag);
@@ -27,16 +27,6 @@ fn warmed(server: &S3Server, prefix: &str) -> GoProject {
     project.args = server.args(prefix);
     project.env = credentials(SECRET_KEY);
     project
-}
-
-/// Builds and tests on machine A, which uploads everything.
-fn warm_the_bucket(project: &GoProject) {
-    let build = project.go(&["build", "./..."]);
-    assert!(build.stat("remote.uploads") > 50, "{:?}", build.stats);
-    assert_eq!(build.stat("remote.upload_errors"), 0, "{:?}", build.stats);
-    assert_eq!(build.stat("remote.uploads_dropped"), 0, "{:?}", build.stats);
-    let test = project.go(&["test", "./..."]);
-    assert_eq!(test.stat("remote.upload_errors"), 0, "{:?}", test.stats);
 }
 
 #[test]

@@ -78,7 +78,7 @@ fn a_line_takes_namespaces_and_a_comment_and_nothing_else() {
         ("namespaces=", "at least one glob"),
         ("namespaces=a,,b", "1 to 128 characters"),
         ("namespaces=a/b", "'/' is not allowed"),
-        ("namespaces=.x", "starts with '.'"),
+        ("namespaces=.x", "must not start with '.'"),
         ("namespaces=a namespaces=b", "given twice"),
         ("namespaces=a?", "'?' is not allowed"),
     ] {

@@ -336,17 +336,22 @@ pub fn warm_bucket(server: &s3::S3Server, prefix: &str) {
         let mut project = GoProject::on_shared_module();
         project.args = builder.args("warm");
         project.env = s3::credentials(s3::SECRET_KEY);
-        let build = project.go(&["build", "./..."]);
-        assert!(build.stat("remote.uploads") > 50, "{:?}", build.stats);
-        assert_eq!(build.stat("remote.upload_errors"), 0, "{:?}", build.stats);
-        assert_eq!(build.stat("remote.uploads_dropped"), 0, "{:?}", build.stats);
-        let test = project.go(&["test", "./..."]);
-        assert_eq!(test.stat("remote.upload_errors"), 0, "{:?}", test.stats);
+        warm_the_bucket(&project);
         let dir = own_target_tmp_dir("warm-bucket");
         copy_tree(&builder.bucket_dir().join("warm"), &dir);
         dir
     });
     copy_tree(template, &server.bucket_dir().join(prefix));
+}
+
+/// Builds and tests on machine A, which uploads everything.
+pub fn warm_the_bucket(project: &GoProject) {
+    let build = project.go(&["build", "./..."]);
+    assert!(build.stat("remote.uploads") > 50, "{:?}", build.stats);
+    assert_eq!(build.stat("remote.upload_errors"), 0, "{:?}", build.stats);
+    assert_eq!(build.stat("remote.uploads_dropped"), 0, "{:?}", build.stats);
+    let test = project.go(&["test", "./..."]);
+    assert_eq!(test.stat("remote.upload_errors"), 0, "{:?}", test.stats);
 }
 
 /// Copies the files below `from` to the same places below `to`.

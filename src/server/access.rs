@@ -16,7 +16,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 
 use super::refusal::Refusal;
-use super::routes::ServerState;
+use super::state::ServerState;
 use super::tokens::{Access, Scope};
 use crate::ids::Namespace;
 

@@ -12,7 +12,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::connection::{self, WriteDeadline};
-use super::routes::{ServerState, router};
+use super::routes::router;
+use super::state::ServerState;
 
 /// A TLS handshake must be complete within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -49,11 +49,13 @@ mod listen;
 pub mod metrics;
 mod refusal;
 mod routes;
+mod state;
 pub mod storage;
 pub mod tokens;
 
 pub use listen::{DRAIN, HANDSHAKE_TIMEOUT, TlsError, run, tls_acceptor};
-pub use routes::{ServerState, router};
+pub use routes::router;
+pub use state::ServerState;
 pub use storage::Storage;
 
 use metrics::Metrics;

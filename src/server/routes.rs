@@ -1,5 +1,5 @@
 //! The routes and their handlers: entries (`GET`, `HEAD`, `PUT /v1/ac/<key>`), batches
-//! (`POST /v1/batch`), prefetch manifests, `/healthz` and `/metrics`, and the state every
+//! (`POST /v1/batch`), prefetch manifests, `/healthz` and `/metrics`, on the state every
 //! handler shares ([`ServerState`]). Each entry, batch and manifest route is there twice, as
 //! `/v1/...` (no namespace) and as `/v1/ns/<NAME>/...`, with the same handler: it learns its
 //! namespace from the path ([`Target`]), is admitted for it ([`ServerState::admit`]) and
@@ -7,9 +7,8 @@
 
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::task::Poll;
 use std::time::Instant;
 
@@ -22,43 +21,19 @@ use axum::routing::{MethodRouter, get, post};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::access::Target;
-use super::body::BodyReader;
-use super::metrics::Metrics;
 use super::refusal::Refusal;
-use super::storage::{Place, Storage};
-use super::tokens::{Scope, Tokens};
-use crate::config::ServeTimeouts;
-use crate::ids::{ActionId, BuildKey, Namespace};
+use super::state::{ServerState, storage_failure};
+use super::tokens::Scope;
+use crate::ids::{ActionId, BuildKey};
 use crate::store::dir::{VerifiedEntry, VerifyError};
 use crate::store::format;
 use crate::store::{MAX_MANIFEST, PutOutcome, RemoteError, RemoteStore, Upload, batch};
 
 /// Entries of one batch read from storage ahead of the one being sent.
 const BATCH_AHEAD: usize = 8;
-
-/// What a running server needs.
-#[derive(Debug)]
-pub struct ServerState {
-    /// The entries of every namespace. On a storage directory a `PUT` is admitted under its
-    /// bound ([`BoundedSpace::reserve`](crate::store::bounded::BoundedSpace::reserve), 507
-    /// when full), its body spooled into its `tmp/`, verified once, and that very file renamed
-    /// into place ([`BoundedSpace::commit_verified`](crate::store::bounded::BoundedSpace::commit_verified))
-    /// instead of handed to the store's `put`, which would copy and verify it again. Any other
-    /// store (S3) uploads from the spool file.
-    pub storage: Storage,
-    pub tokens: RwLock<Tokens>,
-    pub anonymous_read: bool,
-    pub max_entry_size: u64,
-    /// Where `PUT` bodies are spooled when the storage is not a directory.
-    pub spool_dir: PathBuf,
-    /// Requests handled at once; past it, 503.
-    pub in_flight: Arc<Semaphore>,
-    pub timeouts: ServeTimeouts,
-    pub metrics: Metrics,
-}
 
 /// The routes: each of entries, batches and manifests without a namespace and in one.
 pub fn router(state: Arc<ServerState>) -> Router {
@@ -89,35 +64,6 @@ async fn timed(
     response
 }
 
-impl ServerState {
-    /// The storage of `namespace`, for a request that needs `scope` (a write makes a
-    /// namespace's directory; a read never does).
-    async fn place(&self, namespace: Option<&Namespace>, scope: Scope) -> Result<Place, Refusal> {
-        self.storage
-            .place(namespace, scope == Scope::ReadWrite)
-            .await
-            .map_err(|err| storage_failure(self, "opening a namespace", err))
-    }
-
-    /// A reader for a request body that is `what` and may have at most `limit` bytes, under
-    /// the body timeout.
-    fn body(
-        &self,
-        what: &'static str,
-        headers: &HeaderMap,
-        body: Body,
-        limit: u64,
-    ) -> Result<BodyReader, Refusal> {
-        BodyReader::new(what, headers, body, limit, self.timeouts.body)
-    }
-
-    /// Counts one request and its latency.
-    fn observe(&self, method: &str, response: &Response, start: Instant) {
-        self.metrics
-            .observe(method, response.status().as_u16(), start.elapsed());
-    }
-}
-
 /// A key is exactly 64 lowercase hex digits; nothing else reaches the store.
 fn parse_key<K>(key: &str, from_key: impl FnOnce(&str) -> Option<K>) -> Result<K, Refusal> {
     from_key(key).ok_or_else(|| {
@@ -131,13 +77,6 @@ fn parse_key<K>(key: &str, from_key: impl FnOnce(&str) -> Option<K>) -> Result<K
 /// The answer when `--max-in-flight` requests are being handled.
 fn busy() -> Refusal {
     Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "busy")
-}
-
-/// A storage failure: counted, logged, answered 503.
-fn storage_failure(state: &ServerState, what: &str, err: impl std::fmt::Display) -> Refusal {
-    state.metrics.storage_errors.inc();
-    tracing::warn!("storage {what}: {err}");
-    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("storage: {err}"))
 }
 
 async fn get_manifest(

@@ -22,9 +22,9 @@
 //!
 //! The files, each importing only from those after it: this one starts the server from its
 //! options (storage, tokens and their reload on SIGHUP); `listen` accepts connections
-//! ([`run`]), sets up TLS ([`tls_acceptor`]) and stops; `routes` has the [`router`], its
-//! handlers and the [`ServerState`] they share; `access` finds a request's namespace and
-//! checks its token for it; [`storage`] is each namespace's storage; `body` reads a request
+//! ([`run`]), sets up TLS ([`tls_acceptor`]) and stops; `routes` has the [`router`] and its
+//! handlers; `access` finds a request's namespace and checks its token for it; `state` is the
+//! [`ServerState`] they share; [`storage`] is each namespace's storage; `body` reads a request
 //! body within its bounds; `refusal` is the answer to a request refused; [`connection`]
 //! bounds a connection in time; [`tokens`] and [`metrics`] are what their names say.
 

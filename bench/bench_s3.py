@@ -89,7 +89,8 @@ class Server:
 class Machine:
     """A fresh CI machine: its own local cache and GOCACHE directories."""
 
-    def __init__(self, tmp, name, binary, endpoint=None, prefix="bench"):
+    def __init__(self, tmp, name, binary, endpoint=None, prefix="bench", extra=()):
+        self.extra = list(extra)
         self.dir = os.path.join(tmp, name)
         self.gocache = os.path.join(self.dir, "gocache")
         os.makedirs(self.gocache)
@@ -106,6 +107,7 @@ class Machine:
         if self.endpoint:
             argv += ["--s3-bucket", "gocache", "--s3-prefix", self.prefix, "--s3-endpoint", self.endpoint,
                      "--s3-region", "us-east-1", "--s3-force-path-style", "--upload-wait", "10m"]
+        argv += self.extra
         env = go_env(self.gocache, shlex.join(argv))
         env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
                    AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent")

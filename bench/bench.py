@@ -497,6 +497,26 @@ def build_rows(builds, handshake, put, rtt, runs, handshake_runs):
     ]
 
 
+def publish(text, path=None):
+    """Prints a benchmark's Markdown result, and writes it to `path` too (--markdown)."""
+    sys.stdout.write(text)
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
+
+
+def run(main, name):
+    """Runs a benchmark's `main` as the script `name`: its return value is the exit status; a
+    BenchError is one line on stderr and status 1; ^C is status 130."""
+    try:
+        sys.exit(main())
+    except BenchError as err:
+        print(f"\n{name}: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 def markdown_table(title, env, intro, rows, note=None):
     """A Markdown section: a heading with the machine and commit, an intro line, the table."""
     header = ["measurement", "goremotecache", "baseline", "ratio or value", "target", "met"]
@@ -540,18 +560,9 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = markdown(env, build_rows(builds, handshake, put, rtt, args.runs, args.handshake_runs), binary, command)
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    publish(text, args.markdown)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as err:
-        print(f"\nbench.py: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run(main, "bench.py")

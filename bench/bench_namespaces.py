@@ -33,7 +33,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
-from bench import BenchError, secs  # noqa: E402
+from bench import secs  # noqa: E402
 from bench_s3 import Machine, Server, build  # noqa: E402
 
 
@@ -110,16 +110,9 @@ def main():
         "several namespaces to the one-namespace baseline is the cost of asking them all at "
         "once (1.00× is no cost).",
         rows)
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    bench.publish(text, args.markdown)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as err:
-        print(f"\nbench_namespaces.py: {err}", file=sys.stderr)
-        sys.exit(1)
+    bench.run(main, "bench_namespaces.py")

@@ -185,10 +185,7 @@ def main():
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     text = markdown(env, rows, command)
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    bench.publish(text, args.markdown)
     return 0
 
 
@@ -200,8 +197,4 @@ def markdown(env, rows, command):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as err:
-        print(f"\nbench_s3.py: {err}", file=sys.stderr)
-        sys.exit(1)
+    bench.run(main, "bench_s3.py")

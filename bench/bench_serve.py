@@ -140,16 +140,9 @@ def main():
         "goremotecache serve benchmark", env,
         f"Command: `{command}`. wrk -t2 -c{CONNECTIONS} -d{args.seconds}s, client and server on the "
         "same 2 cores; S3 storage is the tests' in-process s3s server on loopback.", rows)
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    bench.publish(text, args.markdown)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as err:
-        print(f"\nbench_serve.py: {err}", file=sys.stderr)
-        sys.exit(1)
+    bench.run(main, "bench_serve.py")

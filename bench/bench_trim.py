@@ -186,18 +186,9 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = markdown(env, trims, builds, binary, command)
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    bench.publish(text, args.markdown)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except bench.BenchError as err:
-        print(f"\nbench_trim.py: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    bench.run(main, "bench_trim.py")

@@ -131,17 +131,7 @@ struct Trimmer {
 pub fn trim(cache: &DiskCache, policy: &TrimPolicy, dry_run: bool) -> io::Result<TrimReport> {
     let start = Instant::now();
     let now = SystemTime::now();
-    let tmp = open_dir_no_follow(cache.tmp_dir())?;
-    let mut trimmer = Trimmer {
-        scan: scan(cache.root())?,
-        tmp,
-        dry_run,
-        report: TrimReport {
-            dry_run,
-            ..TrimReport::default()
-        },
-        kept_in_use: Cell::new(0),
-    };
+    let mut trimmer = Trimmer::new(cache, dry_run)?;
     trimmer.by_age(now.checked_sub(policy.max_age).unwrap_or(UNIX_EPOCH))?;
     if let Some(max) = policy.max_size {
         let keep_after = now.checked_sub(KEEP_RECENT).unwrap_or(UNIX_EPOCH);
@@ -165,6 +155,21 @@ impl Scan {
 }
 
 impl Trimmer {
+    /// Opens `cache`'s `tmp/` and scans the cache.
+    fn new(cache: &DiskCache, dry_run: bool) -> io::Result<Self> {
+        let tmp = open_dir_no_follow(cache.tmp_dir())?;
+        Ok(Trimmer {
+            scan: scan(cache.root())?,
+            tmp,
+            dry_run,
+            report: TrimReport {
+                dry_run,
+                ..TrimReport::default()
+            },
+            kept_in_use: Cell::new(0),
+        })
+    }
+
     /// Removes entries unused since `cutoff`, then outputs unused since then that no
     /// remaining entry names.
     fn by_age(&mut self, cutoff: SystemTime) -> io::Result<()> {

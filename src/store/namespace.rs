@@ -121,15 +121,6 @@ impl Namespaces {
         &self.stores[0]
     }
 
-    /// How many namespaces are read (1 without namespaces).
-    pub fn len(&self) -> usize {
-        self.stores.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.stores.is_empty()
-    }
-
     /// The name of the namespace at `index` (`None`: the un-namespaced layout).
     pub fn name(&self, index: usize) -> Option<&Namespace> {
         self.names[index].as_ref()

@@ -62,13 +62,7 @@ fn a_file_used_after_the_scan_is_put_back_not_removed() {
     let (entry, output) = put(&cache, 1, b"in use");
     set_age(&entry, WEEK);
     set_age(&output, WEEK);
-    let mut trimmer = Trimmer {
-        scan: scan(cache.root()).unwrap(),
-        tmp: open_dir_no_follow(cache.tmp_dir()).unwrap(),
-        dry_run: false,
-        report: TrimReport::default(),
-        kept_in_use: Cell::new(0),
-    };
+    let mut trimmer = Trimmer::new(&cache, false).unwrap();
     // A get between the scan and the removal refreshes both files' times.
     assert!(cache.get(&ActionId([1; 32])).unwrap().is_some());
     trimmer
@@ -87,13 +81,7 @@ fn a_file_the_stale_temp_sweep_removes_while_set_aside_counts_as_removed() {
     let cache = DiskCache::open(dir.path()).unwrap();
     let (entry, _) = put(&cache, 1, b"old");
     set_age(&entry, WEEK);
-    let trimmer = Trimmer {
-        scan: scan(cache.root()).unwrap(),
-        tmp: open_dir_no_follow(cache.tmp_dir()).unwrap(),
-        dry_run: false,
-        report: TrimReport::default(),
-        kept_in_use: Cell::new(0),
-    };
+    let trimmer = Trimmer::new(&cache, false).unwrap();
     let found = &trimmer.scan.entries[0].file;
     // Set aside as the trim does, then a concurrent session's sweep of stale temporary
     // files removes it (it is old) before the trim reads its times again.

@@ -109,6 +109,11 @@ impl GoProject {
         let root = tempfile::tempdir().unwrap();
         let module = root.path().join("mod");
         write_module(&module, tag);
+        Self::on(root, module)
+    }
+
+    /// A project on `module`, with its machine's directories in `root`.
+    fn on(root: tempfile::TempDir, module: PathBuf) -> Self {
         let project = Self {
             cache_dir: root.path().join("cache"),
             lock_dir: root.path().join("locks"),
@@ -135,9 +140,7 @@ impl GoProject {
             write_module(&dir, "shared");
             dir
         });
-        let mut project = Self::new("unused");
-        project.module = module.clone();
-        project
+        Self::on(tempfile::tempdir().unwrap(), module.clone())
     }
 
     /// Moves to a new machine: fresh local cache, lock and GOCACHE directories (the module

@@ -25,6 +25,7 @@
 pub mod cache;
 pub mod cacheprog;
 pub mod config;
+pub mod daemon;
 pub mod fsutil;
 pub mod ids;
 pub mod local;

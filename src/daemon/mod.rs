@@ -1,0 +1,3 @@
+//! The per-machine daemon.
+
+pub mod place;

@@ -1,6 +1,7 @@
 //! The `goremotecache` binary: parses the command line, writes the handshake at once, then
 //! serves the go command (or runs a subcommand) and maps failures to exit codes.
 
+use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +11,9 @@ use anyhow::Context;
 use goremotecache::cache::Cache;
 use goremotecache::cache::stats;
 use goremotecache::cacheprog::{session, wire};
-use goremotecache::config::{Cli, Config, GcRemoteConfig, LocalDirs, Run, ServeConfig, TrimConfig};
+use goremotecache::config::{
+    Cli, Config, Control, ControlConfig, GcRemoteConfig, LocalDirs, Run, ServeConfig, TrimConfig,
+};
 use goremotecache::fsutil::explain_io;
 use goremotecache::local::clear;
 use goremotecache::local::disk::DiskCache;
@@ -59,6 +62,15 @@ fn main() -> ExitCode {
                 result => result.map_err(anyhow::Error::from),
             }
         }
+        Run::Daemon(daemon) => {
+            logging::init(daemon.build.debug);
+            goremotecache::daemon::serve::run(&daemon)
+        }
+        Run::Control(control) if control.control == Control::Connect => connect(&control),
+        Run::Control(control) => {
+            logging::init(control.build.debug);
+            goremotecache::daemon::control::run(&control, &options_after_subcommand())
+        }
         Run::Version => {
             println!(
                 "goremotecache {} (GOCACHEPROG protocol commands: {})",
@@ -79,19 +91,48 @@ fn main() -> ExitCode {
 
 /// The main job: answer the go command on stdin/stdout.
 fn serve_stdio(config: &Config) -> anyhow::Result<()> {
-    // The go command waits for this line before it sends anything: it comes first.
+    handshake(config.debug)?;
+    serve_session(config)
+}
+
+/// `connect`: the session through the daemon, or directly if no daemon can serve it.
+fn connect(config: &ControlConfig) -> anyhow::Result<()> {
+    handshake(config.build.debug)?;
+    match goremotecache::daemon::bridge::run(config, &options_after_subcommand()) {
+        Ok(()) => Ok(()),
+        Err(why) => {
+            eprintln!("goremotecache: connect: running without the daemon: {why}");
+            serve_session(&config.build)
+        }
+    }
+}
+
+/// The options given after the subcommand's name: a daemon that `connect` or `warm` starts
+/// gets them (it inherits the environment, and with it the GOREMOTECACHE_* variables).
+fn options_after_subcommand() -> Vec<OsString> {
+    std::env::args_os().skip(2).collect()
+}
+
+/// The handshake, at once: the go command waits for this line before it sends anything.
+fn handshake(debug: bool) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     stdout
         .write_all(&wire::handshake_line())
         .and_then(|()| stdout.flush())
         .context("writing the handshake")?;
-    logging::init(config.debug);
+    logging::init(debug);
     if std::io::stdin().is_terminal() {
         eprintln!(
             "goremotecache: waiting for requests on stdin; it is meant to be started by the go command: \
              GOCACHEPROG=goremotecache go build ./... (see --help)"
         );
     }
+    Ok(())
+}
+
+/// Serves the go command's session with a cache of this process's own.
+fn serve_session(config: &Config) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("goremotecache")
@@ -121,20 +162,9 @@ fn trim_after_session(config: &Config, policy: &TrimPolicy, cache: &Cache) {
         return;
     }
     let root = &config.dirs.cache_dir;
-    let claim = match trim::claim(root) {
-        Ok(Some(claim)) => claim,
-        Ok(None) => return,
-        Err(err) => {
-            tracing::warn!(
-                "cannot claim the trim of {}: {}",
-                root.display(),
-                explain_io(&err)
-            );
-            return;
-        }
-    };
-    match trim::trim(&DiskCache::at(root), policy, false) {
-        Ok(report) => {
+    match trim::trim_if_due(root, policy) {
+        Ok(None) => {}
+        Ok(Some(report)) => {
             if config.stats {
                 eprint!("goremotecache: {report}");
             }
@@ -146,7 +176,6 @@ fn trim_after_session(config: &Config, policy: &TrimPolicy, cache: &Cache) {
         }
         Err(err) => tracing::warn!("trimming {}: {}", root.display(), explain_io(&err)),
     }
-    drop(claim);
 }
 
 /// Points stdout (and, with `stderr_too`, stderr) at /dev/null, which closes the pipes the

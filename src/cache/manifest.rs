@@ -477,11 +477,9 @@ impl Recorder {
         }
     }
 
-    /// What was recorded, in order.
-    pub fn take(&self) -> Vec<Used> {
-        let mut inner = lock(&self.inner);
-        inner.index.clear();
-        std::mem::take(&mut inner.order)
+    /// What was recorded so far, in order.
+    pub fn snapshot(&self) -> Vec<Used> {
+        lock(&self.inner).order.clone()
     }
 }
 

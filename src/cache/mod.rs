@@ -9,14 +9,15 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cacheprog::session::Handler;
 use crate::cacheprog::wire::{BodyError, RequestError};
-use crate::config::Config;
+use crate::config::{Config, PrefetchConfig};
 use crate::fsutil::{STALE_TEMP_AGE, explain_io};
-use crate::ids::{ActionId, OutputId};
+use crate::ids::{ActionId, BuildKey, OutputId};
 use crate::local::disk::{DiskCache, Entry, Spooled};
 use crate::local::lock::Locker;
 
@@ -31,10 +32,11 @@ pub mod upload;
 #[cfg(test)]
 mod tests;
 
+use manifest::KeySource;
 use prefetch::Prefetcher;
 use remote::RemoteTier;
 use stats::Stats;
-use upload::Job;
+use upload::{Job, Pending};
 
 /// Why a request could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +80,30 @@ pub struct Cache {
     stats: Arc<Stats>,
     report: ReportOptions,
     remote: Option<Arc<RemoteTier>>,
-    /// On when the remote tier is and `--prefetch` is not off.
-    prefetch: Option<Arc<Prefetcher>>,
+    /// The prefetch settings, when the remote tier is on and `--prefetch` is not off.
+    prefetch_config: Option<PrefetchConfig>,
+    /// Started once, when the build key is known ([`Cache::start_prefetch`]).
+    prefetch: OnceLock<Arc<Prefetcher>>,
+}
+
+/// What [`Cache::start_prefetch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrefetchStart {
+    /// Prefetch of this key's manifest began.
+    Started(BuildKey),
+    /// A prefetch had begun already, of this key: it goes on.
+    Already(BuildKey),
+    /// No remote tier, or `--prefetch=off`.
+    Off,
+}
+
+/// What a [`Cache::flush`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flushed {
+    /// Uploads still pending when `--upload-wait` ran out: they go on.
+    pub left: u64,
+    /// Entries in the manifest written (0: none written, or unchanged).
+    pub manifest_written: u64,
 }
 
 impl Cache {
@@ -87,8 +111,19 @@ impl Cache {
     /// created is said once on stderr, and then every get misses and every put fails with a
     /// clear message, which is what the go command can act on. A remote store that cannot be
     /// set up is said once too, and the cache works on local disk alone. Call it inside a
-    /// tokio runtime: the remote tier's upload workers start here.
+    /// tokio runtime: the remote tier's upload workers start here, and prefetch of this
+    /// process's build key.
     pub fn open(config: &Config) -> Self {
+        let cache = Self::open_idle(config);
+        if let Some(prefetch) = &cache.prefetch_config {
+            cache.start_prefetch(Prefetcher::source_for(prefetch));
+        }
+        cache
+    }
+
+    /// As [`Cache::open`], but prefetch waits for [`Cache::start_prefetch`]: a daemon learns
+    /// the build key from its first session, or from `warm`.
+    pub fn open_idle(config: &Config) -> Self {
         let disk = DiskCache::at(&config.dirs.cache_dir).verifying_hits(config.verify_hits);
         match disk.prepare() {
             Ok(()) => {
@@ -116,12 +151,8 @@ impl Cache {
                 .ok()
                 .map(Arc::new)
         });
-        let prefetch = remote.as_ref().and_then(|remote| {
-            let config = config.remote.as_ref()?.prefetch.clone()?;
-            let prefetcher = Arc::new(Prefetcher::new(remote.clone(), config));
-            prefetcher.start(&disk);
-            Some(prefetcher)
-        });
+        let prefetch_config =
+            (remote.as_ref()).and_then(|_| config.remote.as_ref()?.prefetch.clone());
         Self {
             disk,
             locks: Locker::new(config.dirs.lock_type, &config.dirs.lock_dir),
@@ -131,15 +162,174 @@ impl Cache {
                 stats_file: config.stats_file.clone(),
             },
             remote,
-            prefetch,
+            prefetch_config,
+            prefetch: OnceLock::new(),
         }
+    }
+
+    /// Starts prefetching the manifest of the build that `source` names, unless a prefetch
+    /// has begun already (the first key wins; later sessions share it).
+    pub fn start_prefetch(&self, source: KeySource) -> PrefetchStart {
+        let (Some(remote), Some(config)) = (&self.remote, &self.prefetch_config) else {
+            return PrefetchStart::Off;
+        };
+        let mut started = false;
+        let prefetcher = self.prefetch.get_or_init(|| {
+            started = true;
+            let prefetcher = Arc::new(Prefetcher::new(remote.clone(), config.clone(), source));
+            prefetcher.start(&self.disk);
+            prefetcher
+        });
+        let key = prefetcher.key().clone();
+        match started {
+            true => PrefetchStart::Started(key),
+            false => PrefetchStart::Already(key),
+        }
+    }
+
+    /// The prefetch, once started.
+    pub fn prefetcher(&self) -> Option<&Arc<Prefetcher>> {
+        self.prefetch.get()
     }
 
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
 
-    fn record_get(
+    /// The remote tier, when there is one.
+    pub fn remote(&self) -> Option<&Arc<RemoteTier>> {
+        self.remote.as_ref()
+    }
+
+    /// Whether a local miss may be filled from the remote tier.
+    pub fn reads_remote(&self) -> bool {
+        self.remote.as_ref().is_some_and(|r| r.reads())
+    }
+
+    /// Where the output `id` is (or would be) on local disk.
+    pub fn output_path(&self, id: &OutputId) -> PathBuf {
+        self.disk.output_path(id)
+    }
+
+    /// Looks an action up on local disk only.
+    pub fn get_local(&self, action_id: &ActionId) -> Result<Option<Entry>, CacheError> {
+        self.disk.get(action_id).map_err(|err| {
+            CacheError::io("read an action entry", self.disk.root().to_path_buf(), err)
+        })
+    }
+
+    /// Counts a get that another process answered from this cache's disk (`connect`, for
+    /// the daemon), as if this cache had: statistics and the prefetch manifest.
+    pub fn note_local_get(&self, action_id: ActionId, hit: Option<u64>, took: Duration) {
+        self.stats.record_get(hit, took);
+        if let Some(prefetch) = self.prefetch.get() {
+            prefetch.note_get(action_id, hit);
+        }
+    }
+
+    /// Stores a put's output and entry on local disk (counted), without the remote tier:
+    /// what to upload is returned, for [`Cache::after_put`] here or in a daemon, with whether
+    /// the output was on disk already.
+    pub async fn put_local(
+        &self,
+        action_id: ActionId,
+        output_id: OutputId,
+        body: Option<Spooled>,
+    ) -> Result<(Job, bool), CacheError> {
+        let start = Instant::now();
+        let _guard = self.locks.lock(&output_id.0).await;
+        let disk = self.disk.clone();
+        let stored = blocking(move || store(&disk, &action_id, output_id, body)).await;
+        match &stored {
+            Ok(stored) => {
+                tracing::debug!(
+                    action = %action_id,
+                    output = %output_id,
+                    size = stored.size,
+                    already = stored.already,
+                    "put"
+                );
+                self.stats
+                    .record_put(stored.size, stored.already, start.elapsed());
+            }
+            Err(_) => self.stats.record_put_error(start.elapsed()),
+        }
+        stored.map(|stored| {
+            let job = Job {
+                action: action_id,
+                output: output_id,
+                size: stored.size,
+                time: stored.time,
+                path: stored.path,
+            };
+            (job, stored.already)
+        })
+    }
+
+    /// What follows a put stored on local disk: the prefetch manifest notes it and the
+    /// remote tier uploads it, behind the build.
+    pub fn after_put(&self, job: Job) {
+        if let Some(prefetch) = self.prefetch.get() {
+            prefetch.note_put(job.action, job.size);
+        }
+        if let Some(remote) = &self.remote {
+            remote.upload_later(job);
+        }
+    }
+
+    /// Counts a put that another process stored on this cache's disk (`connect`, for the
+    /// daemon), then uploads it as [`Cache::after_put`] does.
+    pub fn note_local_put(&self, job: Job, already: bool, took: Duration) {
+        self.stats.record_put(job.size, already, took);
+        self.after_put(job);
+    }
+
+    /// The end of a CI job's builds (a daemon's `flush`): waits up to `wait` for
+    /// the uploads queued so far, saying how it goes, and writes the prefetch manifest. The
+    /// cache stays open.
+    pub async fn flush(
+        &self,
+        wait: Duration,
+        progress: &mut (dyn FnMut(Pending) + Send),
+    ) -> Flushed {
+        let manifest = async {
+            if let Some(prefetch) = self.prefetch.get() {
+                prefetch.finish().await;
+            }
+        };
+        let uploads = async {
+            match &self.remote {
+                Some(remote) => remote.drain(wait, progress).await,
+                None => 0,
+            }
+        };
+        let ((), left) = tokio::join!(manifest, uploads);
+        Flushed {
+            left,
+            manifest_written: (self.remote.as_ref()).map_or(0, |r| {
+                r.remote_stats().manifest_written.load(Ordering::Relaxed)
+            }),
+        }
+    }
+
+    /// The end of the run: prefetch stops and writes its manifest while the uploads get
+    /// their `--upload-wait`.
+    pub async fn finish(&self) {
+        let uploads = async {
+            if let Some(remote) = &self.remote {
+                remote.finish().await;
+            }
+        };
+        let manifest = async {
+            if let Some(prefetch) = self.prefetch.get() {
+                prefetch.finish().await;
+            }
+        };
+        tokio::join!(uploads, manifest);
+    }
+
+    /// Counts a get's outcome (and notes a hit for the prefetch manifest).
+    pub fn record_get(
         &self,
         action_id: &ActionId,
         found: &Result<Option<Entry>, CacheError>,
@@ -150,7 +340,7 @@ impl Cache {
                 tracing::debug!(action = %action_id, hit = entry.is_some(), "get");
                 let size = entry.as_ref().map(|e| e.size);
                 self.stats.record_get(size, start.elapsed());
-                if let Some(prefetch) = &self.prefetch {
+                if let Some(prefetch) = self.prefetch.get() {
                     prefetch.note_get(*action_id, size);
                 }
             }
@@ -263,37 +453,10 @@ impl Handler for Cache {
         output_id: OutputId,
         body: Option<Spooled>,
     ) -> Result<PathBuf, CacheError> {
-        let start = Instant::now();
-        let _guard = self.locks.lock(&output_id.0).await;
-        let disk = self.disk.clone();
-        let stored = blocking(move || store(&disk, &action_id, output_id, body)).await;
-        match &stored {
-            Ok(stored) => {
-                tracing::debug!(
-                    action = %action_id,
-                    output = %output_id,
-                    size = stored.size,
-                    already = stored.already,
-                    "put"
-                );
-                self.stats
-                    .record_put(stored.size, stored.already, start.elapsed());
-                if let Some(prefetch) = &self.prefetch {
-                    prefetch.note_put(action_id, stored.size);
-                }
-                if let Some(remote) = &self.remote {
-                    remote.upload_later(Job {
-                        action: action_id,
-                        output: output_id,
-                        size: stored.size,
-                        time: stored.time,
-                        path: stored.path.clone(),
-                    });
-                }
-            }
-            Err(_) => self.stats.record_put_error(start.elapsed()),
-        }
-        stored.map(|stored| stored.path)
+        let (job, _) = self.put_local(action_id, output_id, body).await?;
+        let path = job.path.clone();
+        self.after_put(job);
+        Ok(path)
     }
 
     fn refused(&self, err: &RequestError) {
@@ -308,18 +471,7 @@ impl Handler for Cache {
     }
 
     async fn close(&self) {
-        // Prefetch stops and writes its manifest while the uploads finish.
-        let uploads = async {
-            if let Some(remote) = &self.remote {
-                remote.finish().await;
-            }
-        };
-        let manifest = async {
-            if let Some(prefetch) = &self.prefetch {
-                prefetch.finish().await;
-            }
-        };
-        tokio::join!(uploads, manifest);
+        self.finish().await;
         let report = self.stats.report();
         if self.report.stats {
             eprint!("{report}");

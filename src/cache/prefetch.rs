@@ -6,6 +6,7 @@
 //! prefetch has not started is fetched by the get itself.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -37,23 +38,23 @@ pub struct Prefetcher {
     unused: Mutex<HashSet<ActionId>>,
     /// The prefetch work, stopped at close.
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// How many entries the recorder held when the manifest was last written (a daemon
+    /// writes it at each `flush` and at exit: again only if the run recorded more).
+    written: Mutex<Option<usize>>,
 }
 
 /// The entries of a prefetch that a batch request is fetching: claims by key.
 type Claims<'a> = HashMap<ActionId, Claim<'a>>;
 
 impl Prefetcher {
-    /// Prefetch on `tier` with these settings: the build key is worked out here.
-    pub fn new(tier: Arc<RemoteTier>, config: PrefetchConfig) -> Self {
-        let source = match &config.key {
-            Some(text) => KeySource::explicit(text),
-            None => KeySource::automatic(),
-        };
+    /// Prefetch on `tier` with these settings, for the build that `source` names
+    /// ([`Prefetcher::source_for`]).
+    pub fn new(tier: Arc<RemoteTier>, config: PrefetchConfig, source: KeySource) -> Self {
         let key = source.key();
         tracing::debug!(key = %key, "prefetch key from {}", source.describe());
         tier.remote_stats()
             .prefetch_on
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+            .store(true, Ordering::Relaxed);
         Self {
             tier,
             config,
@@ -63,7 +64,26 @@ impl Prefetcher {
             loaded: watch::Sender::new(None),
             unused: Mutex::new(HashSet::new()),
             task: Mutex::new(None),
+            written: Mutex::new(None),
         }
+    }
+
+    /// What names this process's build: `--prefetch-key`, else the automatic key.
+    pub fn source_for(config: &PrefetchConfig) -> KeySource {
+        match &config.key {
+            Some(text) => KeySource::explicit(text),
+            None => KeySource::automatic(),
+        }
+    }
+
+    /// The build key whose manifest this prefetch reads and writes.
+    pub fn key(&self) -> &BuildKey {
+        &self.key
+    }
+
+    /// What the key was made of, on one line.
+    pub fn describe(&self) -> String {
+        self.source.describe()
     }
 
     /// Starts prefetching for this run's build key, in the background. Call once, right
@@ -106,7 +126,9 @@ impl Prefetcher {
         self.recorder.note(action, Some(size), Some(0));
     }
 
-    /// At the end of the run: stops prefetching and writes what this run asked for.
+    /// At the end of the run (or of a CI job's builds, on a daemon's `flush`): stops
+    /// prefetching and writes what this run asked for so far. It may be called again: the
+    /// manifest is written again only if more was recorded since.
     pub async fn finish(&self) {
         self.stop();
         self.write_manifest().await;
@@ -378,8 +400,11 @@ impl Prefetcher {
     /// entries of recent ones.
     async fn write_manifest(&self) {
         let prefetch = self;
-        let run = prefetch.recorder.take();
+        let run = prefetch.recorder.snapshot();
         if run.is_empty() || !self.tier.writes || !self.tier.store().usable() {
+            return;
+        }
+        if *lock(&self.written) == Some(run.len()) {
             return;
         }
         // The lookup started with the run; the store bounds it by the remote timeout.
@@ -400,10 +425,13 @@ impl Prefetcher {
         }
         let bytes = Bytes::from(manifest.encode(&prefetch.source, names[0].as_ref()));
         match self.tier.store().put_manifest(&prefetch.key, bytes).await {
-            Ok(()) => add(
-                &self.tier.remote_stats().manifest_written,
-                manifest.entries.len() as u64,
-            ),
+            Ok(()) => {
+                *lock(&self.written) = Some(run.len());
+                self.tier
+                    .remote_stats()
+                    .manifest_written
+                    .store(manifest.entries.len() as u64, Ordering::Relaxed);
+            }
             Err(err) => tracing::debug!("writing the prefetch manifest failed: {err}"),
         }
     }
@@ -423,7 +451,7 @@ impl Prefetcher {
         self.tier
             .remote_stats()
             .prefetch_wasted
-            .store(wasted, std::sync::atomic::Ordering::Relaxed);
+            .store(wasted, Ordering::Relaxed);
     }
 }
 

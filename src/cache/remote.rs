@@ -25,7 +25,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::stats::{RemoteStats, Stats, add, nanos};
-use super::upload::{Job, Uploader};
+use super::upload::{Job, Pending, Uploader};
 use crate::config::RemoteConfig;
 use crate::ids::ActionId;
 use crate::local::disk::{DiskCache, Entry, Spooled};
@@ -366,6 +366,22 @@ impl RemoteTier {
             return;
         }
         self.uploader.enqueue(job);
+    }
+
+    /// Waits up to `wait` for the uploads queued so far, leaving the queue open (see
+    /// [`Uploader::drain`]); returns how many are still pending.
+    pub async fn drain(&self, wait: Duration, progress: &mut (dyn FnMut(Pending) + Send)) -> u64 {
+        self.uploader.drain(wait, progress).await
+    }
+
+    /// Where the entries are written (the own namespace's store).
+    pub fn location(&self) -> String {
+        self.store().location()
+    }
+
+    /// Uploads queued or in flight, and their bytes.
+    pub fn pending_uploads(&self) -> (u64, u64) {
+        self.uploader.pending()
     }
 
     /// At the end of the run: gives pending uploads their time.

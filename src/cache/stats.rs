@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::local::trim::TrimReport;
 
@@ -262,6 +262,7 @@ impl Stats {
                     .collect(),
             }),
             trim: None,
+            daemon: None,
         }
     }
 }
@@ -294,10 +295,26 @@ pub struct Report {
     /// What the automatic trim after the session removed, when one ran (it runs after this
     /// report is first printed and written: the stats file is then written again with it).
     pub trim: Option<TrimReport>,
+    /// The daemon that served this session (`goremotecache connect`); `None` for a session
+    /// that ran on its own.
+    pub daemon: Option<DaemonNote>,
+}
+
+/// The daemon that served a `connect` session. In that session's report, the remote hits and
+/// misses are the session's own; the upload and prefetch figures are the daemon's, for every
+/// session it served so far (uploads go on after the session).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DaemonNote {
+    pub pid: u32,
+    pub socket: String,
+    /// Uploads queued or in flight in the daemon when the session closed.
+    pub uploads_pending: u64,
+    /// Sessions the daemon served so far, this one included.
+    pub sessions_total: u64,
 }
 
 /// A snapshot of [`RemoteStats`].
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RemoteReport {
     pub hits: u64,
     pub misses: u64,
@@ -324,7 +341,7 @@ pub struct RemoteReport {
 }
 
 /// Entries found in one namespace in a run.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NamespaceReport {
     pub name: String,
     /// Fetched for the go command's gets.
@@ -334,7 +351,7 @@ pub struct NamespaceReport {
 }
 
 /// What prefetch did in a run.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PrefetchReport {
     /// Entries in the manifest found at start.
     pub listed: u64,
@@ -438,6 +455,13 @@ impl fmt::Display for Report {
                 )?;
             }
         }
+        if let Some(d) = &self.daemon {
+            writeln!(
+                f,
+                "goremotecache: daemon: pid {} at {}, {} sessions so far; the upload and prefetch figures are its totals; {} uploads pending (goremotecache flush waits for them)",
+                d.pid, d.socket, d.sessions_total, d.uploads_pending
+            )?;
+        }
         write!(f, "goremotecache: run {:.3}s", self.run_seconds)?;
         if let Some(rss) = self.peak_rss_bytes {
             write!(f, ", peak memory {}", human_bytes(rss))?;
@@ -449,8 +473,24 @@ impl fmt::Display for Report {
     }
 }
 
-/// `1.5 MiB`, `300 B`.
 impl Report {
+    /// Adds the request figures of `other` (a session served partly by two caches: a
+    /// `connect` whose daemon went away).
+    pub fn add_requests(&mut self, other: &Report) {
+        self.gets += other.gets;
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.get_errors += other.get_errors;
+        self.hit_bytes += other.hit_bytes;
+        self.get_seconds += other.get_seconds;
+        self.puts += other.puts;
+        self.put_errors += other.put_errors;
+        self.put_bytes += other.put_bytes;
+        self.puts_already_stored += other.puts_already_stored;
+        self.put_seconds += other.put_seconds;
+        self.bad_requests += other.bad_requests;
+    }
+
     /// Writes the report as JSON to `path` (`--stats-file`), replacing the file by a rename
     /// so that a reader never sees half of it (the automatic trim writes it a second time,
     /// after the go command may have exited); a failure is said on stderr.

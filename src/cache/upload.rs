@@ -40,6 +40,14 @@ pub struct Job {
     pub path: PathBuf,
 }
 
+/// What a [`Uploader::drain`] still waits for.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    pub uploads: u64,
+    pub bytes: u64,
+    pub waited: Duration,
+}
+
 /// The upload queue and its workers.
 #[derive(Debug)]
 pub struct Uploader {
@@ -125,6 +133,38 @@ impl Uploader {
             self.pending.fetch_sub(1, Ordering::SeqCst);
             self.pending_bytes.fetch_sub(size, Ordering::SeqCst);
             add(&stats.uploads_dropped, 1);
+        }
+    }
+
+    /// Uploads queued or in flight, and their bytes.
+    pub fn pending(&self) -> (u64, u64) {
+        (
+            self.pending.load(Ordering::SeqCst),
+            self.pending_bytes.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Waits up to `wait` for the uploads queued so far, without closing the queue (a
+    /// daemon's `flush`: builds may queue more afterwards). `progress` hears what is still
+    /// pending about once a second. Returns how many are still pending at the end: they go on.
+    pub async fn drain(&self, wait: Duration, progress: &mut (dyn FnMut(Pending) + Send)) -> u64 {
+        let start = Instant::now();
+        let mut next_report = start + Duration::from_secs(1);
+        loop {
+            let (uploads, bytes) = self.pending();
+            let now = Instant::now();
+            if uploads == 0 || now >= start + wait {
+                return uploads;
+            }
+            if now >= next_report {
+                progress(Pending {
+                    uploads,
+                    bytes,
+                    waited: start.elapsed(),
+                });
+                next_report += Duration::from_secs(1);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

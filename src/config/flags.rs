@@ -137,6 +137,24 @@ pub enum Command {
     /// Empty the local cache and lock directories. Refuses directories that goremotecache did
     /// not create (they carry its CACHEDIR.TAG).
     ClearLocal(ClearLocalArgs),
+    /// Run one cache process for the go commands of this machine or CI job, on a unix
+    /// socket: `GOCACHEPROG="goremotecache connect"` reaches it (and starts it if needed).
+    /// Builds' `close` then does not wait for uploads: `goremotecache flush` at the end of the
+    /// job does. Takes every option of the main mode (see docs/daemon.md).
+    Daemon(DaemonCommand),
+    /// The GOCACHEPROG that bridges the go command to the daemon of its options, starting
+    /// one if none listens; if the daemon cannot be reached or dies, it goes on by itself.
+    Connect(ControlCommand),
+    /// Wait (up to --upload-wait) for every pending upload of the daemon of these options
+    /// (given no remote options, of every daemon under --cache-dir), write the prefetch
+    /// manifest, and say what was uploaded and dropped. The last step of a CI job.
+    Flush(ControlCommand),
+    /// Print the figures of the daemon of these options (given no remote options, of every
+    /// daemon under --cache-dir): sessions, hits, uploads pending and done, prefetch.
+    Status(StatusCommand),
+    /// Start the daemon of these options if needed and begin prefetching the manifest of
+    /// --prefetch-key at once, so that it runs while the job does other things.
+    Warm(ControlCommand),
     /// Print the version and the protocol commands this build answers.
     Version,
 }
@@ -525,5 +543,7 @@ pub enum Backend {
     Http,
 }
 
+mod daemon;
 mod serve;
+pub use daemon::{ControlCommand, DaemonCommand, SocketArgs, StatusCommand};
 pub use serve::{ServeArgs, ServeTimeouts};

@@ -3,6 +3,7 @@
 //! [`Config`] for the main mode, the go command's cache, and into what each subcommand gets
 //! ([`Run`]). The directory defaults and checks are in `dirs`.
 
+mod daemon;
 mod dirs;
 mod flags;
 mod values;
@@ -15,6 +16,7 @@ use crate::local::trim::{KEEP_RECENT, TrimPolicy};
 use crate::store::http::HttpConfig;
 use crate::store::s3::S3Config;
 
+pub use self::daemon::{Control, ControlConfig, DaemonConfig};
 pub use self::dirs::{DefaultBase, LocalDirs};
 pub use self::flags::{
     Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, GcRemoteArgs,
@@ -41,6 +43,10 @@ pub enum Run {
     ClearRemote(Box<ClearRemoteConfig>),
     /// `gc-remote`.
     GcRemote(Box<GcRemoteConfig>),
+    /// `daemon`.
+    Daemon(Box<DaemonConfig>),
+    /// `connect`, `flush`, `status`, `warm`.
+    Control(Box<ControlConfig>),
     /// `version`.
     Version,
 }
@@ -76,6 +82,19 @@ impl Run {
             Some(Command::GcRemote(gc)) => {
                 Self::GcRemote(Box::new(GcRemoteConfig::from_args(&gc)?))
             }
+            Some(Command::Daemon(daemon)) => {
+                Self::Daemon(Box::new(DaemonConfig::from_args(&daemon)?))
+            }
+            Some(Command::Connect(args)) => {
+                Self::Control(Box::new(ControlConfig::from_args(Control::Connect, &args)?))
+            }
+            Some(Command::Flush(args)) => {
+                Self::Control(Box::new(ControlConfig::from_args(Control::Flush, &args)?))
+            }
+            Some(Command::Warm(args)) => {
+                Self::Control(Box::new(ControlConfig::from_args(Control::Warm, &args)?))
+            }
+            Some(Command::Status(args)) => Self::Control(Box::new(ControlConfig::status(&args)?)),
             Some(Command::Version) => Self::Version,
         })
     }
@@ -86,6 +105,11 @@ impl Run {
     pub fn check_dirs(&self) -> Result<(), UntrustedDir> {
         match self {
             Self::Cache(config) => config.dirs.check(true),
+            Self::Daemon(daemon) => daemon.build.dirs.check(true),
+            Self::Control(control) => control
+                .build
+                .dirs
+                .check(control.control == Control::Connect),
             Self::ClearLocal(clear) => clear.dirs.check(false),
             Self::Trim(trim) => trim.dirs.check(false),
             Self::Serve(serve) => serve.check_dirs(),
@@ -266,6 +290,14 @@ pub enum ConfigError {
         "--namespace and --all-namespaces: give one (GOREMOTECACHE_NAMESPACE counts as --namespace)"
     )]
     NamespaceAndAll,
+    #[error(
+        "--listen-plugin {0:?}: give a loopback address and port such as 127.0.0.1:8322 (anyone who can reach the port can use the cache)"
+    )]
+    NotLoopback(String),
+    #[error(
+        "warm needs --prefetch-key (or GOREMOTECACHE_PREFETCH_KEY), a remote store and prefetch on: it names the build whose manifest to prefetch; give the builds the same key"
+    )]
+    WarmNeedsKey,
     #[error("gc-remote works on an S3 bucket: {0}")]
     GcNeedsBucket(&'static str),
 }

@@ -12,6 +12,14 @@ pub fn parse_bound(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// `daemon --idle-exit`: a duration longer than zero, or `off` ([`Duration::MAX`]: never).
+pub fn parse_idle_exit(text: &str) -> Result<Duration, String> {
+    match text.trim() {
+        "off" | "never" => Ok(Duration::MAX),
+        text => parse_bound(text),
+    }
+}
+
 /// `1048576`, `64KiB`, `256MiB`, `1GiB`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();

@@ -88,6 +88,11 @@ impl Fingerprint {
     /// token, CA file and namespace); the namespace and the read namespaces in order; the
     /// remote mode; `max_entry_size`. Not the statistics, prefetch, upload, timeout, trim or
     /// debug options: a daemon serves those as it was started.
+    /// The fingerprint a daemon's record names (`status` and `flush` of every daemon).
+    pub fn from_record(text: &str) -> Self {
+        Self(text.to_string())
+    }
+
     pub fn of(config: &Config) -> Self {
         Self::of_with_env(config, &process_env)
     }
@@ -690,10 +695,11 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
 /// `/dev/null` (the go command reads the bridge's stdout to its end: the daemon must not hold
 /// it), stderr appended to `place.log` (0600, created if missing, refused if it is a symlink
 /// or not a regular file), the environment and current directory inherited. Returns the
-/// child's pid. The child is not waited on: it outlives the caller, and is left a zombie
-/// only until the short-lived caller exits and init adopts and reaps it. The daemon itself
-/// calls `setsid`, leaving the go command's session and process group.
-pub fn spawn_daemon(place: &Place, args: &[OsString]) -> Result<u32, PlaceError> {
+/// child, which the caller may poll (`try_wait`: a daemon that exits at once failed to
+/// start) but does not wait for: it outlives the caller, and is left a zombie only until the
+/// short-lived caller exits and init adopts and reaps it. The daemon itself calls `setsid`,
+/// leaving the go command's session and process group.
+pub fn spawn_daemon(place: &Place, args: &[OsString]) -> Result<Child, PlaceError> {
     let exe = std::env::current_exe().map_err(|source| {
         PlaceError::io(
             "find this program's path",
@@ -701,7 +707,7 @@ pub fn spawn_daemon(place: &Place, args: &[OsString]) -> Result<u32, PlaceError>
             source,
         )
     })?;
-    Ok(spawn_program(&exe, &place.log, args)?.id())
+    spawn_program(&exe, &place.log, args)
 }
 
 /// [`spawn_daemon`] with the program given (tests run a shell).

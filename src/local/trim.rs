@@ -406,6 +406,17 @@ fn timespec(time: SystemTime) -> (i64, i64) {
     (since.as_secs() as i64, i64::from(since.subsec_nanos()))
 }
 
+/// The automatic trim, at most once a day per cache directory: trims the cache at `root` if
+/// [`claim`] says it is due (`Ok(None)`: not due, or another process is trimming).
+pub fn trim_if_due(root: &Path, policy: &TrimPolicy) -> io::Result<Option<TrimReport>> {
+    let Some(claim) = claim(root)? else {
+        return Ok(None);
+    };
+    let report = trim(&DiskCache::at(root), policy, false)?;
+    drop(claim);
+    Ok(Some(report))
+}
+
 /// The automatic trim's claim on `trim.txt`: while it is held, no other process trims.
 #[derive(Debug)]
 pub struct Claim {

@@ -1,0 +1,134 @@
+//! The daemon's commands, validated: `daemon`, `connect`, and `flush`, `status` and `warm`
+//! (which act on a running daemon). Each carries the build's [`Config`]: a daemon serves the
+//! builds whose settings are its own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::flags::{ControlCommand, DaemonCommand, SocketArgs, StatusCommand};
+use super::{Config, ConfigError};
+
+/// `goremotecache daemon`'s options, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// The builds' settings: the daemon's cache.
+    pub build: Config,
+    /// `--socket`; `None`: the place the settings give.
+    pub socket: Option<PathBuf>,
+    /// `--listen-plugin`: a loopback address.
+    pub listen_plugin: Option<SocketAddr>,
+    /// `--idle-exit`; `None`: never.
+    pub idle_exit: Option<Duration>,
+    /// Started by `connect` or `warm`.
+    pub detached: bool,
+}
+
+/// What a command does with a running daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// `connect`: the go command's session, through the daemon.
+    Connect,
+    /// `flush`: wait for the uploads, write the manifest.
+    Flush,
+    /// `status`, as text or JSON lines.
+    Status { json: bool },
+    /// `warm`: begin the prefetch of `--prefetch-key`.
+    Warm,
+}
+
+/// `connect`, `flush`, `status` and `warm`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    pub control: Control,
+    /// The build's settings, which name its daemon.
+    pub build: Config,
+    /// `--socket`.
+    pub socket: Option<PathBuf>,
+}
+
+impl ControlConfig {
+    /// Whether the command means every daemon under the cache directory: it was given
+    /// neither a socket nor a remote store (`flush` and `status` only).
+    pub fn every_daemon(&self) -> bool {
+        matches!(self.control, Control::Flush | Control::Status { .. })
+            && self.socket.is_none()
+            && self.build.remote.is_none()
+    }
+}
+
+impl DaemonConfig {
+    pub(super) fn from_args(args: &DaemonCommand) -> Result<Self, ConfigError> {
+        let mut build = Config::from_args(&args.main)?;
+        if args.daemon.detached {
+            // The go command's, not the daemon's: the session reports them itself.
+            build.stats = false;
+            build.stats_file = None;
+        }
+        let listen_plugin = match args.daemon.listen_plugin.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(loopback(text)?),
+        };
+        Ok(Self {
+            build,
+            socket: socket(&args.socket)?,
+            listen_plugin,
+            idle_exit: Some(args.daemon.idle_exit).filter(|d| *d != Duration::MAX),
+            detached: args.daemon.detached,
+        })
+    }
+}
+
+impl ControlConfig {
+    pub(super) fn from_args(control: Control, args: &ControlCommand) -> Result<Self, ConfigError> {
+        let build = Config::from_args(&args.main)?;
+        if control == Control::Warm
+            && (build.remote.as_ref())
+                .and_then(|r| r.prefetch.as_ref()?.key.as_ref())
+                .is_none()
+        {
+            return Err(ConfigError::WarmNeedsKey);
+        }
+        Ok(Self {
+            control,
+            build,
+            socket: socket(&args.socket)?,
+        })
+    }
+
+    pub(super) fn status(args: &StatusCommand) -> Result<Self, ConfigError> {
+        Ok(Self {
+            control: Control::Status { json: args.json },
+            build: Config::from_args(&args.main)?,
+            socket: socket(&args.socket)?,
+        })
+    }
+}
+
+/// `--socket`: absolute (a daemon started elsewhere must find the same path); empty is none.
+fn socket(args: &SocketArgs) -> Result<Option<PathBuf>, ConfigError> {
+    match &args.socket {
+        None => Ok(None),
+        Some(path) if path.as_os_str().is_empty() => Ok(None),
+        Some(path) => {
+            std::path::absolute(path)
+                .map(Some)
+                .map_err(|source| ConfigError::NoCurrentDir {
+                    flag: "socket",
+                    path: path.display().to_string(),
+                    source,
+                })
+        }
+    }
+}
+
+/// `--listen-plugin`: an IP address and port on the loopback interface.
+fn loopback(text: &str) -> Result<SocketAddr, ConfigError> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| ConfigError::NotLoopback(text.to_string()))?;
+    if !addr.ip().is_loopback() {
+        return Err(ConfigError::NotLoopback(text.to_string()));
+    }
+    Ok(addr)
+}

@@ -73,7 +73,10 @@ impl Setup {
         let tier = Arc::new(RemoteTier::with_store(store, &config, &disk, stats.clone()));
         let prefetch = config
             .prefetch
-            .map(|prefetch| Arc::new(Prefetcher::new(tier.clone(), prefetch)));
+            .map(|prefetch| {
+                let source = Prefetcher::source_for(&prefetch);
+                Arc::new(Prefetcher::new(tier.clone(), prefetch, source))
+            });
         Self {
             tier,
             prefetch,
@@ -421,4 +424,68 @@ async fn an_unchanged_manifest_is_written_again_once_a_day_old() {
             "written {written:?}"
         );
     }
+}
+
+/// A daemon's `flush`: it waits for the uploads queued so far without closing the queue, so
+/// that builds after it still upload; a store too slow for the wait leaves uploads pending,
+/// and the flush says how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_waits_for_the_uploads_and_leaves_the_queue_open() {
+    let setup = Setup::on(MemoryStore::new());
+    for n in 1..=3 {
+        setup.tier.upload_later(setup.job(action(n), &[n; 100]));
+    }
+    let mut heard = 0;
+    let left = (setup.tier)
+        .drain(Duration::from_secs(10), &mut |_| heard += 1)
+        .await;
+    assert_eq!(left, 0);
+    assert_eq!(setup.memory.len(), 3);
+    assert_eq!(count(&setup.remote().uploads), 3);
+    // The queue is still open: a later build's put is uploaded too.
+    setup.tier.upload_later(setup.job(action(4), b"later"));
+    assert_eq!(setup.tier.drain(Duration::from_secs(10), &mut |_| ()).await, 0);
+    assert_eq!(setup.memory.len(), 4);
+
+    setup.memory.set_faults(Faults {
+        delay: Duration::from_secs(2),
+        ..Faults::default()
+    });
+    setup.tier.upload_later(setup.job(action(5), b"slow"));
+    let mut progress = Vec::new();
+    let left = (setup.tier)
+        .drain(Duration::from_millis(1300), &mut |p| progress.push(p.uploads))
+        .await;
+    assert_eq!(left, 1, "the slow upload is still pending");
+    assert_eq!(progress, vec![1], "one progress report after the first second");
+    assert_eq!(setup.tier.pending_uploads().0, 1);
+    // It goes on after the flush gave up waiting.
+    assert_eq!(setup.tier.drain(Duration::from_secs(10), &mut |_| ()).await, 0);
+    assert_eq!(setup.memory.len(), 5);
+    assert_eq!(heard, 0, "a quick flush reports no progress");
+}
+
+/// A daemon writes the manifest at every `flush` and at exit: again only when the run
+/// recorded more since, and then with everything recorded, not only what came since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_writes_the_manifest_at_each_flush_only_when_more_was_recorded() {
+    let memory = Arc::new(MemoryStore::new());
+    let setup = Setup::new(memory.clone(), true, Duration::from_secs(5));
+    let prefetch = setup.prefetch.clone().expect("prefetch is on");
+    prefetch.start(&setup.disk);
+    let manifest_puts = || memory.requests.manifest_puts.load(Ordering::SeqCst);
+    prefetch.note_put(action(1), 10);
+    prefetch.finish().await;
+    assert_eq!(manifest_puts(), 1);
+    prefetch.finish().await;
+    assert_eq!(manifest_puts(), 1, "nothing new: not written again");
+    prefetch.note_put(action(2), 20);
+    prefetch.finish().await;
+    assert_eq!(manifest_puts(), 2);
+    let key = KeySource::explicit(PREFETCH_KEY).key();
+    let stored = memory.get_manifest(&key).await.unwrap().unwrap();
+    let stored = Manifest::decode(&stored, None).unwrap();
+    let mut listed: Vec<_> = stored.entries.iter().map(|e| (e.action, e.size)).collect();
+    listed.sort();
+    assert_eq!(listed, vec![(action(1), 10), (action(2), 20)]);
 }

@@ -71,12 +71,10 @@ impl Setup {
         let store: Arc<dyn RemoteStore> = wrap(memory.clone(), RemoteMode::ReadWrite, timeout);
         let config = config(prefetch, timeout);
         let tier = Arc::new(RemoteTier::with_store(store, &config, &disk, stats.clone()));
-        let prefetch = config
-            .prefetch
-            .map(|prefetch| {
-                let source = Prefetcher::source_for(&prefetch);
-                Arc::new(Prefetcher::new(tier.clone(), prefetch, source))
-            });
+        let prefetch = config.prefetch.map(|prefetch| {
+            let source = Prefetcher::source_for(&prefetch);
+            Arc::new(Prefetcher::new(tier.clone(), prefetch, source))
+        });
         Self {
             tier,
             prefetch,
@@ -444,7 +442,10 @@ async fn a_flush_waits_for_the_uploads_and_leaves_the_queue_open() {
     assert_eq!(count(&setup.remote().uploads), 3);
     // The queue is still open: a later build's put is uploaded too.
     setup.tier.upload_later(setup.job(action(4), b"later"));
-    assert_eq!(setup.tier.drain(Duration::from_secs(10), &mut |_| ()).await, 0);
+    assert_eq!(
+        setup.tier.drain(Duration::from_secs(10), &mut |_| ()).await,
+        0
+    );
     assert_eq!(setup.memory.len(), 4);
 
     setup.memory.set_faults(Faults {
@@ -454,13 +455,22 @@ async fn a_flush_waits_for_the_uploads_and_leaves_the_queue_open() {
     setup.tier.upload_later(setup.job(action(5), b"slow"));
     let mut progress = Vec::new();
     let left = (setup.tier)
-        .drain(Duration::from_millis(1300), &mut |p| progress.push(p.uploads))
+        .drain(Duration::from_millis(1300), &mut |p| {
+            progress.push(p.uploads)
+        })
         .await;
     assert_eq!(left, 1, "the slow upload is still pending");
-    assert_eq!(progress, vec![1], "one progress report after the first second");
+    assert_eq!(
+        progress,
+        vec![1],
+        "one progress report after the first second"
+    );
     assert_eq!(setup.tier.pending_uploads().0, 1);
     // It goes on after the flush gave up waiting.
-    assert_eq!(setup.tier.drain(Duration::from_secs(10), &mut |_| ()).await, 0);
+    assert_eq!(
+        setup.tier.drain(Duration::from_secs(10), &mut |_| ()).await,
+        0
+    );
     assert_eq!(setup.memory.len(), 5);
     assert_eq!(heard, 0, "a quick flush reports no progress");
 }

@@ -596,4 +596,5 @@ fn gc_remote_takes_an_age_and_a_bucket_only() {
     assert!(!help.contains("--cache-dir"), "{help}");
 }
 
+mod daemon;
 mod namespaces;

@@ -8,6 +8,8 @@
 //!   concurrent handlers, one writer), behind a `Handler` interface;
 //! - [`cache`]: the tiered cache that implements it: the local tier first, the remote tier
 //!   behind it (fetch once, write-behind uploads, prefetch and its manifests, statistics);
+//! - [`daemon`]: `goremotecache daemon`, one cache for every go command of a machine on a
+//!   unix socket, and `connect`, the GOCACHEPROG that bridges to it (above the cache);
 //! - [`server`]: `goremotecache serve`, the HTTP cache server, on any store;
 //! - [`config`]: the command line, validated into one configuration per command;
 //! - [`local`]: the local disk tier, per-key locks, `clear-local`;

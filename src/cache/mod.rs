@@ -180,7 +180,7 @@ impl Cache {
             prefetcher.start(&self.disk);
             prefetcher
         });
-        let key = prefetcher.key().clone();
+        let key = *prefetcher.key();
         match started {
             true => PrefetchStart::Started(key),
             false => PrefetchStart::Already(key),

@@ -91,6 +91,8 @@ pub struct Bridge {
     direct: OnceLock<Arc<Cache>>,
     /// Gets the daemon answered: the session's share of the remote tier's figures.
     forwarded: Forwarded,
+    /// The runtime, for opening the cache of its own from the session's reader thread.
+    runtime: tokio::runtime::Handle,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +120,7 @@ impl Bridge {
             link: Link::start(stream, accepted, get_wait)?,
             direct: OnceLock::new(),
             forwarded: Forwarded::default(),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -125,6 +128,8 @@ impl Bridge {
     fn direct(&self, why: &str) -> &Arc<Cache> {
         self.direct.get_or_init(|| {
             eprintln!("goremotecache: connect: running without the daemon: {why}");
+            // Its upload workers and prefetch start on the session's runtime.
+            let _entered = self.runtime.enter();
             Arc::new(Cache::open(&self.config))
         })
     }
@@ -172,7 +177,10 @@ impl Handler for Bridge {
         }
         let start = Instant::now();
         let found = self.local.get_local(&action_id);
-        if matches!(found, Ok(None)) && self.link.reads_remote && !self.link.is_dead() {
+        if matches!(found, Ok(None)) && self.link.reads_remote {
+            if self.link.is_dead() {
+                return self.direct(&self.link.dead.why()).get_now(action_id);
+            }
             return None;
         }
         self.local.record_get(&action_id, &found, start);

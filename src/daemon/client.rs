@@ -22,7 +22,7 @@ const HELLO_WAIT: Duration = Duration::from_secs(3);
 pub fn reach(place: &Place, start: Option<&[OsString]>) -> Result<UnixStream, String> {
     let not_running = match place::connect(&place.socket) {
         Ok(stream) => return Ok(stream),
-        Err(err @ PlaceError::NotRunning { .. }) => err,
+        Err(err @ PlaceError::NotRunning) => err,
         Err(err) => return Err(err.to_string()),
     };
     let Some(options) = start else {
@@ -38,7 +38,7 @@ pub fn reach(place: &Place, start: Option<&[OsString]>) -> Result<UnixStream, St
         std::thread::sleep(Duration::from_millis(5));
         match place::connect(&place.socket) {
             Ok(stream) => return Ok(stream),
-            Err(PlaceError::NotRunning { .. }) => {}
+            Err(PlaceError::NotRunning) => {}
             Err(err) => return Err(err.to_string()),
         }
         // A daemon that exited at once failed to start (status 0: another one won the race,

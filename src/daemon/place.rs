@@ -568,18 +568,7 @@ fn clear_leftover(path: &Path) -> Result<(), PlaceError> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(err) => return Err(PlaceError::io("look at the socket path", path, err)),
     };
-    if !meta.file_type().is_socket() {
-        return Err(PlaceError::Occupied {
-            path: path.to_path_buf(),
-            what: kind(&meta),
-        });
-    }
-    if meta.uid() != euid() {
-        return Err(PlaceError::Foreign {
-            path: path.to_path_buf(),
-            uid: meta.uid(),
-        });
-    }
+    ours(path, &meta)?;
     // Our lock does not cover a socket that a daemon of other settings shares by --socket.
     match UnixStream::connect(path) {
         Ok(_) => Err(PlaceError::InUse {
@@ -607,6 +596,23 @@ fn write_record(place: &Place, record: &Record) -> Result<(), PlaceError> {
         .map_err(err)?;
     file.write_all(&text).map_err(err)?;
     file.persist(&place.record).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+/// Refuses what is at `path` (`meta`, not followed) unless it is a socket of our own user.
+fn ours(path: &Path, meta: &fs::Metadata) -> Result<(), PlaceError> {
+    if !meta.file_type().is_socket() {
+        return Err(PlaceError::Occupied {
+            path: path.to_path_buf(),
+            what: kind(meta),
+        });
+    }
+    if meta.uid() != euid() {
+        return Err(PlaceError::Foreign {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+        });
+    }
     Ok(())
 }
 
@@ -639,18 +645,7 @@ pub fn connect(socket: &Path) -> Result<UnixStream, PlaceError> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(PlaceError::NotRunning),
         Err(err) => return Err(PlaceError::io("look at the daemon's socket", socket, err)),
     };
-    if !meta.file_type().is_socket() {
-        return Err(PlaceError::Occupied {
-            path: socket.to_path_buf(),
-            what: kind(&meta),
-        });
-    }
-    if meta.uid() != euid() {
-        return Err(PlaceError::Foreign {
-            path: socket.to_path_buf(),
-            uid: meta.uid(),
-        });
-    }
+    ours(socket, &meta)?;
     let stream = match UnixStream::connect(socket) {
         Ok(stream) => stream,
         Err(err)

@@ -38,7 +38,7 @@ use crate::config::DaemonConfig;
 use crate::fsutil::explain_io;
 use crate::ids::{ActionId, OutputId};
 use crate::local::disk::{Entry, Spooled};
-use crate::local::trim;
+use crate::local::trim::{self, TrimPolicy};
 use crate::sync::lock;
 
 /// How long a new connection may take to say what it wants.
@@ -100,6 +100,8 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         sessions: AtomicU64::new(0),
         total: AtomicU64::new(0),
         last_active: std::sync::Mutex::new(Instant::now()),
+        trim: (config.build.trim.clone())
+            .map(|policy| (config.build.dirs.cache_dir.clone(), policy)),
     });
     let why = runtime.block_on(daemon.clone().serve(listener, config.listen_plugin))?;
     // Builds that start from now on start a daemon of their own (or run direct).
@@ -119,14 +121,7 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         report.write_json(path);
     }
     runtime.shutdown_background();
-    if let Some(policy) = &config.build.trim {
-        let root = &config.build.dirs.cache_dir;
-        match trim::trim_if_due(root, policy) {
-            Ok(Some(report)) => eprint!("goremotecache: {report}"),
-            Ok(None) => {}
-            Err(err) => tracing::warn!("trimming {}: {}", root.display(), explain_io(&err)),
-        }
-    }
+    daemon.trim_if_due();
     Ok(())
 }
 
@@ -145,6 +140,8 @@ struct Daemon {
     total: AtomicU64,
     /// When the last connection opened or closed.
     last_active: std::sync::Mutex<Instant>,
+    /// The cache directory and its automatic trim (`None`: `--trim=off`).
+    trim: Option<(PathBuf, TrimPolicy)>,
 }
 
 /// Counts a connection (and a session) open while it lives.
@@ -230,6 +227,18 @@ impl Daemon {
         }
     }
 
+    /// The automatic trim, at most once a day per cache directory, as after every direct
+    /// session: a daemon that runs for days trims too. Safe beside running builds.
+    fn trim_if_due(&self) {
+        if let Some((root, policy)) = &self.trim {
+            match trim::trim_if_due(root, policy) {
+                Ok(Some(report)) => eprint!("goremotecache: {report}"),
+                Ok(None) => {}
+                Err(err) => tracing::warn!("trimming {}: {}", root.display(), explain_io(&err)),
+            }
+        }
+    }
+
     /// No connection open, no upload pending, for `--idle-exit`.
     fn idle_long_enough(&self) -> bool {
         let Some(bound) = self.idle_exit else {
@@ -292,7 +301,10 @@ impl Daemon {
         match hello.kind {
             Kind::Session { key } => {
                 let total = open.session();
-                self.session(reader, write, key, total).await
+                self.session(reader, write, key, total).await;
+                drop(open);
+                let daemon = self.clone();
+                let _ = tokio::task::spawn_blocking(move || daemon.trim_if_due()).await;
             }
             Kind::Status => {
                 let _ = send(&mut write, &Answer::Status(Box::new(self.status()))).await;

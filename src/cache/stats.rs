@@ -336,7 +336,7 @@ pub struct RemoteReport {
     pub prefetch: Option<PrefetchReport>,
     /// With namespaces: the entries found in each, own first (the un-namespaced layout is
     /// named "").
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<NamespaceReport>,
 }
 

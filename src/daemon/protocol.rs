@@ -327,6 +327,25 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
+    /// The daemon's figures as a session's `close` answer carries them, with empty lists and
+    /// absent sections that serialize to nothing.
+    #[test]
+    fn a_closed_answer_with_the_remote_figures_round_trips() {
+        let stats = crate::cache::stats::Stats::with_remote(true);
+        stats.record_get(Some(5), Duration::from_millis(1));
+        let answer = Answer::Closed {
+            note: DaemonNote {
+                pid: 42,
+                socket: "/c/daemon/0123456789abcdef.sock".into(),
+                uploads_pending: 3,
+                sessions_total: 2,
+            },
+            remote: stats.report().remote,
+        };
+        assert!(matches!(&answer, Answer::Closed { remote: Some(_), .. }));
+        assert_eq!(decode::<Answer>(&line(&answer)).unwrap(), answer);
+    }
+
     #[test]
     fn a_found_entry_keeps_its_time_to_the_nanosecond() {
         let entry = Entry {

@@ -8,6 +8,7 @@ mod support;
 mod cli;
 mod codec;
 mod crash;
+mod daemon;
 mod disk_errors;
 mod gc_remote;
 mod go_e2e;

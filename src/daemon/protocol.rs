@@ -342,7 +342,13 @@ mod tests {
             },
             remote: stats.report().remote,
         };
-        assert!(matches!(&answer, Answer::Closed { remote: Some(_), .. }));
+        assert!(matches!(
+            &answer,
+            Answer::Closed {
+                remote: Some(_),
+                ..
+            }
+        ));
         assert_eq!(decode::<Answer>(&line(&answer)).unwrap(), answer);
     }
 

@@ -100,8 +100,7 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         sessions: AtomicU64::new(0),
         total: AtomicU64::new(0),
         last_active: std::sync::Mutex::new(Instant::now()),
-        trim: (config.build.trim.clone())
-            .map(|policy| (config.build.dirs.cache_dir.clone(), policy)),
+        trim: (config.build.trim).map(|policy| (config.build.dirs.cache_dir.clone(), policy)),
     });
     let why = runtime.block_on(daemon.clone().serve(listener, config.listen_plugin))?;
     // Builds that start from now on start a daemon of their own (or run direct).

@@ -101,6 +101,7 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         total: AtomicU64::new(0),
         last_active: std::sync::Mutex::new(Instant::now()),
         trim: (config.build.trim).map(|policy| (config.build.dirs.cache_dir.clone(), policy)),
+        plugins: Default::default(),
     });
     let why = runtime.block_on(daemon.clone().serve(listener, config.listen_plugin))?;
     // Builds that start from now on start a daemon of their own (or run direct).
@@ -141,6 +142,9 @@ struct Daemon {
     last_active: std::sync::Mutex<Instant>,
     /// The cache directory and its automatic trim (`None`: `--trim=off`).
     trim: Option<(PathBuf, TrimPolicy)>,
+    /// The `--listen-plugin` sessions open now, by session number: shut down when the
+    /// daemon stops.
+    plugins: std::sync::Mutex<std::collections::HashMap<u64, std::net::TcpStream>>,
 }
 
 /// Counts a connection (and a session) open while it lives.
@@ -205,11 +209,12 @@ impl Daemon {
             line.push_str(&format!(" and GOCACHEPROG sessions on {plugin}"));
         }
         eprintln!("{line}");
-        loop {
+        let mut connections = JoinSet::new();
+        let why = loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        tokio::spawn(self.clone().connection(stream));
+                        connections.spawn(self.clone().connection(stream));
                     }
                     Err(err) => tracing::warn!("accepting a connection: {err}"),
                 },
@@ -217,13 +222,22 @@ impl Daemon {
                     Ok(stream) => self.plugin_session(stream),
                     Err(err) => tracing::warn!("accepting a --listen-plugin connection: {err}"),
                 },
-                _ = terminate.recv() => return Ok("SIGTERM"),
-                _ = interrupt.recv() => return Ok("SIGINT"),
+                _ = terminate.recv() => break "SIGTERM",
+                _ = interrupt.recv() => break "SIGINT",
                 _ = tick.tick() => if self.idle_long_enough() {
-                    return Ok("idle");
+                    break "idle";
                 },
             }
+            while connections.try_join_next().is_some() {}
+        };
+        // The sessions still open end here: their `connect`s go on by themselves (asking
+        // again what they were waiting for), rather than handing puts to a daemon that is
+        // about to stop uploading.
+        connections.abort_all();
+        for stream in lock(&self.plugins).values() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
+        Ok(why)
     }
 
     /// The automatic trim, at most once a day per cache directory, as after every direct
@@ -533,13 +547,14 @@ impl Daemon {
     /// (without the uploads' wait at close).
     fn plugin_session(self: &Arc<Self>, stream: tokio::net::TcpStream) {
         let mut open = Open::connection(self);
-        open.session();
+        let number = open.session();
         let prepared = stream.into_std().and_then(|stream| {
             stream.set_nonblocking(false)?;
             stream.set_write_timeout(Some(WRITE_WAIT))?;
             let mut write = stream.try_clone()?;
             write.write_all(&wire::handshake_line())?;
             write.flush()?;
+            lock(&self.plugins).insert(number, stream.try_clone()?);
             Ok((stream, write))
         });
         let (read, write) = match prepared {
@@ -550,8 +565,10 @@ impl Daemon {
             }
         };
         let handler = Arc::new(Plugin(self.cache.clone()));
+        let daemon = self.clone();
         tokio::spawn(async move {
             session::run(handler, read, write).await;
+            lock(&daemon.plugins).remove(&number);
             drop(open);
         });
     }

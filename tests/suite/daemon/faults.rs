@@ -1,5 +1,6 @@
-//! A build never fails because of the daemon: one killed at any point of a build, or one that
-//! cannot be reached at all, leaves the session to go on by itself (and say so, once).
+//! A build never fails because of the daemon: one killed at any point of a build, one stopped
+//! (SIGTERM) in the middle of one, or one that cannot be reached at all, leaves the session to
+//! go on by itself (and say so, once).
 
 use crate::support;
 
@@ -21,6 +22,9 @@ enum KillAt {
     Start,
     /// Once the store has seen this many object GETs: the build is under way.
     Gets(u64),
+    /// SIGTERM once the store has seen this many object GETs: the daemon stops, ending the
+    /// sessions still open.
+    Term(u64),
 }
 
 /// Kills the daemon of `cache_dir` at `point`; returns its pid, or `None` if `done` came
@@ -31,12 +35,13 @@ fn kill_at(cache_dir: &Path, server: &S3Server, point: KillAt, done: &AtomicBool
         let record = files_ending(&cache_dir.join("daemon"), ".json")
             .first()
             .and_then(|path| Record::read(path));
-        let due = match point {
-            KillAt::Start => true,
-            KillAt::Gets(n) => server.count("GET") >= n,
+        let (due, signal) = match point {
+            KillAt::Start => (true, Signal::KILL),
+            KillAt::Gets(n) => (server.count("GET") >= n, Signal::KILL),
+            KillAt::Term(n) => (server.count("GET") >= n, Signal::TERM),
         };
         if let Some(record) = record.filter(|_| due) {
-            kill_daemon(record.pid, Signal::KILL);
+            kill_daemon(record.pid, signal);
             return Some(record.pid);
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -61,7 +66,12 @@ fn a_daemon_killed_during_a_build_leaves_the_build_whole() {
     server.set_fault(Fault::DelayMs(25));
     let mut project = Project::on_shared_module(&server, "dkill");
     let mut killed = Vec::new();
-    let points = [KillAt::Start, KillAt::Gets(5), KillAt::Gets(40)];
+    let points = [
+        KillAt::Start,
+        KillAt::Gets(5),
+        KillAt::Gets(40),
+        KillAt::Term(20),
+    ];
     for (n, point) in points.into_iter().enumerate() {
         project.switch_machine(&format!("kill-{n}"));
         server.reset_counts();

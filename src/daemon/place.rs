@@ -750,12 +750,24 @@ fn open_log(path: &Path) -> Result<File, PlaceError> {
             uid: meta.uid(),
         });
     }
+    if meta.len() > LOG_MAX {
+        // A daemon started every day for months: the older half goes, the newer stays.
+        drop(file);
+        let old = path.with_extension("log.old");
+        fs::rename(path, &old)
+            .map_err(|source| PlaceError::io("set the daemon's old log aside", &old, source))?;
+        return open_log(path);
+    }
     if meta.permissions().mode() & 0o077 != 0 {
         file.set_permissions(Permissions::from_mode(0o600))
             .map_err(err)?;
     }
     Ok(file)
 }
+
+/// A daemon's log past this size is set aside as `<FP>.log.old` (replacing the one before)
+/// when the next daemon starts.
+pub const LOG_MAX: u64 = 1 << 20;
 
 /// Why a daemon's place cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -763,6 +763,26 @@ fn a_spawned_daemon_writes_stderr_to_a_private_log_and_holds_no_stdout() {
 }
 
 #[test]
+fn a_log_past_its_bound_is_set_aside_when_the_next_daemon_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let place = short_place(tmp.path());
+    let old = place.log.with_extension("log.old");
+    fs::write(&old, "the log before\n").unwrap();
+    fs::write(&place.log, vec![b'x'; LOG_MAX as usize]).unwrap();
+    // At the bound: appended to.
+    let mut child = spawn_program(Path::new("/bin/sh"), &place.log, &shell("echo a >&2")).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(fs::metadata(&place.log).unwrap().len(), LOG_MAX + 2);
+    assert_eq!(fs::read_to_string(&old).unwrap(), "the log before\n");
+    // Past it: set aside, replacing the older one, and a new log begins.
+    let mut child = spawn_program(Path::new("/bin/sh"), &place.log, &shell("echo b >&2")).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(fs::read_to_string(&place.log).unwrap(), "b\n");
+    assert_eq!(fs::metadata(&old).unwrap().len(), LOG_MAX + 2);
+    assert_eq!(mode(&place.log), 0o600);
+}
+
+#[test]
 fn a_log_that_is_a_symlink_or_not_a_file_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let place = short_place(tmp.path());

@@ -11,6 +11,8 @@
 //! - [`daemon`]: `goremotecache daemon`, one cache for every go command of a machine on a
 //!   unix socket, and `connect`, the GOCACHEPROG that bridges to it (above the cache);
 //! - [`server`]: `goremotecache serve`, the HTTP cache server, on any store;
+//! - [`goproxy`]: the module proxy's pure logic (issue 14): request paths under `/mod/`, how
+//!   long each answer may be kept, and the GOPROXY list of upstreams;
 //! - [`config`]: the command line, validated into one configuration per command;
 //! - [`local`]: the local disk tier, per-key locks, `clear-local`;
 //! - [`store`]: the `RemoteStore` contract, the entry format and the backends (S3, the HTTP
@@ -29,6 +31,7 @@ pub mod cacheprog;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;
+pub mod goproxy;
 pub mod ids;
 pub mod local;
 pub mod logging;

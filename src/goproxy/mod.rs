@@ -1,0 +1,28 @@
+//! The pure logic of the module proxy (issue 14): goremotecache answers the go command's
+//! GOPROXY protocol and proxies checksum databases under `/mod/`, on the HTTP server and on
+//! the daemon, caching what it fetches from the upstreams that its own GOPROXY list names.
+//! This folder holds only what that stands on and can be tested alone: no HTTP, no network,
+//! no files.
+//!
+//! - [`path`]: module paths, versions and the other revisions, their `!` case-encoding, and
+//!   [`Request`], one request of the protocol parsed from the path under `/mod/`. A path that
+//!   does not parse is refused (the server answers 400) before anything is fetched or stored;
+//!   one that does says how long its answer may be kept ([`Caching`]) and names the one object
+//!   that stores it ([`Request::storage_key`]).
+//! - [`upstream`]: the proxy's own GOPROXY list ([`Upstreams`]) and the go command's rule for
+//!   when the next element is tried ([`Upstreams::next_after`]).
+//!
+//! The rules follow the go command's (`golang.org/x/mod/module` for paths and versions, the
+//! "GOPROXY protocol" section of the go modules reference for requests and the list), written
+//! here afresh. Where this code is stricter than the go command, the item's doc says so and
+//! why: a proxy that refuses a strange path costs a 400, one that stores it under a bad name
+//! could cost the cache.
+
+pub mod path;
+pub mod upstream;
+
+pub use path::{
+    Caching, MAX_ELEMENT, MAX_REQUEST_PATH, ModulePath, PathError, Query, Request, Revision,
+    SumdbName, Tile, Version,
+};
+pub use upstream::{Fallback, Outcome, Upstream, UpstreamError, Upstreams};

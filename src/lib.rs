@@ -11,8 +11,9 @@
 //! - [`daemon`]: `goremotecache daemon`, one cache for every go command of a machine on a
 //!   unix socket, and `connect`, the GOCACHEPROG that bridges to it (above the cache);
 //! - [`server`]: `goremotecache serve`, the HTTP cache server, on any store;
-//! - [`goproxy`]: the module proxy's pure logic (issue 14): request paths under `/mod/`, how
-//!   long each answer may be kept, and the GOPROXY list of upstreams;
+//! - [`goproxy`]: the module proxy's library (issue 14): request paths under `/mod/`, how
+//!   long each answer may be kept, the GOPROXY list of upstreams, fetching from them, and the
+//!   cache in front;
 //! - [`config`]: the command line, validated into one configuration per command;
 //! - [`local`]: the local disk tier, per-key locks, `clear-local`;
 //! - [`store`]: the `RemoteStore` contract, the entry format and the backends (S3, the HTTP

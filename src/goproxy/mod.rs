@@ -1,8 +1,7 @@
-//! The pure logic of the module proxy (issue 14): goremotecache answers the go command's
+//! The module proxy (issue 14): goremotecache answers the go command's
 //! GOPROXY protocol and proxies checksum databases under `/mod/`, on the HTTP server and on
 //! the daemon, caching what it fetches from the upstreams that its own GOPROXY list names.
-//! This folder holds only what that stands on and can be tested alone: no HTTP, no network,
-//! no files.
+//! This folder holds the proxy's library, below the HTTP server that will mount it:
 //!
 //! - [`path`]: module paths, versions and the other revisions, their `!` case-encoding, and
 //!   [`Request`], one request of the protocol parsed from the path under `/mod/`. A path that
@@ -11,6 +10,13 @@
 //!   that stores it ([`Request::storage_key`]).
 //! - [`upstream`]: the proxy's own GOPROXY list ([`Upstreams`]) and the go command's rule for
 //!   when the next element is tried ([`Upstreams::next_after`]).
+//! - [`fetch`]: [`Fetcher`], which fetches one request from that list over HTTP into a
+//!   bounded temporary file, and picks the failure to report. `direct` is not supported yet:
+//!   it fails with [`FetchError::DirectUnsupported`].
+//! - [`cache`]: [`ModCache`], the caching rules in front of the fetcher (immutable answers
+//!   cache-first, mutable ones fetched with a short TTL and served stale only when the
+//!   upstreams fail, one fetch per key at a time), over a [`ModStore`] ([`DirModStore`] on a
+//!   directory).
 //!
 //! The rules follow the go command's (`golang.org/x/mod/module` for paths and versions, the
 //! "GOPROXY protocol" section of the go modules reference for requests and the list), written
@@ -18,9 +24,18 @@
 //! why: a proxy that refuses a strange path costs a 400, one that stores it under a bad name
 //! could cost the cache.
 
+pub mod cache;
+pub mod fetch;
 pub mod path;
 pub mod upstream;
 
+#[cfg(test)]
+mod testserver;
+
+pub use cache::{
+    Content, DEFAULT_LIST_TTL, DirModStore, ModCache, ModStore, ServeError, Served, Stored,
+};
+pub use fetch::{Body, FetchConfig, FetchError, Fetched, Fetcher};
 pub use path::{
     Caching, MAX_ELEMENT, MAX_REQUEST_PATH, ModulePath, PathError, Query, Request, Revision,
     SumdbName, Tile, Version,

@@ -17,7 +17,8 @@
 //!
 //! The keywords. `off` ends the walk with [`FetchError::Off`], unless an earlier element
 //! failed with a real error, which is reported instead. `direct` (fetching from version
-//! control) is not supported by this proxy: it ends the walk with
+//! control) runs the go command ([`super::direct`]) when [`FetchConfig::direct`] says how,
+//! and its answer is the answer, as in the go command; without that it ends the walk with
 //! [`FetchError::DirectUnsupported`], which says so. A checksum database request
 //! (`sumdb/<name>/...`) treats both keywords as the go command does for its checksum database
 //! connection: they mean "the database itself". It is asked of each proxy URL first (at
@@ -37,6 +38,7 @@ use std::time::Duration;
 use tempfile::NamedTempFile;
 use tokio::io::AsyncWriteExt;
 
+use super::direct::{self, DirectConfig};
 use super::path::Request;
 use super::upstream::{Outcome, Upstream, Upstreams};
 
@@ -61,11 +63,14 @@ pub struct FetchConfig {
     /// `Some("http://127.0.0.1:8080/db")` asks `http://127.0.0.1:8080/db/latest` for
     /// `sumdb/<name>/latest`. `None` (the default) is the go command's `https://<name>`.
     pub sumdb_direct_base: Option<String>,
+    /// How `direct` runs the go command; `None` (the default): `direct` is not supported and
+    /// fails with [`FetchError::DirectUnsupported`].
+    pub direct: Option<DirectConfig>,
 }
 
 impl FetchConfig {
     /// 10 s to connect, 60 s per read, 512 MiB for a zip, 16 MiB for anything else, the
-    /// databases at their own URLs.
+    /// databases at their own URLs, `direct` not supported.
     pub fn new(spool_dir: PathBuf) -> Self {
         Self {
             connect_timeout: Duration::from_secs(10),
@@ -74,6 +79,7 @@ impl FetchConfig {
             max_other: 16 << 20,
             spool_dir,
             sumdb_direct_base: None,
+            direct: None,
         }
     }
 }
@@ -104,10 +110,12 @@ pub enum FetchError {
     #[error("module lookup disabled by GOPROXY=off")]
     Off,
     #[error(
-        "GOPROXY=direct (fetching from version control) is not supported by this proxy: list \
+        "GOPROXY=direct (fetching from version control) is not enabled on this proxy: list \
          a module proxy before it"
     )]
     DirectUnsupported,
+    #[error("fetching {path} directly with the go command: {message}")]
+    Direct { path: String, message: String },
     #[error("{upstream} answered {status} for {path}")]
     Status {
         upstream: String,
@@ -233,6 +241,24 @@ impl Fetcher {
                 Answer::NotFound(status) => Ok(Fetched::NotFound { status }),
                 Answer::Failed(err) => Err(err),
             };
+        }
+        if let (Some(Upstream::Direct), Some(config)) = (keyword, &self.config.direct) {
+            // As in the go command, `direct`'s answer is the answer, whatever came before.
+            let (config, request, spool) = (
+                config.clone(),
+                request.clone(),
+                self.config.spool_dir.clone(),
+            );
+            return tokio::task::spawn_blocking(move || {
+                direct::fetch(&config, &request, &spool, limit)
+            })
+            .await
+            .unwrap_or_else(|err| {
+                Err(FetchError::Direct {
+                    path: path.clone(),
+                    message: err.to_string(),
+                })
+            });
         }
         if let Some(keyword) = keyword {
             // `direct`'s failure is always the one reported, as in the go command; `off` only

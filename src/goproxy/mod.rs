@@ -11,8 +11,9 @@
 //! - [`upstream`]: the proxy's own GOPROXY list ([`Upstreams`]) and the go command's rule for
 //!   when the next element is tried ([`Upstreams::next_after`]).
 //! - [`fetch`]: [`Fetcher`], which fetches one request from that list over HTTP into a
-//!   bounded temporary file, and picks the failure to report. `direct` is not supported yet:
-//!   it fails with [`FetchError::DirectUnsupported`].
+//!   bounded temporary file, and picks the failure to report.
+//! - [`direct`]: `direct` in that list, through the go command in a private module cache
+//!   (off unless configured: [`FetchError::DirectUnsupported`]).
 //! - [`cache`]: [`ModCache`], the caching rules in front of the fetcher (immutable answers
 //!   cache-first, mutable ones fetched with a short TTL and served stale only when the
 //!   upstreams fail, one fetch per key at a time), over a [`ModStore`] ([`DirModStore`] on a
@@ -25,6 +26,7 @@
 //! could cost the cache.
 
 pub mod cache;
+pub mod direct;
 pub mod fetch;
 pub mod path;
 pub mod upstream;
@@ -35,6 +37,7 @@ mod testserver;
 pub use cache::{
     Content, DEFAULT_LIST_TTL, DirModStore, ModCache, ModStore, ServeError, Served, Stored,
 };
+pub use direct::DirectConfig;
 pub use fetch::{Body, FetchConfig, FetchError, Fetched, Fetcher};
 pub use path::{
     Caching, MAX_ELEMENT, MAX_REQUEST_PATH, ModulePath, PathError, Query, Request, Revision,

@@ -86,11 +86,14 @@ pub struct DirModStore {
 }
 
 impl DirModStore {
-    /// Opens (creating, mode 0700) the store at `root`.
+    /// Opens (creating, mode 0700) the store at `root`, and removes the spool's temporary
+    /// files older than [`fsutil::STALE_TEMP_AGE`] (left by a process that was killed; younger
+    /// ones may be another process's, still being written).
     pub fn open(root: &Path) -> io::Result<Self> {
         fsutil::create_private_dir_all(root)?;
         let spool = root.join(SPOOL);
         fsutil::real_dir(&spool)?;
+        fsutil::remove_older_than(&spool, fsutil::STALE_TEMP_AGE)?;
         Ok(Self {
             root: root.to_path_buf(),
             spool,

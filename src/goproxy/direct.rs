@@ -18,8 +18,9 @@
 //!
 //! Errors. The go command reports a failure in the JSON's `Error`. One that says the module or
 //! revision does not exist (`unknown revision`, `not found`, `no matching versions`,
-//! `invalid version`, `does not exist`) is "not found" (404), so that it falls through a list
-//! and is never stored; any other, a timeout ([`DirectConfig::timeout`], after which the go
+//! `does not exist`, but not `executable file not found`: no git here is a failure) is "not
+//! found" (404), so that it falls through a list and is never stored; any other (among them
+//! `invalid version: git ls-remote ... exit status 128`, an unreachable repository), a timeout ([`DirectConfig::timeout`], after which the go
 //! command is killed) or a go command that cannot run is [`FetchError::Direct`]. The words
 //! are the go command's own messages, matched as text: a failure they miss is reported as a
 //! failure, which only costs a stale answer where a 404 would have been right.
@@ -60,14 +61,25 @@ impl DirectConfig {
     }
 }
 
-/// Phrases of the go command's errors that mean "this module or revision does not exist".
-const NOT_FOUND: [&str; 5] = [
+/// Phrases of the go command's errors that mean "this module or revision does not exist"
+/// (`not found` covers git's "repository '...' not found").
+const NOT_FOUND: [&str; 4] = [
     "unknown revision",
-    "not found",
     "no matching versions",
-    "invalid version",
     "does not exist",
+    "not found",
 ];
+
+/// Phrases that say the failure is this machine's, whatever else the message says: no git.
+const LOCAL_FAILURE: [&str; 1] = ["executable file not found"];
+
+/// Whether a go command's error means that the module or revision does not exist. Not
+/// `invalid version` on its own: the go command also says that when git could not reach the
+/// repository.
+fn is_not_found(error: &str) -> bool {
+    NOT_FOUND.iter().any(|phrase| error.contains(phrase))
+        && !LOCAL_FAILURE.iter().any(|phrase| error.contains(phrase))
+}
 
 /// Fetches `request` with the go command, spooling the answer in `spool` (at most `limit`
 /// bytes). Blocks: run it on a blocking thread.
@@ -128,7 +140,7 @@ pub(crate) fn fetch(
         None => None,
     };
     if let Some(error) = error {
-        if NOT_FOUND.iter().any(|phrase| error.contains(phrase)) {
+        if is_not_found(&error) {
             return Ok(Fetched::NotFound { status: 404 });
         }
         return Err(failed(error));

@@ -323,3 +323,23 @@ async fn the_dir_store_replaces_by_rename_and_misses_what_is_not_a_file() {
     std::os::unix::fs::symlink(&target, &zip).unwrap();
     assert!(store.get(ZIP).await.unwrap().is_none());
 }
+
+#[test]
+fn opening_the_dir_store_sweeps_only_old_spool_files() {
+    let root = tempfile::tempdir().unwrap();
+    let store = DirModStore::open(root.path()).unwrap();
+    let old = store.spool_dir().join(".fetch-old");
+    let young = store.spool_dir().join(".fetch-young");
+    std::fs::write(&old, b"left by a killed process").unwrap();
+    std::fs::write(&young, b"being written").unwrap();
+    let long_ago = SystemTime::now() - 2 * fsutil::STALE_TEMP_AGE;
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    DirModStore::open(root.path()).unwrap();
+    assert!(!old.exists());
+    assert!(young.exists());
+}

@@ -124,3 +124,21 @@ async fn a_go_command_that_cannot_run_is_a_direct_failure() {
     let err = fetcher.fetch(&request).await.unwrap_err();
     assert!(matches!(err, FetchError::Direct { .. }), "{err:?}");
 }
+
+#[test]
+fn only_the_go_commands_does_not_exist_errors_are_not_found() {
+    for error in [
+        "example.com/m@v1.9.0: invalid version: unknown revision v1.9.0",
+        "example.com/m@v1.9: no matching versions for query \"v1.9\"",
+        "example.com/m@v1.0.0: invalid version: git ls-remote -q origin in /x: exit status 128:\n\tfatal: repository 'https://example.com/m/' not found",
+    ] {
+        assert!(is_not_found(error), "{error}");
+    }
+    for error in [
+        "example.com/m@v1.0.0: invalid version: git ls-remote -q origin in /x: exit status 128:\n\tfatal: unable to access 'https://example.com/m/': Could not resolve host: example.com",
+        "example.com/m@v1.0.0: git init --bare: exec: \"git\": executable file not found in $PATH",
+        "unrecognized import path \"example.com/m\": https fetch: Get \"https://example.com/m?go-get=1\": dial tcp: i/o timeout",
+    ] {
+        assert!(!is_not_found(error), "{error}");
+    }
+}

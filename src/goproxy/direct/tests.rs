@@ -113,6 +113,20 @@ async fn direct_fetches_a_module_from_its_repository_with_the_go_command() {
 }
 
 #[tokio::test]
+async fn direct_is_tried_after_the_proxies_say_not_found() {
+    let repo = Repo::new();
+    let proxy = crate::goproxy::testserver::Upstream::start().await;
+    let fetcher = repo.fetcher(&format!("{},direct", proxy.url("")));
+    let path = "example.com/repo.git/@v/v1.0.0.mod";
+    assert_eq!(text(&fetcher, path).await, GO_MOD);
+    assert_eq!(
+        proxy.hits(&format!("/{path}")),
+        1,
+        "the proxy was asked first"
+    );
+}
+
+#[tokio::test]
 async fn a_go_command_that_cannot_run_is_a_direct_failure() {
     let repo = Repo::new();
     let mut fetcher_config = FetchConfig::new(repo.dir.path().join("spool"));

@@ -19,11 +19,12 @@
 //! Errors. The go command reports a failure in the JSON's `Error`. One that says the module or
 //! revision does not exist (`unknown revision`, `not found`, `no matching versions`,
 //! `does not exist`, but not `executable file not found`: no git here is a failure) is "not
-//! found" (404), so that it falls through a list and is never stored; any other (among them
-//! `invalid version: git ls-remote ... exit status 128`, an unreachable repository), a timeout ([`DirectConfig::timeout`], after which the go
-//! command is killed) or a go command that cannot run is [`FetchError::Direct`]. The words
-//! are the go command's own messages, matched as text: a failure they miss is reported as a
-//! failure, which only costs a stale answer where a 404 would have been right.
+//! found" (404), so that it falls through a list and is never stored. Any other (among them
+//! `invalid version: git ls-remote ... exit status 128`, an unreachable repository), a
+//! timeout ([`DirectConfig::timeout`], after which the go command is killed) or a go command
+//! that cannot run is [`FetchError::Direct`]. The phrases are the go command's messages
+//! matched as text, a heuristic: a "does not exist" they miss becomes a failure (a stale
+//! answer, or an error, where a 404 was right).
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};

@@ -36,7 +36,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::fetch::{Body, FetchError, Fetched, Fetcher};
+use super::body::{Body, FetchError, Fetched};
+use super::fetch::Fetcher;
 use super::path::{Caching, Request};
 use crate::fsutil;
 

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::NamedTempFile;
 
-use super::fetch::{Body, FetchError, Fetched};
+use super::body::{Body, FetchError, Fetched};
 use super::path::Request;
 
 /// How `direct` runs the go command.

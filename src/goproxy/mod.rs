@@ -25,6 +25,7 @@
 //! why: a proxy that refuses a strange path costs a 400, one that stores it under a bad name
 //! could cost the cache.
 
+pub mod body;
 pub mod cache;
 pub mod direct;
 pub mod fetch;
@@ -34,11 +35,12 @@ pub mod upstream;
 #[cfg(test)]
 mod testserver;
 
+pub use body::{Body, FetchError, Fetched};
 pub use cache::{
     Content, DEFAULT_LIST_TTL, DirModStore, ModCache, ModStore, ServeError, Served, Stored,
 };
 pub use direct::DirectConfig;
-pub use fetch::{Body, FetchConfig, FetchError, Fetched, Fetcher};
+pub use fetch::{FetchConfig, Fetcher};
 pub use path::{
     Caching, MAX_ELEMENT, MAX_REQUEST_PATH, ModulePath, PathError, Query, Request, Revision,
     SumdbName, Tile, Version,

@@ -7,8 +7,8 @@
 //! This file has what they share: [`Project`], a [`GoProject`] whose go commands run with
 //! `GOCACHEPROG="goremotecache connect ..."` and which kills every daemon its machines started
 //! when it is dropped (the daemons are detached: nothing else would); [`Foreground`], a daemon
-//! run by the test itself; the daemons' files; and [`Gate`], a store connection that is held
-//! until the test opens it, which keeps uploads pending for as long as a test needs.
+//! run by the test itself; and the daemons' files. Uploads are kept pending by support's
+//! proxy in `Mode::Hold`.
 //!
 //! Nothing here waits a fixed time for the daemon: whatever it does in the background is
 //! polled for until [`DEADLINE`], which only a broken daemon reaches.
@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::GoProject;
 use support::s3::{S3Server, SECRET_KEY, credentials};
-use support::{GoProject, GoRun};
 
 mod builds;
 mod faults;
@@ -39,10 +39,10 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// What connect says, once, when a session goes on without the daemon.
 const WITHOUT_DAEMON: &str = "goremotecache: connect: running without the daemon: ";
 
-/// A [`GoProject`] whose go commands reach the cache through `goremotecache connect`. Its
-/// `go`, `command`, `build_on_fresh_machine` and `assert_tests_cached` are connect's (they
-/// shadow the direct ones, which [`Project::direct`] still offers), and `build_and_run` takes
-/// the place of `build_and_run_command`. Dropped, it kills the daemons of all its machines.
+/// A [`GoProject`] whose go commands reach the cache through `goremotecache connect`
+/// (`subcommand`; set it to `None` for a go command that runs goremotecache directly), with
+/// the daemon's commands and files. Dropped, it kills the daemons of all its machines, and
+/// after a failure it prints their logs.
 pub struct Project {
     inner: GoProject,
 }
@@ -91,6 +91,7 @@ impl Project {
     }
 
     fn on(mut inner: GoProject, server: &S3Server, prefix: &str) -> Self {
+        inner.subcommand = Some("connect");
         inner.args = server.args(prefix);
         inner.env = credentials(SECRET_KEY);
         // Daemons left behind by a test that failed hard exit by themselves soon.
@@ -100,86 +101,10 @@ impl Project {
         Self { inner }
     }
 
-    /// The same project with go commands that run goremotecache directly.
-    pub fn direct(&self) -> &GoProject {
-        &self.inner
-    }
-
     /// Sets an environment variable of the go command, goremotecache and its daemon.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.inner.env.retain(|(k, _)| k != key);
         self.inner.env.push((key.into(), value.into()));
-    }
-
-    /// The GOCACHEPROG that runs `goremotecache connect` with this project's options.
-    fn connect_line(&self, stats_file: &Path) -> String {
-        let direct = self.inner.gocacheprog(stats_file);
-        let options = direct
-            .strip_prefix(support::bin())
-            .expect("a GOCACHEPROG without a wrapper starts with the binary");
-        format!("{} connect{options}", support::bin())
-    }
-
-    /// A go command through connect; returns it and its stats file.
-    pub fn command(&self, args: &[&str]) -> (Command, PathBuf) {
-        let (mut command, stats_file) = self.inner.command(args);
-        command.env("GOCACHEPROG", self.connect_line(&stats_file));
-        (command, stats_file)
-    }
-
-    /// Runs the go command through connect and requires it to succeed.
-    pub fn go(&self, args: &[&str]) -> GoRun {
-        let (mut command, stats_file) = self.command(args);
-        let output = command.output().expect("running go");
-        assert!(
-            output.status.success(),
-            "go {args:?} failed:\n{}\n{}\ndaemon logs:\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-            self.logs()
-        );
-        GoRun {
-            output,
-            stats: read_stats(&stats_file),
-        }
-    }
-
-    /// Moves to the fresh machine `name` and builds there through connect: everything must
-    /// come from the remote store, so nothing is compiled.
-    pub fn build_on_fresh_machine(&mut self, name: &str) -> GoRun {
-        self.switch_machine(name);
-        let build = self.go(&["build", "-x", "./..."]);
-        assert_eq!(
-            build.compiles(),
-            Vec::<String>::new(),
-            "machine {name} compiled"
-        );
-        assert!(build.remote_answers() > 50, "{:?}", build.stats);
-        build
-    }
-
-    /// Runs `go test ./...` through connect and requires every result from the cache.
-    pub fn assert_tests_cached(&self) {
-        let test = self.go(&["test", "./..."]);
-        for pkg in ["mathx", "report", "text"] {
-            let line = format!("ok  \texample.com/e2e/{pkg}\t(cached)");
-            assert!(
-                test.stdout().contains(&line),
-                "missing {line:?} in:\n{}",
-                test.stdout()
-            );
-        }
-    }
-
-    /// Builds the module's command through connect and runs it; returns the build and what
-    /// the command printed (`TOTAL 9!` when it is right).
-    pub fn build_and_run(&self, name: &str) -> (GoRun, String) {
-        let exe = self.root.path().join(name);
-        let build = self.go(&["build", "-o", exe.to_str().unwrap(), "./cmd/e2e"]);
-        let out = Command::new(&exe)
-            .output()
-            .expect("running the built command");
-        (build, String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `goremotecache SUBCOMMAND` with this machine's directories, the project's options and
@@ -254,12 +179,6 @@ impl Drop for Project {
             }
         }
     }
-}
-
-fn read_stats(path: &Path) -> Option<Value> {
-    std::fs::read(path)
-        .ok()
-        .map(|bytes| serde_json::from_slice(&bytes).expect("stats file is JSON"))
 }
 
 /// Parses one JSON object per line.
@@ -574,70 +493,4 @@ pub fn ready_line(line: &str) -> Option<(u32, PathBuf)> {
     let rest = line.strip_prefix("goremotecache: daemon ")?;
     let (pid, socket) = rest.split_once(" serving ")?;
     Some((pid.parse().ok()?, PathBuf::from(socket)))
-}
-
-/// A TCP proxy to a store that holds every connection, unanswered, until [`Gate::open`]; from
-/// then on it forwards them all. Uploads through it stay pending for as long as a test wants,
-/// without a timeout or an error.
-pub struct Gate {
-    pub endpoint: String,
-    open: tokio::sync::watch::Sender<bool>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Gate {
-    /// A closed gate in front of `target` (`http://host:port`).
-    pub fn closed(target: &str) -> Self {
-        let target: std::net::SocketAddr = target
-            .trim_start_matches("http://")
-            .parse()
-            .expect("an http://host:port endpoint");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (open, opened) = tokio::sync::watch::channel(false);
-        runtime.spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
-                };
-                let mut opened = opened.clone();
-                tokio::spawn(async move {
-                    if opened.wait_for(|open| *open).await.is_err() {
-                        return;
-                    }
-                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                });
-            }
-        });
-        Self {
-            endpoint: format!("http://{addr}"),
-            open,
-            runtime: Some(runtime),
-        }
-    }
-
-    /// Lets every held and every new connection through.
-    pub fn open(&self) {
-        self.open.send_replace(true);
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
 }

@@ -7,9 +7,10 @@ use crate::support;
 use std::path::PathBuf;
 use std::process::Stdio;
 
+use support::read_stats;
 use support::s3::S3Server;
 
-use super::{Flushed, Project, figure, kill_daemon, read_stats, records, session_id, wait_gone};
+use super::{Flushed, Project, figure, kill_daemon, records, session_id, wait_gone};
 
 #[test]
 fn builds_through_the_daemon_reach_a_fresh_machine_after_flush() {

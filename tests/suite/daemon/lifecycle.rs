@@ -10,11 +10,14 @@ use std::process::Stdio;
 use std::sync::mpsc;
 
 use rustix::process::Signal;
+use std::time::Duration;
+
+use support::proxy::{Mode, Proxy};
 use support::s3::{S3Server, s3_args, with_prefetch};
 
 use super::{
-    DEADLINE, Flushed, Foreground, Gate, Project, assert_bucket_has_every_local_action,
-    bucket_entries, eventually, figure, json_lines, kill_daemon, wait_gone,
+    DEADLINE, Flushed, Foreground, Project, assert_bucket_has_every_local_action, bucket_entries,
+    eventually, figure, json_lines, kill_daemon, wait_gone,
 };
 
 #[test]
@@ -192,11 +195,12 @@ fn a_socket_path_too_long_moves_to_the_runtime_dir() {
     );
 }
 
-/// A project whose daemon writes to the bucket only, through a closed [`Gate`]: a cold build
-/// of `./tiny/...` puts a few entries, and their uploads stay pending until the gate opens.
-fn with_uploads_held(tag: &str, prefix: &str) -> (S3Server, Gate, Project) {
+/// A project whose daemon writes to the bucket only, through a proxy that holds every
+/// connection: a cold build of `./tiny/...` puts a few entries, and their uploads stay
+/// pending until the test lets them through (`gate.set_mode(Mode::Delay(ZERO))`).
+fn with_uploads_held(tag: &str, prefix: &str) -> (S3Server, Proxy, Project) {
     let server = S3Server::start();
-    let gate = Gate::closed(&server.endpoint);
+    let gate = Proxy::start(&server.endpoint, Mode::Hold);
     let mut project = Project::tiny(tag, &server, prefix);
     project.args = s3_args(&gate.endpoint, prefix);
     project.args.extend(
@@ -229,7 +233,7 @@ fn sigterm_finishes_the_pending_uploads() {
 
     let pid = build.stat("daemon.pid") as u32;
     kill_daemon(pid, Signal::TERM);
-    gate.open();
+    gate.set_mode(Mode::Delay(Duration::ZERO));
     wait_gone(pid, "the daemon exits after its uploads");
     assert_bucket_has_every_local_action(&server, "dterm", &project.cache_dir);
     assert!(bucket_entries(&server, "dterm").len() > before.len());
@@ -287,7 +291,7 @@ fn flush_waits_for_the_uploads_and_says_what_it_did() {
         text
     });
     let progress = lines.recv_timeout(DEADLINE);
-    gate.open();
+    gate.set_mode(Mode::Delay(Duration::ZERO));
     let out = flush.wait_with_output().unwrap();
     let stderr = reader.join().unwrap();
     assert!(
@@ -346,7 +350,9 @@ fn warm_prefetches_a_fresh_machine_before_its_build() {
         .args
         .extend(["--prefetch-key", KEY].map(String::from));
     // The last build of the key, on another machine, wrote its manifest.
-    let last = project.direct().go(&["build", "./..."]);
+    project.subcommand = None;
+    let last = project.go(&["build", "./..."]);
+    project.subcommand = Some("connect");
     assert!(
         last.stat("remote.prefetch.manifest_written") > 50,
         "{:?}",

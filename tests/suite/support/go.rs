@@ -49,6 +49,9 @@ pub struct GoProject {
     pub env: Vec<(String, String)>,
     /// A program that runs goremotecache (`wrapper goremotecache ARGS`), as CI setups do.
     pub wrapper: Option<PathBuf>,
+    /// A subcommand that GOCACHEPROG runs before the options (`connect`: through the
+    /// daemon); `None`: goremotecache's main mode.
+    pub subcommand: Option<&'static str>,
 }
 
 /// What one go command printed, and goremotecache's figures for it.
@@ -124,6 +127,7 @@ impl GoProject {
             args: Vec::new(),
             env: Vec::new(),
             wrapper: None,
+            subcommand: None,
         };
         std::fs::create_dir_all(&project.gocache).unwrap();
         project
@@ -159,9 +163,12 @@ impl GoProject {
             Some(wrapper) => format!("{} ", wrapper.display()),
             None => String::new(),
         };
+        line += bin();
+        if let Some(subcommand) = self.subcommand {
+            line += &format!(" {subcommand}");
+        }
         line += &format!(
-            "{} --cache-dir {} --lock-dir {} --stats-file {}",
-            bin(),
+            " --cache-dir {} --lock-dir {} --stats-file {}",
             self.cache_dir.display(),
             self.lock_dir.display(),
             stats_file.display()
@@ -203,12 +210,18 @@ impl GoProject {
     /// Builds the module's command and runs it: what a build from cached packages must
     /// print is `TOTAL 9!`.
     pub fn build_and_run_command(&self, name: &str) -> String {
+        self.build_and_run(name).1
+    }
+
+    /// Builds the module's command and runs it; returns the build and what the command
+    /// printed (`TOTAL 9!` when it is right).
+    pub fn build_and_run(&self, name: &str) -> (GoRun, String) {
         let exe = self.root.path().join(name);
-        self.go(&["build", "-o", exe.to_str().unwrap(), "./cmd/e2e"]);
+        let build = self.go(&["build", "-o", exe.to_str().unwrap(), "./cmd/e2e"]);
         let out = Command::new(&exe)
             .output()
             .expect("running the built command");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        (build, String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Moves to the fresh machine `name` and builds there: everything must come from the
@@ -248,11 +261,18 @@ impl GoProject {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let stats = std::fs::read(&stats_file)
-            .ok()
-            .map(|bytes| serde_json::from_slice(&bytes).expect("stats file is JSON"));
-        GoRun { output, stats }
+        GoRun {
+            output,
+            stats: read_stats(&stats_file),
+        }
     }
+}
+
+/// A `--stats-file`'s report, if the run wrote one.
+pub fn read_stats(path: &Path) -> Option<Value> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| serde_json::from_slice(&bytes).expect("stats file is JSON"))
 }
 
 /// Writes a module with four packages, tests in three, and a command.

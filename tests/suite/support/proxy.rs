@@ -1,13 +1,12 @@
-//! A TCP proxy on 127.0.0.1 that adds latency to, resets, or swallows the connections it
-//! forwards: network faults between goremotecache and its store, without touching either.
+//! A TCP proxy on 127.0.0.1 that adds latency to, resets, swallows or holds the connections
+//! it forwards: network faults between goremotecache and its store, without touching either.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// What the proxy does with new connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,11 +17,14 @@ pub enum Mode {
     Reset,
     /// Accept, read everything, answer nothing.
     Swallow,
+    /// Accept and hold the connection, unanswered, until the mode changes; then do with it
+    /// what the new mode says (uploads kept pending for as long as a test needs).
+    Hold,
 }
 
 pub struct Proxy {
     pub endpoint: String,
-    mode: Arc<Mutex<Mode>>,
+    mode: watch::Sender<Mode>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -40,15 +42,20 @@ impl Proxy {
             .unwrap();
         let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
-        let mode = Arc::new(Mutex::new(mode));
-        let shared = mode.clone();
+        let (mode, modes) = watch::channel(mode);
         runtime.spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                let mode = *shared.lock().unwrap();
-                tokio::spawn(handle(client, target, mode));
+                let mut modes = modes.clone();
+                tokio::spawn(async move {
+                    let mode = match modes.wait_for(|mode| *mode != Mode::Hold).await {
+                        Ok(mode) => *mode,
+                        Err(_) => return,
+                    };
+                    handle(client, target, mode).await;
+                });
             }
         });
         Self {
@@ -58,9 +65,9 @@ impl Proxy {
         }
     }
 
-    /// Changes what happens to connections made from now on.
+    /// Changes what happens to connections made from now on, and to those held.
     pub fn set_mode(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
+        self.mode.send_replace(mode);
     }
 }
 
@@ -74,7 +81,7 @@ impl Drop for Proxy {
 
 async fn handle(mut client: TcpStream, target: SocketAddr, mode: Mode) {
     let delay = match mode {
-        Mode::Reset => return,
+        Mode::Reset | Mode::Hold => return,
         Mode::Swallow => {
             let mut sink = vec![0u8; 64 * 1024];
             while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}

@@ -218,8 +218,9 @@ impl Cache {
         })
     }
 
-    /// Counts a get that another process answered from this cache's disk (`connect`, for
-    /// the daemon), as if this cache had: statistics and the prefetch manifest.
+    /// Counts a get answered with `hit` (the output's size; `None`: a miss): statistics and
+    /// the prefetch manifest. For this cache's own gets, and for those another process
+    /// answered from this cache's disk (`connect`, for the daemon).
     pub fn note_local_get(&self, action_id: ActionId, hit: Option<u64>, took: Duration) {
         self.stats.record_get(hit, took);
         if let Some(prefetch) = self.prefetch.get() {
@@ -338,11 +339,7 @@ impl Cache {
         match found {
             Ok(entry) => {
                 tracing::debug!(action = %action_id, hit = entry.is_some(), "get");
-                let size = entry.as_ref().map(|e| e.size);
-                self.stats.record_get(size, start.elapsed());
-                if let Some(prefetch) = self.prefetch.get() {
-                    prefetch.note_get(*action_id, size);
-                }
+                self.note_local_get(*action_id, entry.as_ref().map(|e| e.size), start.elapsed());
             }
             Err(err) => {
                 tracing::debug!(action = %action_id, "get failed: {err}");

@@ -426,7 +426,6 @@ impl Link {
             output: job.output,
             size: job.size,
             time_ns: protocol::unix_nanos(job.time),
-            path: job.path.clone(),
             already,
             took_ns: nanos(took),
         }))

@@ -86,7 +86,8 @@ pub enum Ask {
     Close,
 }
 
-/// A put stored on local disk by `connect`.
+/// A put stored on local disk by `connect`. No path: the daemon uploads the output from
+/// where its own cache keeps it (the same directory).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PutNote {
     pub action: ActionId,
@@ -94,7 +95,6 @@ pub struct PutNote {
     pub size: u64,
     /// When it was stored, in nanoseconds since the Unix epoch.
     pub time_ns: u64,
-    pub path: PathBuf,
     /// The output was on disk already.
     pub already: bool,
     /// How long storing it took, in nanoseconds.
@@ -293,7 +293,6 @@ mod tests {
                 output: OutputId([1; 32]),
                 size: 5,
                 time_ns: 1_700_000_000_123_456_789,
-                path: "/c/o/01/x-d".into(),
                 already: false,
                 took_ns: 10,
             }),

@@ -31,7 +31,7 @@ use super::protocol::{
 use crate::cache::manifest::KeySource;
 use crate::cache::stats::DaemonNote;
 use crate::cache::upload::Job;
-use crate::cache::{Cache, CacheError};
+use crate::cache::{Cache, CacheError, PrefetchStart};
 use crate::cacheprog::session::{self, Handler, MAX_IN_FLIGHT};
 use crate::cacheprog::wire::{self, RequestError};
 use crate::config::DaemonConfig;
@@ -324,20 +324,12 @@ impl Daemon {
             }
             Kind::Flush { wait_ms } => self.flush(write, Duration::from_millis(wait_ms)).await,
             Kind::Warm { key } => {
-                let answer = match self.cache.start_prefetch(KeySource { parts: key }) {
-                    crate::cache::PrefetchStart::Started(key) => Answer::Warmed {
-                        started: true,
-                        key: key.to_string(),
-                    },
-                    crate::cache::PrefetchStart::Already(key) => Answer::Warmed {
-                        started: false,
-                        key: key.to_string(),
-                    },
-                    crate::cache::PrefetchStart::Off => Answer::Warmed {
-                        started: false,
-                        key: String::new(),
-                    },
+                let (started, key) = match self.cache.start_prefetch(KeySource { parts: key }) {
+                    PrefetchStart::Started(key) => (true, key.to_string()),
+                    PrefetchStart::Already(key) => (false, key.to_string()),
+                    PrefetchStart::Off => (false, String::new()),
                 };
+                let answer = Answer::Warmed { started, key };
                 let _ = send(&mut write, &answer).await;
             }
         }
@@ -428,7 +420,6 @@ impl Daemon {
                     }
                 }
                 Ask::Put(put) => {
-                    // The path is this cache's own, whatever the note says.
                     let job = Job {
                         action: put.action,
                         output: put.output,

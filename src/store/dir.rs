@@ -75,6 +75,22 @@ impl DiskStore {
         })
     }
 
+    /// The module proxy's store inside this one: `<root>/mod/`
+    /// ([`crate::store::s3::MODULES`]), laid out like a namespace's, created if missing (a
+    /// symlink or file in its place is replaced, never followed), sharing this store's
+    /// `tmp/`. Blocking.
+    pub fn modules(&self) -> io::Result<Self> {
+        let root = self.root.join(super::s3::MODULES);
+        real_dir(&root)?;
+        real_dir(&root.join("v1"))?;
+        fsutil::remove_all_but_directories(&root.join("v1"))?;
+        real_dir(&root.join("prefetch"))?;
+        Ok(Self {
+            root,
+            tmp: self.tmp.clone(),
+        })
+    }
+
     /// The namespaces found in `<root>/ns/`: the real directories there whose names are
     /// namespace names, and the count of anything else (left alone). No `ns/`, or one that is
     /// not a real directory, has none. Blocking.

@@ -68,6 +68,27 @@ impl S3Config {
     }
 }
 
+impl S3Config {
+    /// The same bucket, with the module proxy's prefix inside this one's: `<prefix>/mod`
+    /// (see docs/goproxy.md). Its answers are stored there as entries (`mod/v1/<hex>`, the
+    /// immutable ones) and as manifests (`mod/prefetch/<hex>`, the ones that change), under
+    /// keys hashed from their request paths.
+    pub fn for_modules(&self) -> S3Config {
+        let prefix = match self.prefix.trim_matches('/') {
+            "" => MODULES.to_owned(),
+            prefix => format!("{prefix}/{MODULES}"),
+        };
+        S3Config {
+            prefix,
+            ..self.clone()
+        }
+    }
+}
+
+/// The directory (of a storage directory) and prefix (of a bucket) below which the module
+/// proxy keeps its answers.
+pub const MODULES: &str = "mod";
+
 /// Entries in an S3 bucket.
 #[derive(Debug, Clone)]
 pub struct S3Store {

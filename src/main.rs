@@ -53,8 +53,10 @@ fn main() -> ExitCode {
         }
         Run::Serve(serve) => {
             logging::init(serve.debug);
-            let ServeConfig { args, s3, .. } = *serve;
-            match goremotecache::server::serve(&args, s3) {
+            let ServeConfig {
+                args, s3, goproxy, ..
+            } = *serve;
+            match goremotecache::server::serve(&args, s3, goproxy.as_ref()) {
                 Err(err) if err.is_usage() => {
                     eprintln!("goremotecache: {err}");
                     return ExitCode::from(2);

@@ -201,6 +201,8 @@ pub struct ServeCommand {
     #[command(flatten)]
     pub serve: ServeArgs,
     #[command(flatten)]
+    pub goproxy: GoproxyArgs,
+    #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
@@ -544,6 +546,8 @@ pub enum Backend {
 }
 
 mod daemon;
+mod goproxy;
 mod serve;
 pub use daemon::{ControlCommand, DaemonCommand, SocketArgs, StatusCommand};
+pub use goproxy::GoproxyArgs;
 pub use serve::{ServeArgs, ServeTimeouts};

@@ -6,6 +6,7 @@
 mod daemon;
 mod dirs;
 mod flags;
+mod goproxy;
 mod values;
 
 use std::path::PathBuf;
@@ -20,9 +21,10 @@ pub use self::daemon::{Control, ControlConfig, DaemonConfig};
 pub use self::dirs::{DefaultBase, LocalDirs};
 pub use self::flags::{
     Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, GcRemoteArgs,
-    LocalArgs, MainArgs, NamespaceArgs, NamespaceSelectionArgs, S3Args, ServeArgs, ServeCommand,
-    ServeTimeouts, StoreArgs, TimeoutArgs, TrimArgs, TrimCommand,
+    GoproxyArgs, LocalArgs, MainArgs, NamespaceArgs, NamespaceSelectionArgs, S3Args, ServeArgs,
+    ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs, TrimArgs, TrimCommand,
 };
+pub use self::goproxy::GoproxyConfig;
 pub use self::values::MaxSize;
 use crate::ids::Namespace;
 pub use crate::store::namespace::{NamespacePlan, Selection};
@@ -60,6 +62,7 @@ impl Run {
                 s3: s3_config(&serve.s3, &serve.timeouts)?,
                 debug: serve.common.debug,
                 trust_cache_dir: serve.common.trust_cache_dir,
+                goproxy: serve.serve.goproxy.then_some(serve.goproxy),
                 args: serve.serve,
             })),
             Some(Command::Trim(trim)) => Self::Trim(TrimConfig {
@@ -168,6 +171,8 @@ pub struct ServeConfig {
     pub s3: Option<S3Config>,
     pub debug: bool,
     pub trust_cache_dir: bool,
+    /// The module proxy's options, with `--goproxy`.
+    pub goproxy: Option<GoproxyArgs>,
 }
 
 impl ServeConfig {

@@ -6,6 +6,7 @@
 mod daemon;
 mod dirs;
 mod flags;
+mod goproxy;
 mod values;
 
 use std::path::PathBuf;
@@ -20,9 +21,10 @@ pub use self::daemon::{Control, ControlConfig, DaemonConfig};
 pub use self::dirs::{DefaultBase, LocalDirs};
 pub use self::flags::{
     Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, GcRemoteArgs,
-    LocalArgs, MainArgs, NamespaceArgs, NamespaceSelectionArgs, S3Args, ServeArgs, ServeCommand,
-    ServeTimeouts, StoreArgs, TimeoutArgs, TrimArgs, TrimCommand,
+    GoproxyArgs, LocalArgs, MainArgs, NamespaceArgs, NamespaceSelectionArgs, S3Args, ServeArgs,
+    ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs, TrimArgs, TrimCommand,
 };
+pub use self::goproxy::GoproxyConfig;
 pub use self::values::MaxSize;
 use crate::ids::Namespace;
 pub use crate::store::namespace::{NamespacePlan, Selection};
@@ -60,6 +62,7 @@ impl Run {
                 s3: s3_config(&serve.s3, &serve.timeouts)?,
                 debug: serve.common.debug,
                 trust_cache_dir: serve.common.trust_cache_dir,
+                goproxy: serve.serve.goproxy.then_some(serve.goproxy),
                 args: serve.serve,
             })),
             Some(Command::Trim(trim)) => Self::Trim(TrimConfig {
@@ -75,6 +78,7 @@ impl Run {
             Some(Command::ClearRemote(clear)) => Self::ClearRemote(Box::new(ClearRemoteConfig {
                 store: store_config(&clear.store, &clear.s3, &clear.timeouts)?,
                 namespaces: selection(&clear.namespaces)?,
+                modules: clear.namespaces.modules,
                 timeout: clear.timeouts.remote_timeout,
                 yes: clear.yes,
                 debug: clear.common.debug,
@@ -168,6 +172,8 @@ pub struct ServeConfig {
     pub s3: Option<S3Config>,
     pub debug: bool,
     pub trust_cache_dir: bool,
+    /// The module proxy's options, with `--goproxy`.
+    pub goproxy: Option<GoproxyArgs>,
 }
 
 impl ServeConfig {
@@ -207,6 +213,8 @@ pub struct ClearRemoteConfig {
     pub store: Option<StoreConfig>,
     /// `--namespace`, `--all-namespaces`.
     pub namespaces: Selection,
+    /// `--modules`: the module proxy's files too (S3 only, like `--all-namespaces`).
+    pub modules: bool,
     /// `--remote-timeout`, for each request.
     pub timeout: Duration,
     /// `--yes`: really delete.
@@ -220,6 +228,8 @@ pub struct GcRemoteConfig {
     pub s3: S3Config,
     /// `--namespace`, `--all-namespaces`.
     pub namespaces: Selection,
+    /// `--modules`: collect the module proxy's files too.
+    pub modules: bool,
     /// `--older-than`: longer than zero.
     pub older_than: Duration,
     /// `--yes`: really delete.
@@ -252,6 +262,7 @@ impl GcRemoteConfig {
         Ok(Self {
             s3,
             namespaces: selection(&gc.namespaces)?,
+            modules: gc.namespaces.modules,
             older_than: gc.older_than,
             yes: gc.yes,
             debug: gc.common.debug,

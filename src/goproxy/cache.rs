@@ -121,6 +121,17 @@ impl DirModStore {
 }
 
 #[async_trait]
+impl<S: ModStore + ?Sized> ModStore for std::sync::Arc<S> {
+    async fn get(&self, key: &str) -> io::Result<Option<Stored>> {
+        (**self).get(key).await
+    }
+
+    async fn put(&self, key: &str, body: Body) -> io::Result<()> {
+        (**self).put(key, body).await
+    }
+}
+
+#[async_trait]
 impl ModStore for DirModStore {
     async fn get(&self, key: &str) -> io::Result<Option<Stored>> {
         let path = self.file_of(key)?;
@@ -185,13 +196,14 @@ pub enum Served {
 }
 
 impl Served {
-    /// The `result` label of `goproxy_requests_total`: `hit`, `fetched`, `stale`,
+    /// The `result` label of `goremotecache_goproxy_requests_total`: `hit`, `miss` (fetched
+    /// from an upstream), `fallback` (stored, served because the upstreams failed),
     /// `not_found` or `local`.
     pub fn result_label(&self) -> &'static str {
         match self {
             Served::Hit(_) => "hit",
-            Served::Fetched(_) => "fetched",
-            Served::Stale(_) => "stale",
+            Served::Fetched(_) => "miss",
+            Served::Stale(_) => "fallback",
             Served::NotFound { .. } => "not_found",
             Served::Local => "local",
         }

@@ -67,6 +67,10 @@ pub struct FetchConfig {
     /// How `direct` runs the go command; `None` (the default): `direct` is not supported and
     /// fails with [`FetchError::DirectUnsupported`].
     pub direct: Option<DirectConfig>,
+    /// Modules fetched with `direct` alone, never from a proxy of the list: the go command's
+    /// `GONOPROXY` (which defaults to `GOPRIVATE`), as comma-separated path globs
+    /// ([`super::upstream::matches_prefix_patterns`]). Empty: none.
+    pub noproxy: String,
 }
 
 impl FetchConfig {
@@ -81,6 +85,7 @@ impl FetchConfig {
             spool_dir,
             sumdb_direct_base: None,
             direct: None,
+            noproxy: String::new(),
         }
     }
 }
@@ -138,6 +143,12 @@ impl Fetcher {
         let mut index = 0;
         // `direct` or `off`, when the walk reached one.
         let mut keyword = None;
+        if self.is_private(request) {
+            // As in the go command: a module that GONOPROXY names is fetched from version
+            // control, whatever the list says.
+            keyword = Some(&Upstream::Direct);
+            index = self.upstreams.len();
+        }
         while let Some(upstream) = self.upstreams.get(index) {
             let Upstream::Url(base) = upstream else {
                 keyword = Some(upstream);
@@ -214,6 +225,19 @@ impl Fetcher {
             // above), and each answer is one of the three; kept total all the same.
             (None, None) => Err(FetchError::Off),
         }
+    }
+
+    /// Whether `request` is for a module that [`FetchConfig::noproxy`] names.
+    fn is_private(&self, request: &Request) -> bool {
+        let module = match request {
+            Request::List { module }
+            | Request::Info { module, .. }
+            | Request::Mod { module, .. }
+            | Request::Zip { module, .. }
+            | Request::Latest { module } => module,
+            _ => return false,
+        };
+        super::upstream::matches_prefix_patterns(&self.config.noproxy, module.as_str())
     }
 
     /// GETs `url` and spools a 200's body.

@@ -28,7 +28,9 @@
 pub mod body;
 pub mod cache;
 pub mod direct;
+pub mod entry_store;
 pub mod fetch;
+pub mod http;
 pub mod path;
 pub mod upstream;
 
@@ -40,6 +42,7 @@ pub use cache::{
     Content, DEFAULT_LIST_TTL, DirModStore, ModCache, ModStore, ServeError, Served, Stored,
 };
 pub use direct::DirectConfig;
+pub use entry_store::EntryModStore;
 pub use fetch::{FetchConfig, Fetcher};
 pub use path::{
     Caching, MAX_ELEMENT, MAX_REQUEST_PATH, ModulePath, PathError, Query, Request, Revision,

@@ -124,6 +124,21 @@ pub enum UpstreamError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstreams(Vec<(Upstream, Fallback)>);
 
+/// The list as GOPROXY writes it, passwords shown as `xxxxx`.
+impl fmt::Display for Upstreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (upstream, fallback) in &self.0 {
+            write!(f, "{upstream}")?;
+            match fallback {
+                Fallback::NotFound => f.write_str(",")?,
+                Fallback::AnyError => f.write_str("|")?,
+                Fallback::Last => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Upstreams {
     /// Parses a GOPROXY value (the module doc has the rules). `self_url`, when given, is this
     /// proxy's own base URL as clients reach it (`http://cache.example.com:8080/mod`): an
@@ -403,6 +418,69 @@ fn redact(text: &str) -> String {
     match rest[..at].split_once(':') {
         Some((user, _password)) => format!("{scheme}{user}:xxxxx{}", &rest[at..]),
         None => text.to_owned(),
+    }
+}
+
+/// Whether `module` matches one of `patterns`, a comma-separated list of path globs, as the
+/// go command matches `GOPRIVATE`, `GONOPROXY` and `GONOSUMDB` (`golang.org/x/mod/module`'s
+/// `MatchPrefixPatterns`): a glob of N elements matches a path whose first N elements match
+/// it element by element (`*` any run of characters but `/`, `?` one, `[...]` a class), so
+/// `example.com/private` matches `example.com/private/tools` and `*.corp.example.com`
+/// matches `git.corp.example.com/x`. Empty globs are skipped; a glob that is not a valid
+/// pattern matches nothing.
+pub fn matches_prefix_patterns(patterns: &str, module: &str) -> bool {
+    patterns.split(',').any(|glob| {
+        let glob = glob.trim().trim_end_matches('/');
+        if glob.is_empty() {
+            return false;
+        }
+        let elements = glob.split('/').count();
+        let mut parts = module.split('/');
+        let prefix: Vec<&str> = parts.by_ref().take(elements).collect();
+        prefix.len() == elements
+            && glob
+                .split('/')
+                .zip(&prefix)
+                .all(|(pattern, name)| glob_element(pattern.as_bytes(), name.as_bytes()))
+    })
+}
+
+/// Whether one path element matches one glob element (no `/` in either).
+fn glob_element(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|skip| glob_element(rest, &name[skip..])),
+        Some((b'?', rest)) => !name.is_empty() && glob_element(rest, &name[1..]),
+        Some((b'[', rest)) => {
+            let Some(end) = rest.iter().skip(1).position(|&c| c == b']').map(|i| i + 1) else {
+                return false;
+            };
+            let (class, rest) = (&rest[..end], &rest[end + 1..]);
+            let Some((&c, name_rest)) = name.split_first() else {
+                return false;
+            };
+            let (negated, class) = match class.split_first() {
+                Some((b'^', class)) => (true, class),
+                _ => (false, class),
+            };
+            let mut found = false;
+            let mut i = 0;
+            while i < class.len() {
+                if i + 2 < class.len() && class[i + 1] == b'-' {
+                    found |= class[i] <= c && c <= class[i + 2];
+                    i += 3;
+                } else {
+                    found |= class[i] == c;
+                    i += 1;
+                }
+            }
+            found != negated && glob_element(rest, name_rest)
+        }
+        Some((b'\\', rest)) => match (rest.split_first(), name.split_first()) {
+            (Some((p, rest)), Some((n, name_rest))) => p == n && glob_element(rest, name_rest),
+            _ => false,
+        },
+        Some((p, rest)) => name.first() == Some(p) && glob_element(rest, &name[1..]),
     }
 }
 

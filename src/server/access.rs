@@ -63,6 +63,23 @@ fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
+/// The password of an `Authorization: Basic BASE64(USER:PASSWORD)` value, which is how the go
+/// command sends the credentials of `.netrc` (or `GOAUTH`) to a module proxy: the module
+/// proxy takes it as the token, whatever the user name.
+fn basic_password(value: &str) -> Option<String> {
+    use base64::Engine;
+    let (scheme, encoded) = value.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_user, password) = text.split_once(':')?;
+    Some(password.to_owned())
+}
+
 impl ServerState {
     /// Checks the namespace `target` names (400), then the request's bearer token for
     /// `needed` in that namespace (401, 403); returns the namespace.
@@ -78,6 +95,37 @@ impl ServerState {
             .map_err(|reason| Refusal::new(StatusCode::BAD_REQUEST, reason))?;
         self.authorize(headers, needed, namespace.as_ref())?;
         Ok(namespace)
+    }
+
+    /// Checks a module proxy request (`/mod/...`): any known token may read modules, whatever
+    /// its scope (modules are not in a namespace, and reveal nothing of any build), given as
+    /// a bearer token or as the password of basic authentication; none is needed with
+    /// `--allow-anonymous-read`. A refusal asks for basic authentication, which is what the
+    /// go command can answer (from `.netrc` or `GOAUTH`).
+    pub(super) fn admit_modules(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        if self.anonymous_read {
+            return Ok(());
+        }
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = value.and_then(|value| {
+            bearer_token(value)
+                .map(|token| token.trim().to_owned())
+                .or_else(|| basic_password(value))
+        });
+        let access = token.map_or(Access::Unknown, |token| {
+            crate::sync::read(&self.tokens).access(token.as_bytes(), None)
+        });
+        match access {
+            Access::Granted(_) | Access::Outside => Ok(()),
+            Access::Unknown => Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "a valid token is needed: a bearer token, or the password of basic \
+                 authentication (.netrc)",
+            )
+            .basic()),
+        }
     }
 
     /// Checks the request's bearer token for `needed` in `namespace`.

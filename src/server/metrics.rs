@@ -45,6 +45,8 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub storage_errors: Counter,
+    /// `goremotecache_goproxy_requests_total{kind,result}` (`serve --goproxy`).
+    pub goproxy: crate::goproxy::http::RequestCounts,
     storage: Option<StorageGauges>,
 }
 
@@ -144,8 +146,17 @@ impl Metrics {
             "Storage operations that failed",
             storage_errors.clone(),
         );
+        let goproxy = crate::goproxy::http::RequestCounts::default();
+        registry.register(
+            "goproxy_requests",
+            "Module proxy requests (serve --goproxy) by kind (info, mod, zip, list, latest, \
+             sumdb, invalid) and result (hit, miss, fallback, not_found, upstream_error, \
+             local, bad_request)",
+            goproxy.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            goproxy,
             requests,
             latency,
             hits,

@@ -35,8 +35,10 @@ use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::MaxSize;
+use crate::config::{GoproxyConfig, MaxSize};
 use crate::fsutil::STALE_TEMP_AGE;
+use crate::goproxy::http::Proxy;
+use crate::goproxy::{DirectConfig, EntryModStore, FetchConfig, Fetcher, Upstream};
 use crate::store::RemoteStore;
 use crate::store::bounded::{BoundedDisk, DEFAULT_MAX_SIZE};
 use crate::store::dir::DiskStore;
@@ -80,6 +82,8 @@ pub enum ServeError {
     Tokens(String),
     #[error("storage: {0}")]
     Storage(String),
+    #[error("module proxy: {0}")]
+    Goproxy(String),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
     #[error("listening on {addr}: {source}")]
@@ -98,6 +102,7 @@ impl ServeError {
                 | ServeError::NoTokens
                 | ServeError::MaxSizeWithS3
                 | ServeError::Tokens(_)
+                | ServeError::Goproxy(_)
         )
     }
 }
@@ -109,6 +114,7 @@ impl ServeError {
 pub fn serve(
     args: &crate::config::ServeArgs,
     s3: Option<crate::store::s3::S3Config>,
+    goproxy: Option<&crate::config::GoproxyArgs>,
 ) -> Result<(), ServeError> {
     let tokens = load_tokens(args)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -118,12 +124,22 @@ pub fn serve(
     if tokens.is_empty() && !args.allow_anonymous_read {
         return Err(ServeError::NoTokens);
     }
+    let own_url = format!(
+        "{}://{}/mod",
+        if tls.is_some() { "https" } else { "http" },
+        args.listen
+    );
+    let goproxy = goproxy
+        .map(|options| GoproxyConfig::resolve(options, Some(&own_url)))
+        .transpose()
+        .map_err(ServeError::Goproxy)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("goremotecache-serve")
         .build()
         .map_err(|err| ServeError::Storage(format!("starting the runtime: {err}")))?;
     runtime.block_on(async {
+        let s3_modules = s3.as_ref().map(|s3| s3.for_modules());
         let (storage, spool_dir, _spool_guard): (Storage, PathBuf, Option<tempfile::TempDir>) =
             match (&args.storage_dir, s3) {
                 (Some(dir), _) => {
@@ -159,6 +175,29 @@ pub fn serve(
                 }
                 (None, None) => return Err(ServeError::NoStorage),
             };
+        let metrics = match storage {
+            Storage::Disk(_) => Metrics::with_storage(),
+            Storage::Stores(_) => Metrics::new(),
+        };
+        // Kept until the server stops: `direct`'s private module cache.
+        let (proxy, _direct_guard) = match goproxy {
+            Some(config) => {
+                let store: Arc<dyn RemoteStore> = match (&storage, s3_modules) {
+                    (Storage::Disk(disk), _) => Arc::new(
+                        disk.modules()
+                            .map_err(|err| ServeError::Storage(format!("mod/: {err}")))?,
+                    ),
+                    (_, Some(s3)) => Arc::new(
+                        S3Store::new(&s3).map_err(|err| ServeError::Storage(err.to_string()))?,
+                    ),
+                    (Storage::Stores(_), None) => return Err(ServeError::NoStorage),
+                };
+                let (proxy, guard) = goproxy_on(store, &spool_dir, config, args, &metrics)?;
+                eprintln!("goremotecache: {}", proxy.describe());
+                (Some(proxy), guard)
+            }
+            None => (None, None),
+        };
         let listener = TcpListener::bind(args.listen)
             .await
             .map_err(|source| ServeError::Bind {
@@ -184,10 +223,8 @@ pub fn serve(
             }
         );
         let state = Arc::new(ServerState {
-            metrics: match storage {
-                Storage::Disk(_) => Metrics::with_storage(),
-                Storage::Stores(_) => Metrics::new(),
-            },
+            metrics,
+            goproxy: proxy,
             storage,
             tokens: RwLock::new(tokens),
             anonymous_read: args.allow_anonymous_read,
@@ -210,6 +247,49 @@ pub fn serve(
         eprintln!("goremotecache: server stopped");
         Ok(())
     })
+}
+
+/// The module proxy on `store`, spooling in `spool`, counting into `metrics`; with the
+/// private module cache of `direct`, when the list has `direct` or GONOPROXY names modules
+/// (removed when the guard is dropped).
+fn goproxy_on(
+    store: Arc<dyn RemoteStore>,
+    spool: &std::path::Path,
+    config: GoproxyConfig,
+    args: &crate::config::ServeArgs,
+    metrics: &Metrics,
+) -> Result<(Proxy, Option<tempfile::TempDir>), ServeError> {
+    let location = store.location();
+    let mut fetch = FetchConfig::new(spool.to_path_buf());
+    fetch.max_zip = fetch.max_zip.min(args.max_entry_size);
+    fetch.noproxy = config.noproxy.clone();
+    let uses_direct = config
+        .upstreams
+        .elements()
+        .iter()
+        .any(|(upstream, _)| *upstream == Upstream::Direct);
+    let guard = if uses_direct || !config.noproxy.is_empty() {
+        let dir = tempfile::Builder::new()
+            .prefix("goremotecache-gomodcache-")
+            .tempdir()
+            .map_err(|err| ServeError::Storage(format!("a module cache for direct: {err}")))?;
+        fetch.direct = Some(DirectConfig::new(dir.path().to_path_buf()));
+        Some(dir)
+    } else {
+        None
+    };
+    let fetcher = Fetcher::new(config.upstreams, fetch)
+        .map_err(|err| ServeError::Goproxy(err.to_string()))?;
+    let answers = EntryModStore::new(store, spool, args.max_entry_size);
+    let proxy = Proxy::new(
+        Arc::new(answers),
+        location,
+        fetcher,
+        config.list_ttl,
+        config.sumdbs,
+        metrics.goproxy.clone(),
+    );
+    Ok((proxy, guard))
 }
 
 /// The storage directory's index and bound (`--max-size`, [`DEFAULT_MAX_SIZE`] unless

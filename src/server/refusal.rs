@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 pub(super) struct Refusal {
     status: StatusCode,
     reason: String,
+    /// A 401 asks for basic authentication (the module proxy) instead of a bearer token.
+    basic: bool,
 }
 
 impl Refusal {
@@ -16,6 +18,15 @@ impl Refusal {
         Self {
             status,
             reason: reason.into(),
+            basic: false,
+        }
+    }
+
+    /// The same refusal, asking for basic authentication if it is a 401.
+    pub(super) fn basic(self) -> Self {
+        Self {
+            basic: true,
+            ..self
         }
     }
 }
@@ -24,9 +35,14 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let mut response = (self.status, format!("{}\n", self.reason)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(if self.basic {
+                    "Basic realm=\"goremotecache\""
+                } else {
+                    "Bearer"
+                }),
+            );
         }
         response
     }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use bytes::Bytes;
@@ -47,6 +47,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/ns/{ns}/batch", post(get_batch))
         .route("/v1/prefetch/{key}", manifests())
         .route("/v1/ns/{ns}/prefetch/{key}", manifests())
+        .route("/mod/{*path}", get(get_module))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
         .with_state(state)
@@ -62,6 +63,29 @@ async fn timed(
     let response = work.await.unwrap_or_else(IntoResponse::into_response);
     state.observe(method, &response, start);
     response
+}
+
+/// `GET /mod/<path>`: the module proxy (`--goproxy`; without it, 404). The path is taken as
+/// it came, not percent-decoded ([`crate::goproxy::Request::parse`] decodes the one escape a
+/// request may have).
+async fn get_module(
+    State(state): State<Arc<ServerState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    timed(&state, "GET", async {
+        let Some(proxy) = &state.goproxy else {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "this server has no module proxy (serve --goproxy)",
+            ));
+        };
+        state.admit_modules(&headers)?;
+        let raw = uri.path().strip_prefix("/mod/").unwrap_or_default();
+        let _permit = state.in_flight.try_acquire().map_err(|_| busy())?;
+        Ok(proxy.answer(raw).await)
+    })
+    .await
 }
 
 /// A key is exactly 64 lowercase hex digits; nothing else reaches the store.

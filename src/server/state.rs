@@ -37,6 +37,8 @@ pub struct ServerState {
     pub in_flight: Arc<Semaphore>,
     pub timeouts: ServeTimeouts,
     pub metrics: Metrics,
+    /// The module proxy at `/mod/` (`--goproxy`).
+    pub goproxy: Option<crate::goproxy::http::Proxy>,
 }
 
 impl ServerState {

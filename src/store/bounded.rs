@@ -43,6 +43,11 @@
 //! entries, [`BoundedDisk::namespace`] for a named one, whose directory is made only when
 //! something is written to it (a read of a namespace that has none is a miss and makes
 //! nothing).
+//!
+//! **Modules.** The module proxy's answers (`serve --goproxy`) are entries too, in `mod/`
+//! ([`BoundedDisk::modules`], [`crate::goproxy::EntryModStore`]): one more space under the
+//! same index and bound, so a zip fetched once and never asked for again leaves like an
+//! unused build entry.
 
 use std::collections::HashMap;
 use std::fs;
@@ -121,6 +126,8 @@ pub struct EntryKey {
 struct Spaces {
     dirs: Vec<Arc<DiskStore>>,
     numbers: HashMap<Namespace, u32>,
+    /// The number of the module proxy's space (`mod/`), once it has a directory.
+    modules: Option<u32>,
 }
 
 impl Spaces {
@@ -203,6 +210,7 @@ impl BoundedDisk {
         let mut spaces = Spaces {
             dirs: vec![Arc::new(disk.clone())],
             numbers: HashMap::new(),
+            modules: None,
         };
         for name in names {
             let number = spaces.dirs.len() as u32;
@@ -214,6 +222,11 @@ impl BoundedDisk {
                 "{not_namespaces} files in {} are not namespace directories: left alone",
                 disk.root().join(NAMESPACES_DIR).display()
             );
+        }
+        let modules = disk.root().join(super::s3::MODULES);
+        if fs::symlink_metadata(&modules).is_ok_and(|meta| meta.is_dir()) {
+            spaces.modules = Some(spaces.dirs.len() as u32);
+            spaces.dirs.push(Arc::new(disk.modules()?));
         }
         let (found, skipped) = scan::scan(&spaces.roots())?;
         let index = Index::from_scan(found);
@@ -284,6 +297,25 @@ impl BoundedDisk {
         };
         let dir = spaces.dirs[number as usize].clone();
         Ok(Some(BoundedSpace::new(self.clone(), number, dir)))
+    }
+
+    /// The module proxy's answers (`mod/`, [`DiskStore::modules`]), made now if they have no
+    /// directory yet: bounded, evicted and counted with the entries of every namespace.
+    /// Blocking the first time.
+    pub fn modules(self: &Arc<Self>) -> io::Result<BoundedSpace> {
+        let mut spaces = crate::sync::write(&self.spaces);
+        let number = match spaces.modules {
+            Some(number) => number,
+            None => {
+                let number = spaces.dirs.len() as u32;
+                let dir = spaces.dirs[0].modules()?;
+                spaces.dirs.push(Arc::new(dir));
+                spaces.modules = Some(number);
+                number
+            }
+        };
+        let dir = spaces.dirs[number as usize].clone();
+        Ok(BoundedSpace::new(self.clone(), number, dir))
     }
 
     /// The entries of `namespace` if it was used already (never blocks on the disk).

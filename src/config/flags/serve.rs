@@ -97,6 +97,14 @@ pub struct ServeArgs {
     )]
     pub max_in_flight: usize,
 
+    /// Also serve a caching Go module proxy at /mod/ (GOPROXY=https://HOST:PORT/mod) and
+    /// the checksum databases at /mod/sumdb/NAME/, keeping what it fetches in this server's
+    /// storage (under mod/, counted by --max-size). Needs a token like any read (bearer, or
+    /// the password of HTTP basic auth, as .netrc gives it), unless --allow-anonymous-read.
+    /// See the --goproxy-* options and docs/goproxy.md.
+    #[arg(long, env = "GOREMOTECACHE_GOPROXY", value_parser = parse_switch)]
+    pub goproxy: bool,
+
     /// The time bounds on each connection.
     #[command(flatten)]
     pub timeouts: Box<ServeTimeouts>,

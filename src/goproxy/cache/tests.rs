@@ -54,7 +54,7 @@ async fn an_immutable_answer_is_fetched_once_and_then_served_from_the_store() {
     server.set(&format!("/{ZIP}"), 200, b"zip bytes");
     let url = server.url("");
     let cache = cache(&url, root.path(), Duration::ZERO);
-    assert_eq!(serve(&cache, ZIP).await, ("fetched", b"zip bytes".to_vec()));
+    assert_eq!(serve(&cache, ZIP).await, ("miss", b"zip bytes".to_vec()));
     // A TTL of zero does not apply to an immutable answer.
     assert_eq!(serve(&cache, ZIP).await, ("hit", b"zip bytes".to_vec()));
     assert_eq!(server.hits(&format!("/{ZIP}")), 1);
@@ -72,7 +72,7 @@ async fn a_mutable_answer_is_served_while_fresh_and_fetched_again_after_its_ttl(
     let path = format!("/{LIST}");
     server.set(&path, 200, b"v1.0.0\n");
     let long = cache(&server.url(""), root.path(), HOUR);
-    assert_eq!(serve(&long, LIST).await, ("fetched", b"v1.0.0\n".to_vec()));
+    assert_eq!(serve(&long, LIST).await, ("miss", b"v1.0.0\n".to_vec()));
     assert_eq!(serve(&long, LIST).await, ("hit", b"v1.0.0\n".to_vec()));
     assert_eq!(server.hits(&path), 1);
 
@@ -82,7 +82,7 @@ async fn a_mutable_answer_is_served_while_fresh_and_fetched_again_after_its_ttl(
     loop {
         let (label, body) = serve(&short, LIST).await;
         if body == b"v1.0.0\nv1.1.0\n" {
-            assert_eq!(label, "fetched");
+            assert_eq!(label, "miss");
             break;
         }
         assert_eq!(label, "hit");
@@ -107,10 +107,13 @@ async fn a_mutable_answer_is_served_stale_only_when_the_upstreams_fail() {
     let path = format!("/{LIST}");
     server.set(&path, 200, b"v1.0.0\n");
     let cache = cache(&server.url(""), root.path(), Duration::ZERO);
-    assert_eq!(serve(&cache, LIST).await, ("fetched", b"v1.0.0\n".to_vec()));
+    assert_eq!(serve(&cache, LIST).await, ("miss", b"v1.0.0\n".to_vec()));
 
     server.set_mode(Mode::Fail);
-    assert_eq!(serve(&cache, LIST).await, ("stale", b"v1.0.0\n".to_vec()));
+    assert_eq!(
+        serve(&cache, LIST).await,
+        ("fallback", b"v1.0.0\n".to_vec())
+    );
 
     // "Not found" is the upstream's word: passed on, and the stored copy is kept.
     server.set_mode(Mode::Normal);
@@ -119,7 +122,10 @@ async fn a_mutable_answer_is_served_stale_only_when_the_upstreams_fail() {
     assert!(cache.store().get(LIST).await.unwrap().is_some());
 
     server.stop().await;
-    assert_eq!(serve(&cache, LIST).await, ("stale", b"v1.0.0\n".to_vec()));
+    assert_eq!(
+        serve(&cache, LIST).await,
+        ("fallback", b"v1.0.0\n".to_vec())
+    );
 
     // With nothing stored, the failure is the answer.
     let err = cache
@@ -147,7 +153,7 @@ async fn not_found_passes_through_and_is_never_stored() {
     server.set(&format!("/{ZIP}"), 200, b"published since");
     assert_eq!(
         serve(&cache, ZIP).await,
-        ("fetched", b"published since".to_vec())
+        ("miss", b"published since".to_vec())
     );
     assert_eq!(server.hits(&format!("/{ZIP}")), 3);
 }
@@ -171,7 +177,7 @@ async fn a_failed_or_truncated_fetch_stores_nothing() {
 
     server.set_mode(Mode::Normal);
     let (label, body) = serve(&cache, ZIP).await;
-    assert_eq!((label, body.len()), ("fetched", 100_000));
+    assert_eq!((label, body.len()), ("miss", 100_000));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +197,7 @@ async fn concurrent_requests_for_one_key_fetch_it_once() {
     for result in results {
         let (label, body) = result.unwrap();
         assert!(body == zip, "every request gets the whole zip");
-        fetched += usize::from(label == "fetched");
+        fetched += usize::from(label == "miss");
     }
     assert_eq!(fetched, 1);
     assert_eq!(server.hits(&format!("/{ZIP}")), 1);
@@ -254,7 +260,7 @@ async fn a_sumdb_answer_is_cached_like_the_others() {
     let tile = "sumdb/sum.example.com/tile/8/0/001";
     server.set(&format!("/{tile}"), 200, b"hashes");
     let cache = cache(&server.url(""), root.path(), HOUR);
-    assert_eq!(serve(&cache, tile).await, ("fetched", b"hashes".to_vec()));
+    assert_eq!(serve(&cache, tile).await, ("miss", b"hashes".to_vec()));
     assert_eq!(serve(&cache, tile).await, ("hit", b"hashes".to_vec()));
     assert_eq!(server.total_hits(), 1);
 }

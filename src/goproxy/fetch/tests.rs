@@ -302,3 +302,24 @@ async fn a_password_never_shows_in_an_error() {
     assert!(message.contains("user:xxxxx@"), "{message}");
     assert!(!message.contains("secret"), "{message}");
 }
+
+#[tokio::test]
+async fn a_module_that_noproxy_names_never_reaches_a_proxy() {
+    let spool = tempfile::tempdir().unwrap();
+    let server = Server::start().await;
+    server.set(&format!("/{ZIP}"), 200, b"from the proxy");
+    let private = fetcher_with(&server.url(""), spool.path(), |config| {
+        config.noproxy = "example.com/m".into();
+    });
+    let err = private.fetch(&request(ZIP)).await.unwrap_err();
+    assert_eq!(err, FetchError::DirectUnsupported, "only direct is tried");
+    assert_eq!(server.total_hits(), 0);
+    // Another module, and a checksum database request, still go to the proxy.
+    let other = fetcher_with(&server.url(""), spool.path(), |config| {
+        config.noproxy = "example.com/other".into();
+    });
+    assert_eq!(
+        contents(other.fetch(&request(ZIP)).await.unwrap()),
+        b"from the proxy"
+    );
+}

@@ -277,3 +277,35 @@ fn passwords_never_show() {
         .to_string();
     assert!(!message.contains("secret"), "{message}");
 }
+
+#[test]
+fn private_patterns_match_path_prefixes_element_by_element() {
+    use super::matches_prefix_patterns as m;
+    assert!(m("example.com/private", "example.com/private"));
+    assert!(m("example.com/private", "example.com/private/tools/v2"));
+    assert!(!m("example.com/private", "example.com/privateer"));
+    assert!(!m("example.com/private", "example.com"));
+    assert!(m("*.corp.example.com", "git.corp.example.com/team/x"));
+    assert!(!m("*.corp.example.com", "corp.example.com/x"));
+    assert!(m("other.org,example.com/*/x", "example.com/team/x/y"));
+    assert!(m("example.com/p?iv", "example.com/priv"));
+    assert!(m("example.com/[a-c]x", "example.com/bx"));
+    assert!(!m("example.com/[^a-c]x", "example.com/bx"));
+    assert!(m(" example.com/ , ", "example.com/a"));
+    assert!(!m("", "example.com/a"));
+    assert!(!m(",,", "example.com/a"));
+    assert!(!m("example.com/[a", "example.com/a"));
+}
+
+#[test]
+fn a_list_displays_as_goproxy_writes_it_without_passwords() {
+    let list = Upstreams::parse(
+        "https://u:secret@a.example/go|http://b.example,direct",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        list.to_string(),
+        "https://u:xxxxx@a.example/go|http://b.example,direct"
+    );
+}

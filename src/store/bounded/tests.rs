@@ -1,8 +1,8 @@
 //! The bounded store on a real directory: eviction order, admission, the scan at start.
 
 use super::*;
-use crate::store::RemoteStore;
 use crate::store::format;
+use crate::store::{RemoteStore, Upload};
 use futures::StreamExt;
 use std::io::Write;
 
@@ -254,4 +254,43 @@ fn a_namespace_directory_is_never_reached_through_a_symlink() {
             .exists()
     );
     assert!(!elsewhere.path().join("x/v1/02").exists());
+}
+
+#[tokio::test]
+async fn module_answers_share_the_bound_and_are_found_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = entry(&[1; 1000]).len() as u64;
+    let disk = DiskStore::open(dir.path()).unwrap();
+    let (store, _) = BoundedDisk::open_with(disk.clone(), Some(10 * one), false).unwrap();
+    let modules = store.modules().unwrap();
+    assert!(dir.path().join("mod/v1").is_dir());
+    for n in 100..104 {
+        modules
+            .put(&id(n), Upload::Bytes(entry(&[n; 1000]).into()))
+            .await
+            .unwrap();
+    }
+    for n in 1..=7 {
+        put(&store, n, 1000).unwrap();
+    }
+    // Eleven entries in a bound of ten: the oldest, module answers, go first.
+    assert_eq!(store.usage().entries, 11);
+    assert_eq!(store.evict(), (2, false));
+    assert!(modules.get(&id(101)).await.unwrap().is_none());
+    assert!(modules.get(&id(102)).await.unwrap().is_some());
+    drop((store, modules));
+    // A restart scans mod/ too: the answer left is counted, and found.
+    let (store, scan) = BoundedDisk::open_with(disk, Some(10 * one), false).unwrap();
+    assert_eq!(scan.entries, 9);
+    assert!(
+        store
+            .modules()
+            .unwrap()
+            .get(&id(102))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The same action ID as a build entry is another key.
+    assert!(store.root().get(&id(102)).await.unwrap().is_none());
 }

@@ -330,6 +330,7 @@ async fn a_put_on_disk_storage_is_verified_once_and_its_spool_file_renamed_into_
             idle: Duration::from_secs(60),
         },
         metrics: Metrics::new(),
+        goproxy: None,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -142,6 +142,7 @@ impl TestServer {
                 idle: Duration::from_secs(60),
             },
             metrics: Metrics::new(),
+            goproxy: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

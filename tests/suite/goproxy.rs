@@ -6,8 +6,10 @@
 //! The upstream is `tests/testdata/testsumdb` ([`Upstream`]), built once per test process: a
 //! module proxy over a GOPROXY layout ([`Layout`]) and a checksum database signed with a key
 //! made at its start. The go command ([`Machine`]) runs with a fresh GOPATH per machine,
-//! `GOSUMDB` set to that bare key (so that it asks the proxy for the database too), and the
-//! token in a `.netrc` file, as a user's go command would.
+//! `GOSUMDB` set to that bare key (so that it asks the proxy for the database too). The go
+//! command sends credentials (`.netrc`, or a user and password in GOPROXY's URL) over https
+//! only, so most servers here speak plain http with `--allow-anonymous-read`, and one test
+//! ([`refusals`]) gives the go command its token in a `.netrc` file over TLS.
 
 use crate::support;
 
@@ -342,12 +344,15 @@ impl Drop for Upstream {
 struct ProxyServer {
     child: Child,
     addr: String,
+    /// `https` with `--tls-cert`, else `http`.
+    scheme: &'static str,
     storage: tempfile::TempDir,
 }
 
 impl ProxyServer {
-    /// A server whose upstreams are `upstream` (GOPROXY syntax), with the token [`TOKEN`],
-    /// the database [`SUMDB`], `extra` options and `env` over the test's environment.
+    /// A server whose upstreams are `upstream` (GOPROXY syntax), with the token [`TOKEN`]
+    /// and anonymous reads, the database [`SUMDB`], `extra` options and `env` over the
+    /// test's environment.
     fn start(upstream: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         Self::on(tempfile::tempdir().unwrap(), upstream, extra, env)
     }
@@ -359,6 +364,29 @@ impl ProxyServer {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        let mut args = vec!["--allow-anonymous-read"];
+        args.extend_from_slice(extra);
+        Self::started(storage, upstream, &args, env)
+    }
+
+    /// A server as [`ProxyServer::start`]'s that reads only with the token.
+    fn start_private(upstream: &str, extra: &[&str]) -> Self {
+        Self::started(tempfile::tempdir().unwrap(), upstream, extra, &[])
+    }
+
+    fn started(
+        storage: tempfile::TempDir,
+        upstream: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        // A free port rather than port 0: `serve --goproxy --listen 127.0.0.1:0` refuses to
+        // start (it checks the upstreams against its own URL before it has a port).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut command = Command::new(support::bin());
         command
             .args([
@@ -366,7 +394,7 @@ impl ProxyServer {
                 "--storage-dir",
                 storage.path().to_str().unwrap(),
                 "--listen",
-                "127.0.0.1:0",
+                &format!("127.0.0.1:{port}"),
                 "--tokens",
                 &format!("rw:{TOKEN}"),
                 "--goproxy",
@@ -407,16 +435,22 @@ impl ProxyServer {
             });
         // Drained, so that the server never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let scheme = if extra.contains(&"--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
         Self {
             child,
             addr,
+            scheme,
             storage,
         }
     }
 
     /// GOPROXY's value for this server.
     fn url(&self) -> String {
-        format!("http://{}/mod", self.addr)
+        format!("{}://{}/mod", self.scheme, self.addr)
     }
 
     /// Stops the server and hands back its storage directory.
@@ -511,8 +545,8 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One machine's go command: a fresh GOPATH (module cache, checksum database cache), the
-/// token in a `.netrc` file, GOPROXY and GOSUMDB as the test sets them.
+/// One machine's go command: a fresh GOPATH (module cache, checksum database cache), GOPROXY
+/// and GOSUMDB as the test sets them.
 struct Machine {
     dir: tempfile::TempDir,
     /// GOPROXY's value.
@@ -527,14 +561,8 @@ impl Machine {
     /// A machine whose go command uses `goproxy` and verifies against `sumdb_key` (bare, so
     /// that it asks the proxy for the database).
     fn new(goproxy: &str, sumdb_key: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("netrc"),
-            format!("machine 127.0.0.1 login x password {TOKEN}\n"),
-        )
-        .unwrap();
         Self {
-            dir,
+            dir: tempfile::tempdir().unwrap(),
             goproxy: goproxy.to_owned(),
             gosumdb: sumdb_key.to_owned(),
             env: Vec::new(),
@@ -552,7 +580,7 @@ impl Machine {
             .env("GOCACHE", shared_gocache())
             .env("GOPROXY", &self.goproxy)
             .env("GOSUMDB", &self.gosumdb)
-            .env("NETRC", self.dir.path().join("netrc"))
+            .env("NETRC", "/dev/null")
             .env("GOTOOLCHAIN", "local")
             .env("GOENV", "off")
             .env("GOFLAGS", "-modcacherw")
@@ -599,7 +627,8 @@ impl Machine {
     fn versions(&self, module: &str) -> Vec<String> {
         let args = ["list", "-m", "-versions", module];
         let out = bounded(
-            self.command(&self.outside(), &args).env("GONOSUMDB", module),
+            self.command(&self.outside(), &args)
+                .env("GONOSUMDB", module),
             GO_BOUND,
         );
         assert!(

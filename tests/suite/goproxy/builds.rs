@@ -33,12 +33,12 @@ fn a_module_with_dependencies_builds_and_verifies_through_the_proxy() {
             .is_empty(),
         "the lookup did not go through the proxy to the upstream's database"
     );
-    assert!(server.requests("sumdb", "fetched") >= 2);
+    assert!(server.requests("sumdb", "miss") >= 2);
     assert!(
         server.requests("sumdb", "local") >= 1,
         "supported is answered by the proxy"
     );
-    assert_eq!(server.requests("zip", "fetched"), 2);
+    assert_eq!(server.requests("zip", "miss"), 2);
 
     // A second machine gets the same files from the proxy's storage: the upstream is asked
     // for each zip once in all.
@@ -71,7 +71,7 @@ fn a_fresh_machine_builds_from_storage_with_the_upstream_stopped() {
     let key = upstream.key.clone();
     let server = ProxyServer::start(&upstream.url, &[], &[]);
     Machine::new(&server.url(), &key).build_app();
-    let zips_fetched = server.requests("zip", "fetched");
+    let zips_fetched = server.requests("zip", "miss");
     assert_eq!(zips_fetched, 2);
 
     drop(upstream);
@@ -80,7 +80,7 @@ fn a_fresh_machine_builds_from_storage_with_the_upstream_stopped() {
     let fresh = Machine::new(&server.url(), &key);
     fresh.build_app();
     assert_eq!(server.requests("zip", "hit"), 2);
-    assert_eq!(server.requests("zip", "fetched"), zips_fetched);
+    assert_eq!(server.requests("zip", "miss"), zips_fetched);
     assert_eq!(server.requests("zip", "upstream_error"), 0);
     assert_eq!(server.requests("mod", "upstream_error"), 0);
 }

@@ -25,12 +25,12 @@ fn a_new_upstream_version_is_listed_after_the_ttl_and_not_before() {
 
     let machine = Machine::new(&short.url(), &upstream.key);
     assert_eq!(machine.versions("example.test/a"), new, "after the TTL");
-    assert!(short.requests("list", "fetched") >= 2);
+    assert!(short.requests("list", "miss") >= 2);
 
     let machine = Machine::new(&long.url(), &upstream.key);
     assert_eq!(machine.versions("example.test/a"), old, "within the TTL");
     assert!(long.requests("list", "hit") >= 1);
-    assert_eq!(long.requests("list", "fetched"), 1);
+    assert_eq!(long.requests("list", "miss"), 1);
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn the_list_and_latest_are_served_from_storage_when_the_upstream_is_down() {
         down.downloaded("example.test/a")
             .contains(&"v1.1.0.zip".to_owned())
     );
-    assert!(server.requests("list", "stale") >= 2);
+    assert!(server.requests("list", "fallback") >= 2);
 
     // An upstream again (a new one, on the same files and one more version), with the server
     // restarted on its storage: the upstream's list is the answer, not the stored one.
@@ -77,5 +77,5 @@ fn the_list_and_latest_are_served_from_storage_when_the_upstream_is_down() {
         machine.versions("example.test/a"),
         ["v1.0.0", "v1.1.0", "v1.2.0"].map(str::to_owned).to_vec()
     );
-    assert_eq!(server.requests("list", "stale"), 0);
+    assert_eq!(server.requests("list", "fallback"), 0);
 }

@@ -25,6 +25,7 @@ fn paths_that_do_not_parse_are_400_and_reach_no_upstream() {
         standard.upstream.requests.lock().unwrap().clone(),
         Vec::<String>::new()
     );
+    assert_eq!(server.requests("invalid", "bad_request"), 6);
     // The same module, spelled as the go command spells it, is there.
     let (status, body) = server.get_with_token("/mod/example.test/a/@v/list");
     assert_eq!((status, &body[..]), (200, &b"v1.0.0\nv1.1.0\n"[..]));
@@ -32,8 +33,9 @@ fn paths_that_do_not_parse_are_400_and_reach_no_upstream() {
 
 #[test]
 fn module_requests_need_the_token_as_bearer_or_basic_password() {
-    let standard = Standard::start(&[]);
-    let server = &standard.server;
+    let layout = Layout::standard();
+    let upstream = Upstream::start(&layout);
+    let server = ProxyServer::start_private(&upstream.url, &[]);
     let list = "/mod/example.test/a/@v/list";
     let basic = |user: &str, password: &str| {
         use base64::Engine as _;
@@ -50,10 +52,7 @@ fn module_requests_need_the_token_as_bearer_or_basic_password() {
     ] {
         assert_eq!(server.get(list, &headers).0, 401, "{what}");
     }
-    assert_eq!(
-        standard.upstream.requests_for("@v/list"),
-        Vec::<String>::new()
-    );
+    assert_eq!(upstream.requests_for("@v/list"), Vec::<String>::new());
     for (what, headers) in [
         ("bearer", format!("Authorization: Bearer {TOKEN}\r\n")),
         ("basic, any user", basic("anyone", TOKEN)),
@@ -65,21 +64,130 @@ fn module_requests_need_the_token_as_bearer_or_basic_password() {
             "{what}"
         );
     }
-
-    // The go command's own .netrc credentials, and none.
-    let machine = standard.machine();
-    assert_eq!(machine.versions("example.test/a"), ["v1.0.0", "v1.1.0"]);
-    std::fs::write(machine.dir.path().join("netrc"), "").unwrap();
-    let out = machine.try_go(
-        &machine.outside(),
+    // Without the token the go command is refused.
+    let without = Machine::new(&server.url(), &upstream.key);
+    let out = without.try_go(
+        &without.outside(),
         &["list", "-m", "-versions", "example.test/a"],
     );
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("401"),
+        String::from_utf8_lossy(&out.stderr).contains("401 Unauthorized"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The go command sends `.netrc` credentials over https only: a server with TLS (a CA of the
+/// test's own, given to the go command in `SSL_CERT_FILE`) and the token in `NETRC`.
+#[test]
+fn the_go_command_reads_with_the_token_from_netrc_over_tls() {
+    let layout = Layout::standard();
+    let upstream = Upstream::start(&layout);
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(certs.path());
+    let server = ProxyServer::start_private(
+        &upstream.url,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(server.url().starts_with("https://127.0.0.1:"));
+    // The go command matches a netrc `machine` against the URL's host and port
+    // (cmd/go/internal/auth: prefixes of `127.0.0.1:PORT/mod/...`): `machine 127.0.0.1`
+    // alone would match nothing here.
+    let netrc = certs.path().join("netrc");
+    std::fs::write(
+        &netrc,
+        format!("machine {} login x password {TOKEN}\n", server.addr),
+    )
+    .unwrap();
+    let mut machine = Machine::new(&server.url(), &upstream.key);
+    machine
+        .env
+        .push(("SSL_CERT_FILE".into(), ca.to_str().unwrap().into()));
+    let refused = machine.try_go(
+        &machine.outside(),
+        &["list", "-m", "-versions", "example.test/a"],
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401 Unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    machine
+        .env
+        .push(("NETRC".into(), netrc.to_str().unwrap().into()));
+    machine.build_app();
+}
+
+/// A certificate for 127.0.0.1 signed by a CA of the test's own, made with openssl; returns
+/// the CA's certificate, the server's and its key.
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = bounded(
+            Command::new("openssl").args(args).current_dir(dir),
+            GO_BOUND,
+        );
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=goremotecache test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 /// What [`FaultyUpstream`] does with a request for a zip.

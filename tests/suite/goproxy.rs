@@ -331,6 +331,24 @@ impl Upstream {
             .cloned()
             .collect()
     }
+
+    /// The paths asked for that contain `part`, once there are at least `count` of them: the
+    /// upstream logs a request before it answers, but the thread that reads its log may not
+    /// have read the line yet when the answer is back. Panics after ten seconds.
+    fn requests_seen(&self, part: &str, count: usize) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let seen = self.requests_for(part);
+            if seen.len() >= count {
+                return seen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the upstream saw {seen:?}, not {count} requests for {part:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Upstream {

@@ -85,7 +85,7 @@ fn the_go_command_reads_with_the_token_from_netrc_over_tls() {
     let layout = Layout::standard();
     let upstream = Upstream::start(&layout);
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_certificates(certs.path());
+    let (ca, cert, key) = support::make_certificates(certs.path());
     let server = ProxyServer::start_private(
         &upstream.url,
         &[
@@ -122,72 +122,6 @@ fn the_go_command_reads_with_the_token_from_netrc_over_tls() {
         .env
         .push(("NETRC".into(), netrc.to_str().unwrap().into()));
     machine.build_app();
-}
-
-/// A certificate for 127.0.0.1 signed by a CA of the test's own, made with openssl; returns
-/// the CA's certificate, the server's and its key.
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = bounded(
-            Command::new("openssl").args(args).current_dir(dir),
-            GO_BOUND,
-        );
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=goremotecache test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
 }
 
 /// What [`FaultyUpstream`] does with a request for a zip.

@@ -207,7 +207,7 @@ impl Layout {
             dir
         });
         let layout = Self::empty();
-        copy_tree(template, layout.path());
+        support::copy_tree(template, layout.path());
         layout
     }
 
@@ -251,19 +251,6 @@ fn make_module(out: &Path, module: &Module) {
         "mkmod: {}",
         String::from_utf8_lossy(&made.stderr)
     );
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// `testsumdb serve -proxy` on a layout: a module proxy with the checksum database of the

@@ -378,7 +378,7 @@ pub fn warm_the_bucket(project: &GoProject) {
 }
 
 /// Copies the files below `from` to the same places below `to`.
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

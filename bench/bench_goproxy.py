@@ -35,12 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 from bench import BenchError, progress, secs  # noqa: E402
-from stores import LatencyProxy, free_port  # noqa: E402
+from stores import GoproxyServer, LatencyProxy, go_env_value  # noqa: E402
 
 # The workload: pinned, so that every run downloads the same modules.
 REQUIRES = ["k8s.io/client-go@v0.31.0", "github.com/prometheus/client_golang@v1.20.0",
@@ -64,13 +63,6 @@ def parse_args():
     parser.add_argument("--delay", type=int, default=30, help="added round trip in ms (default 30)")
     parser.add_argument("--markdown", help="also write the Markdown table to this file")
     return parser.parse_args()
-
-
-def go_env_value(name):
-    value = bench.run_text(["go", "env", name])
-    if not value:
-        raise BenchError(f"`go env {name}` gave nothing")
-    return value
 
 
 def env_for(gomodcache, goproxy):
@@ -123,48 +115,6 @@ def download(module, tmp, goproxy):
         shutil.rmtree(cache, ignore_errors=True)
 
 
-class ProxyServer:
-    """`goremotecache serve --goproxy` on a storage directory, with anonymous reads."""
-
-    def __init__(self, binary, tmp, upstream):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(tmp, "serve.log"), "w")
-        self.process = subprocess.Popen(
-            [binary, "serve", "--storage-dir", os.path.join(tmp, "storage"), "--listen",
-             f"127.0.0.1:{self.port}", "--allow-anonymous-read", "--goproxy",
-             "--goproxy-upstream", upstream, "--goproxy-sumdb", "off"],
-            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/healthz", timeout=1).read()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"serve did not start; see {self.log.name}")
-                time.sleep(0.05)
-
-    def counts(self):
-        """goremotecache_goproxy_requests_total by result."""
-        text = urllib.request.urlopen(self.url + "/metrics", timeout=5).read().decode()
-        counts = {}
-        for line in text.splitlines():
-            if line.startswith("goremotecache_goproxy_requests_total{"):
-                labels, value = line.rsplit(" ", 1)
-                result = labels.split('result="', 1)[1].split('"', 1)[0]
-                counts[result] = counts.get(result, 0) + int(float(value))
-        return counts
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-
-
 def main():
     args = parse_args()
     command = shlex.join(["python3", *sys.argv])
@@ -177,7 +127,7 @@ def main():
     server = latency = None
     try:
         module = prepare(tmp, upstream)
-        server = ProxyServer(binary, tmp, upstream)
+        server = GoproxyServer(binary, tmp, upstream, ["--goproxy-sumdb", "off"])
         latency = LatencyProxy("127.0.0.1", server.port, args.delay)
         near, far = server.url + "/mod", latency.endpoint + "/mod"
         progress("warming the store (one download through the proxy)...")
@@ -199,7 +149,11 @@ def main():
         if server is not None:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    asked = {result: after.get(result, 0) - before.get(result, 0) for result in after}
+    asked = {}
+    for (_, result), count in after.items():
+        asked[result] = asked.get(result, 0) + count
+    for (_, result), count in before.items():
+        asked[result] -= count
     total = sum(asked.values())
     direct = statistics.median(times["direct"])
     rows = [

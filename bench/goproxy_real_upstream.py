@@ -31,12 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 from bench import BenchError, progress  # noqa: E402
-from stores import free_port  # noqa: E402
+from stores import GoproxyServer, go_env_value  # noqa: E402
 
 
 def parse_args():
@@ -44,57 +43,6 @@ def parse_args():
     parser.add_argument("module", help="MODULE@VERSION to download (golang.org/x/text@v0.14.0)")
     parser.add_argument("--bin", help="the goremotecache binary (default: cargo build --release)")
     return parser.parse_args()
-
-
-def go_env_value(name):
-    value = bench.run_text(["go", "env", name])
-    if not value:
-        raise BenchError(f"`go env {name}` gave nothing")
-    return value
-
-
-class ProxyServer:
-    """`goremotecache serve --goproxy` on a storage directory, with anonymous reads (the go
-    command sends credentials over https only)."""
-
-    def __init__(self, binary, tmp, upstream):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(tmp, "serve.log"), "w")
-        self.process = subprocess.Popen(
-            [binary, "serve", "--storage-dir", os.path.join(tmp, "storage"), "--listen",
-             f"127.0.0.1:{self.port}", "--allow-anonymous-read", "--goproxy",
-             "--goproxy-upstream", upstream],
-            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/healthz", timeout=1).read()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"serve did not start; see {self.log.name}")
-                time.sleep(0.05)
-
-    def counts(self):
-        """goremotecache_goproxy_requests_total by (kind, result)."""
-        text = urllib.request.urlopen(self.url + "/metrics", timeout=5).read().decode()
-        counts = {}
-        for line in text.splitlines():
-            if line.startswith("goremotecache_goproxy_requests_total{"):
-                labels, value = line.rsplit(" ", 1)
-                kind = labels.split('kind="', 1)[1].split('"', 1)[0]
-                result = labels.split('result="', 1)[1].split('"', 1)[0]
-                counts[(kind, result)] = counts.get((kind, result), 0) + int(float(value))
-        return counts
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
 
 
 def download(module, tmp, name, goproxy):
@@ -136,7 +84,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="goremotecache-goproxy-real-")
     server = None
     try:
-        server = ProxyServer(binary, tmp, upstream)
+        server = GoproxyServer(binary, tmp, upstream)
         goproxy = server.url + "/mod"
         progress(f"serve --goproxy at {goproxy}, upstream `go env GOPROXY`")
         start = server.counts()

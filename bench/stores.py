@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 import xml.etree.ElementTree as ET
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -552,3 +553,56 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+def go_env_value(name):
+    """`go env NAME` of this environment: the module proxy's default upstream is the machine's
+    own, never a name written here."""
+    value = subprocess.run(["go", "env", name], capture_output=True, text=True).stdout.strip()
+    if not value:
+        raise RuntimeError(f"`go env {name}` gave nothing")
+    return value
+
+
+class GoproxyServer:
+    """`goremotecache serve --goproxy` on a storage directory, with anonymous reads (the go
+    command sends credentials over https only)."""
+
+    def __init__(self, binary, tmp, upstream, extra=()):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(tmp, "serve.log"), "w")
+        self.process = subprocess.Popen(
+            [binary, "serve", "--storage-dir", os.path.join(tmp, "storage"), "--listen",
+             f"127.0.0.1:{self.port}", "--allow-anonymous-read", "--goproxy",
+             "--goproxy-upstream", upstream, *extra],
+            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=1).read()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"serve did not start; see {self.log.name}")
+                time.sleep(0.05)
+
+    def counts(self):
+        """goremotecache_goproxy_requests_total by (kind, result)."""
+        text = urllib.request.urlopen(self.url + "/metrics", timeout=5).read().decode()
+        counts = {}
+        for line in text.splitlines():
+            if line.startswith("goremotecache_goproxy_requests_total{"):
+                labels, value = line.rsplit(" ", 1)
+                kind = labels.split('kind="', 1)[1].split('"', 1)[0]
+                result = labels.split('result="', 1)[1].split('"', 1)[0]
+                counts[(kind, result)] = counts.get((kind, result), 0) + int(float(value))
+        return counts
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()

@@ -17,7 +17,7 @@ use crate::local::trim::{KEEP_RECENT, TrimPolicy};
 use crate::store::http::HttpConfig;
 use crate::store::s3::S3Config;
 
-pub use self::daemon::{Control, ControlConfig, DaemonConfig};
+pub use self::daemon::{Control, ControlConfig, DaemonConfig, DaemonGoproxy};
 pub use self::dirs::{DefaultBase, LocalDirs};
 pub use self::flags::{
     Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, GcRemoteArgs,

@@ -26,7 +26,7 @@
 //! answer unstored, as for any store), and nothing is uploaded for it.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -161,7 +161,7 @@ impl TieredModStore {
     }
 
     /// The local answer; a damaged one is removed and is a miss.
-    async fn get_local(&self, key: &str, file: &PathBuf) -> io::Result<Option<Stored>> {
+    async fn get_local(&self, key: &str, file: &Path) -> io::Result<Option<Stored>> {
         match self.local.get(key).await {
             Ok(Some(stored)) => {
                 // A use, for the trim; a failure only makes the trim see it as older.
@@ -190,7 +190,7 @@ impl TieredModStore {
     /// Copies `key`'s answer from the remote into the local store and reads it from there;
     /// a changing answer only if it is newer than `newer_than`. A remote failure or a damaged
     /// object is logged and is `None`.
-    async fn from_remote(
+    async fn copy_from_remote(
         &self,
         remote: &Arc<dyn RemoteStore>,
         key: &str,
@@ -326,11 +326,14 @@ impl ModStore for TieredModStore {
                     return Ok(Some(stored));
                 }
                 let newer = self
-                    .from_remote(remote, key, name, true, Some(stored.modified))
+                    .copy_from_remote(remote, key, name, true, Some(stored.modified))
                     .await?;
                 Ok(newer.or(Some(stored)))
             }
-            None => self.from_remote(remote, key, name, mutable, None).await,
+            None => {
+                self.copy_from_remote(remote, key, name, mutable, None)
+                    .await
+            }
         }
     }
 

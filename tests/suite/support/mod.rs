@@ -8,7 +8,7 @@ mod go;
 pub mod proxy;
 pub mod s3;
 
-pub use go::{GoProject, GoRun, count_files, read_stats, warm_bucket, warm_the_bucket};
+pub use go::{GoProject, GoRun, count_files, go, read_stats, warm_bucket, warm_the_bucket};
 
 pub use encode::encode_request;
 

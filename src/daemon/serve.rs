@@ -65,9 +65,12 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         Ok(bound) => bound,
         Err(PlaceError::Taken { pid }) => {
             let pid = pid.map_or("unknown".to_string(), |p| p.to_string());
-            if let Some(goproxy) = &config.goproxy {
+            if let Some(goproxy) = config.goproxy.as_ref().filter(|_| !config.detached) {
                 // That daemon may have been started without it (by a build's `connect`):
-                // saying "already running" would leave the job without its proxy.
+                // saying "already running" would leave the job without its proxy. Not for a
+                // daemon that `connect` started (the proxy from its environment): it lost a
+                // race to another such daemon, with the same environment, and exits 0 so
+                // that its `connect` uses the winner.
                 anyhow::bail!(
                     "a daemon (pid {pid}) already serves {}, so --goproxy-listen {} is not \
                      started: stop that daemon first (`goremotecache status` shows whether it \

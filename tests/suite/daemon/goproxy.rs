@@ -292,3 +292,31 @@ fn the_module_proxy_listens_on_loopback_only() {
         );
     }
 }
+
+#[test]
+fn a_module_proxy_is_not_silently_missing_when_a_daemon_already_runs() {
+    let server = S3Server::start();
+    let project = Project::new("goproxy-taken", &server, "goproxytaken");
+    // As a build's `connect` would have started it: without the proxy.
+    let _running = Foreground::start(&project, &[])
+        .unwrap_or_else(|(status, stderr)| panic!("the daemon exited ({status}): {stderr}"));
+    let port = free_port();
+    let (status, stderr) = Foreground::start(
+        &project,
+        &[
+            "--goproxy-listen",
+            &port,
+            "--goproxy-upstream",
+            "off",
+            "--goproxy-sumdb",
+            "off",
+        ],
+    )
+    .err()
+    .expect("a second daemon started beside the first");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already serves") && stderr.contains("--goproxy-listen"),
+        "{stderr}"
+    );
+}

@@ -115,10 +115,12 @@ impl DaemonGoproxy {
         args: &super::GoproxyArgs,
         build: &Config,
     ) -> Result<Self, ConfigError> {
-        let own = format!("http://{listen}/mod");
-        let mut config = GoproxyConfig::resolve(args, Some(&own)).map_err(ConfigError::Goproxy)?;
+        // With port 0 the port is not known yet: no URL of ours to refuse in the list.
+        let own = (listen.port() != 0).then(|| format!("http://{listen}/mod"));
+        let mut config =
+            GoproxyConfig::resolve(args, own.as_deref()).map_err(ConfigError::Goproxy)?;
         if let Some(StoreConfig::Http(http)) = build.remote.as_ref().map(|r| &r.store) {
-            let server = Upstreams::parse(&server_proxy(http), Some(&own))
+            let server = Upstreams::parse(&server_proxy(http), own.as_deref())
                 .map_err(|err| ConfigError::Goproxy(format!("--http-url: {err}")))?;
             config.upstreams = server.then_on_failure(config.upstreams);
         }

@@ -143,6 +143,10 @@ fn the_module_proxy_listens_on_loopback_and_puts_an_http_server_first() {
         "--goproxy-sumdb",
         "off",
     ];
+    // Port 0 (the port is said on stderr) is not refused as a URL of our own.
+    let mut any_port = options.to_vec();
+    any_port[2] = "127.0.0.1:0";
+    assert!(daemon(&any_port).unwrap().goproxy.is_some());
     let plain = daemon(&options).unwrap().goproxy.unwrap();
     assert_eq!(plain.listen, "127.0.0.1:8323".parse().unwrap());
     assert_eq!(plain.config.upstreams.to_string(), "http://127.0.0.1:9/up");

@@ -237,12 +237,16 @@ fn gc_remote(config: &GcRemoteConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let plan = runtime.block_on(gc::plan(
+    let mut plan = runtime.block_on(gc::plan(
         &store,
         &config.namespaces,
         config.older_than,
         std::time::SystemTime::now(),
     ))?;
+    if config.modules {
+        let modules = store::s3::S3Store::new(&config.s3.for_modules())?;
+        runtime.block_on(gc::plan_modules(&modules, &mut plan))?;
+    }
     println!("{plan}");
     if !config.yes {
         println!("dry run: nothing was deleted; run again with --yes to delete");

@@ -43,6 +43,16 @@
 //! `v1/<64 hex digits>` (an entry) and `prefetch/v1/<64 hex digits>` (a manifest). Anything
 //! else in a namespace's `v1/` and `prefetch/` (other files, later formats) is counted and
 //! kept; anything else under the prefix is not even listed.
+//!
+//! The module proxy's files (`<prefix>/mod/`, docs/goproxy.md) are a store of their own, laid
+//! out like the un-namespaced area: its immutable answers as entries (`mod/v1/<hex>`), its
+//! changing ones (version lists, `@latest`) as manifests (`mod/prefetch/v1/<hex>`). They are
+//! collected only with `--modules` ([`plan_modules`]), as one more section of the plan, by age
+//! alone: a build manifest never lists a module file and a module manifest lists nothing, so
+//! an old one goes whatever refers to it. An immutable answer is written once, so its age is
+//! its upload, not its last use: a `.zip` that builds still download can go, and the proxy
+//! then fetches it from upstream again (a download, never a wrong answer). The same two key
+//! shapes are the only ones touched there.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -55,6 +65,7 @@ use crate::store::inventory::{
     self, Area, Inventory, NAMESPACES, StoredObject, below_namespace, namespace_dir,
 };
 use crate::store::namespace::Selection;
+use crate::store::s3::MODULES;
 use crate::store::{MAX_MANIFEST, RemoteError, entry_key};
 
 mod report;
@@ -117,8 +128,11 @@ impl Tally {
 /// to delete there.
 #[derive(Debug, Clone, Default)]
 pub struct Section {
-    /// `None`: the un-namespaced layout.
+    /// `None`: the un-namespaced layout (or the module files, if `modules`).
     pub namespace: Option<Namespace>,
+    /// The module proxy's files (`<prefix>/mod/`), not a namespace: their entries are its
+    /// immutable answers, their manifests its changing ones, and none keeps another.
+    pub modules: bool,
     /// Old manifests: deleted.
     pub old_manifests: Tally,
     /// Old entries that no recent manifest lists: deleted.
@@ -146,10 +160,20 @@ impl Section {
         }
     }
 
+    /// The folder of this section below the store's prefix, with its slash: `ns/<NAME>/`,
+    /// `mod/`, or nothing.
+    fn dir(&self) -> String {
+        match self.modules {
+            true => format!("{MODULES}/"),
+            false => namespace_dir(self.namespace.as_ref()),
+        }
+    }
+
     /// The sum of `self` and `other`, without keys (for the report's total).
     fn plus(&self, other: &Section) -> Section {
         Section {
             namespace: None,
+            modules: false,
             old_manifests: self.old_manifests.plus(other.old_manifests),
             old_entries: self.old_entries.plus(other.old_entries),
             recent_manifests: self.recent_manifests.plus(other.recent_manifests),
@@ -185,7 +209,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Every section added up.
+    /// Every section added up (the module files among the entries, their lists among the
+    /// manifests).
     pub fn total(&self) -> Section {
         self.sections
             .iter()
@@ -196,7 +221,12 @@ impl Plan {
     pub fn section(&self, namespace: Option<&Namespace>) -> Option<&Section> {
         self.sections
             .iter()
-            .find(|s| s.namespace.as_ref() == namespace)
+            .find(|s| !s.modules && s.namespace.as_ref() == namespace)
+    }
+
+    /// The section of the module files, if they are collected.
+    pub fn modules(&self) -> Option<&Section> {
+        self.sections.iter().find(|s| s.modules)
     }
 }
 
@@ -204,6 +234,8 @@ impl Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SweptSection {
     pub namespace: Option<Namespace>,
+    /// The module files' section ([`Section::modules`]).
+    pub modules: bool,
     pub manifests: u64,
     pub entries: u64,
     pub bytes: u64,
@@ -225,6 +257,7 @@ impl Swept {
     pub fn total(&self) -> SweptSection {
         let mut total = SweptSection {
             namespace: None,
+            modules: false,
             manifests: 0,
             entries: 0,
             bytes: 0,
@@ -406,6 +439,54 @@ async fn read_manifests(
     Ok(kept)
 }
 
+/// Adds the module files to `plan`, as its last section: `modules` is the module proxy's
+/// store (`S3Store::new(&config.for_modules())`), whose keys are relative to `<prefix>/mod`.
+/// Its `v1/` and `prefetch/` are listed, and every entry and manifest modified before the
+/// plan's cutoff is to be deleted; nothing keeps one. Other objects there are counted and
+/// kept, as in a namespace. Nothing is deleted here.
+pub async fn plan_modules(modules: &dyn Inventory, plan: &mut Plan) -> Result<(), GcError> {
+    let mut section = Section {
+        modules: true,
+        ..Section::default()
+    };
+    for area in [Area::Manifests, Area::Entries] {
+        let dir = format!("{MODULES}/{}", area.dir());
+        let list_error = |source| GcError::List {
+            dir: dir.clone(),
+            location: plan.location.clone(),
+            source,
+        };
+        let mut objects = modules.list(None, area).await.map_err(list_error)?;
+        while let Some(object) = objects.try_next().await.map_err(list_error)? {
+            let recent = object.modified >= plan.cutoff;
+            match area {
+                Area::Manifests if !is_manifest_key(&object.key, None) => {
+                    section.other.add(&object)
+                }
+                Area::Manifests if recent => section.recent_manifests.add(&object),
+                Area::Manifests => {
+                    section.old_manifests.add(&object);
+                    section
+                        .manifest_keys
+                        .push(format!("{MODULES}/{}", object.key));
+                }
+                Area::Entries => {
+                    match object.key.strip_prefix("v1/").and_then(ActionId::from_key) {
+                        None => section.other.add(&object),
+                        Some(_) if recent => section.recent_entries.add(&object),
+                        Some(action) => {
+                            section.old_entries.add(&object);
+                            section.entry_keys.push(action);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    plan.sections.push(section);
+    Ok(())
+}
+
 /// `prefetch/v1/<64 lowercase hex digits>` in `namespace`: a key
 /// [`crate::store::manifest_key`] makes.
 fn is_manifest_key(key: &str, namespace: Option<&Namespace>) -> bool {
@@ -431,7 +512,7 @@ pub async fn sweep(
         .iter()
         .flat_map(|section| section.manifest_keys.chunks(batch).map(<[String]>::to_vec));
     let entries = plan.sections.iter().flat_map(|section| {
-        let dir = namespace_dir(section.namespace.as_ref());
+        let dir = section.dir();
         section.entry_keys.chunks(batch).map(move |actions| {
             actions
                 .iter()
@@ -466,6 +547,7 @@ pub async fn sweep(
             .iter()
             .map(|section| SweptSection {
                 namespace: section.namespace.clone(),
+                modules: section.modules,
                 manifests: section.manifest_keys.len() as u64,
                 entries: section.entry_keys.len() as u64,
                 bytes: section.old_manifests.bytes + section.old_entries.bytes,

@@ -308,6 +308,16 @@ pub struct NamespaceSelectionArgs {
     /// prefix, and report each.
     #[arg(long)]
     pub all_namespaces: bool,
+
+    /// Also work on the module files: the answers the module proxy (GOPROXY, see
+    /// docs/goproxy.md) keeps under <prefix>/mod/ (.info, .mod, .zip, version lists),
+    /// reported on their own line. It adds them to what the namespace options select; they
+    /// are never part of a namespace and are left alone without this flag. An immutable
+    /// module file's age is its upload time, not its last use, so gc-remote may delete a .zip
+    /// still in use: the proxy fetches it from upstream again on the next request, which costs
+    /// a download, never a wrong answer.
+    #[arg(long)]
+    pub modules: bool,
 }
 
 /// What a trim of the local cache removes (the main mode and `trim`).

@@ -78,6 +78,7 @@ impl Run {
             Some(Command::ClearRemote(clear)) => Self::ClearRemote(Box::new(ClearRemoteConfig {
                 store: store_config(&clear.store, &clear.s3, &clear.timeouts)?,
                 namespaces: selection(&clear.namespaces)?,
+                modules: clear.namespaces.modules,
                 timeout: clear.timeouts.remote_timeout,
                 yes: clear.yes,
                 debug: clear.common.debug,
@@ -212,6 +213,8 @@ pub struct ClearRemoteConfig {
     pub store: Option<StoreConfig>,
     /// `--namespace`, `--all-namespaces`.
     pub namespaces: Selection,
+    /// `--modules`: the module proxy's files too (S3 only, like `--all-namespaces`).
+    pub modules: bool,
     /// `--remote-timeout`, for each request.
     pub timeout: Duration,
     /// `--yes`: really delete.
@@ -225,6 +228,8 @@ pub struct GcRemoteConfig {
     pub s3: S3Config,
     /// `--namespace`, `--all-namespaces`.
     pub namespaces: Selection,
+    /// `--modules`: collect the module proxy's files too.
+    pub modules: bool,
     /// `--older-than`: longer than zero.
     pub older_than: Duration,
     /// `--yes`: really delete.
@@ -257,6 +262,7 @@ impl GcRemoteConfig {
         Ok(Self {
             s3,
             namespaces: selection(&gc.namespaces)?,
+            modules: gc.namespaces.modules,
             older_than: gc.older_than,
             yes: gc.yes,
             debug: gc.common.debug,

@@ -129,8 +129,10 @@ pub fn serve(
         if tls.is_some() { "https" } else { "http" },
         args.listen
     );
+    // With port 0 the port is not known yet: no URL of ours to refuse in the list.
+    let own_url = (args.listen.port() != 0).then_some(own_url);
     let goproxy = goproxy
-        .map(|options| GoproxyConfig::resolve(options, Some(&own_url)))
+        .map(|options| GoproxyConfig::resolve(options, own_url.as_deref()))
         .transpose()
         .map_err(ServeError::Goproxy)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -71,7 +71,7 @@ impl S3Config {
 impl S3Config {
     /// The same bucket, with the module proxy's prefix inside this one's: `<prefix>/mod`
     /// (see docs/goproxy.md). Its answers are stored there as entries (`mod/v1/<hex>`, the
-    /// immutable ones) and as manifests (`mod/prefetch/<hex>`, the ones that change), under
+    /// immutable ones) and as manifests (`mod/prefetch/v1/<hex>`, the ones that change), under
     /// keys hashed from their request paths.
     pub fn for_modules(&self) -> S3Config {
         let prefix = match self.prefix.trim_matches('/') {

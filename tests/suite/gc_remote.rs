@@ -5,6 +5,7 @@
 
 use crate::support;
 
+pub(crate) mod modules;
 pub(crate) mod namespaces;
 
 use std::collections::BTreeSet;

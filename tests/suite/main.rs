@@ -12,6 +12,7 @@ mod daemon;
 mod disk_errors;
 mod gc_remote;
 mod go_e2e;
+mod goproxy;
 mod hostile_disk;
 mod namespaces;
 mod prefetch;

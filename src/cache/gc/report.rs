@@ -1,18 +1,33 @@
 //! The words of `gc-remote`: what a plan deletes and keeps in each namespace collected and in
 //! total, and what a sweep deleted. One namespace reads as before namespaces existed: a
-//! header line, then the tallies indented; several get a block each, then the total.
+//! header line, then the tallies indented; several get a block each, then the total. The
+//! module files (`--modules`) are one more block, named by their folder, `<prefix>/mod`.
 
 use std::fmt::{self, Write as _};
 
 use super::{Plan, REFRESH, Section, Swept, SweptSection, Tally};
 use crate::cache::stats::human_bytes;
 use crate::store::inventory::{NAMESPACES, describe};
+use crate::store::s3::MODULES;
+
+/// How the report names a section of the store at `location`: `s3://bucket/prefix`,
+/// `s3://bucket/prefix (namespace pr-1)`, `s3://bucket/prefix/mod (module files)`.
+fn label(location: &str, namespace: Option<&crate::ids::Namespace>, modules: bool) -> String {
+    match modules {
+        true => format!("{location}/{MODULES} (module files)"),
+        false => describe(location, namespace),
+    }
+}
 
 impl fmt::Display for Plan {
     /// The report of a run: what is deleted and what is kept, and why, per namespace.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let objects = match self.modules().is_some() {
+            true => "entries, prefetch manifests and module files",
+            false => "entries and prefetch manifests",
+        };
         let what = format!(
-            "entries and prefetch manifests last modified before {} ({} ago)",
+            "{objects} last modified before {} ({} ago)",
             humantime::format_rfc3339_seconds(self.cutoff),
             humantime::format_duration(self.older_than),
         );
@@ -22,7 +37,7 @@ impl fmt::Display for Plan {
                 let _ = writeln!(
                     text,
                     "{}: {what}",
-                    describe(&self.location, one.namespace.as_ref())
+                    label(&self.location, one.namespace.as_ref(), one.modules)
                 );
                 tallies(&mut text, one);
             }
@@ -32,7 +47,7 @@ impl fmt::Display for Plan {
                     let _ = writeln!(
                         text,
                         "{}:",
-                        describe(&self.location, section.namespace.as_ref())
+                        label(&self.location, section.namespace.as_ref(), section.modules)
                     );
                     tallies(&mut text, section);
                 }
@@ -75,13 +90,22 @@ impl fmt::Display for Plan {
     }
 }
 
-/// `the un-namespaced area and 2 namespaces`, `1 namespace`.
+/// `the un-namespaced area and 2 namespaces`, `1 namespace`, `the un-namespaced area, 0
+/// namespaces and the module files`.
 fn spaces(sections: &[Section]) -> String {
     let named = sections.iter().filter(|s| s.namespace.is_some()).count() as u64;
-    let namespaces = counted(named, "namespace");
-    match sections.iter().any(|s| s.namespace.is_none()) {
-        true => format!("the un-namespaced area and {namespaces}"),
-        false => namespaces,
+    let mut parts = Vec::new();
+    if sections.iter().any(|s| s.namespace.is_none() && !s.modules) {
+        parts.push("the un-namespaced area".to_string());
+    }
+    parts.push(counted(named, "namespace"));
+    if sections.iter().any(|s| s.modules) {
+        parts.push("the module files".to_string());
+    }
+    match parts.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
     }
 }
 
@@ -91,6 +115,9 @@ fn tally(one: &str, t: Tally) -> String {
 
 /// The lines of one section (or of the total), indented.
 fn tallies(text: &mut String, section: &Section) {
+    if section.modules {
+        return module_tallies(text, section);
+    }
     let _ = writeln!(
         text,
         "  to delete: {}, {}",
@@ -128,6 +155,29 @@ fn tallies(text: &mut String, section: &Section) {
     }
 }
 
+/// The lines of the module files: by age alone, no manifest keeps anything.
+fn module_tallies(text: &mut String, section: &Section) {
+    let _ = writeln!(
+        text,
+        "  to delete: {}, {}",
+        tally("immutable module file", section.old_entries),
+        tally("list", section.old_manifests)
+    );
+    let _ = writeln!(
+        text,
+        "  kept: {}, {} modified since",
+        tally("immutable module file", section.recent_entries),
+        tally("list", section.recent_manifests)
+    );
+    if section.other.count > 0 {
+        let _ = writeln!(
+            text,
+            "  kept: {} that are neither module files nor lists",
+            tally("other object", section.other)
+        );
+    }
+}
+
 /// `1 entry`, `2 entries`, `1 manifest`, `0 manifests`.
 pub(super) fn counted(n: u64, one: &str) -> String {
     match (n, one.strip_suffix('y')) {
@@ -138,8 +188,18 @@ pub(super) fn counted(n: u64, one: &str) -> String {
 }
 
 impl fmt::Display for SweptSection {
-    /// `deleted 3 entries and 1 manifest (1.2 KiB)`.
+    /// `deleted 3 entries and 1 manifest (1.2 KiB)`; for the module files, `deleted 3
+    /// immutable module files and 1 list (1.2 KiB)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.modules {
+            return write!(
+                f,
+                "deleted {} and {} ({})",
+                counted(self.entries, "immutable module file"),
+                counted(self.manifests, "list"),
+                human_bytes(self.bytes),
+            );
+        }
         write!(
             f,
             "deleted {} and {} ({})",
@@ -159,14 +219,14 @@ impl fmt::Display for Swept {
             (false, [one]) => write!(
                 f,
                 "{}: {one} in {elapsed:.1}s",
-                describe(&self.location, one.namespace.as_ref())
+                label(&self.location, one.namespace.as_ref(), one.modules)
             ),
             (_, sections) => {
                 for section in sections {
                     writeln!(
                         f,
                         "{}: {section}",
-                        describe(&self.location, section.namespace.as_ref())
+                        label(&self.location, section.namespace.as_ref(), section.modules)
                     )?;
                 }
                 write!(f, "total: {} in {elapsed:.1}s", self.total())

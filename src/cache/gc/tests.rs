@@ -543,3 +543,67 @@ async fn a_manifest_is_read_in_its_own_namespace() {
             .contains("of other namespaces could not be decoded")
     );
 }
+
+#[tokio::test]
+async fn module_files_go_by_age_alone_and_only_their_two_shapes() {
+    // The bucket seen from the prefix (`root`) and from `<prefix>/mod` (`modules`), as
+    // `S3Store::new(&config.for_modules())` sees it.
+    let root = store();
+    let modules = Aged::default();
+    for (key, days) in [
+        (entry_key(&action(7)), 30),
+        (entry_key(&action(8)), 0),
+        (manifest_key(&build(7)), 30),
+        (manifest_key(&build(8)), 0),
+        ("v1/notes.txt".to_string(), 30),
+        ("prefetch/v2/future".to_string(), 30),
+    ] {
+        modules.insert(key.clone(), "m", DAY * days);
+        root.insert(format!("mod/{key}"), "m", DAY * days);
+    }
+    // A recent build manifest listing action 7 keeps no module file of the same hex.
+    root.insert(manifest_key(&build(9)), manifest(&[7]), DAY);
+    let mut plan = plan(&root, &Selection::Unnamespaced, DAY * 7, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(plan.sections[0].other.count, 0, "mod/ is not the builds'");
+    plan_modules(&modules, &mut plan).await.unwrap();
+    let section = plan.modules().unwrap();
+    let counts = |s: &Section| {
+        (
+            s.old_entries.count,
+            s.old_manifests.count,
+            s.recent_entries.count,
+            s.recent_manifests.count,
+            s.other.count,
+        )
+    };
+    assert_eq!(counts(section), (1, 1, 1, 1, 2));
+    assert!(plan.section(None).is_some_and(|s| !s.modules));
+    let report = plan.to_string();
+    for line in [
+        "aged://test, the un-namespaced area, 0 namespaces and the module files: entries, \
+         prefetch manifests and module files",
+        "aged://test/mod (module files):\n  to delete: 1 immutable module file (1 B), 1 list \
+         (1 B)\n  kept: 1 immutable module file (1 B), 1 list (1 B) modified since\n  kept: 2 \
+         other objects (2 B) that are neither module files nor lists",
+    ] {
+        assert!(report.contains(line), "{line:?} in:\n{report}");
+    }
+    let swept = sweep(&root, &plan, &|_| {}).await.unwrap();
+    assert!(
+        swept
+            .to_string()
+            .contains("aged://test/mod (module files): deleted 1 immutable module file and 1 list")
+    );
+    assert!(!root.has(&format!("mod/{}", entry_key(&action(7)))));
+    assert!(!root.has(&format!("mod/{}", manifest_key(&build(7)))));
+    for kept in [
+        format!("mod/{}", entry_key(&action(8))),
+        format!("mod/{}", manifest_key(&build(8))),
+        "mod/v1/notes.txt".to_string(),
+        "mod/prefetch/v2/future".to_string(),
+    ] {
+        assert!(root.has(&kept), "{kept}");
+    }
+}

@@ -89,3 +89,45 @@ fn maintenance_commands_take_one_namespace_or_all() {
         _ => unreachable!(),
     }
 }
+
+#[test]
+fn modules_are_added_by_their_own_flag_only() {
+    let run = |args: &[&str]| Run::from_cli(Cli::try_parse_from(args).unwrap()).unwrap();
+    let bucket = ["--s3-bucket", "b"];
+    for (extra, modules) in [(&[][..], false), (&["--modules"][..], true)] {
+        let clear = [&["goremotecache", "clear-remote"][..], &bucket, extra].concat();
+        match run(&clear) {
+            Run::ClearRemote(clear) => assert_eq!(clear.modules, modules),
+            _ => unreachable!(),
+        }
+        let gc = [
+            &["goremotecache", "gc-remote", "--older-than", "14d"][..],
+            &bucket,
+            extra,
+        ];
+        match run(&gc.concat()) {
+            Run::GcRemote(gc) => {
+                assert_eq!(gc.modules, modules);
+                assert_eq!(
+                    gc.namespaces,
+                    Selection::Unnamespaced,
+                    "adds, selects no namespace"
+                );
+            }
+            _ => unreachable!(),
+        }
+    }
+    // Words, whatever the wrapping.
+    let help = help(&["gc-remote", "--help"])
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for expected in [
+        "--modules",
+        "docs/goproxy.md",
+        "upload time",
+        "never a wrong answer",
+    ] {
+        assert!(help.contains(expected), "{expected}:\n{help}");
+    }
+}

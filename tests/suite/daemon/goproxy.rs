@@ -8,10 +8,8 @@
 use crate::support;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::s3::S3Server;
@@ -22,28 +20,10 @@ use super::{DEADLINE, Foreground, Project, eventually};
 const MODULE: &str = "example.test/greet";
 const VERSION: &str = "v1.0.0";
 
-/// Runs `command` to its end within [`DEADLINE`] (killed past it); returns its exit status,
-/// stdout and stderr.
-fn bounded(command: &mut Command, what: &str) -> (ExitStatus, String, String) {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("{what}: {err}"));
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{what}: not done within {DEADLINE:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+/// Runs `command` to its end within the goproxy suite's bound (killed past it); returns its
+/// exit status, stdout and stderr.
+fn bounded(command: &mut Command) -> (ExitStatus, String, String) {
+    let out = crate::goproxy::bounded(command, crate::goproxy::GO_BOUND);
     (
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -51,31 +31,9 @@ fn bounded(command: &mut Command, what: &str) -> (ExitStatus, String, String) {
     )
 }
 
-/// The testsumdb helper, built once for the test run (offline: see its README).
+/// The testsumdb helper, built once per test process by the goproxy suite.
 fn testsumdb() -> &'static Path {
-    static BUILT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = BUILT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("testsumdb");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/testsumdb");
-        let (status, _, stderr) = bounded(
-            Command::new(go())
-                .args(["build", "-o"])
-                .arg(&path)
-                .arg(".")
-                .current_dir(source)
-                .env("GOPROXY", "off")
-                .env("GOTOOLCHAIN", "local")
-                .env("GOFLAGS", "-mod=mod"),
-            "building testsumdb",
-        );
-        assert!(
-            status.success(),
-            "building tests/testdata/testsumdb: {stderr}"
-        );
-        (dir, path)
-    });
-    path
+    crate::goproxy::testsumdb()
 }
 
 /// The helper serving a module layout as a proxy; killed when dropped.
@@ -102,7 +60,6 @@ impl Upstream {
                 .arg(&layout)
                 .args(["-mod", MODULE, "-ver", VERSION, "-src"])
                 .arg(&src),
-            "testsumdb mkmod",
         );
         assert!(status.success(), "testsumdb mkmod: {stderr}");
         let mut child = Command::new(testsumdb())
@@ -166,7 +123,6 @@ fn download(dir: &Path, addr: &str) -> Value {
             .env_remove("GOPRIVATE")
             .env_remove("GONOPROXY")
             .env_remove("GONOSUMDB"),
-        "go mod download",
     );
     assert!(
         status.success(),
@@ -284,7 +240,7 @@ fn the_module_proxy_listens_on_loopback_only() {
             .arg(dir.path().join("locks"))
             .env_remove("GOREMOTECACHE_CACHE_DIR")
             .env_remove("GOREMOTECACHE_LOCK_DIR");
-        let (status, _, stderr) = bounded(&mut command, "daemon --goproxy-listen");
+        let (status, _, stderr) = bounded(&mut command);
         assert_eq!(status.code(), Some(2), "{stderr}");
         assert!(
             stderr.contains("--goproxy-listen") && stderr.contains("loopback"),

@@ -25,7 +25,7 @@ fn dir(prefix: &str, namespace: Option<&str>) -> String {
     }
 }
 
-fn put(server: &S3Server, key: &str, bytes: &[u8], age: Duration) {
+pub(super) fn put(server: &S3Server, key: &str, bytes: &[u8], age: Duration) {
     let path = server.bucket_dir().join(key);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, bytes).unwrap();

@@ -8,7 +8,9 @@ mod go;
 pub mod proxy;
 pub mod s3;
 
-pub use go::{GoProject, GoRun, count_files, go, read_stats, warm_bucket, warm_the_bucket};
+pub use go::{
+    GoProject, GoRun, count_files, go, own_target_tmp_dir, read_stats, warm_bucket, warm_the_bucket,
+};
 
 pub use encode::encode_request;
 

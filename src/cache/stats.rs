@@ -520,17 +520,33 @@ impl fmt::Display for TrimReport {
         } else {
             "removed"
         };
-        write!(
-            f,
-            "trim {verb} {} entries and {} outputs ({}) in {:.3}s; left: {} entries, {} outputs ({})",
-            self.entries_removed,
-            self.outputs_removed,
-            human_bytes(self.bytes_removed),
-            self.seconds,
-            self.entries_left,
-            self.outputs_left,
-            human_bytes(self.bytes_left)
-        )?;
+        if self.modules_removed + self.modules_left == 0 {
+            write!(
+                f,
+                "trim {verb} {} entries and {} outputs ({}) in {:.3}s; left: {} entries, {} outputs ({})",
+                self.entries_removed,
+                self.outputs_removed,
+                human_bytes(self.bytes_removed),
+                self.seconds,
+                self.entries_left,
+                self.outputs_left,
+                human_bytes(self.bytes_left)
+            )?;
+        } else {
+            write!(
+                f,
+                "trim {verb} {} entries, {} outputs and {} module files ({}) in {:.3}s; left: {} entries, {} outputs, {} module files ({})",
+                self.entries_removed,
+                self.outputs_removed,
+                self.modules_removed,
+                human_bytes(self.bytes_removed),
+                self.seconds,
+                self.entries_left,
+                self.outputs_left,
+                self.modules_left,
+                human_bytes(self.bytes_left)
+            )?;
+        }
         if self.kept_in_use > 0 {
             write!(
                 f,

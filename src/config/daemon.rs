@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::flags::{ControlCommand, DaemonCommand, SocketArgs, StatusCommand};
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, GoproxyConfig};
+use crate::goproxy::Upstreams;
+use crate::store::StoreConfig;
+use crate::store::http::HttpConfig;
 
 /// `goremotecache daemon`'s options, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +25,18 @@ pub struct DaemonConfig {
     pub idle_exit: Option<Duration>,
     /// Started by `connect` or `warm`.
     pub detached: bool,
+    /// `--goproxy-listen` and the module proxy's settings.
+    pub goproxy: Option<DaemonGoproxy>,
+}
+
+/// The daemon's module proxy, resolved. Not part of the daemon's fingerprint (see
+/// [`crate::daemon::place::Fingerprint::of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonGoproxy {
+    /// A loopback address.
+    pub listen: SocketAddr,
+    /// With `--backend http`, the server's `/mod` first in the upstreams.
+    pub config: GoproxyConfig,
 }
 
 /// What a command does with a running daemon.
@@ -67,7 +82,15 @@ impl DaemonConfig {
         }
         let listen_plugin = match args.daemon.listen_plugin.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(text) => Some(loopback(text)?),
+            Some(text) => Some(loopback("listen-plugin", text)?),
+        };
+        let goproxy = match args.daemon.goproxy_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(DaemonGoproxy::resolve(
+                loopback("goproxy-listen", text)?,
+                &args.goproxy,
+                &build,
+            )?),
         };
         Ok(Self {
             build,
@@ -75,8 +98,53 @@ impl DaemonConfig {
             listen_plugin,
             idle_exit: Some(args.daemon.idle_exit).filter(|d| *d != Duration::MAX),
             detached: args.daemon.detached,
+            goproxy,
         })
     }
+}
+
+impl DaemonGoproxy {
+    /// The proxy on `listen` by `args`. With an HTTP cache server as the remote tier, the
+    /// server's own module proxy (`<url>/mod`, the token as a basic-auth password, which the
+    /// server takes as it takes a bearer token) comes first, and the list of `args` after a
+    /// `|`: the server has no API to store a module answer but its proxy, which keeps what it
+    /// fetches, so a fresh machine gets modules from it; when it fails (or was started
+    /// without --goproxy), the daemon goes on to its own list.
+    fn resolve(
+        listen: SocketAddr,
+        args: &super::GoproxyArgs,
+        build: &Config,
+    ) -> Result<Self, ConfigError> {
+        // With port 0 the port is not known yet: no URL of ours to refuse in the list.
+        let own = (listen.port() != 0).then(|| format!("http://{listen}/mod"));
+        let mut config =
+            GoproxyConfig::resolve(args, own.as_deref()).map_err(ConfigError::Goproxy)?;
+        if let Some(StoreConfig::Http(http)) = build.remote.as_ref().map(|r| &r.store) {
+            let server = Upstreams::parse(&server_proxy(http), own.as_deref())
+                .map_err(|err| ConfigError::Goproxy(format!("--http-url: {err}")))?;
+            config.upstreams = server.then_on_failure(config.upstreams);
+        }
+        Ok(Self { listen, config })
+    }
+}
+
+/// The module proxy of the cache server at `http`, with its token in the URL's userinfo
+/// (percent-encoded; the fetcher sends it as basic authentication and never shows it).
+pub(super) fn server_proxy(http: &HttpConfig) -> String {
+    let base = http.url.trim_end_matches('/');
+    let Some(token) = http.token.as_deref().filter(|t| !t.is_empty()) else {
+        return format!("{base}/mod");
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("https", base));
+    let mut escaped = String::new();
+    for byte in token.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            escaped.push(char::from(byte));
+        } else {
+            escaped.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    format!("{scheme}://goremotecache:{escaped}@{rest}/mod")
 }
 
 impl ControlConfig {
@@ -122,13 +190,16 @@ fn socket(args: &SocketArgs) -> Result<Option<PathBuf>, ConfigError> {
     }
 }
 
-/// `--listen-plugin`: an IP address and port on the loopback interface.
-fn loopback(text: &str) -> Result<SocketAddr, ConfigError> {
-    let addr: SocketAddr = text
-        .parse()
-        .map_err(|_| ConfigError::NotLoopback(text.to_string()))?;
+/// `--listen-plugin` or `--goproxy-listen` (`flag`): an IP address and port on the loopback
+/// interface.
+fn loopback(flag: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let refused = || ConfigError::NotLoopback {
+        flag,
+        addr: text.to_string(),
+    };
+    let addr: SocketAddr = text.parse().map_err(|_| refused())?;
     if !addr.ip().is_loopback() {
-        return Err(ConfigError::NotLoopback(text.to_string()));
+        return Err(refused());
     }
     Ok(addr)
 }

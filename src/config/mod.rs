@@ -17,7 +17,7 @@ use crate::local::trim::{KEEP_RECENT, TrimPolicy};
 use crate::store::http::HttpConfig;
 use crate::store::s3::S3Config;
 
-pub use self::daemon::{Control, ControlConfig, DaemonConfig};
+pub use self::daemon::{Control, ControlConfig, DaemonConfig, DaemonGoproxy};
 pub use self::dirs::{DefaultBase, LocalDirs};
 pub use self::flags::{
     Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, GcRemoteArgs,
@@ -302,9 +302,11 @@ pub enum ConfigError {
     )]
     NamespaceAndAll,
     #[error(
-        "--listen-plugin {0:?}: give a loopback address and port such as 127.0.0.1:8322 (anyone who can reach the port can use the cache)"
+        "--{flag} {addr:?}: give a loopback address and port such as 127.0.0.1:8322 (anyone who can reach the port could use it)"
     )]
-    NotLoopback(String),
+    NotLoopback { flag: &'static str, addr: String },
+    #[error("the module proxy: {0}")]
+    Goproxy(String),
     #[error(
         "warm needs --prefetch-key (or GOREMOTECACHE_PREFETCH_KEY), a remote store and prefetch on: it names the build whose manifest to prefetch; give the builds the same key"
     )]

@@ -248,6 +248,23 @@ impl std::fmt::Display for StatusText<'_> {
             s.uploads_dropped,
             s.upload_errors
         )?;
+        if let Some(g) = &s.goproxy {
+            writeln!(
+                f,
+                "  module proxy: GOPROXY={}, {} requests ({} hits, {} fetched, {} fallbacks, {} not found, {} errors); uploads: {} pending, {} done, {} dropped, {} failed",
+                g.address,
+                g.requests,
+                g.hits,
+                g.fetched,
+                g.fallbacks,
+                g.not_found,
+                g.errors,
+                g.uploads_pending,
+                g.uploads_done,
+                g.uploads_dropped,
+                g.uploads_failed
+            )?;
+        }
         match &s.prefetch {
             Some(p) => writeln!(
                 f,

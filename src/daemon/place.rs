@@ -87,7 +87,10 @@ impl Fingerprint {
     /// metadata, fixed credentials and the values of [`CREDENTIAL_VARS`]; for HTTP the URL,
     /// token, CA file and namespace); the namespace and the read namespaces in order; the
     /// remote mode; `max_entry_size`. Not the statistics, prefetch, upload, timeout, trim or
-    /// debug options: a daemon serves those as it was started.
+    /// debug options: a daemon serves those as it was started. Nor the module proxy's
+    /// (`--goproxy-listen`, `--goproxy-*`): they change no build's answer, and `connect` names
+    /// its daemon by the build's options alone, so the builds of a job must reach the daemon
+    /// that the job started with its module proxy, not one of their own beside it.
     /// The fingerprint a daemon's record names (`status` and `flush` of every daemon).
     pub fn from_record(text: &str) -> Self {
         Self(text.to_string())

@@ -203,6 +203,31 @@ pub struct Status {
     pub uploads_dropped: u64,
     pub upload_errors: u64,
     pub prefetch: Option<PrefetchStatus>,
+    /// The module proxy (`--goproxy-listen`), if it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goproxy: Option<GoproxyStatus>,
+}
+
+/// The daemon's module proxy: its address, its requests since the start by result, and its
+/// uploads to the remote.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GoproxyStatus {
+    /// For GOPROXY: `http://127.0.0.1:PORT/mod`.
+    pub address: String,
+    pub requests: u64,
+    /// From the cache (local, or the remote's copy).
+    pub hits: u64,
+    /// Fetched from an upstream.
+    pub fetched: u64,
+    /// A stored list served because the upstreams failed.
+    pub fallbacks: u64,
+    pub not_found: u64,
+    /// Upstream failures with nothing stored, and requests that were not of the protocol.
+    pub errors: u64,
+    pub uploads_pending: u64,
+    pub uploads_done: u64,
+    pub uploads_failed: u64,
+    pub uploads_dropped: u64,
 }
 
 /// The daemon's prefetch.

@@ -4,10 +4,11 @@
 //! and serves any number of connections on its unix socket at once, each in a task of its
 //! own: go command sessions bridged by `connect` (see [`super::protocol`]), and `status`,
 //! `flush` and `warm`. With `--listen-plugin` it also serves plain GOCACHEPROG sessions on a
-//! loopback TCP port. It exits on SIGTERM or SIGINT, or after `--idle-exit` with no
-//! connection open and no upload pending; either way it first stops listening, then gives
-//! the pending uploads their `--upload-wait`, writes the prefetch manifest, says its totals
-//! on stderr, and runs the automatic trim when it is due.
+//! loopback TCP port, and with `--goproxy-listen` a module proxy ([`super::goproxy`]). It
+//! exits on SIGTERM or SIGINT, or after `--idle-exit` with no connection open, no module
+//! proxy request and no upload pending; either way it first stops listening, then gives the
+//! pending uploads (the module proxy's too) their `--upload-wait`, writes the prefetch
+//! manifest, says its totals on stderr, and runs the automatic trim when it is due.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use super::goproxy::{self, ModuleProxy};
 use super::place::{self, Place, PlaceError};
 use super::protocol::{
     self, Answer, Ask, FlushReport, Found, Hello, Kind, PrefetchStatus, Status, VERSION, Welcome,
@@ -63,6 +65,20 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         Ok(bound) => bound,
         Err(PlaceError::Taken { pid }) => {
             let pid = pid.map_or("unknown".to_string(), |p| p.to_string());
+            if let Some(goproxy) = config.goproxy.as_ref().filter(|_| !config.detached) {
+                // That daemon may have been started without it (by a build's `connect`):
+                // saying "already running" would leave the job without its proxy. Not for a
+                // daemon that `connect` started (the proxy from its environment): it lost a
+                // race to another such daemon, with the same environment, and exits 0 so
+                // that its `connect` uses the winner.
+                anyhow::bail!(
+                    "a daemon (pid {pid}) already serves {}, so --goproxy-listen {} is not \
+                     started: stop that daemon first (`goremotecache status` shows whether it \
+                     serves a module proxy)",
+                    place.socket.display(),
+                    goproxy.listen
+                );
+            }
             eprintln!(
                 "goremotecache: a daemon (pid {pid}) already serves {}",
                 place.socket.display()
@@ -77,10 +93,26 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let goproxy_listener = config.goproxy.as_ref().map(goproxy::bind).transpose()?;
     let place::Bound { listener, hold } = bound;
     listener
         .set_nonblocking(true)
         .context("preparing the socket")?;
+    let module_proxy = match (&config.goproxy, &goproxy_listener) {
+        (Some(goproxy), Some(listener)) => {
+            let addr = listener.local_addr().context("the module proxy's port")?;
+            let proxy = runtime.block_on(async {
+                ModuleProxy::open(
+                    goproxy,
+                    &config.build.dirs.cache_dir,
+                    config.build.remote.as_ref(),
+                    addr,
+                )
+            })?;
+            Some(Arc::new(proxy))
+        }
+        _ => None,
+    };
     let cache = runtime.block_on(async {
         let cache = Arc::new(Cache::open_idle(&config.build));
         let explicit =
@@ -102,8 +134,14 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         last_active: std::sync::Mutex::new(Instant::now()),
         trim: (config.build.trim).map(|policy| (config.build.dirs.cache_dir.clone(), policy)),
         plugins: Default::default(),
+        goproxy: module_proxy.clone(),
     });
-    let why = runtime.block_on(daemon.clone().serve(listener, config.listen_plugin))?;
+    let goproxy = module_proxy.zip(goproxy_listener);
+    let why = runtime.block_on(
+        daemon
+            .clone()
+            .serve(listener, config.listen_plugin, goproxy),
+    )?;
     // Builds that start from now on start a daemon of their own (or run direct).
     drop(hold);
     runtime.block_on(async {
@@ -113,7 +151,17 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
             std::process::id(),
             crate::cache::stats::human_bytes(bytes)
         );
-        cache.finish().await;
+        let module_uploads = async {
+            let Some(proxy) = &daemon.goproxy else {
+                return;
+            };
+            let wait = (config.build.remote.as_ref()).map_or(Duration::ZERO, |r| r.upload_wait);
+            let left = proxy.finish(wait).await;
+            if left > 0 {
+                eprintln!("goremotecache: module proxy: {left} uploads not finished, dropped");
+            }
+        };
+        tokio::join!(cache.finish(), module_uploads);
     });
     let report = cache.stats().report();
     eprint!("goremotecache: daemon totals:\n{report}");
@@ -145,6 +193,8 @@ struct Daemon {
     /// The `--listen-plugin` sessions open now, by session number: shut down when the
     /// daemon stops.
     plugins: std::sync::Mutex<std::collections::HashMap<u64, std::net::TcpStream>>,
+    /// The module proxy (`--goproxy-listen`).
+    goproxy: Option<Arc<ModuleProxy>>,
 }
 
 /// Counts a connection (and a session) open while it lives.
@@ -187,6 +237,7 @@ impl Daemon {
         self: Arc<Self>,
         listener: std::os::unix::net::UnixListener,
         plugin: Option<SocketAddr>,
+        goproxy: Option<(Arc<ModuleProxy>, std::net::TcpListener)>,
     ) -> anyhow::Result<&'static str> {
         let listener = UnixListener::from_std(listener).context("listening on the socket")?;
         let plugin = match plugin {
@@ -209,6 +260,11 @@ impl Daemon {
             line.push_str(&format!(" and GOCACHEPROG sessions on {plugin}"));
         }
         eprintln!("{line}");
+        let (stop_goproxy, stopped) = tokio::sync::watch::channel(false);
+        let goproxy = goproxy.map(|(proxy, listener)| {
+            eprintln!("goremotecache: {}", proxy.describe());
+            tokio::spawn(proxy.serve(listener, stopped))
+        });
         let mut connections = JoinSet::new();
         let why = loop {
             tokio::select! {
@@ -237,6 +293,10 @@ impl Daemon {
         for stream in lock(&self.plugins).values() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
+        let _ = stop_goproxy.send(true);
+        if let Some(task) = goproxy {
+            let _ = task.await;
+        }
         Ok(why)
     }
 
@@ -263,6 +323,10 @@ impl Daemon {
                 .remote()
                 .is_none_or(|r| r.pending_uploads().0 == 0)
             && lock(&self.last_active).elapsed() >= bound
+            && self
+                .goproxy
+                .as_ref()
+                .is_none_or(|proxy| proxy.idle_for(bound))
     }
 
     /// One connection on the unix socket: its hello, then what it asked for.
@@ -466,6 +530,10 @@ impl Daemon {
         };
         let flushing = async {
             let flushed = self.cache.flush(wait, &mut progress).await;
+            if let Some(proxy) = &self.goproxy {
+                // The module proxy's uploads, within what is left of the same wait.
+                proxy.finish(wait.saturating_sub(start.elapsed())).await;
+            }
             drop(progress);
             flushed
         };
@@ -530,6 +598,7 @@ impl Daemon {
                     seconds: p.map_or(0.0, |p| p.seconds),
                 }
             }),
+            goproxy: self.goproxy.as_ref().map(|proxy| proxy.status()),
         }
     }
 

@@ -51,8 +51,9 @@ pub struct EntryModStore {
     max_size: u64,
 }
 
-/// The 32 bytes that name `key` in the store.
-fn digest(key: &str) -> [u8; 32] {
+/// The 32 bytes that name `key` in the store (the [`ActionId`] of an immutable answer's
+/// entry, the [`BuildKey`] of a changing answer's manifest).
+pub fn digest(key: &str) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(b"goremotecache goproxy v1\n");
     hasher.update(key.as_bytes());
@@ -77,7 +78,7 @@ impl EntryModStore {
 
     /// Whether `key`'s answer changes (so is stored as a manifest); an error for anything
     /// that is not a storage key.
-    fn mutable(key: &str) -> io::Result<bool> {
+    pub fn mutable(key: &str) -> io::Result<bool> {
         match Request::parse(key) {
             Ok(request) if request.storage_key() == key => {
                 Ok(request.caching() != Caching::Immutable)

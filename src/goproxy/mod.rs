@@ -18,6 +18,8 @@
 //!   cache-first, mutable ones fetched with a short TTL and served stale only when the
 //!   upstreams fail, one fetch per key at a time), over a [`ModStore`] ([`DirModStore`] on a
 //!   directory).
+//! - [`tiered`]: [`TieredModStore`], the daemon's store: its cache directory's `mod/` in front
+//!   of its remote tier.
 //!
 //! The rules follow the go command's (`golang.org/x/mod/module` for paths and versions, the
 //! "GOPROXY protocol" section of the go modules reference for requests and the list), written
@@ -32,6 +34,7 @@ pub mod entry_store;
 pub mod fetch;
 pub mod http;
 pub mod path;
+pub mod tiered;
 pub mod upstream;
 
 #[cfg(test)]
@@ -48,4 +51,5 @@ pub use path::{
     Caching, MAX_ELEMENT, MAX_REQUEST_PATH, ModulePath, PathError, Query, Request, Revision,
     SumdbName, Tile, Version,
 };
+pub use tiered::TieredModStore;
 pub use upstream::{Fallback, Outcome, Upstream, UpstreamError, Upstreams};

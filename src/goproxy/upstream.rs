@@ -216,6 +216,18 @@ impl Upstreams {
         Ok(Upstreams(elements))
     }
 
+    /// This list, then `rest` after a `|` (tried on any failure of this list's last element):
+    /// the daemon puts its HTTP cache server's proxy before its own list this way. A list
+    /// that ends in `direct` or `off` is left as it is, since nothing may follow those.
+    pub fn then_on_failure(mut self, rest: Upstreams) -> Upstreams {
+        match self.0.last_mut() {
+            Some((Upstream::Url(_), fallback)) => *fallback = Fallback::AnyError,
+            _ => return self,
+        }
+        self.0.extend(rest.0);
+        self
+    }
+
     /// The elements in order, each with the separator after it.
     pub fn elements(&self) -> &[(Upstream, Fallback)] {
         &self.0

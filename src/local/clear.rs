@@ -1,4 +1,5 @@
-//! `goremotecache clear-local`: empties the local cache and lock directories.
+//! `goremotecache clear-local`: empties the local cache and lock directories (the daemon's
+//! module proxy answers in `<cache-dir>/mod/` with the rest).
 //!
 //! Deleting is only done in a directory that carries goremotecache's `CACHEDIR.TAG`, which is
 //! written only into directories that goremotecache created (or found empty). A mistyped
@@ -103,8 +104,13 @@ mod tests {
         let root = dir.path().join("cache");
         let cache = DiskCache::open(&root).unwrap();
         cache.store_empty_output().unwrap();
+        // The daemon's module proxy answers go too.
+        let modules = crate::store::dir::DiskStore::open(&root.join("mod")).unwrap();
+        let zip = modules.entry_path(&crate::ids::ActionId([1; 32]));
+        fs::create_dir_all(zip.parent().unwrap()).unwrap();
+        fs::write(&zip, b"zip").unwrap();
         let cleared = clear_dir(&root).unwrap();
-        assert_eq!((cleared.files, cleared.bytes), (1, 0));
+        assert_eq!((cleared.files, cleared.bytes), (2, 3));
         assert!(is_marked(&root));
         assert_eq!(fs::read_dir(&root).unwrap().count(), 1);
     }

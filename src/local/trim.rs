@@ -12,8 +12,16 @@
 //!    removed under it: a single day's working set larger than the bound leaves the cache
 //!    above it.
 //!
-//! Sizes are what the files take on disk (allocated blocks, as `du` counts them), of `a/` and
-//! `o/`.
+//! Sizes are what the files take on disk (allocated blocks, as `du` counts them), of `a/`,
+//! `o/` and `mod/`.
+//!
+//! **Module files.** The daemon's module proxy keeps its answers in `mod/` (see
+//! [`crate::goproxy::tiered`]): immutable ones as entries in `mod/v1/<xx>/`, changing ones in
+//! `mod/prefetch/`, each refreshed when used as build files are. They are trimmed with the
+//! rest by the same rules: removed when unused for longer than the age, and past the size
+//! taken least recently used first among the entries and outputs, never one used within
+//! [`KEEP_RECENT`]. Nothing names them, so each goes alone; a removed answer is a miss that
+//! the proxy fetches again (from the bucket, or upstream).
 //!
 //! **Safe beside running builds.** An entry is removed before the output it names, and an
 //! output only when no remaining entry names it, so an entry never points to a removed output
@@ -72,10 +80,15 @@ pub struct TrimReport {
     pub dry_run: bool,
     pub entries_removed: u64,
     pub outputs_removed: u64,
+    /// The module proxy's answers (in `mod/`).
+    #[serde(default)]
+    pub modules_removed: u64,
     /// Disk space of the removed files.
     pub bytes_removed: u64,
     pub entries_left: u64,
     pub outputs_left: u64,
+    #[serde(default)]
+    pub modules_left: u64,
     pub bytes_left: u64,
     /// Files that a build used again while the trim ran, and that it therefore kept.
     pub kept_in_use: u64,
@@ -109,11 +122,19 @@ struct ActionEntry {
     removed: bool,
 }
 
+/// A module proxy answer in `mod/`.
+#[derive(Debug)]
+struct ModuleFile {
+    file: Found,
+    removed: bool,
+}
+
 #[derive(Debug, Default)]
 struct Scan {
     dirs: Vec<OwnedFd>,
     entries: Vec<ActionEntry>,
     outputs: HashMap<[u8; 32], Output>,
+    modules: Vec<ModuleFile>,
 }
 
 /// The trim's own state: what it scanned, and where removals go.
@@ -142,6 +163,7 @@ pub fn trim(cache: &DiskCache, policy: &TrimPolicy, dry_run: bool) -> io::Result
     let scan = &trimmer.scan;
     report.entries_left = scan.entries.len() as u64 - report.entries_removed;
     report.outputs_left = scan.outputs.len() as u64 - report.outputs_removed;
+    report.modules_left = scan.modules.len() as u64 - report.modules_removed;
     report.bytes_left = scan.total_bytes() - report.bytes_removed;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
@@ -150,7 +172,8 @@ pub fn trim(cache: &DiskCache, policy: &TrimPolicy, dry_run: bool) -> io::Result
 impl Scan {
     fn total_bytes(&self) -> u64 {
         let entries: u64 = self.entries.iter().map(|entry| entry.file.bytes).sum();
-        entries + self.outputs.values().map(|o| o.file.bytes).sum::<u64>()
+        let modules: u64 = self.modules.iter().map(|m| m.file.bytes).sum();
+        entries + modules + self.outputs.values().map(|o| o.file.bytes).sum::<u64>()
     }
 }
 
@@ -186,6 +209,11 @@ impl Trimmer {
         for id in old {
             self.remove_output(&id)?;
         }
+        for index in 0..self.scan.modules.len() {
+            if self.scan.modules[index].file.modified < cutoff {
+                self.remove_module(index)?;
+            }
+        }
         Ok(())
     }
 
@@ -200,6 +228,7 @@ impl Trimmer {
         enum Victim {
             Entry(usize),
             Output([u8; 32]),
+            Module(usize),
         }
         let entries = (self.scan.entries.iter().enumerate())
             .filter(|(_, entry)| !entry.removed)
@@ -207,7 +236,10 @@ impl Trimmer {
         let unnamed = (self.scan.outputs.iter())
             .filter(|(_, o)| o.refs == 0 && !o.removed)
             .map(|(id, o)| (o.file.modified, Victim::Output(*id)));
-        let mut victims: Vec<_> = entries.chain(unnamed).collect();
+        let modules = (self.scan.modules.iter().enumerate())
+            .filter(|(_, module)| !module.removed)
+            .map(|(index, module)| (module.file.modified, Victim::Module(index)));
+        let mut victims: Vec<_> = entries.chain(unnamed).chain(modules).collect();
         victims.sort_unstable_by_key(|(modified, _)| *modified);
         let keep_after = timespec(keep_after);
         for (modified, victim) in victims {
@@ -224,6 +256,7 @@ impl Trimmer {
                     }
                 }
                 Victim::Output(id) => self.remove_output(&id)?,
+                Victim::Module(index) => self.remove_module(index)?,
             }
             left -= self.report.bytes_removed - before;
         }
@@ -258,6 +291,18 @@ impl Trimmer {
         out.removed = true;
         self.report.outputs_removed += 1;
         self.report.bytes_removed += out.file.bytes;
+        Ok(())
+    }
+
+    fn remove_module(&mut self, index: usize) -> io::Result<()> {
+        let module = &self.scan.modules[index];
+        if module.removed || !self.remove(&module.file)? {
+            return Ok(());
+        }
+        let module = &mut self.scan.modules[index];
+        module.removed = true;
+        self.report.modules_removed += 1;
+        self.report.bytes_removed += module.file.bytes;
         Ok(())
     }
 
@@ -336,7 +381,44 @@ fn scan(root: &Path) -> io::Result<Scan> {
             out.refs += 1;
         }
     }
+    scan_modules(&mut scan, &root.join(crate::store::s3::MODULES))?;
     Ok(scan)
+}
+
+/// Adds the module proxy's answers under `modules` (`mod/`): the files of the shard
+/// directories of `v1/`, and of `prefetch/`. No `mod/` (no module proxy ever ran) has none.
+fn scan_modules(scan: &mut Scan, modules: &Path) -> io::Result<()> {
+    let absent = |err: &io::Error| err.kind() == io::ErrorKind::NotFound;
+    match list_no_follow(&modules.join("v1")) {
+        Ok((parent, shards)) => {
+            for (shard, file_type) in shards {
+                if !matches!(file_type, FileType::Directory | FileType::Unknown) {
+                    continue;
+                }
+                let Ok(dir) = rustix::fs::openat(
+                    &parent,
+                    &shard,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ) else {
+                    continue;
+                };
+                scan.dirs.push(dir);
+                scan.add_shard("mod", scan.dirs.len() - 1)?;
+            }
+        }
+        Err(err) if absent(&err) => {}
+        Err(err) => return Err(err),
+    }
+    match open_dir_no_follow(&modules.join("prefetch")) {
+        Ok(dir) => {
+            scan.dirs.push(dir);
+            scan.add_shard("mod", scan.dirs.len() - 1)?;
+        }
+        Err(err) if absent(&err) => {}
+        Err(err) => return Err(err),
+    }
+    Ok(())
 }
 
 impl Scan {
@@ -360,7 +442,15 @@ impl Scan {
                 modified: (stat.st_mtime, stat.st_mtime_nsec as i64),
                 bytes: stat.st_blocks as u64 * 512,
             };
-            if kind == "a" {
+            if kind == "mod" {
+                // Named by a sha256 (see `goproxy::entry_store`); anything else is not ours.
+                if hex_id(name).is_some() {
+                    self.modules.push(ModuleFile {
+                        file,
+                        removed: false,
+                    });
+                }
+            } else if kind == "a" {
                 let output = read_entry(dir, name);
                 self.entries.push(ActionEntry {
                     file,

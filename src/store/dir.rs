@@ -136,6 +136,11 @@ impl DiskStore {
         self.root.join("prefetch").join(key.to_hex())
     }
 
+    /// Where the manifest for `key` is (or would be).
+    pub fn manifest_file(&self, key: &BuildKey) -> PathBuf {
+        self.manifest_path(key)
+    }
+
     /// Where a put's bytes go before they are verified.
     pub fn temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
         real_dir(&self.tmp)?;

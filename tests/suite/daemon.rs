@@ -1,8 +1,8 @@
 //! `goremotecache daemon` and the commands that reach it (`connect`, `flush`, `status`, `warm`),
 //! as running binaries, a module per topic: go builds through one daemon ([`builds`]), its life
 //! from start to exit and what it reports ([`lifecycle`]), builds that survive a daemon that
-//! dies or cannot be reached ([`faults`]), who may use its socket ([`security`]), and its plain
-//! GOCACHEPROG port ([`plugin`]).
+//! dies or cannot be reached ([`faults`]), who may use its socket ([`security`]), its plain
+//! GOCACHEPROG port ([`plugin`]), and its module proxy ([`goproxy`]).
 //!
 //! This file has what they share: [`Project`], a [`GoProject`] whose go commands run with
 //! `GOCACHEPROG="goremotecache connect ..."` and which kills every daemon its machines started
@@ -28,6 +28,7 @@ use support::s3::{S3Server, SECRET_KEY, credentials};
 
 mod builds;
 mod faults;
+mod goproxy;
 mod lifecycle;
 mod plugin;
 mod security;

@@ -32,11 +32,11 @@ const TOKEN: &str = "goproxy-token-0123456789abcdef";
 const SUMDB: &str = "sumdb.test";
 
 /// The longest one go command may run before it is killed and its test failed.
-const GO_BOUND: Duration = Duration::from_secs(120);
+pub(crate) const GO_BOUND: Duration = Duration::from_secs(120);
 
 /// testsumdb, built once per test process with the go command's default module cache, where
 /// CI's setup put golang.org/x/mod (`GOPROXY=off`: these tests never reach the internet).
-fn testsumdb() -> &'static Path {
+pub(crate) fn testsumdb() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let go = support::go();
@@ -81,7 +81,7 @@ fn testsumdb() -> &'static Path {
 }
 
 /// Runs `command` to its end, killing it after `bound` (and failing the test).
-fn bounded(command: &mut Command, bound: Duration) -> Output {
+pub(crate) fn bounded(command: &mut Command, bound: Duration) -> Output {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

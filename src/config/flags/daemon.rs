@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::MainArgs;
+use super::{GoproxyArgs, MainArgs};
 use crate::config::values::parse_idle_exit;
 
 /// `goremotecache daemon`: its own options, then those of the builds it serves.
@@ -24,6 +24,8 @@ pub struct DaemonCommand {
     pub daemon: DaemonArgs,
     #[command(flatten)]
     pub socket: SocketArgs,
+    #[command(flatten)]
+    pub goproxy: GoproxyArgs,
     #[command(flatten)]
     pub main: MainArgs,
 }
@@ -38,7 +40,19 @@ pub struct DaemonArgs {
     #[arg(long, env = "GOREMOTECACHE_LISTEN_PLUGIN", value_name = "ADDR")]
     pub listen_plugin: Option<String>,
 
-    /// Exit after this long with no session open and no upload pending (`off`: never).
+    /// Also serve a caching Go module proxy on this loopback TCP address (such as
+    /// 127.0.0.1:8323), for the go command's module downloads: set
+    /// `GOPROXY=http://127.0.0.1:8323/mod|https://your.usual.proxy` in the job (after `|`, the
+    /// proxy the go command uses when the daemon is not there). Modules are kept in
+    /// <cache-dir>/mod/ (trimmed with the build cache) and, with --backend s3, in the bucket
+    /// under <prefix>/mod/, so a fresh machine gets them from the bucket; with --backend http,
+    /// the server's own module proxy is asked first. No authentication: anyone on this machine
+    /// can use it, as with --listen-plugin. [default: none]
+    #[arg(long, env = "GOREMOTECACHE_GOPROXY_LISTEN", value_name = "ADDR")]
+    pub goproxy_listen: Option<String>,
+
+    /// Exit after this long with no session open, no module proxy request and no upload
+    /// pending (`off`: never).
     #[arg(
         long,
         env = "GOREMOTECACHE_IDLE_EXIT",

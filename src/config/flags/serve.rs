@@ -130,3 +130,39 @@ pub struct ServeTimeouts {
     #[arg(long = "idle-timeout", env = "GOREMOTECACHE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_bound)]
     pub idle: Duration,
 }
+
+/// The flags' defaults: what the daemon's module proxy, which has no such flags, keeps.
+impl Default for ServeTimeouts {
+    fn default() -> Self {
+        Self {
+            body: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_timeouts_are_the_flags_defaults() {
+        let command = <ServeTimeouts as Args>::augment_args(clap::Command::new("t"));
+        let default = ServeTimeouts::default();
+        let mut seen = 0;
+        for arg in command.get_arguments() {
+            let value = arg.get_default_values()[0].to_str().unwrap();
+            let value = parse_bound(value).unwrap();
+            let field = match arg.get_id().as_str() {
+                "body" => default.body,
+                "write" => default.write,
+                "idle" => default.idle,
+                other => panic!("a timeout flag not in Default: {other}"),
+            };
+            assert_eq!(field, value, "{}", arg.get_id());
+            seen += 1;
+        }
+        assert_eq!(seen, 3);
+    }
+}

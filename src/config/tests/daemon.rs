@@ -66,7 +66,10 @@ fn the_daemon_takes_the_builds_options_and_its_own() {
 fn the_plugin_port_must_be_on_loopback() {
     for bad in ["0.0.0.0:8322", "192.168.1.2:1", "localhost", "8322"] {
         let err = daemon(&["daemon", "--listen-plugin", bad]).unwrap_err();
-        assert!(matches!(err, ConfigError::NotLoopback(_)), "{bad}: {err}");
+        assert!(
+            matches!(err, ConfigError::NotLoopback { .. }),
+            "{bad}: {err}"
+        );
     }
     assert!(daemon(&["daemon", "--listen-plugin", "[::1]:9"]).is_ok());
     assert_eq!(
@@ -113,4 +116,66 @@ fn warm_needs_a_key_and_a_remote() {
     }
     let warm = control(&["warm", "--s3-bucket", "b", "--prefetch-key", "ci-linux"]).unwrap();
     assert_eq!(warm.control, Control::Warm);
+}
+
+#[test]
+fn the_module_proxy_listens_on_loopback_and_puts_an_http_server_first() {
+    for bad in ["0.0.0.0:8323", "10.0.0.1:1", "localhost:8323"] {
+        let err = daemon(&["daemon", "--goproxy-listen", bad]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::NotLoopback {
+                    flag: "goproxy-listen",
+                    ..
+                }
+            ),
+            "{bad}: {err}"
+        );
+        assert!(err.to_string().contains("--goproxy-listen"), "{err}");
+    }
+    let options = [
+        "daemon",
+        "--goproxy-listen",
+        "127.0.0.1:8323",
+        "--goproxy-upstream",
+        "http://127.0.0.1:9/up",
+        "--goproxy-sumdb",
+        "off",
+    ];
+    // Port 0 (the port is said on stderr) is not refused as a URL of our own.
+    let mut any_port = options.to_vec();
+    any_port[2] = "127.0.0.1:0";
+    assert!(daemon(&any_port).unwrap().goproxy.is_some());
+    let plain = daemon(&options).unwrap().goproxy.unwrap();
+    assert_eq!(plain.listen, "127.0.0.1:8323".parse().unwrap());
+    assert_eq!(plain.config.upstreams.to_string(), "http://127.0.0.1:9/up");
+    let mut with_server = options.to_vec();
+    with_server.extend([
+        "--backend",
+        "http",
+        "--http-url",
+        "http://cache.internal:8321/",
+        "--http-token",
+        "t@k/1",
+    ]);
+    let got = daemon(&with_server).unwrap().goproxy.unwrap();
+    assert_eq!(
+        got.config.upstreams.to_string(),
+        "http://goremotecache:xxxxx@cache.internal:8321/mod|http://127.0.0.1:9/up"
+    );
+    // The token reaches the fetcher whole: percent-encoded in the URL, decoded by it.
+    let Some(crate::goproxy::Upstream::Url(first)) = got.config.upstreams.get(0) else {
+        panic!("not a URL first");
+    };
+    assert_eq!(
+        first,
+        "http://goremotecache:t%40k%2F1@cache.internal:8321/mod"
+    );
+    // Not in the fingerprint: a build's connect finds the daemon that serves the proxy.
+    let build = daemon(&options[..1]).unwrap().build;
+    assert_eq!(
+        crate::daemon::place::Fingerprint::of(&build),
+        crate::daemon::place::Fingerprint::of(&daemon(&options).unwrap().build)
+    );
 }

@@ -309,3 +309,18 @@ fn a_list_displays_as_goproxy_writes_it_without_passwords() {
         "https://u:xxxxx@a.example/go|http://b.example,direct"
     );
 }
+
+#[test]
+fn a_list_then_another_on_failure() {
+    let server = Upstreams::parse("http://goremotecache:t0k@127.0.0.1:8321/mod", None).unwrap();
+    let own = Upstreams::parse("https://proxy.example.com,direct", None).unwrap();
+    let both = server.then_on_failure(own.clone());
+    assert_eq!(
+        both.to_string(),
+        "http://goremotecache:xxxxx@127.0.0.1:8321/mod|https://proxy.example.com,direct"
+    );
+    // The first element's failure goes on to the second.
+    assert_eq!(both.next_after(0, &Outcome::from_status(500)), Some(1));
+    let ended = Upstreams::parse("off", None).unwrap();
+    assert_eq!(ended.then_on_failure(own).to_string(), "off");
+}

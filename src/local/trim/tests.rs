@@ -162,3 +162,100 @@ fn past_the_size_the_least_recently_used_go_first_but_not_recent_ones() {
     .unwrap();
     assert!(pairs[5].0.exists() && pairs[5].1.exists(), "{report:?}");
 }
+
+/// A module proxy answer of `len` bytes in `mod/` (an entry, or a manifest when `changing`),
+/// where the daemon's store keeps it.
+fn module_file(root: &Path, name: u8, len: usize, changing: bool) -> PathBuf {
+    let store = crate::store::dir::DiskStore::open(&root.join("mod")).unwrap();
+    let path = if changing {
+        store.manifest_file(&crate::ids::BuildKey([name; 32]))
+    } else {
+        store.entry_path(&ActionId([name; 32]))
+    };
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, vec![name; len]).unwrap();
+    path
+}
+
+#[test]
+fn module_files_unused_past_the_age_are_removed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = DiskCache::open(dir.path()).unwrap();
+    let old_zip = module_file(dir.path(), 1, 4096, false);
+    let old_list = module_file(dir.path(), 2, 100, true);
+    let used_zip = module_file(dir.path(), 3, 4096, false);
+    let used_list = module_file(dir.path(), 4, 100, true);
+    // Not a name the store gives: left alone, and not counted.
+    let stranger = dir.path().join("mod/prefetch/notes.txt");
+    std::fs::write(&stranger, b"mine").unwrap();
+    for path in [&old_zip, &old_list, &stranger] {
+        set_age(path, WEEK);
+    }
+    let report = trim(&cache, &POLICY, false).unwrap();
+    assert_eq!(
+        (report.modules_removed, report.modules_left),
+        (2, 2),
+        "{report:?}"
+    );
+    assert!(!old_zip.exists() && !old_list.exists());
+    assert!(used_zip.exists() && used_list.exists() && stranger.exists());
+    assert!(report.bytes_removed >= 4096, "{report:?}");
+    // Nothing is left set aside in tmp/.
+    assert_eq!(std::fs::read_dir(cache.tmp_dir()).unwrap().count(), 0);
+    // A cache where no module proxy ever ran trims as before.
+    let plain = tempfile::tempdir().unwrap();
+    let report = trim(&DiskCache::open(plain.path()).unwrap(), &POLICY, false).unwrap();
+    assert_eq!((report.modules_removed, report.modules_left), (0, 0));
+}
+
+#[test]
+fn past_the_size_module_files_go_in_turn_with_build_files_and_recent_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = DiskCache::open(dir.path()).unwrap();
+    // Oldest first: a build pair, a module zip, a build pair, a module list; then a module zip
+    // used just now.
+    let hour = |n: u64| Duration::from_secs(3 * 3600 + n * 600);
+    let (e0, o0) = put(&cache, 0, &vec![0; 64 << 10]);
+    let m1 = module_file(dir.path(), 1, 64 << 10, false);
+    let (e2, o2) = put(&cache, 2, &vec![2; 64 << 10]);
+    let m3 = module_file(dir.path(), 3, 64 << 10, true);
+    let recent = module_file(dir.path(), 4, 64 << 10, false);
+    for (paths, age) in [
+        (vec![&e0, &o0], hour(4)),
+        (vec![&m1], hour(3)),
+        (vec![&e2, &o2], hour(2)),
+        (vec![&m3], hour(1)),
+    ] {
+        for path in paths {
+            set_age(path, age);
+        }
+    }
+    // Room for about two of the five.
+    let policy = TrimPolicy {
+        max_age: DEFAULT_AGE,
+        max_size: Some(2 * (72 << 10)),
+    };
+    let report = trim(&cache, &policy, false).unwrap();
+    let left = [
+        e0.exists(),
+        m1.exists(),
+        e2.exists(),
+        m3.exists(),
+        recent.exists(),
+    ];
+    assert_eq!(left, [false, false, false, true, true], "{report:?}");
+    assert_eq!(report.modules_removed, 1, "{report:?}");
+
+    // Nothing but recent files: the bound cannot be met, and the recent one stays.
+    let report = trim(
+        &cache,
+        &TrimPolicy {
+            max_size: Some(1),
+            ..policy
+        },
+        false,
+    )
+    .unwrap();
+    assert!(recent.exists(), "{report:?}");
+    assert!(!m3.exists(), "{report:?}");
+}

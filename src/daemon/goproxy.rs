@@ -36,7 +36,7 @@ use super::protocol::GoproxyStatus;
 use crate::config::{DaemonGoproxy, RemoteConfig, ServeTimeouts};
 use crate::goproxy::http::{Proxy, RequestCounts, RequestLabels};
 use crate::goproxy::tiered::UploadCounts;
-use crate::goproxy::{ModStore, TieredModStore};
+use crate::goproxy::{Fetcher, ModStore, TieredModStore};
 use crate::server::connection::{self, WriteDeadline};
 use crate::store::dir::DiskStore;
 use crate::store::s3::S3Store;
@@ -125,8 +125,20 @@ impl ModuleProxy {
         };
         let config = &goproxy.config;
         let store = TieredModStore::new(disk, remote_store, config.list_ttl, max_size);
-        let (fetcher, direct) =
-            crate::server::module_fetcher(config, &store.spool_dir(), max_size)?;
+        // The cache server's proxy, first in the list of an HTTP backend, may have a private
+        // CA's certificate.
+        let ca_file = remote.and_then(|remote| match &remote.store {
+            StoreConfig::Http(http) => http.ca_file.clone(),
+            StoreConfig::S3(_) => None,
+        });
+        let (fetcher, direct) = Fetcher::for_proxy(
+            config.upstreams.clone(),
+            &config.noproxy,
+            &store.spool_dir(),
+            max_size,
+            ca_file,
+        )
+        .context("the module proxy's fetcher")?;
         let counts = RequestCounts::default();
         let proxy = Proxy::new(
             Arc::new(store.clone()) as Arc<dyn ModStore>,

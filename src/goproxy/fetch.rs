@@ -67,6 +67,9 @@ pub struct FetchConfig {
     /// How `direct` runs the go command; `None` (the default): `direct` is not supported and
     /// fails with [`FetchError::DirectUnsupported`].
     pub direct: Option<DirectConfig>,
+    /// A PEM file of more certificate authorities to trust (the daemon's `--http-ca-file`,
+    /// for a cache server with a private CA's certificate first in its list).
+    pub ca_file: Option<PathBuf>,
     /// Modules fetched with `direct` alone, never from a proxy of the list: the go command's
     /// `GONOPROXY` (which defaults to `GOPRIVATE`), as comma-separated path globs
     /// ([`super::upstream::matches_prefix_patterns`]). Empty: none.
@@ -86,6 +89,7 @@ impl FetchConfig {
             sumdb_direct_base: None,
             direct: None,
             noproxy: String::new(),
+            ca_file: None,
         }
     }
 }
@@ -109,7 +113,16 @@ impl Fetcher {
     /// Builds the HTTP client; no request is made.
     pub fn new(upstreams: Upstreams, config: FetchConfig) -> Result<Self, FetchError> {
         crate::store::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.ca_file {
+            let bad = |err: &dyn std::fmt::Display| {
+                FetchError::Client(format!("the CA file {}: {err}", path.display()))
+            };
+            let pem = std::fs::read(path).map_err(|err| bad(&err))?;
+            let certificate = reqwest::Certificate::from_pem(&pem).map_err(|err| bad(&err))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let client = builder
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .tcp_nodelay(true)
@@ -121,6 +134,43 @@ impl Fetcher {
             client,
             config,
         })
+    }
+
+    /// The fetcher of a module proxy (`serve --goproxy`, the daemon's `--goproxy-listen`):
+    /// fetching from `upstreams`, modules that `noproxy` names `direct` only, spooling in
+    /// `spool`, taking zips of at most `max_zip` bytes, trusting `ca_file` too. When the list
+    /// has `direct` or `noproxy` names modules, `direct` gets a private module cache in a new
+    /// temporary directory, removed when the returned guard is dropped: keep it as long as the
+    /// proxy serves.
+    pub fn for_proxy(
+        upstreams: Upstreams,
+        noproxy: &str,
+        spool: &Path,
+        max_zip: u64,
+        ca_file: Option<PathBuf>,
+    ) -> Result<(Self, Option<tempfile::TempDir>), FetchError> {
+        let mut config = FetchConfig::new(spool.to_path_buf());
+        config.max_zip = config.max_zip.min(max_zip);
+        config.noproxy = noproxy.to_owned();
+        config.ca_file = ca_file;
+        let uses_direct = upstreams
+            .elements()
+            .iter()
+            .any(|(upstream, _)| *upstream == Upstream::Direct);
+        let guard = if uses_direct || !noproxy.is_empty() {
+            let dir = tempfile::Builder::new()
+                .prefix("goremotecache-gomodcache-")
+                .tempdir()
+                .map_err(|err| FetchError::Spool {
+                    dir: std::env::temp_dir().display().to_string(),
+                    message: format!("a module cache for direct: {err}"),
+                })?;
+            config.direct = Some(DirectConfig::new(dir.path().to_path_buf()));
+            Some(dir)
+        } else {
+            None
+        };
+        Ok((Self::new(upstreams, config)?, guard))
     }
 
     /// The GOPROXY list.

@@ -38,7 +38,7 @@ use tokio::sync::Semaphore;
 use crate::config::{GoproxyConfig, MaxSize};
 use crate::fsutil::STALE_TEMP_AGE;
 use crate::goproxy::http::Proxy;
-use crate::goproxy::{DirectConfig, EntryModStore, FetchConfig, Fetcher, Upstream};
+use crate::goproxy::{EntryModStore, FetchError, Fetcher};
 use crate::store::RemoteStore;
 use crate::store::bounded::{BoundedDisk, DEFAULT_MAX_SIZE};
 use crate::store::dir::DiskStore;
@@ -262,11 +262,17 @@ fn goproxy_on(
     metrics: &Metrics,
 ) -> Result<(Proxy, Option<tempfile::TempDir>), ServeError> {
     let location = store.location();
-    let (fetcher, guard) =
-        module_fetcher(&config, spool, args.max_entry_size).map_err(|err| match err {
-            err @ ModuleFetcherError::Direct(_) => ServeError::Storage(err.to_string()),
-            ModuleFetcherError::Upstreams(err) => ServeError::Goproxy(err),
-        })?;
+    let (fetcher, guard) = Fetcher::for_proxy(
+        config.upstreams,
+        &config.noproxy,
+        spool,
+        args.max_entry_size,
+        None,
+    )
+    .map_err(|err| match err {
+        err @ FetchError::Spool { .. } => ServeError::Storage(err.to_string()),
+        err => ServeError::Goproxy(err.to_string()),
+    })?;
     let answers = EntryModStore::new(store, spool, args.max_entry_size);
     let proxy = Proxy::new(
         Arc::new(answers),
@@ -277,48 +283,6 @@ fn goproxy_on(
         metrics.goproxy.clone(),
     );
     Ok((proxy, guard))
-}
-
-/// Why [`module_fetcher`] could not make its fetcher.
-#[derive(Debug, thiserror::Error)]
-pub enum ModuleFetcherError {
-    /// The private module cache of `direct` could not be made.
-    #[error("a module cache for direct: {0}")]
-    Direct(String),
-    #[error("{0}")]
-    Upstreams(String),
-}
-
-/// The module proxy's fetcher by `config`, spooling in `spool`, taking zips of at most
-/// `max_zip` bytes; with the private module cache of `direct` when the list has `direct` or
-/// GONOPROXY names modules (removed when the returned guard is dropped, so it is kept as long
-/// as the proxy serves). Shared by `serve --goproxy` and the daemon's `--goproxy-listen`.
-pub fn module_fetcher(
-    config: &GoproxyConfig,
-    spool: &std::path::Path,
-    max_zip: u64,
-) -> Result<(Fetcher, Option<tempfile::TempDir>), ModuleFetcherError> {
-    let mut fetch = FetchConfig::new(spool.to_path_buf());
-    fetch.max_zip = fetch.max_zip.min(max_zip);
-    fetch.noproxy = config.noproxy.clone();
-    let uses_direct = config
-        .upstreams
-        .elements()
-        .iter()
-        .any(|(upstream, _)| *upstream == Upstream::Direct);
-    let guard = if uses_direct || !config.noproxy.is_empty() {
-        let dir = tempfile::Builder::new()
-            .prefix("goremotecache-gomodcache-")
-            .tempdir()
-            .map_err(|err| ModuleFetcherError::Direct(err.to_string()))?;
-        fetch.direct = Some(DirectConfig::new(dir.path().to_path_buf()));
-        Some(dir)
-    } else {
-        None
-    };
-    let fetcher = Fetcher::new(config.upstreams.clone(), fetch)
-        .map_err(|err| ModuleFetcherError::Upstreams(err.to_string()))?;
-    Ok((fetcher, guard))
 }
 
 /// The storage directory's index and bound (`--max-size`, [`DEFAULT_MAX_SIZE`] unless

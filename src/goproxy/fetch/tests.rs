@@ -323,3 +323,52 @@ async fn a_module_that_noproxy_names_never_reaches_a_proxy() {
         b"from the proxy"
     );
 }
+
+#[test]
+fn a_proxy_fetcher_gets_a_private_module_cache_only_when_it_may_go_direct() {
+    let spool = tempfile::tempdir().unwrap();
+    let list = |text: &str| Upstreams::parse(text, None).unwrap();
+    let (_, guard) = Fetcher::for_proxy(
+        list("http://127.0.0.1:9/up"),
+        "",
+        spool.path(),
+        1 << 20,
+        None,
+    )
+    .unwrap();
+    assert!(guard.is_none());
+    let (fetcher, guard) = Fetcher::for_proxy(
+        list("http://127.0.0.1:9/up,direct"),
+        "",
+        spool.path(),
+        1 << 20,
+        None,
+    )
+    .unwrap();
+    let guard = guard.expect("direct needs a module cache");
+    let dir = guard.path().to_path_buf();
+    assert!(dir.is_dir());
+    assert_eq!(fetcher.config.max_zip, 1 << 20);
+    assert!(fetcher.config.direct.is_some());
+    drop(guard);
+    assert!(!dir.exists(), "the module cache goes with its guard");
+    let (_, guard) = Fetcher::for_proxy(
+        list("http://127.0.0.1:9/up"),
+        "example.com/private",
+        spool.path(),
+        1 << 40,
+        None,
+    )
+    .unwrap();
+    assert!(guard.is_some(), "GONOPROXY modules go direct");
+    // A CA file that cannot be read is said, naming it.
+    let err = Fetcher::for_proxy(
+        list("http://127.0.0.1:9/up"),
+        "",
+        spool.path(),
+        1 << 20,
+        Some(spool.path().join("no-such-ca.pem")),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no-such-ca.pem"), "{err}");
+}

@@ -1,5 +1,5 @@
-//! The module proxy's cache: where answers are kept ([`ModStore`], on a directory in
-//! [`DirModStore`]) and the rules that decide, for one request, whether to serve the kept
+//! The module proxy's cache: where answers are kept ([`ModStore`]; on any store of entries,
+//! a storage directory or a bucket, in [`super::EntryModStore`]) and the rules that decide, for one request, whether to serve the kept
 //! answer or to fetch ([`ModCache::serve`]). As everywhere in goremotecache, the local store
 //! is the authority and the upstreams stand behind it.
 //!
@@ -29,7 +29,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -70,56 +69,6 @@ pub trait ModStore: Send + Sync + std::fmt::Debug {
     async fn put(&self, key: &str, body: Body) -> io::Result<()>;
 }
 
-/// The directory below a [`DirModStore`]'s root that holds its spool: temporary files, renamed
-/// into place once complete. No key starts with a dot, so no key lands in it.
-const SPOOL: &str = ".tmp";
-
-/// Answers as files in a directory: the answer for key `k` is the file `<root>/<k>`.
-///
-/// Every key is checked to be a storage key ([`Request::parse`] gives it back unchanged), so
-/// nothing is written outside `<root>` whatever a caller passes; the directories on the way
-/// are made real directories (a symlink in their place is replaced), and a file is read only
-/// if it is a regular file, opened without following a symlink.
-#[derive(Debug, Clone)]
-pub struct DirModStore {
-    root: PathBuf,
-    spool: PathBuf,
-}
-
-impl DirModStore {
-    /// Opens (creating, mode 0700) the store at `root`, and removes the spool's temporary
-    /// files older than [`fsutil::STALE_TEMP_AGE`] (left by a process that was killed; younger
-    /// ones may be another process's, still being written).
-    pub fn open(root: &Path) -> io::Result<Self> {
-        fsutil::create_private_dir_all(root)?;
-        let spool = root.join(SPOOL);
-        fsutil::real_dir(&spool)?;
-        fsutil::remove_older_than(&spool, fsutil::STALE_TEMP_AGE)?;
-        Ok(Self {
-            root: root.to_path_buf(),
-            spool,
-        })
-    }
-
-    /// The directory for temporary files, on the store's file system: a [`Body`] spooled
-    /// there is stored by a rename ([`super::fetch::FetchConfig::spool_dir`]).
-    pub fn spool_dir(&self) -> &Path {
-        &self.spool
-    }
-
-    /// The file of `key`, if it is a storage key.
-    fn file_of(&self, key: &str) -> io::Result<PathBuf> {
-        let is_key = Request::parse(key).is_ok_and(|request| request.storage_key() == key);
-        if !is_key {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{key:?} is not a module proxy storage key"),
-            ));
-        }
-        Ok(self.root.join(key))
-    }
-}
-
 #[async_trait]
 impl<S: ModStore + ?Sized> ModStore for std::sync::Arc<S> {
     async fn get(&self, key: &str) -> io::Result<Option<Stored>> {
@@ -128,47 +77,6 @@ impl<S: ModStore + ?Sized> ModStore for std::sync::Arc<S> {
 
     async fn put(&self, key: &str, body: Body) -> io::Result<()> {
         (**self).put(key, body).await
-    }
-}
-
-#[async_trait]
-impl ModStore for DirModStore {
-    async fn get(&self, key: &str) -> io::Result<Option<Stored>> {
-        let path = self.file_of(key)?;
-        tokio::task::spawn_blocking(move || {
-            Ok(
-                fsutil::open_regular_with_meta(&path)?.map(|(file, meta)| Stored {
-                    len: meta.len(),
-                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    file,
-                }),
-            )
-        })
-        .await
-        .map_err(io::Error::other)?
-    }
-
-    async fn put(&self, key: &str, body: Body) -> io::Result<()> {
-        let path = self.file_of(key)?;
-        let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || {
-            body.file.as_file().sync_all()?;
-            let file = if body.file.path().parent() == Some(spool.as_path()) {
-                body.file
-            } else {
-                // Spooled elsewhere (perhaps another file system, where a rename fails):
-                // copied into the spool first, so that the rename below is atomic.
-                let mut copy = tempfile::Builder::new()
-                    .prefix(".put-")
-                    .tempfile_in(&spool)?;
-                io::copy(&mut body.file.reopen()?, copy.as_file_mut())?;
-                copy.as_file().sync_all()?;
-                copy
-            };
-            fsutil::persist(file, &path)
-        })
-        .await
-        .map_err(io::Error::other)?
     }
 }
 

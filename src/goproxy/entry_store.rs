@@ -71,6 +71,12 @@ impl EntryModStore {
         }
     }
 
+    /// The directory where answers are decoded and encoded (the fetcher spools there too,
+    /// when it is the store's own).
+    pub fn spool_dir(&self) -> &Path {
+        &self.spool
+    }
+
     /// Where the answers are, for messages.
     pub fn location(&self) -> String {
         self.store.location()

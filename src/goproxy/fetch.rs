@@ -10,7 +10,7 @@
 //! several real failures the last is reported, of several "not found"s the first.
 //!
 //! A body is streamed to a temporary file in the spool directory the fetcher was given
-//! (normally the store's own, so that storing it is a rename), never held in memory. It is
+//! (normally the store's own, on the same file system), never held in memory. It is
 //! bounded ([`FetchConfig::max_zip`] for `.zip`, [`FetchConfig::max_other`] for everything
 //! else); a body over the bound, shorter than its `Content-Length`, or cut off by the
 //! connection is an error, and its temporary file is removed: nothing partial is returned.
@@ -58,7 +58,7 @@ pub struct FetchConfig {
     /// The largest answer accepted for any other request, in bytes.
     pub max_other: u64,
     /// Where bodies are spooled: a directory that exists, normally the store's spool
-    /// ([`super::cache::DirModStore::spool_dir`]) so that storing a body is a rename.
+    /// ([`super::EntryModStore::spool_dir`]).
     pub spool_dir: PathBuf,
     /// The base URL of every checksum database asked directly, instead of `https://<name>`:
     /// `Some("http://127.0.0.1:8080/db")` asks `http://127.0.0.1:8080/db/latest` for

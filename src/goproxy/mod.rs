@@ -16,8 +16,10 @@
 //!   (off unless configured: [`FetchError::DirectUnsupported`]).
 //! - [`cache`]: [`ModCache`], the caching rules in front of the fetcher (immutable answers
 //!   cache-first, mutable ones fetched with a short TTL and served stale only when the
-//!   upstreams fail, one fetch per key at a time), over a [`ModStore`] ([`DirModStore`] on a
-//!   directory).
+//!   upstreams fail, one fetch per key at a time), over a [`ModStore`].
+//! - [`entry_store`]: [`EntryModStore`], answers as entries of any store (the server's
+//!   storage directory or bucket, the daemon's cache directory and bucket), under hashed keys,
+//!   checked on every read.
 //! - [`tiered`]: [`TieredModStore`], the daemon's store: its cache directory's `mod/` in front
 //!   of its remote tier.
 //!
@@ -41,9 +43,7 @@ pub mod upstream;
 mod testserver;
 
 pub use body::{Body, FetchError, Fetched};
-pub use cache::{
-    Content, DEFAULT_LIST_TTL, DirModStore, ModCache, ModStore, ServeError, Served, Stored,
-};
+pub use cache::{Content, DEFAULT_LIST_TTL, ModCache, ModStore, ServeError, Served, Stored};
 pub use direct::DirectConfig;
 pub use entry_store::EntryModStore;
 pub use fetch::{FetchConfig, Fetcher};

@@ -5,7 +5,7 @@
 //! **Local layout.** `<cache-dir>/mod/` is a storage directory ([`DiskStore`]) holding
 //! answers in the entry format ([`EntryModStore`]): immutable answers in `v1/<xx>/<hex>`,
 //! changing ones in `prefetch/<hex>`, under the sha256 names that the bucket uses too. Not plain
-//! files named by the request path ([`super::DirModStore`]) because the trim needs a file's
+//! files named by the request path, because the trim needs a file's
 //! mtime to mean "last used", and a plain file's mtime is the age that the TTL of a changing
 //! answer counts from; here that age is in the entry's header, so a hit can refresh the mtime
 //! ([`fsutil::touch_if_older`], at most hourly) without making a stale list look fresh. The

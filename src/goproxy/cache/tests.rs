@@ -1,8 +1,10 @@
 use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::*;
+use crate::goproxy::entry_store::EntryModStore;
 use crate::goproxy::fetch::FetchConfig;
 use crate::goproxy::testserver::{Mode, Upstream as Server};
 use crate::goproxy::upstream::Upstreams;
@@ -14,9 +16,12 @@ fn request(path: &str) -> Request {
     Request::parse(path).unwrap()
 }
 
-fn cache(list: &str, root: &Path, ttl: Duration) -> ModCache<DirModStore> {
-    let store = DirModStore::open(root).unwrap();
-    let mut config = FetchConfig::new(store.spool_dir().to_path_buf());
+/// The cache over answers kept as entries in a storage directory at `root`, as on a server.
+fn cache(list: &str, root: &Path, ttl: Duration) -> ModCache<EntryModStore> {
+    let disk = crate::store::dir::DiskStore::open(root).unwrap();
+    let spool = root.join("tmp");
+    let store = EntryModStore::new(Arc::new(disk), &spool, 1 << 30);
+    let mut config = FetchConfig::new(spool);
     config.connect_timeout = Duration::from_secs(5);
     config.read_timeout = Duration::from_secs(5);
     let fetcher = Fetcher::new(Upstreams::parse(list, None).unwrap(), config).unwrap();
@@ -34,12 +39,12 @@ fn read(served: Served) -> (&'static str, Vec<u8>) {
     (label, out)
 }
 
-async fn serve(cache: &ModCache<DirModStore>, path: &str) -> (&'static str, Vec<u8>) {
+async fn serve(cache: &ModCache<EntryModStore>, path: &str) -> (&'static str, Vec<u8>) {
     read(cache.serve(&request(path)).await.unwrap())
 }
 
 /// The files in the store's spool.
-fn spooled(cache: &ModCache<DirModStore>) -> usize {
+fn spooled(cache: &ModCache<EntryModStore>) -> usize {
     std::fs::read_dir(cache.store().spool_dir())
         .unwrap()
         .count()
@@ -263,89 +268,4 @@ async fn a_sumdb_answer_is_cached_like_the_others() {
     assert_eq!(serve(&cache, tile).await, ("miss", b"hashes".to_vec()));
     assert_eq!(serve(&cache, tile).await, ("hit", b"hashes".to_vec()));
     assert_eq!(server.total_hits(), 1);
-}
-
-#[tokio::test]
-async fn the_dir_store_refuses_what_is_not_a_storage_key() {
-    let root = tempfile::tempdir().unwrap();
-    let store = DirModStore::open(&root.path().join("mod")).unwrap();
-    for key in [
-        "../escape",
-        "",
-        "/example.com/m/@v/list",
-        "example.com/m/@v/list/",
-        "example.com/M/@v/list",
-        "example.com/%21m/@v/list",
-        ".tmp/x",
-    ] {
-        let err = store.get(key).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{key:?}");
-        let body = Body {
-            file: tempfile::NamedTempFile::new_in(store.spool_dir()).unwrap(),
-            len: 0,
-        };
-        let err = store.put(key, body).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{key:?}");
-    }
-    assert_eq!(std::fs::read_dir(store.spool_dir()).unwrap().count(), 0);
-}
-
-#[tokio::test]
-async fn the_dir_store_replaces_by_rename_and_misses_what_is_not_a_file() {
-    let root = tempfile::tempdir().unwrap();
-    let store = DirModStore::open(root.path()).unwrap();
-    assert!(store.get(LIST).await.unwrap().is_none());
-
-    let body = |text: &[u8], dir: &Path| {
-        let mut file = tempfile::NamedTempFile::new_in(dir).unwrap();
-        std::io::Write::write_all(&mut file, text).unwrap();
-        Body {
-            file,
-            len: text.len() as u64,
-        }
-    };
-    store
-        .put(LIST, body(b"one\n", store.spool_dir()))
-        .await
-        .unwrap();
-    // A body spooled elsewhere is copied in, then renamed.
-    let elsewhere = tempfile::tempdir().unwrap();
-    store
-        .put(LIST, body(b"two\n", elsewhere.path()))
-        .await
-        .unwrap();
-    let mut stored = store.get(LIST).await.unwrap().unwrap();
-    let mut text = String::new();
-    stored.file.read_to_string(&mut text).unwrap();
-    assert_eq!((text.as_str(), stored.len), ("two\n", 4));
-    assert!(stored.modified <= SystemTime::now());
-    assert_eq!(std::fs::read_dir(store.spool_dir()).unwrap().count(), 0);
-
-    // A symlink where an answer should be is a miss, not a read through it.
-    let target = root.path().join("secret");
-    std::fs::write(&target, b"not an answer").unwrap();
-    let zip = root.path().join(ZIP);
-    std::fs::create_dir_all(zip.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(&target, &zip).unwrap();
-    assert!(store.get(ZIP).await.unwrap().is_none());
-}
-
-#[test]
-fn opening_the_dir_store_sweeps_only_old_spool_files() {
-    let root = tempfile::tempdir().unwrap();
-    let store = DirModStore::open(root.path()).unwrap();
-    let old = store.spool_dir().join(".fetch-old");
-    let young = store.spool_dir().join(".fetch-young");
-    std::fs::write(&old, b"left by a killed process").unwrap();
-    std::fs::write(&young, b"being written").unwrap();
-    let long_ago = SystemTime::now() - 2 * fsutil::STALE_TEMP_AGE;
-    std::fs::File::options()
-        .write(true)
-        .open(&old)
-        .unwrap()
-        .set_modified(long_ago)
-        .unwrap();
-    DirModStore::open(root.path()).unwrap();
-    assert!(!old.exists());
-    assert!(young.exists());
 }

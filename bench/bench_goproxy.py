@@ -5,6 +5,8 @@ The workload is a module that imports k8s.io/client-go, gin and the Prometheus c
 (pinned below), whose `go mod download` fetches over 50 modules. One run measures, each on a fresh
 module cache (an empty GOMODCACHE, as on a new CI machine), interleaved:
 
+0. the floor: a `file://` GOPROXY on the module cache that prepared the workload (no
+   network, no server: what the go command's own work costs, mostly extracting the zips);
 1. direct: the go command fetching from the machine's own upstream (`go env GOPROXY`);
 2. through `goremotecache serve --goproxy` with a warm store (every file fetched once
    before), on loopback (+0 ms);
@@ -82,7 +84,8 @@ def run_go(argv, cwd, env, what):
 
 
 def prepare(tmp, upstream):
-    """The workload module, with go.mod and go.sum resolved against the upstream."""
+    """The workload module, with go.mod and go.sum resolved against the upstream, and the
+    module cache that did it (the floor's file:// proxy)."""
     module = os.path.join(tmp, "workload")
     os.makedirs(module)
     with open(os.path.join(module, "go.mod"), "w") as f:
@@ -93,7 +96,8 @@ def prepare(tmp, upstream):
     progress(f"preparing the workload ({', '.join(REQUIRES)}) from {upstream}...")
     run_go(["get", *REQUIRES], module, env, "preparing")
     run_go(["mod", "tidy"], module, env, "preparing")
-    return module
+    run_go(["mod", "download"], module, env, "preparing")
+    return module, "file://" + os.path.join(tmp, "prepare-modcache", "cache", "download")
 
 
 def download(module, tmp, goproxy):
@@ -126,17 +130,21 @@ def main():
     tmp = tempfile.mkdtemp(prefix="goremotecache-bench-goproxy-")
     server = latency = None
     try:
-        module = prepare(tmp, upstream)
+        module, floor = prepare(tmp, upstream)
         server = GoproxyServer(binary, tmp, upstream, ["--goproxy-sumdb", "off"])
         latency = LatencyProxy("127.0.0.1", server.port, args.delay)
         near, far = server.url + "/mod", latency.endpoint + "/mod"
         progress("warming the store (one download through the proxy)...")
         _, modules = download(module, tmp, near)
         before = server.counts()
-        times = {"direct": [], "near": [], "far": []}
+        times = {"floor": [], "direct": [], "near": [], "far": []}
+        cpu = 0.0
         for run in range(args.runs):
-            for key, goproxy in (("direct", upstream), ("near", near), ("far", far)):
+            for key, goproxy in (("floor", floor), ("direct", upstream), ("near", near), ("far", far)):
+                start_cpu = server.cpu_seconds()
                 took, count = download(module, tmp, goproxy)
+                if key in ("near", "far"):
+                    cpu += server.cpu_seconds() - start_cpu
                 if count != modules:
                     raise BenchError(f"{key} downloaded {count} modules, expected {modules}")
                 times[key].append(took)
@@ -156,15 +164,20 @@ def main():
         asked[result] -= count
     total = sum(asked.values())
     direct = statistics.median(times["direct"])
+    floor_median = statistics.median(times["floor"])
     rows = [
         [f"`go mod download` ({modules} modules), direct from the upstream, median of {args.runs}",
          "—", secs(direct), "1.00×", "—", "—"],
+        [f"the floor: a `file://` GOPROXY, no network, median of {args.runs}", secs(floor_median),
+         secs(direct), f"{floor_median / direct:.2f}×", "—", "—"],
     ]
     for key, label in (("near", "through the proxy, warm store, +0 ms"),
                        ("far", f"through the proxy, warm store, +{args.delay} ms")):
         median = statistics.median(times[key])
         rows.append([f"{label}, median of {args.runs}", secs(median), secs(direct),
                      f"{median / direct:.2f}×", "< 1.00×", bench.yes_no(median < direct)])
+    rows.append(["the server's CPU time per download through it (user + system)",
+                 secs(cpu / (2 * args.runs)), "—", "—", "—", "—"])
     rows.append(["proxy requests in the timed runs that were answered from storage",
                  f"{asked.get('hit', 0)} of {total}", "—", "—", "all", bench.yes_no(asked.get("hit", 0) == total)])
     table = bench.markdown_table(

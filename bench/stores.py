@@ -599,6 +599,12 @@ class GoproxyServer:
                 counts[(kind, result)] = counts.get((kind, result), 0) + int(float(value))
         return counts
 
+    def cpu_seconds(self):
+        """User and system CPU time of the server process so far (Linux /proc)."""
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         self.process.terminate()
         try:

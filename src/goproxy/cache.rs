@@ -33,6 +33,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::body::{Body, FetchError, Fetched};
@@ -43,11 +44,34 @@ use crate::fsutil;
 /// The default TTL of a mutable answer.
 pub const DEFAULT_LIST_TTL: Duration = Duration::from_secs(60);
 
-/// A stored answer, open for reading.
+/// An answer's bytes, ready to send: a small one in memory, a larger one in a file of its own
+/// (positioned at the start, not shared with another reader). Reads as the answer's bytes.
+#[derive(Debug)]
+pub enum Answer {
+    Bytes(io::Cursor<Bytes>),
+    File(File),
+}
+
+impl Answer {
+    /// An answer held in memory.
+    pub fn bytes(bytes: impl Into<Bytes>) -> Self {
+        Answer::Bytes(io::Cursor::new(bytes.into()))
+    }
+}
+
+impl io::Read for Answer {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Answer::Bytes(cursor) => cursor.read(buf),
+            Answer::File(file) => file.read(buf),
+        }
+    }
+}
+
+/// A stored answer, ready to send.
 #[derive(Debug)]
 pub struct Stored {
-    /// Positioned at the start; its own open file, not shared with another reader.
-    pub file: File,
+    pub body: Answer,
     pub len: u64,
     /// When it was stored (its fetch time).
     pub modified: SystemTime,
@@ -80,11 +104,10 @@ impl<S: ModStore + ?Sized> ModStore for std::sync::Arc<S> {
     }
 }
 
-/// An answer to serve: an open file and its length.
+/// An answer to serve and its length.
 #[derive(Debug)]
 pub struct Content {
-    /// Positioned at the start; not shared with another request.
-    pub file: File,
+    pub body: Answer,
     pub len: u64,
 }
 
@@ -286,7 +309,7 @@ impl<S: ModStore> ModCache<S> {
         match self.fetcher.fetch(request).await {
             Ok(Fetched::Found(body)) => {
                 let served = body.file.reopen().map(|file| Content {
-                    file,
+                    body: Answer::File(file),
                     len: body.len,
                 });
                 let put = self.store.put(key, body).await;
@@ -324,7 +347,7 @@ impl<S: ModStore> ModCache<S> {
             Ok(Fetched::Found(body)) => {
                 let file = body.file.reopen().map_err(|err| reopen_error(&err))?;
                 Ok(Served::Fetched(Content {
-                    file,
+                    body: Answer::File(file),
                     len: body.len,
                 }))
             }
@@ -351,7 +374,7 @@ impl<S: ModStore> ModCache<S> {
 impl From<Stored> for Content {
     fn from(stored: Stored) -> Self {
         Content {
-            file: stored.file,
+            body: stored.body,
             len: stored.len,
         }
     }

@@ -28,14 +28,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::body::Body;
-use super::cache::{ModStore, Stored};
+use super::cache::{Answer, ModStore, Stored};
 use super::path::{Caching, Request};
 use crate::ids::{ActionId, BuildKey, OutputId};
 use crate::store::format::{self, FLAG_ZSTD, Header};
-use crate::store::{MAX_MANIFEST, RemoteStore, Upload};
+use crate::store::{ByteStream, MAX_MANIFEST, RemoteStore, Upload};
 
 /// Answers up to this size are encoded in memory and sent in one piece; larger ones (zips)
 /// are encoded into a temporary file and streamed from it.
@@ -96,25 +95,66 @@ impl EntryModStore {
         }
     }
 
+    /// Decodes an entry held in memory: the answer, in memory, if it verifies.
+    fn decode_bytes(&self, raw: &[u8]) -> io::Result<Stored> {
+        let mut out = Vec::new();
+        let header =
+            format::read_entry_within(&mut &raw[..], &mut out, self.max_size).map_err(corrupt)?;
+        Ok(Stored {
+            body: Answer::bytes(out),
+            len: header.size,
+            modified: header.time,
+        })
+    }
+
     /// Decodes an entry from `raw` into a new temporary file: the answer, if it verifies.
-    fn decode(&self, mut raw: impl Read) -> io::Result<Stored> {
+    /// Blocking.
+    fn decode_to_file(&self, mut raw: impl Read) -> io::Result<Stored> {
         let mut out = tempfile::Builder::new()
             .prefix(".answer-")
             .tempfile_in(&self.spool)?;
         let header = {
             let mut writer = BufWriter::with_capacity(64 * 1024, out.as_file_mut());
-            let header = format::read_entry_within(&mut raw, &mut writer, self.max_size)
-                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
+            let header =
+                format::read_entry_within(&mut raw, &mut writer, self.max_size).map_err(corrupt)?;
             writer.flush()?;
             header
         };
         let mut file = out.reopen()?;
         file.rewind()?;
         Ok(Stored {
-            file,
+            body: Answer::File(file),
             len: header.size,
             modified: header.time,
         })
+    }
+}
+
+/// A damaged entry: an error of its own kind, never data.
+fn corrupt(err: format::FormatError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, err.to_string())
+}
+
+/// The rest of an object's stream, read from a blocking thread (the runtime's `handle` drives
+/// it), after the bytes already taken from it.
+struct StreamReader {
+    handle: tokio::runtime::Handle,
+    stream: ByteStream,
+    current: Bytes,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.handle.block_on(self.stream.next()) {
+                Some(chunk) => self.current = chunk.map_err(io::Error::other)?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
     }
 }
 
@@ -160,10 +200,7 @@ impl ModStore for EntryModStore {
             let Some(bytes) = bytes else {
                 return Ok(None);
             };
-            let this = self.clone();
-            return tokio::task::spawn_blocking(move || this.decode(&bytes[..]).map(Some))
-                .await
-                .map_err(io::Error::other)?;
+            return self.decode_bytes(&bytes).map(Some);
         }
         let stream = self
             .store
@@ -173,21 +210,25 @@ impl ModStore for EntryModStore {
         let Some(mut stream) = stream else {
             return Ok(None);
         };
-        // The object as it comes, then decoded and checked whole before anything is served.
-        let raw = tempfile::Builder::new()
-            .prefix(".raw-")
-            .tempfile_in(&self.spool)?;
-        let mut out = tokio::fs::File::from_std(raw.as_file().try_clone()?);
-        while let Some(chunk) = stream.next().await {
-            out.write_all(&chunk.map_err(io::Error::other)?).await?;
+        // A small answer (most of them: `.info`, `.mod`, checksum tiles) is decoded in memory;
+        // a larger one (a zip) into a file of its own as it streams in. Either way it is
+        // checked whole before anything is served.
+        let mut head = Vec::new();
+        while head.len() as u64 <= IN_MEMORY_MAX {
+            match stream.next().await {
+                Some(chunk) => head.extend_from_slice(&chunk.map_err(io::Error::other)?),
+                None => return self.decode_bytes(&head).map(Some),
+            }
         }
-        out.flush().await?;
         let this = self.clone();
+        let rest = StreamReader {
+            handle: tokio::runtime::Handle::current(),
+            stream,
+            current: Bytes::new(),
+        };
         tokio::task::spawn_blocking(move || {
-            let mut file = raw.reopen()?;
-            file.rewind()?;
-            this.decode(io::BufReader::with_capacity(64 * 1024, file))
-                .map(Some)
+            let raw = io::BufReader::with_capacity(256 * 1024, io::Cursor::new(head).chain(rest));
+            this.decode_to_file(raw).map(Some)
         })
         .await
         .map_err(io::Error::other)?
@@ -260,8 +301,8 @@ mod tests {
 
     fn read(stored: Stored) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut file = stored.file;
-        file.read_to_end(&mut out).unwrap();
+        let mut body = stored.body;
+        body.read_to_end(&mut out).unwrap();
         assert_eq!(out.len() as u64, stored.len);
         out
     }
@@ -291,6 +332,36 @@ mod tests {
         // The zip is an entry, the list a manifest, under hashed names.
         assert!(memory.entry(&ActionId(digest(zip))).is_some());
         assert!(memory.entry(&ActionId(digest(list))).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_answer_streamed_in_many_chunks_is_decoded_whole_into_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = crate::store::dir::DiskStore::open(dir.path()).unwrap();
+        let spool = dir.path().join("tmp");
+        let store = EntryModStore::new(Arc::new(disk), &spool, 1 << 30);
+        let zip = "example.com/m/@v/v1.0.0.zip";
+        // Over a MiB, so not held in memory; the directory store streams it in 256 KiB pieces.
+        // Incompressible, as a zip is (a compressible body is stored compressed, and small).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let big: Vec<u8> = (0..5 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        store.put(zip, body(&spool, &big)).await.unwrap();
+        let stored = store.get(zip).await.unwrap().unwrap();
+        assert!(matches!(stored.body, Answer::File(_)));
+        assert_eq!(read(stored), big);
+        let info = "example.com/m/@v/v1.0.0.info";
+        store.put(info, body(&spool, b"{}")).await.unwrap();
+        let stored = store.get(info).await.unwrap().unwrap();
+        assert!(matches!(stored.body, Answer::Bytes(_)));
+        assert_eq!(read(stored), b"{}");
+        assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
     }
 
     #[tokio::test]

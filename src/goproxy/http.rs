@@ -26,7 +26,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use super::cache::{ModCache, ModStore, Served};
+use super::cache::{Answer, ModCache, ModStore, Served};
 use super::fetch::Fetcher;
 use super::path::{Request, SumdbName};
 
@@ -155,11 +155,11 @@ impl Proxy {
                 let Some(content) = served.content() else {
                     return text(StatusCode::INTERNAL_SERVER_ERROR, "no content".to_owned());
                 };
-                let mut response = (
-                    StatusCode::OK,
-                    Body::from_stream(crate::store::file_stream(content.file)),
-                )
-                    .into_response();
+                let body = match content.body {
+                    Answer::Bytes(cursor) => Body::from(cursor.into_inner()),
+                    Answer::File(file) => Body::from_stream(crate::store::file_stream(file)),
+                };
+                let mut response = (StatusCode::OK, body).into_response();
                 let headers = response.headers_mut();
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(content.len));
                 headers.insert(

@@ -43,7 +43,9 @@ pub mod upstream;
 mod testserver;
 
 pub use body::{Body, FetchError, Fetched};
-pub use cache::{Content, DEFAULT_LIST_TTL, ModCache, ModStore, ServeError, Served, Stored};
+pub use cache::{
+    Answer, Content, DEFAULT_LIST_TTL, ModCache, ModStore, ServeError, Served, Stored,
+};
 pub use direct::DirectConfig;
 pub use entry_store::EntryModStore;
 pub use fetch::{FetchConfig, Fetcher};

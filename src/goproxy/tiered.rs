@@ -366,7 +366,7 @@ mod tests {
 
     fn read(stored: Stored) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut file = stored.file;
+        let mut file = stored.body;
         file.read_to_end(&mut out).unwrap();
         out
     }

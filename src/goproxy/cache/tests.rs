@@ -33,7 +33,7 @@ fn read(served: Served) -> (&'static str, Vec<u8>) {
     let label = served.result_label();
     let mut out = Vec::new();
     if let Some(mut content) = served.content() {
-        content.file.read_to_end(&mut out).unwrap();
+        content.body.read_to_end(&mut out).unwrap();
         assert_eq!(content.len, out.len() as u64);
     }
     (label, out)

@@ -290,22 +290,7 @@ mod tests {
     use crate::goproxy::cache::ModStore;
     use crate::store::memory::MemoryStore;
 
-    fn body(dir: &Path, bytes: &[u8]) -> Body {
-        let mut file = tempfile::NamedTempFile::new_in(dir).unwrap();
-        file.write_all(bytes).unwrap();
-        Body {
-            file,
-            len: bytes.len() as u64,
-        }
-    }
-
-    fn read(stored: Stored) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut body = stored.body;
-        body.read_to_end(&mut out).unwrap();
-        assert_eq!(out.len() as u64, stored.len);
-        out
-    }
+    use crate::goproxy::testserver::{body, read};
 
     #[tokio::test]
     async fn answers_round_trip_and_those_that_change_are_replaced() {

@@ -1,4 +1,5 @@
-//! A module proxy for the tests of [`super::fetch`] and [`super::cache`]: an HTTP/1.1 server on
+//! A module proxy for the tests of [`super::fetch`] and [`super::cache`] (and two helpers for
+//! the stores' tests, [`body`] and [`read`]): an HTTP/1.1 server on
 //! `127.0.0.1:0`, written on a bare socket so that it can misbehave on purpose (answer 500,
 //! send fewer bytes than its `Content-Length`, go away). It serves a map of path to status
 //! and body, answers 404 for anything else, counts the requests for each path, and closes
@@ -145,4 +146,25 @@ async fn answer(mut socket: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
     };
     let _ = socket.write_all(sent).await;
     let _ = socket.shutdown().await;
+}
+
+/// A fetched body of `bytes`, spooled in `dir` (for the stores' tests).
+pub fn body(dir: &std::path::Path, bytes: &[u8]) -> super::Body {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new_in(dir).unwrap();
+    file.write_all(bytes).unwrap();
+    super::Body {
+        file,
+        len: bytes.len() as u64,
+    }
+}
+
+/// A stored answer's bytes, checked against its length.
+pub fn read(stored: super::Stored) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut body = stored.body;
+    body.read_to_end(&mut out).unwrap();
+    assert_eq!(out.len() as u64, stored.len);
+    out
 }

@@ -349,27 +349,11 @@ impl ModStore for TieredModStore {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
-
     use super::*;
     use crate::store::RemoteError;
     use crate::store::memory::{Faults, MemoryStore};
 
-    fn body(dir: &std::path::Path, bytes: &[u8]) -> Body {
-        let mut file = tempfile::NamedTempFile::new_in(dir).unwrap();
-        file.write_all(bytes).unwrap();
-        Body {
-            file,
-            len: bytes.len() as u64,
-        }
-    }
-
-    fn read(stored: Stored) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut file = stored.body;
-        file.read_to_end(&mut out).unwrap();
-        out
-    }
+    use crate::goproxy::testserver::{body, read};
 
     fn tiered(root: &std::path::Path, remote: &Arc<MemoryStore>, ttl: Duration) -> TieredModStore {
         let disk = DiskStore::open(root).unwrap();

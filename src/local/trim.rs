@@ -358,23 +358,7 @@ impl Trimmer {
 fn scan(root: &Path) -> io::Result<Scan> {
     let mut scan = Scan::default();
     for kind in ["a", "o"] {
-        let (parent, shards) = list_no_follow(&root.join(kind))?;
-        for (shard, file_type) in shards {
-            if !matches!(file_type, FileType::Directory | FileType::Unknown) {
-                continue;
-            }
-            let Ok(dir) = rustix::fs::openat(
-                &parent,
-                &shard,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) else {
-                continue;
-            };
-            scan.dirs.push(dir);
-            let index = scan.dirs.len() - 1;
-            scan.add_shard(kind, index)?;
-        }
+        scan.add_shards(&root.join(kind), kind)?;
     }
     for entry in &scan.entries {
         if let Some(out) = entry.output.and_then(|id| scan.outputs.get_mut(&id)) {
@@ -389,26 +373,9 @@ fn scan(root: &Path) -> io::Result<Scan> {
 /// directories of `v1/`, and of `prefetch/`. No `mod/` (no module proxy ever ran) has none.
 fn scan_modules(scan: &mut Scan, modules: &Path) -> io::Result<()> {
     let absent = |err: &io::Error| err.kind() == io::ErrorKind::NotFound;
-    match list_no_follow(&modules.join("v1")) {
-        Ok((parent, shards)) => {
-            for (shard, file_type) in shards {
-                if !matches!(file_type, FileType::Directory | FileType::Unknown) {
-                    continue;
-                }
-                let Ok(dir) = rustix::fs::openat(
-                    &parent,
-                    &shard,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                ) else {
-                    continue;
-                };
-                scan.dirs.push(dir);
-                scan.add_shard("mod", scan.dirs.len() - 1)?;
-            }
-        }
+    match scan.add_shards(&modules.join("v1"), "mod") {
         Err(err) if absent(&err) => {}
-        Err(err) => return Err(err),
+        other => other?,
     }
     match open_dir_no_follow(&modules.join("prefetch")) {
         Ok(dir) => {
@@ -422,6 +389,28 @@ fn scan_modules(scan: &mut Scan, modules: &Path) -> io::Result<()> {
 }
 
 impl Scan {
+    /// Adds the files of every shard directory of `parent` (`a/`, `o/`, `mod/v1/`), as
+    /// `kind`; a shard that is not a real directory is skipped.
+    fn add_shards(&mut self, parent: &Path, kind: &str) -> io::Result<()> {
+        let (parent, shards) = list_no_follow(parent)?;
+        for (shard, file_type) in shards {
+            if !matches!(file_type, FileType::Directory | FileType::Unknown) {
+                continue;
+            }
+            let Ok(dir) = rustix::fs::openat(
+                &parent,
+                &shard,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) else {
+                continue;
+            };
+            self.dirs.push(dir);
+            self.add_shard(kind, self.dirs.len() - 1)?;
+        }
+        Ok(())
+    }
+
     fn add_shard(&mut self, kind: &str, index: usize) -> io::Result<()> {
         let dir = &self.dirs[index];
         for entry in rustix::fs::Dir::read_from(dir)? {

@@ -64,7 +64,11 @@ impl DiskStore {
     pub fn namespace(&self, namespace: &Namespace) -> io::Result<Self> {
         let spaces = self.root.join(NAMESPACES_DIR);
         real_dir(&spaces)?;
-        let root = spaces.join(namespace.as_str());
+        self.inner(spaces.join(namespace.as_str()))
+    }
+
+    /// A store at `root` inside this one, in the same layout, sharing this store's `tmp/`.
+    fn inner(&self, root: PathBuf) -> io::Result<Self> {
         real_dir(&root)?;
         real_dir(&root.join("v1"))?;
         fsutil::remove_all_but_directories(&root.join("v1"))?;
@@ -80,15 +84,7 @@ impl DiskStore {
     /// symlink or file in its place is replaced, never followed), sharing this store's
     /// `tmp/`. Blocking.
     pub fn modules(&self) -> io::Result<Self> {
-        let root = self.root.join(super::s3::MODULES);
-        real_dir(&root)?;
-        real_dir(&root.join("v1"))?;
-        fsutil::remove_all_but_directories(&root.join("v1"))?;
-        real_dir(&root.join("prefetch"))?;
-        Ok(Self {
-            root,
-            tmp: self.tmp.clone(),
-        })
+        self.inner(self.root.join(super::s3::MODULES))
     }
 
     /// The namespaces found in `<root>/ns/`: the real directories there whose names are

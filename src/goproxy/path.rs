@@ -401,11 +401,7 @@ impl Version {
 
     /// Decodes and checks a case-encoded version, as a request carries it (`v1.0.0-!r!c1`).
     pub fn unescape(escaped: &str) -> Result<Self, PathError> {
-        let text = unescape_case(escaped).ok_or_else(|| PathError::Version {
-            version: escaped.to_owned(),
-            reason: ESCAPE_RULE.to_owned(),
-        })?;
-        Self::parse(&text)
+        Self::parse(&unescape_version(escaped)?)
     }
 
     /// The case-encoded version, as a request carries it.
@@ -474,11 +470,7 @@ impl Query {
 
     /// Decodes and checks a case-encoded query, as a request carries it.
     pub fn unescape(escaped: &str) -> Result<Self, PathError> {
-        let text = unescape_case(escaped).ok_or_else(|| PathError::Version {
-            version: escaped.to_owned(),
-            reason: ESCAPE_RULE.to_owned(),
-        })?;
-        Self::parse(&text)
+        Self::parse(&unescape_version(escaped)?)
     }
 
     /// The case-encoded query, as a request carries it.
@@ -489,6 +481,15 @@ impl Query {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// A case-encoded version, query or revision decoded (not yet checked), or refused by the
+/// escape rule.
+fn unescape_version(escaped: &str) -> Result<String, PathError> {
+    unescape_case(escaped).ok_or_else(|| PathError::Version {
+        version: escaped.to_owned(),
+        reason: ESCAPE_RULE.to_owned(),
+    })
 }
 
 /// What a `.info` request names: a canonical version (an answer that never changes) or a
@@ -511,11 +512,7 @@ impl Revision {
 
     /// Decodes a case-encoded revision, as a request carries it, then [`Revision::parse`].
     pub fn unescape(escaped: &str) -> Result<Self, PathError> {
-        let text = unescape_case(escaped).ok_or_else(|| PathError::Version {
-            version: escaped.to_owned(),
-            reason: ESCAPE_RULE.to_owned(),
-        })?;
-        Self::parse(&text)
+        Self::parse(&unescape_version(escaped)?)
     }
 
     /// The case-encoded revision, as a request carries it.

@@ -27,17 +27,15 @@ use axum::extract::State;
 use axum::http::Uri;
 use axum::response::Response;
 use axum::routing::get;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 
 use super::protocol::GoproxyStatus;
 use crate::config::{DaemonGoproxy, RemoteConfig, ServeTimeouts};
 use crate::goproxy::http::{Proxy, RequestCounts, RequestLabels};
 use crate::goproxy::tiered::UploadCounts;
 use crate::goproxy::{Fetcher, ModStore, TieredModStore};
-use crate::server::connection::{self, WriteDeadline};
+use crate::server::{Limits, serve_app};
 use crate::store::dir::DiskStore;
 use crate::store::s3::S3Store;
 use crate::store::{StoreConfig, wrap};
@@ -232,52 +230,20 @@ impl ModuleProxy {
                 return;
             }
         };
-        let timeouts = ServeTimeouts::default();
         let app = Router::new()
             .route("/mod/{*path}", get(answer))
             .route("/healthz", get(|| async { "ok\n" }))
             .with_state(self.clone());
-        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!("accepting a module proxy connection: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            if !peer.ip().is_loopback() {
-                tracing::warn!("refused a module proxy connection from {peer}");
-                continue;
-            }
-            let Ok(permit) = connections.clone().try_acquire_owned() else {
-                tracing::debug!("module proxy: {MAX_CONNECTIONS} connections; closing a new one");
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let stream = WriteDeadline::new(stream, timeouts.write);
-            let service = TowerToHyperService::new(app.clone());
-            let stop = stop_rx.clone();
-            tasks.spawn(async move {
-                connection::serve(stream, service, timeouts.idle, stop).await;
-                drop(permit);
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-        drop(listener);
-        let _ = stop_tx.send(true);
-        let drained =
-            tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
-            tracing::warn!("module proxy requests still in flight after {DRAIN:?} were cut off");
-        }
+        let limits = Limits {
+            max_connections: MAX_CONNECTIONS,
+            timeouts: ServeTimeouts::default(),
+            drain: DRAIN,
+            loopback_only: true,
+        };
+        let stopped = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        serve_app(listener, app, limits, None, stopped).await;
     }
 }
 

@@ -1,4 +1,5 @@
-//! Listening: the accept loop ([`run`]) with its bound on connections, TLS ([`tls_acceptor`]),
+//! Listening: the accept loop ([`run`], and [`serve_app`] for any router) with its bound on
+//! connections, TLS ([`tls_acceptor`]),
 //! and the graceful stop: on the shutdown signal no new connection is taken and the requests
 //! in flight get [`DRAIN`] to finish.
 
@@ -14,6 +15,7 @@ use tokio::task::JoinSet;
 use super::connection::{self, WriteDeadline};
 use super::routes::router;
 use super::state::ServerState;
+use crate::config::ServeTimeouts;
 
 /// A TLS handshake must be complete within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,9 +33,41 @@ pub async fn run(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let timeouts = state.timeouts;
-    let app = router(state);
-    let connections = Arc::new(Semaphore::new(max_connections.max(1)));
+    let limits = Limits {
+        max_connections,
+        timeouts: state.timeouts,
+        drain: DRAIN,
+        loopback_only: false,
+    };
+    serve_app(listener, router(state), limits, tls, shutdown).await;
+}
+
+/// The bounds of an accept loop ([`serve_app`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// The time bounds of each connection.
+    pub timeouts: ServeTimeouts,
+    /// How long the requests in flight get once the shutdown completes.
+    pub drain: Duration,
+    /// Close a connection from any address but loopback unanswered (the daemon's module
+    /// proxy, which has no tokens).
+    pub loopback_only: bool,
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` completes, then gives the
+/// requests in flight `limits.drain`: the accept loop of `serve` and of the daemon's module
+/// proxy.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let timeouts = limits.timeouts;
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
@@ -43,6 +77,10 @@ pub async fn run(
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
+            Ok((_, peer)) if limits.loopback_only && !peer.ip().is_loopback() => {
+                tracing::warn!("refused a connection from {peer}: loopback only");
+                continue;
+            }
             Ok((stream, _)) => stream,
             Err(err) => {
                 tracing::warn!("accepting a connection failed: {err}");
@@ -79,12 +117,14 @@ pub async fn run(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let drained =
-        tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(limits.drain, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
         tracing::warn!(
             "requests still in flight after {}s were cut off",
-            DRAIN.as_secs()
+            limits.drain.as_secs()
         );
     }
 }

@@ -55,7 +55,7 @@ mod state;
 pub mod storage;
 pub mod tokens;
 
-pub use listen::{DRAIN, HANDSHAKE_TIMEOUT, TlsError, run, tls_acceptor};
+pub use listen::{DRAIN, HANDSHAKE_TIMEOUT, Limits, TlsError, run, serve_app, tls_acceptor};
 pub use routes::router;
 pub use state::ServerState;
 pub use storage::Storage;

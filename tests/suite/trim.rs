@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use crate::support::{GoProject, bin, outcome};
+use crate::support::{GoProject, bin, outcome, warm_local_cache};
 
 const DAY: u64 = 24 * 3600;
 
@@ -74,10 +74,13 @@ fn last_trim(project: &GoProject) -> u64 {
         .unwrap()
 }
 
-/// A project whose go commands do not trim after themselves: only the test's own trims run.
-fn manual_trims_only(tag: &str) -> GoProject {
-    let mut project = GoProject::new(tag);
+/// A project whose go commands do not trim after themselves (only the test's own trims run),
+/// its local cache holding what `go build ./...` and `go vet ./...` put there
+/// ([`warm_local_cache`]).
+fn built_and_vetted_with_manual_trims_only() -> GoProject {
+    let mut project = GoProject::on_shared_module();
     project.args.push("--trim=off".into());
+    warm_local_cache(&project);
     project
 }
 
@@ -111,9 +114,7 @@ fn write_trim_time(project: &GoProject, ago: Duration) {
 
 #[test]
 fn trim_removes_what_went_unused_for_the_age_and_past_the_size_the_least_recently_used() {
-    let project = manual_trims_only("trim-age-size");
-    project.go(&["build", "./..."]);
-    project.go(&["vet", "./..."]);
+    let project = built_and_vetted_with_manual_trims_only();
     age_all(&project.cache_dir, Duration::from_secs(10 * DAY));
     // The warm build uses (and so refreshes) the build's entries, not vet's.
     let warm = project.go(&["build", "-x", "./..."]);
@@ -288,9 +289,7 @@ fn max_cache_size_keeps_the_cache_under_the_bound(project: &GoProject) {
 
 #[test]
 fn builds_running_while_trims_remove_files_under_them_all_succeed() {
-    let project = manual_trims_only("trim-race");
-    project.go(&["build", "./..."]);
-    project.go(&["vet", "./..."]);
+    let project = built_and_vetted_with_manual_trims_only();
     age_all(&project.cache_dir, Duration::from_secs(10 * DAY));
     // Several go commands share the cache while trims keep removing what is old.
     let runs = [

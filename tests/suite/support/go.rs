@@ -367,6 +367,30 @@ pub fn warm_bucket(server: &s3::S3Server, prefix: &str) {
     copy_tree(template, &server.bucket_dir().join(prefix));
 }
 
+/// Fills `project`'s local cache (a project on [`GoProject::on_shared_module`], whose cache
+/// is empty) with what `go build ./...` and `go vet ./...` leave in a cache of their own with
+/// the automatic trim off: built once per test binary and copied into each test's cache
+/// directory, so that tests that start from a warm local cache (the trim's) do not each
+/// compile the module and the standard library first. The copies' files are all just
+/// modified: a test sets the ages it needs.
+pub fn warm_local_cache(project: &GoProject) {
+    static TEMPLATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let template = TEMPLATE.get_or_init(|| {
+        let mut builder = GoProject::on_shared_module();
+        builder.args.push("--trim=off".into());
+        builder.go(&["build", "./..."]);
+        builder.go(&["vet", "./..."]);
+        let dir = own_target_tmp_dir("warm-local-cache");
+        copy_tree(&builder.cache_dir, &dir);
+        dir
+    });
+    assert!(
+        !project.cache_dir.exists(),
+        "warm_local_cache fills a new project's cache"
+    );
+    copy_tree(template, &project.cache_dir);
+}
+
 /// Builds and tests on machine A, which uploads everything.
 pub fn warm_the_bucket(project: &GoProject) {
     let build = project.go(&["build", "./..."]);

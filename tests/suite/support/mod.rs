@@ -10,7 +10,7 @@ pub mod s3;
 
 pub use go::{
     GoProject, GoRun, copy_tree, count_files, go, own_target_tmp_dir, read_stats, warm_bucket,
-    warm_the_bucket,
+    warm_local_cache, warm_the_bucket,
 };
 
 pub use encode::encode_request;

@@ -7,6 +7,7 @@ mod daemon;
 mod dirs;
 mod flags;
 mod goproxy;
+mod template;
 mod values;
 
 use std::path::PathBuf;
@@ -297,6 +298,12 @@ pub enum ConfigError {
     BadEndpoint(String),
     #[error("--{flag}: {reason}")]
     Namespace { flag: &'static str, reason: String },
+    #[error("--{flag} {value:?}: {reason}")]
+    Template {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error(
         "--namespace and --all-namespaces: give one (GOREMOTECACHE_NAMESPACE counts as --namespace)"
     )]
@@ -429,11 +436,12 @@ fn selection(args: &NamespaceSelectionArgs) -> Result<Selection, ConfigError> {
     }
 }
 
-/// A namespace name from `--flag`, checked; empty (or only spaces) is none.
+/// A namespace name from `--flag`, its placeholders expanded, checked; empty (or only
+/// spaces) is none.
 fn namespace(flag: &'static str, value: Option<&str>) -> Result<Option<Namespace>, ConfigError> {
     match value.map(str::trim).filter(|v| !v.is_empty()) {
         None => Ok(None),
-        Some(name) => Namespace::parse(name)
+        Some(name) => Namespace::parse(&template::expand(flag, name)?)
             .map(Some)
             .map_err(|reason| ConfigError::Namespace { flag, reason }),
     }
@@ -456,7 +464,9 @@ pub fn s3_config(s3: &S3Args, timeouts: &TimeoutArgs) -> Result<Option<S3Config>
     }
     Ok(Some(S3Config {
         bucket,
-        prefix: s3.s3_prefix.trim_matches('/').to_string(),
+        prefix: template::expand("s3-prefix", &s3.s3_prefix)?
+            .trim_matches('/')
+            .to_string(),
         endpoint,
         region: s3.s3_region.clone().filter(|r| !r.is_empty()),
         force_path_style: s3.s3_force_path_style,

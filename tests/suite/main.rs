@@ -21,4 +21,5 @@ mod s3_protocol;
 mod serve;
 mod session;
 mod store_conformance;
+mod templates;
 mod trim;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::fsutil::{Links, UntrustedDir, private_dir};
 use crate::local::trim::{KEEP_RECENT, TrimPolicy};
 use crate::store::http::HttpConfig;
-use crate::store::s3::S3Config;
+use crate::store::s3::{S3Config, S3Credentials};
 
 pub use self::daemon::{Control, ControlConfig, DaemonConfig, DaemonGoproxy};
 pub use self::dirs::{DefaultBase, LocalDirs};
@@ -318,6 +318,13 @@ pub enum ConfigError {
         "warm needs --prefetch-key (or GOREMOTECACHE_PREFETCH_KEY), a remote store and prefetch on: it names the build whose manifest to prefetch; give the builds the same key"
     )]
     WarmNeedsKey,
+    #[error(
+        "{set} is set but {unset} is not: set both GOREMOTECACHE_AWS_ACCESS_KEY_ID and GOREMOTECACHE_AWS_SECRET_ACCESS_KEY, or neither to use the AWS_* credentials"
+    )]
+    HalfCredentials {
+        set: &'static str,
+        unset: &'static str,
+    },
     #[error("gc-remote works on an S3 bucket: {0}")]
     GcNeedsBucket(&'static str),
 }
@@ -473,8 +480,37 @@ pub fn s3_config(s3: &S3Args, timeouts: &TimeoutArgs) -> Result<Option<S3Config>
         instance_metadata: s3.s3_instance_metadata,
         connect_timeout: timeouts.remote_connect_timeout,
         request_timeout: timeouts.remote_timeout,
-        static_credentials: None,
+        static_credentials: prefixed_credentials(|name| std::env::var(name).ok())?,
     }))
+}
+
+/// The S3 credentials of `GOREMOTECACHE_AWS_ACCESS_KEY_ID`, `..._SECRET_ACCESS_KEY` and
+/// `..._SESSION_TOKEN`, asked before the `AWS_*` ones, so that a CI job can keep its keys out
+/// of the names that AWS SDKs in the tests read by themselves (docs/s3.md). Empty is unset; a
+/// key ID without its secret (or the reverse) is an error, not a fall back to `AWS_*`. A
+/// session token alone is ignored, as the AWS chain ignores one without keys.
+pub fn prefixed_credentials(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<S3Credentials>, ConfigError> {
+    const ID: &str = "GOREMOTECACHE_AWS_ACCESS_KEY_ID";
+    const SECRET: &str = "GOREMOTECACHE_AWS_SECRET_ACCESS_KEY";
+    let get = |name: &str| var(name).filter(|value| !value.is_empty());
+    match (get(ID), get(SECRET)) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::HalfCredentials {
+            set: ID,
+            unset: SECRET,
+        }),
+        (None, Some(_)) => Err(ConfigError::HalfCredentials {
+            set: SECRET,
+            unset: ID,
+        }),
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(S3Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token: get("GOREMOTECACHE_AWS_SESSION_TOKEN"),
+        })),
+    }
 }
 
 #[cfg(test)]

@@ -138,17 +138,22 @@ func Same(a, b string) bool {
 }
 EOF
 
-# One machine: its own local cache, GOCACHE and linter cache directories. The go command's
-# cache (the go list that both linters run) and each linter's own cache go through
-# goremotecache, each in a namespace of its own on the server.
-gocacheprog() { # machine namespace stats-file
-	echo "$bin --cache-dir $work/$1/grc --lock-dir $work/$1/locks --http-url $url --namespace $2 --stats-file $3"
+# A machine: the local cache, GOCACHE and linter cache directories, removed before each run,
+# at the same paths each time as on CI runners (golangci-lint's keys for a cgo package include
+# the paths of the files cgo generated, which are in the cache directory: with another path,
+# its entries for that package miss). The go command's cache (the go list that both linters
+# run) and each linter's own cache go through goremotecache, each in a namespace of its own on
+# the server; `{GOOS}` in them comes from `go env`, as neither linter sets GOOS.
+gocacheprog() { # namespace stats-file
+	echo "$bin --cache-dir $work/machine/grc --lock-dir $work/machine/locks --http-url $url --namespace $1 --stats-file $2"
 }
-lint() { # machine linter -> prints the findings to $work/<machine>.<linter>.out
-	local machine="$1" linter="$2" dir="$work/$1"
-	mkdir -p "$dir/gocache" "$dir/golangci" "$dir/staticcheck"
+lint() { # run linter: findings, exit status and stats go to $work/<run>/
+	local run="$1" linter="$2" dir="$work/$1" machine="$work/machine"
+	rm -rf "$machine"
+	mkdir -p "$dir" "$machine/gocache" "$machine/golangci" "$machine/staticcheck"
 	local env=(
-		"GOCACHE=$dir/gocache" "GOLANGCI_LINT_CACHE=$dir/golangci" "STATICCHECK_CACHE=$dir/staticcheck"
+		"GOCACHE=$machine/gocache" "GOLANGCI_LINT_CACHE=$machine/golangci"
+		"STATICCHECK_CACHE=$machine/staticcheck"
 		"GOREMOTECACHE_HTTP_TOKEN=$token" "CGO_ENABLED=1" "GOFLAGS=-mod=mod" "GOPROXY=off"
 		"GOWORK=off" "GOTOOLCHAIN=local"
 	)
@@ -156,19 +161,19 @@ lint() { # machine linter -> prints the findings to $work/<machine>.<linter>.out
 	case "$linter" in
 	golangci-lint)
 		(cd "$mod" && env "${env[@]}" \
-			GOCACHEPROG="$(gocacheprog "$machine" build "$dir/go.stats.json")" \
-			GOLANGCI_LINT_CACHEPROG="$(gocacheprog "$machine" lint-golangci "$dir/golangci.stats.json")" \
+			GOCACHEPROG="$(gocacheprog build "$dir/go.stats.json")" \
+			GOLANGCI_LINT_CACHEPROG="$(gocacheprog "lint-golangci-{GOOS}" "$dir/golangci.stats.json")" \
 			"$GOBIN/golangci-lint" run ./... >"$dir/golangci-lint.out" 2>"$dir/golangci-lint.err") || status=$?
 		;;
 	staticcheck)
 		# staticcheck reads GOCACHEPROG itself: its own entries and its go list's share it.
 		(cd "$mod" && env "${env[@]}" \
-			GOCACHEPROG="$(gocacheprog "$machine" lint-staticcheck "$dir/staticcheck.stats.json")" \
+			GOCACHEPROG="$(gocacheprog "lint-staticcheck-{GOOS}" "$dir/staticcheck.stats.json")" \
 			"$GOBIN/staticcheck" ./... >"$dir/staticcheck.out" 2>"$dir/staticcheck.err") || status=$?
 		;;
 	esac
 	# Both exit 1 when they report findings; anything else is a failure of the run.
-	[ "$status" -le 1 ] || fail "$linter on machine $machine exited $status: $(cat "$dir/$linter.err")"
+	[ "$status" -le 1 ] || fail "$linter on machine $run exited $status: $(cat "$dir/$linter.err")"
 	echo "$status" >"$dir/$linter.status"
 }
 figure() { # stats-file field.path
@@ -186,7 +191,7 @@ for linter in $LINTERS; do
 	esac
 	echo "== $linter, machine A (empty caches)"
 	lint a "$linter"
-	echo "== $linter, machine B (empty local caches, the same server)"
+	echo "== $linter, machine B (empty local caches again, the same server)"
 	lint b "$linter"
 	findings="$(wc -l <"$work/a/$linter.out")"
 	[ "$findings" -gt 0 ] || fail "$linter found nothing on machine A: $(cat "$work/a/$linter.err")"

@@ -285,14 +285,16 @@ pub struct NamespaceArgs {
     /// Write entries and prefetch manifests into this namespace of the remote store
     /// (<prefix>/ns/NAME/ in a bucket, /v1/ns/NAME/ on a server) and read it first. A name has
     /// 1 to 128 of A-Z a-z 0-9 . _ - and does not start with a dot: map a branch name such as
-    /// feature/x yourself (${GITHUB_HEAD_REF//\//-}). [default: none, the un-namespaced
-    /// layout, as before namespaces existed]
+    /// feature/x yourself (${GITHUB_HEAD_REF//\//-}). Placeholders as in --s3-prefix
+    /// ({GOOS}, {GOARCH}, {GOVERSION}, {env.NAME}) are expanded first, and the result must be
+    /// such a name. [default: none, the un-namespaced layout, as before namespaces existed]
     #[arg(long, env = "GOREMOTECACHE_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
 
     /// Also read these namespaces, in this order, after --namespace; never written. A pull
     /// request's build: --namespace pr-123 --read-namespaces main. A local miss asks them
-    /// all at once and takes the first in this order that has the entry.
+    /// all at once and takes the first in this order that has the entry. Each name may hold
+    /// placeholders as --namespace does.
     #[arg(long, env = "GOREMOTECACHE_READ_NAMESPACES", value_name = "A,B")]
     pub read_namespaces: Option<String>,
 }
@@ -300,7 +302,8 @@ pub struct NamespaceArgs {
 /// Which namespaces `clear-remote` and `gc-remote` work on.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct NamespaceSelectionArgs {
-    /// Work on this namespace. [default: the un-namespaced entries and manifests]
+    /// Work on this namespace (placeholders as in the builds' --namespace). [default: the
+    /// un-namespaced entries and manifests]
     #[arg(long, env = "GOREMOTECACHE_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
 
@@ -502,7 +505,10 @@ pub struct S3Args {
     #[arg(long, env = "GOREMOTECACHE_S3_BUCKET", value_name = "BUCKET")]
     pub s3_bucket: Option<String>,
 
-    /// Key prefix for the entries in the bucket, so that several caches can share one.
+    /// Key prefix for the entries in the bucket, so that several caches can share one. It may
+    /// hold {GOOS}, {GOARCH}, {GOVERSION} (the go command's target and version) and
+    /// {env.NAME} (the variable NAME, which must be set): ci/{GOOS}-{GOARCH}. A '/' in a
+    /// value is one more level of the key (see docs/ci.md).
     #[arg(
         long,
         env = "GOREMOTECACHE_S3_PREFIX",

@@ -7,6 +7,7 @@ mod daemon;
 mod dirs;
 mod flags;
 mod goproxy;
+mod template;
 mod values;
 
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use crate::fsutil::{Links, UntrustedDir, private_dir};
 use crate::local::trim::{KEEP_RECENT, TrimPolicy};
 use crate::store::http::HttpConfig;
-use crate::store::s3::S3Config;
+use crate::store::s3::{S3Config, S3Credentials};
 
 pub use self::daemon::{Control, ControlConfig, DaemonConfig, DaemonGoproxy};
 pub use self::dirs::{DefaultBase, LocalDirs};
@@ -297,6 +298,12 @@ pub enum ConfigError {
     BadEndpoint(String),
     #[error("--{flag}: {reason}")]
     Namespace { flag: &'static str, reason: String },
+    #[error("--{flag} {value:?}: {reason}")]
+    Template {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error(
         "--namespace and --all-namespaces: give one (GOREMOTECACHE_NAMESPACE counts as --namespace)"
     )]
@@ -311,6 +318,13 @@ pub enum ConfigError {
         "warm needs --prefetch-key (or GOREMOTECACHE_PREFETCH_KEY), a remote store and prefetch on: it names the build whose manifest to prefetch; give the builds the same key"
     )]
     WarmNeedsKey,
+    #[error(
+        "{set} is set but {unset} is not: set both GOREMOTECACHE_AWS_ACCESS_KEY_ID and GOREMOTECACHE_AWS_SECRET_ACCESS_KEY, or neither to use the AWS_* credentials"
+    )]
+    HalfCredentials {
+        set: &'static str,
+        unset: &'static str,
+    },
     #[error("gc-remote works on an S3 bucket: {0}")]
     GcNeedsBucket(&'static str),
 }
@@ -429,11 +443,12 @@ fn selection(args: &NamespaceSelectionArgs) -> Result<Selection, ConfigError> {
     }
 }
 
-/// A namespace name from `--flag`, checked; empty (or only spaces) is none.
+/// A namespace name from `--flag`, its placeholders expanded, checked; empty (or only
+/// spaces) is none.
 fn namespace(flag: &'static str, value: Option<&str>) -> Result<Option<Namespace>, ConfigError> {
     match value.map(str::trim).filter(|v| !v.is_empty()) {
         None => Ok(None),
-        Some(name) => Namespace::parse(name)
+        Some(name) => Namespace::parse(&template::expand(flag, name)?)
             .map(Some)
             .map_err(|reason| ConfigError::Namespace { flag, reason }),
     }
@@ -456,15 +471,46 @@ pub fn s3_config(s3: &S3Args, timeouts: &TimeoutArgs) -> Result<Option<S3Config>
     }
     Ok(Some(S3Config {
         bucket,
-        prefix: s3.s3_prefix.trim_matches('/').to_string(),
+        prefix: template::expand("s3-prefix", &s3.s3_prefix)?
+            .trim_matches('/')
+            .to_string(),
         endpoint,
         region: s3.s3_region.clone().filter(|r| !r.is_empty()),
         force_path_style: s3.s3_force_path_style,
         instance_metadata: s3.s3_instance_metadata,
         connect_timeout: timeouts.remote_connect_timeout,
         request_timeout: timeouts.remote_timeout,
-        static_credentials: None,
+        static_credentials: prefixed_credentials(|name| std::env::var(name).ok())?,
     }))
+}
+
+/// The S3 credentials of `GOREMOTECACHE_AWS_ACCESS_KEY_ID`, `..._SECRET_ACCESS_KEY` and
+/// `..._SESSION_TOKEN`, asked before the `AWS_*` ones, so that a CI job can keep its keys out
+/// of the names that AWS SDKs in the tests read by themselves (docs/s3.md). Empty is unset; a
+/// key ID without its secret (or the reverse) is an error, not a fall back to `AWS_*`. A
+/// session token alone is ignored, as the AWS chain ignores one without keys.
+pub fn prefixed_credentials(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<S3Credentials>, ConfigError> {
+    const ID: &str = "GOREMOTECACHE_AWS_ACCESS_KEY_ID";
+    const SECRET: &str = "GOREMOTECACHE_AWS_SECRET_ACCESS_KEY";
+    let get = |name: &str| var(name).filter(|value| !value.is_empty());
+    match (get(ID), get(SECRET)) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::HalfCredentials {
+            set: ID,
+            unset: SECRET,
+        }),
+        (None, Some(_)) => Err(ConfigError::HalfCredentials {
+            set: SECRET,
+            unset: ID,
+        }),
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(S3Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token: get("GOREMOTECACHE_AWS_SESSION_TOKEN"),
+        })),
+    }
 }
 
 #[cfg(test)]

@@ -598,3 +598,59 @@ fn gc_remote_takes_an_age_and_a_bucket_only() {
 
 mod daemon;
 mod namespaces;
+mod templates;
+
+#[test]
+fn prefixed_credentials_need_both_keys_and_take_the_token() {
+    fn from(vars: &[(&str, &str)]) -> Result<Option<S3Credentials>, ConfigError> {
+        prefixed_credentials(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+    assert_eq!(from(&[]).unwrap(), None);
+    // A token alone, or empty values (a CI file's unset secret), are none.
+    let none = from(&[
+        ("GOREMOTECACHE_AWS_SESSION_TOKEN", "t"),
+        ("GOREMOTECACHE_AWS_ACCESS_KEY_ID", ""),
+        ("GOREMOTECACHE_AWS_SECRET_ACCESS_KEY", ""),
+    ]);
+    assert_eq!(none.unwrap(), None);
+    let got = from(&[
+        ("GOREMOTECACHE_AWS_ACCESS_KEY_ID", "id"),
+        ("GOREMOTECACHE_AWS_SECRET_ACCESS_KEY", "secret"),
+        ("GOREMOTECACHE_AWS_SESSION_TOKEN", "token"),
+        ("AWS_ACCESS_KEY_ID", "other"),
+    ])
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (got.access_key_id.as_str(), got.secret_access_key.as_str()),
+        ("id", "secret")
+    );
+    assert_eq!(got.session_token.as_deref(), Some("token"));
+    assert!(!format!("{got:?}").contains("secret"), "{got:?}");
+    let err = from(&[("GOREMOTECACHE_AWS_ACCESS_KEY_ID", "id")]).unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "GOREMOTECACHE_AWS_ACCESS_KEY_ID is set but GOREMOTECACHE_AWS_SECRET_ACCESS_KEY is not"
+        ),
+        "{err}"
+    );
+    let err = from(&[
+        ("GOREMOTECACHE_AWS_SECRET_ACCESS_KEY", "s"),
+        ("GOREMOTECACHE_AWS_SESSION_TOKEN", "t"),
+    ])
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::HalfCredentials {
+                set: "GOREMOTECACHE_AWS_SECRET_ACCESS_KEY",
+                unset: "GOREMOTECACHE_AWS_ACCESS_KEY_ID"
+            }
+        ),
+        "{err}"
+    );
+}

@@ -55,6 +55,10 @@ pub const MAX_SOCKET_PATH: usize = 107;
 /// with other values would sign with other credentials, or ask another region. Hashed into
 /// the [`Fingerprint`], never kept.
 pub const CREDENTIAL_VARS: &[&str] = &[
+    // Read by `config` before the `AWS_*` ones (docs/s3.md).
+    "GOREMOTECACHE_AWS_ACCESS_KEY_ID",
+    "GOREMOTECACHE_AWS_SECRET_ACCESS_KEY",
+    "GOREMOTECACHE_AWS_SESSION_TOKEN",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -130,9 +134,10 @@ impl Fingerprint {
                 f.flag("s3.force_path_style", s3.force_path_style);
                 f.flag("s3.instance_metadata", s3.instance_metadata);
                 match &s3.static_credentials {
-                    Some((key, secret)) => {
-                        f.text("s3.static_key", key);
-                        f.text("s3.static_secret", secret);
+                    Some(credentials) => {
+                        f.text("s3.static_key", &credentials.access_key_id);
+                        f.text("s3.static_secret", &credentials.secret_access_key);
+                        f.opt("s3.static_token", credentials.session_token.as_deref());
                     }
                     None => f.put("s3.static_credentials", None),
                 }

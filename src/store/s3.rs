@@ -48,9 +48,38 @@ pub struct S3Config {
     pub connect_timeout: Duration,
     /// Give up on a request (or a stalled read or write in one) after this long.
     pub request_timeout: Duration,
-    /// A fixed access key ID and secret (for embedding and tests); `None` takes the standard
-    /// AWS credential chain, as the command line always does.
-    pub static_credentials: Option<(String, String)>,
+    /// Fixed credentials, asked before the standard AWS credential chain: the command line's
+    /// `GOREMOTECACHE_AWS_*` variables (see `config`), or an embedder's or a test's keys.
+    /// `None` takes the standard chain alone.
+    pub static_credentials: Option<S3Credentials>,
+}
+
+/// An access key ID and its secret, with a session token for temporary credentials. Its
+/// `Debug` shows the key ID only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl S3Credentials {
+    /// Long-term keys, without a session token.
+    pub fn new(access_key_id: &str, secret_access_key: &str) -> Self {
+        Self {
+            access_key_id: access_key_id.into(),
+            secret_access_key: secret_access_key.into(),
+            session_token: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl S3Config {
@@ -126,11 +155,15 @@ impl S3Store {
         if !config.instance_metadata {
             builder = builder.disable_ec2_metadata();
         }
-        if let Some((key, secret)) = &config.static_credentials {
+        // Fixed credentials go first in OpenDAL's chain, so the `AWS_*` variables and files
+        // are not asked; the rest of the configuration (AWS_ENDPOINT_URL) still applies.
+        if let Some(credentials) = &config.static_credentials {
             builder = builder
-                .access_key_id(key)
-                .secret_access_key(secret)
-                .disable_config_load();
+                .access_key_id(&credentials.access_key_id)
+                .secret_access_key(&credentials.secret_access_key);
+            if let Some(token) = &credentials.session_token {
+                builder = builder.session_token(token);
+            }
         }
         let op = Operator::new(builder).map_err(|err| RemoteError::Config(err.to_string()))?;
         let client = reqwest::Client::builder()

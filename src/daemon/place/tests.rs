@@ -143,7 +143,8 @@ fn every_shared_setting_changes_the_fingerprint() {
         ("path style", |c| s3_of(c).force_path_style = false),
         ("instance metadata", |c| s3_of(c).instance_metadata = true),
         ("static credentials", |c| {
-            s3_of(c).static_credentials = Some(("key".into(), "secret".into()))
+            s3_of(c).static_credentials =
+                Some(crate::store::s3::S3Credentials::new("key", "secret"))
         }),
         ("namespace", |c| {
             remote(c).namespaces.own = Some(ns("other"))

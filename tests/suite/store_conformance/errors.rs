@@ -28,7 +28,7 @@ pub(super) async fn s3_errors(b: &Backend) {
     let server = b.s3.as_ref().unwrap();
     let good = b.store.as_ref();
     let mut wrong = s3_config(&server.endpoint, "conformance");
-    wrong.static_credentials = Some((ACCESS_KEY.into(), "not-the-secret".into()));
+    wrong.static_credentials = Some(S3Credentials::new(ACCESS_KEY, "not-the-secret"));
     let bad = S3Store::new(&wrong).unwrap();
     good.put(&action(1), Upload::Bytes(entry(b"x")))
         .await

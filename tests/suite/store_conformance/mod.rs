@@ -50,7 +50,7 @@ use goremotecache::store::dir::DiskStore;
 use goremotecache::store::format::{self, Header};
 use goremotecache::store::http::{HttpConfig, HttpStore};
 use goremotecache::store::memory::{Faults, MemoryStore};
-use goremotecache::store::s3::{S3Config, S3Store};
+use goremotecache::store::s3::{S3Config, S3Credentials, S3Store};
 use goremotecache::store::{PutOutcome, ReadOnly, RemoteError, RemoteStore, Upload, WriteOnly};
 use support::s3::{ACCESS_KEY, BUCKET, Fault, S3Server, SECRET_KEY};
 use support::{action, pseudo_random};
@@ -110,7 +110,7 @@ fn s3_config(endpoint: &str, prefix: &str) -> S3Config {
         instance_metadata: false,
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(10),
-        static_credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+        static_credentials: Some(S3Credentials::new(ACCESS_KEY, SECRET_KEY)),
     }
 }
 

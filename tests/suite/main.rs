@@ -14,6 +14,7 @@ mod gc_remote;
 mod go_e2e;
 mod goproxy;
 mod hostile_disk;
+mod messages;
 mod namespaces;
 mod prefetch;
 mod s3_e2e;

@@ -10,6 +10,7 @@ mod codec;
 mod crash;
 mod daemon;
 mod disk_errors;
+mod doctor;
 mod gc_remote;
 mod go_e2e;
 mod goproxy;

@@ -173,9 +173,13 @@ pub fn opendal(err: &opendal::Error, service: &Service) -> (String, Option<Cause
         );
     }
     if let Some(status) = status.filter(|s| *s >= 500) {
+        let what = match &code {
+            Some(code) => format!("{code}, HTTP {status}"),
+            None => format!("HTTP {status}"),
+        };
         return (
             format!(
-                "the store failed on its side ({label}, HTTP {status}): nothing to fix here if it passes; if it lasts, check the store's health"
+                "the store failed on its side ({what}): nothing to fix here if it passes; if it lasts, check the store's health"
             ),
             Some(Cause::Transient),
         );
@@ -189,13 +193,17 @@ pub fn opendal(err: &opendal::Error, service: &Service) -> (String, Option<Cause
         );
     }
     let url = context_url(&full);
-    if let Some(sentence) = network(&chain_text(err), url.as_deref(), service.endpoint_flag) {
+    let chain = Chain::of(err.message(), std::error::Error::source(err));
+    if let Some(sentence) = network(&chain, url.as_deref(), service.endpoint_flag) {
         return (sentence, Some(Cause::Transient));
     }
     if full.contains("timeout") || full.contains("timed out") {
         return (
             format!(
-                "the store did not answer in time ({label}): check the network, or raise --remote-timeout"
+                "the store did not answer in time (timeout{}): check the network and the store, or raise --remote-timeout",
+                url.as_deref()
+                    .map(|u| format!(" at {}", origin(Some(u))))
+                    .unwrap_or_default()
             ),
             Some(Cause::Transient),
         );
@@ -265,8 +273,9 @@ pub fn http_status(status: u16, body: &str) -> String {
 /// The sentence for a request to an HTTP server that got no answer.
 pub fn http_network(err: &reqwest::Error) -> String {
     let url = err.url().map(|u| u.to_string());
-    let text = chain_text(err);
-    if let Some(sentence) = network(&text, url.as_deref(), "--http-url") {
+    let chain = Chain::of(&err.to_string(), std::error::Error::source(err));
+    let text = chain.cause.clone();
+    if let Some(sentence) = network(&chain, url.as_deref(), "--http-url") {
         return sentence;
     }
     if err.is_timeout() {
@@ -290,8 +299,9 @@ pub fn http_network(err: &reqwest::Error) -> String {
 }
 
 /// The network cause of a failure from the text of its error chain, if it is one.
-fn network(text: &str, url: Option<&str>, endpoint_flag: &str) -> Option<String> {
-    let lower = text.to_ascii_lowercase();
+fn network(chain: &Chain, url: Option<&str>, endpoint_flag: &str) -> Option<String> {
+    let lower = chain.all.to_ascii_lowercase();
+    let text = chain.cause.as_str();
     let at = origin(url);
     let tls = lower.contains("certificate")
         || lower.contains("unknownissuer")
@@ -347,6 +357,11 @@ fn network(text: &str, url: Option<&str>, endpoint_flag: &str) -> Option<String>
             "{at} closed the connection: nothing to fix if it passes; if it lasts, check the server"
         ));
     }
+    if lower.contains("timed out") || lower.contains("timeout") {
+        return Some(format!(
+            "{at} did not answer in time (timeout): check the network and the store, or raise --remote-timeout"
+        ));
+    }
     if lower.contains("error sending request") || lower.contains("client error (connect)") {
         return Some(format!(
             "cannot reach {at} ({}): check {endpoint_flag} and the network",
@@ -370,15 +385,24 @@ fn origin(url: Option<&str>) -> String {
     }
 }
 
-/// An error and its sources, joined.
-fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(err) = source {
-        let _ = write!(text, ": {err}");
-        source = err.source();
+/// The text of an error and its sources: all of it, to look for a cause in, and the
+/// deepest source alone, to quote (the outer ones repeat the URL and OpenDAL's context).
+struct Chain {
+    all: String,
+    cause: String,
+}
+
+impl Chain {
+    fn of(first: &str, mut source: Option<&(dyn std::error::Error + 'static)>) -> Self {
+        let mut all = first.to_string();
+        let mut cause = first.to_string();
+        while let Some(err) = source {
+            cause = err.to_string();
+            let _ = write!(all, ": {cause}");
+            source = err.source();
+        }
+        Self { all, cause }
     }
-    text
 }
 
 /// The value of `name: "..."` in a Debug-printed struct (OpenDAL's `S3Error { code: ... }`).
@@ -540,8 +564,12 @@ mod tests {
 
     #[test]
     fn network_failures_name_the_endpoint_and_the_option() {
+        let chain = |text: &str| Chain {
+            all: text.into(),
+            cause: text.into(),
+        };
         let refused = network(
-            "send http request: error sending request: client error (Connect): tcp connect error: Connection refused (os error 111)",
+            &chain("send http request: error sending request: client error (Connect): tcp connect error: Connection refused (os error 111)"),
             Some("http://127.0.0.1:1/b/v1/00"),
             "--s3-endpoint",
         )
@@ -551,7 +579,7 @@ mod tests {
             "nothing listens at http://127.0.0.1:1 (connection refused): check --s3-endpoint and that the server is running"
         );
         let dns = network(
-            "dns error: failed to lookup address information",
+            &chain("dns error: failed to lookup address information"),
             Some("https://nope.invalid/x"),
             "--http-url",
         )
@@ -561,7 +589,7 @@ mod tests {
             "{dns}"
         );
         let tls = network(
-            "invalid peer certificate: UnknownIssuer",
+            &chain("invalid peer certificate: UnknownIssuer"),
             Some("https://h:1/v1/ac/00"),
             "--http-url",
         )

@@ -168,3 +168,29 @@ fn an_untrusted_certificate_points_at_the_ca_option() {
         ),
     );
 }
+
+#[test]
+fn server_errors_and_timeouts_say_so_and_name_the_option() {
+    use crate::support::s3::Fault;
+    let server = S3Server::start();
+    let args = bucket_args(BUCKET, &server.endpoint, "m");
+    server.set_fault(Fault::Status(503));
+    let stderr = session(&args, &credentials(SECRET_KEY), false);
+    assert_plain(
+        &stderr,
+        "3 failures in a row, the last: unavailable: the store failed on its side (HTTP 503): \
+         nothing to fix here if it passes; if it lasts, check the store's health",
+    );
+
+    server.set_fault(Fault::DelayMs(5_000));
+    let mut slow = args.clone();
+    slow.extend(["--remote-timeout".into(), "300ms".into()]);
+    let stderr = session(&slow, &credentials(SECRET_KEY), false);
+    assert_plain(&stderr, "3 failures in a row, the last: unavailable: ");
+    let warning = warnings(&stderr)[0];
+    println!("{warning}");
+    assert!(
+        warning.contains("(timeout") && warning.contains("raise --remote-timeout"),
+        "{warning}"
+    );
+}

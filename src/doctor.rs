@@ -11,8 +11,9 @@
 //! Everything about the store goes through [`RemoteStore`] (unwrapped by the circuit breaker
 //! and retries, so that each failure is seen as it is, but bounded by `--remote-timeout`).
 //! What depends on the backend is small and in two matches: [`probe_store`] (the store, and
-//! how to delete the probes if the backend can) and [`credentials`] (where the credentials
-//! come from, described without the secret). A new backend adds an arm to each.
+//! how to delete the probes if the backend can) and [`about`] (its name, its settings in
+//! words, and where its credentials come from, described without the secret). A new backend
+//! adds an arm to each.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -127,33 +128,25 @@ pub async fn run(config: &DoctorConfig) -> Report {
     report.push(configuration(config));
     report.push(cache_dir(config));
     if let Some(remote) = &build.remote {
-        report.backend = backend_name(&remote.store);
+        report.backend = about(&remote.store).name;
         remote_checks(remote, config, &mut report).await;
     }
     report.ok = report.checks.iter().all(|c| c.ok || !c.required);
     report
 }
 
-fn backend_name(store: &StoreConfig) -> &'static str {
-    match store {
-        StoreConfig::S3(_) => "s3",
-        StoreConfig::Http(_) => "http",
-    }
+/// What doctor says about one backend: its name, its settings in words, its connect bound
+/// and where its credentials come from (without the secret). With [`probe_store`], the only
+/// code that depends on the backend: a new backend adds an arm to each.
+struct About {
+    name: &'static str,
+    settings: String,
+    connect_timeout: Duration,
+    credentials: Check,
 }
 
-/// What the options say, in words.
-fn configuration(config: &DoctorConfig) -> Check {
-    let build = &config.build;
-    let Some(remote) = &build.remote else {
-        return pass(
-            "configuration",
-            format!(
-                "no remote store: the local disk only ({}); set --s3-bucket or --http-url to share results between machines",
-                build.dirs.cache_dir.display()
-            ),
-        );
-    };
-    let mut detail = match &remote.store {
+fn about(store: &StoreConfig) -> About {
+    match store {
         StoreConfig::S3(s3) => {
             let mut text = format!("backend s3: bucket {}", s3.bucket);
             if !s3.prefix.is_empty() {
@@ -175,16 +168,55 @@ fn configuration(config: &DoctorConfig) -> Check {
             if s3.force_path_style {
                 text.push_str(", path-style");
             }
-            text
+            About {
+                name: "s3",
+                settings: text,
+                connect_timeout: s3.connect_timeout,
+                credentials: s3_credentials(s3.static_credentials.is_some(), s3.instance_metadata),
+            }
         }
         StoreConfig::Http(http) => {
             let mut text = format!("backend http: server {}", http.url);
             if let Some(ca) = &http.ca_file {
                 let _ = write!(text, ", CA file {}", ca.display());
             }
-            text
+            let credentials = match &http.token {
+                Some(token) => pass(
+                    "credentials",
+                    format!(
+                        "a bearer token is set (--http-token or GOREMOTECACHE_HTTP_TOKEN, {} characters)",
+                        token.chars().count()
+                    ),
+                ),
+                None => pass(
+                    "credentials",
+                    "no token: only a server started with --allow-anonymous-read answers, and only reads",
+                ),
+            };
+            About {
+                name: "http",
+                settings: text,
+                connect_timeout: http.connect_timeout,
+                credentials,
+            }
         }
+    }
+}
+
+/// What the options say, in words.
+fn configuration(config: &DoctorConfig) -> Check {
+    let build = &config.build;
+    let Some(remote) = &build.remote else {
+        return pass(
+            "configuration",
+            format!(
+                "no remote store: the local disk only ({}); set --s3-bucket or --http-url to share results between machines",
+                build.dirs.cache_dir.display()
+            ),
+        );
     };
+    let about = about(&remote.store);
+    let mut detail = about.settings;
     let namespaces = &remote.namespaces;
     match &namespaces.own {
         Some(own) => {
@@ -214,17 +246,10 @@ fn configuration(config: &DoctorConfig) -> Check {
         remote.upload_concurrency,
         humantime::format_duration(remote.upload_wait),
         humantime::format_duration(remote.timeout),
-        humantime::format_duration(connect_timeout(&remote.store)),
+        humantime::format_duration(about.connect_timeout),
     );
     let _ = write!(detail, "; local cache {}", build.dirs.cache_dir.display());
     pass("configuration", detail)
-}
-
-fn connect_timeout(store: &StoreConfig) -> Duration {
-    match store {
-        StoreConfig::S3(s3) => s3.connect_timeout,
-        StoreConfig::Http(http) => http.connect_timeout,
-    }
 }
 
 /// The local cache directory: trusted, and writable (or creatable).
@@ -290,28 +315,6 @@ fn writable(dir: &Path) -> std::io::Result<()> {
         .prefix(".doctor-")
         .tempfile_in(dir)
         .map(drop)
-}
-
-/// Where the credentials come from, without the secret. The one other match on the backend.
-fn credentials(store: &StoreConfig) -> Check {
-    match store {
-        StoreConfig::S3(s3) => {
-            s3_credentials(s3.static_credentials.is_some(), s3.instance_metadata)
-        }
-        StoreConfig::Http(http) => match &http.token {
-            Some(token) => pass(
-                "credentials",
-                format!(
-                    "a bearer token is set (--http-token or GOREMOTECACHE_HTTP_TOKEN, {} characters)",
-                    token.chars().count()
-                ),
-            ),
-            None => pass(
-                "credentials",
-                "no token: only a server started with --allow-anonymous-read answers, and only reads",
-            ),
-        },
-    }
 }
 
 fn set(name: &str) -> bool {
@@ -396,7 +399,8 @@ fn s3_credentials(fixed: bool, instance_metadata: bool) -> Check {
 }
 
 /// The store the probes use (the own namespace's, unwrapped but time-bounded), and the way
-/// to delete probe keys if the backend has one. The one match on the backend that opens it.
+/// to delete probe keys if the backend has one. The other match on the backend, with
+/// [`about`].
 #[allow(clippy::type_complexity)]
 fn probe_store(
     remote: &RemoteConfig,
@@ -460,7 +464,7 @@ async fn read_all(store: &dyn RemoteStore, key: &ActionId) -> Result<Option<Vec<
 }
 
 async fn remote_checks(remote: &RemoteConfig, config: &DoctorConfig, report: &mut Report) {
-    report.push(credentials(&remote.store));
+    report.push(about(&remote.store).credentials);
     let (store, deleter) = match probe_store(remote) {
         Ok(opened) => opened,
         Err(err) => {

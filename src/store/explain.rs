@@ -96,7 +96,7 @@ pub fn opendal(err: &opendal::Error, service: &Service) -> (String, Option<Cause
                 Some(Cause::Config),
             );
         }
-        Some("SignatureDoesNotMatch") => {
+        Some("SignatureDoesNotMatch" | "AuthenticationFailed") => {
             return (
                 format!(
                     "the secret access key is wrong ({label}): check {}",

@@ -240,8 +240,14 @@ pub fn http_status(status: u16, body: &str) -> String {
         401 => format!(
             "the server refused the token (401{reason}): set --http-token (GOREMOTECACHE_HTTP_TOKEN) to a token the server knows"
         ),
+        403 if body.contains("only read") => format!(
+            "the token may only read (403{reason}): use a read-write token, or --remote-mode read-only for builds that should not upload"
+        ),
+        403 if body.contains("namespace") => format!(
+            "the token may not use this namespace (403{reason}): check --namespace and --read-namespaces against the token's namespaces in the server's token file"
+        ),
         403 => format!(
-            "the token is not allowed this (403{reason}): use a token with write access, or --remote-mode read-only; check --namespace against the token's namespaces"
+            "the token is not allowed this (403{reason}): check --http-token and the token's scope in the server's token file"
         ),
         404 => format!(
             "no goremotecache server API at this URL (404{reason}): check --http-url (the server's base URL, such as http://host:8321, without a path)"
@@ -604,6 +610,9 @@ mod tests {
     fn http_statuses_say_what_to_change() {
         assert!(http_status(401, "a valid bearer token is needed\n").contains("--http-token"));
         assert!(http_status(403, "this token may only read").contains("read-only"));
+        assert!(
+            http_status(403, "this token may not use namespace main").contains("--read-namespaces")
+        );
         assert!(http_status(404, "").contains("--http-url"));
         assert!(http_status(507, "full").contains("storage is full"));
     }

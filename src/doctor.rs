@@ -10,8 +10,8 @@
 //!
 //! Everything about the store goes through [`RemoteStore`] (unwrapped by the circuit breaker
 //! and retries, so that each failure is seen as it is, but bounded by `--remote-timeout`).
-//! What depends on the backend is small and in two matches: [`probe_store`] (the store, and
-//! how to delete the probes if the backend can) and [`about`] (its name, its settings in
+//! What depends on the backend is small and in two matches: `probe_store` (the store, and
+//! how to delete the probes if the backend can) and `about` (its name, its settings in
 //! words, and where its credentials come from, described without the secret). A new backend
 //! adds an arm to each.
 

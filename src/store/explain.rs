@@ -9,7 +9,7 @@
 //! found, TLS, timeout). What a fix names (the options, the credential variables, the
 //! permissions) depends on the backend: a [`Service`] says it, one constant per backend
 //! ([`S3`]); a backend on OpenDAL needs only its own constant and, where its error codes
-//! differ from S3's, a few more arms in [`opendal`].
+//! differ from S3's, a few more arms in [`opendal()`].
 
 use std::fmt::Write as _;
 

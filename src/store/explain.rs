@@ -26,6 +26,8 @@ pub struct Service {
     pub region_flag: Option<&'static str>,
     /// The option naming a custom endpoint.
     pub endpoint_flag: &'static str,
+    /// What else makes the host name, for a name that does not resolve.
+    pub host_from: &'static str,
     /// Where the key ID and the secret come from, for "check ...".
     pub secret_from: &'static str,
     /// How to give credentials when none were found.
@@ -41,6 +43,7 @@ pub const S3: Service = Service {
     container_flag: "--s3-bucket",
     region_flag: Some("--s3-region"),
     endpoint_flag: "--s3-endpoint",
+    host_from: " (without it, --s3-bucket and --s3-region make the AWS host name)",
     secret_from: "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the profile in use)",
     credentials_from: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), \
                        web identity, or --s3-instance-metadata on EC2",
@@ -194,7 +197,12 @@ pub fn opendal(err: &opendal::Error, service: &Service) -> (String, Option<Cause
     }
     let url = context_url(&full);
     let chain = Chain::of(err.message(), std::error::Error::source(err));
-    if let Some(sentence) = network(&chain, url.as_deref(), service.endpoint_flag) {
+    if let Some(sentence) = network(
+        &chain,
+        url.as_deref(),
+        service.endpoint_flag,
+        service.host_from,
+    ) {
         return (sentence, Some(Cause::Transient));
     }
     if full.contains("timeout") || full.contains("timed out") {
@@ -281,7 +289,7 @@ pub fn http_network(err: &reqwest::Error) -> String {
     let url = err.url().map(|u| u.to_string());
     let chain = Chain::of(&err.to_string(), std::error::Error::source(err));
     let text = chain.cause.clone();
-    if let Some(sentence) = network(&chain, url.as_deref(), "--http-url") {
+    if let Some(sentence) = network(&chain, url.as_deref(), "--http-url", "") {
         return sentence;
     }
     if err.is_timeout() {
@@ -305,7 +313,12 @@ pub fn http_network(err: &reqwest::Error) -> String {
 }
 
 /// The network cause of a failure from the text of its error chain, if it is one.
-fn network(chain: &Chain, url: Option<&str>, endpoint_flag: &str) -> Option<String> {
+fn network(
+    chain: &Chain,
+    url: Option<&str>,
+    endpoint_flag: &str,
+    host_from: &str,
+) -> Option<String> {
     let lower = chain.all.to_ascii_lowercase();
     let text = chain.cause.as_str();
     let at = origin(url);
@@ -339,7 +352,7 @@ fn network(chain: &Chain, url: Option<&str>, endpoint_flag: &str) -> Option<Stri
         || lower.contains("no address")
     {
         return Some(format!(
-            "the host name of {at} does not resolve (DNS): check {endpoint_flag}"
+            "the host name of {at} does not resolve (DNS): check {endpoint_flag}{host_from} and the network's DNS"
         ));
     }
     if lower.contains("connection refused") {
@@ -578,6 +591,7 @@ mod tests {
             &chain("send http request: error sending request: client error (Connect): tcp connect error: Connection refused (os error 111)"),
             Some("http://127.0.0.1:1/b/v1/00"),
             "--s3-endpoint",
+            S3.host_from,
         )
         .unwrap();
         assert_eq!(
@@ -588,6 +602,7 @@ mod tests {
             &chain("dns error: failed to lookup address information"),
             Some("https://nope.invalid/x"),
             "--http-url",
+            "",
         )
         .unwrap();
         assert!(
@@ -598,6 +613,7 @@ mod tests {
             &chain("invalid peer certificate: UnknownIssuer"),
             Some("https://h:1/v1/ac/00"),
             "--http-url",
+            "",
         )
         .unwrap();
         assert!(

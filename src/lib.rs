@@ -31,6 +31,7 @@ pub mod cache;
 pub mod cacheprog;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod fsutil;
 pub mod goproxy;
 pub mod ids;

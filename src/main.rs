@@ -12,7 +12,8 @@ use goremotecache::cache::Cache;
 use goremotecache::cache::stats;
 use goremotecache::cacheprog::{session, wire};
 use goremotecache::config::{
-    Cli, Config, Control, ControlConfig, GcRemoteConfig, LocalDirs, Run, ServeConfig, TrimConfig,
+    Cli, Config, Control, ControlConfig, DoctorConfig, GcRemoteConfig, LocalDirs, Run, ServeConfig,
+    TrimConfig,
 };
 use goremotecache::fsutil::explain_io;
 use goremotecache::local::clear;
@@ -72,6 +73,17 @@ fn main() -> ExitCode {
         Run::Control(control) => {
             logging::init(control.build.debug);
             goremotecache::daemon::control::run(&control, &options_after_subcommand())
+        }
+        Run::Doctor(doctor) => {
+            logging::init(doctor.build.debug);
+            return match run_doctor(&doctor) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(err) => {
+                    eprintln!("goremotecache: {err:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Run::Version => {
             println!(
@@ -257,4 +269,20 @@ fn gc_remote(config: &GcRemoteConfig) -> anyhow::Result<()> {
     let swept = runtime.block_on(gc::sweep(&store, &plan, &progress))?;
     println!("{swept}");
     Ok(())
+}
+
+/// `goremotecache doctor`: prints the report (text, or one JSON object with `--json`);
+/// whether the remote works as configured.
+fn run_doctor(config: &DoctorConfig) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let report = runtime.block_on(goremotecache::doctor::run(config));
+    if config.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(report.ok)
 }

@@ -155,6 +155,11 @@ pub enum Command {
     /// Start the daemon of these options if needed and begin prefetching the manifest of
     /// --prefetch-key at once, so that it runs while the job does other things.
     Warm(ControlCommand),
+    /// Check the remote store with the options a build would use: configuration,
+    /// credentials, reachability, write, read and delete of a probe entry, latency and
+    /// throughput, and what the latency costs a warm build (see docs/doctor.md). Exit status
+    /// 0 when the remote works for --remote-mode, 1 otherwise.
+    Doctor(DoctorCommand),
     /// Print the version and the protocol commands this build answers.
     Version,
 }
@@ -562,8 +567,10 @@ pub enum Backend {
 }
 
 mod daemon;
+mod doctor;
 mod goproxy;
 mod serve;
 pub use daemon::{ControlCommand, DaemonCommand, SocketArgs, StatusCommand};
+pub use doctor::DoctorCommand;
 pub use goproxy::GoproxyArgs;
 pub use serve::{ServeArgs, ServeTimeouts};

@@ -21,9 +21,9 @@ use crate::store::s3::{S3Config, S3Credentials};
 pub use self::daemon::{Control, ControlConfig, DaemonConfig, DaemonGoproxy};
 pub use self::dirs::{DefaultBase, LocalDirs};
 pub use self::flags::{
-    Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, GcRemoteArgs,
-    GoproxyArgs, LocalArgs, MainArgs, NamespaceArgs, NamespaceSelectionArgs, S3Args, ServeArgs,
-    ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs, TrimArgs, TrimCommand,
+    Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, DoctorCommand,
+    GcRemoteArgs, GoproxyArgs, LocalArgs, MainArgs, NamespaceArgs, NamespaceSelectionArgs, S3Args,
+    ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs, TrimArgs, TrimCommand,
 };
 pub use self::goproxy::GoproxyConfig;
 pub use self::values::MaxSize;
@@ -50,6 +50,8 @@ pub enum Run {
     Daemon(Box<DaemonConfig>),
     /// `connect`, `flush`, `status`, `warm`.
     Control(Box<ControlConfig>),
+    /// `doctor`.
+    Doctor(Box<DoctorConfig>),
     /// `version`.
     Version,
 }
@@ -100,6 +102,11 @@ impl Run {
                 Self::Control(Box::new(ControlConfig::from_args(Control::Warm, &args)?))
             }
             Some(Command::Status(args)) => Self::Control(Box::new(ControlConfig::status(&args)?)),
+            Some(Command::Doctor(doctor)) => Self::Doctor(Box::new(DoctorConfig {
+                build: Config::from_args(&doctor.main)?,
+                prefetch_concurrency: usize::from(doctor.main.client.prefetch_concurrency),
+                json: doctor.json,
+            })),
             Some(Command::Version) => Self::Version,
         })
     }
@@ -118,7 +125,8 @@ impl Run {
             Self::ClearLocal(clear) => clear.dirs.check(false),
             Self::Trim(trim) => trim.dirs.check(false),
             Self::Serve(serve) => serve.check_dirs(),
-            Self::ClearRemote(_) | Self::GcRemote(_) | Self::Version => Ok(()),
+            // doctor reports an untrusted directory as a failed check, with its fix.
+            Self::ClearRemote(_) | Self::GcRemote(_) | Self::Doctor(_) | Self::Version => Ok(()),
         }
     }
 }
@@ -188,6 +196,16 @@ impl ServeConfig {
             _ => Ok(()),
         }
     }
+}
+
+/// `doctor`'s options, validated: the build's configuration, checked rather than used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoctorConfig {
+    pub build: Config,
+    /// `--prefetch-concurrency`, for the estimate (also when `--prefetch=off`).
+    pub prefetch_concurrency: usize,
+    /// `--json`: one JSON object instead of the text report.
+    pub json: bool,
 }
 
 /// `clear-local`'s options, validated.

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 
-use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, batch, file_stream};
+use super::{
+    ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, batch, explain, file_stream,
+};
 use crate::ids::{ActionId, BuildKey, Namespace};
 
 /// Entries asked for in one batch request (the server takes up to [`batch::MAX_KEYS`]).
@@ -48,10 +50,18 @@ impl HttpStore {
         let mut builder = reqwest::Client::builder();
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|err| {
-                RemoteError::Config(format!("--http-ca-file {}: {err}", path.display()))
+                RemoteError::Config(format!(
+                    "cannot read --http-ca-file {} ({}): give the path of a PEM file of CA certificates",
+                    path.display(),
+                    crate::fsutil::explain_io(&err)
+                ))
             })?;
             let certificate = reqwest::Certificate::from_pem(&pem).map_err(|err| {
-                RemoteError::Config(format!("--http-ca-file {}: {err}", path.display()))
+                tracing::debug!("--http-ca-file {}: {err:?}", path.display());
+                RemoteError::Config(format!(
+                    "--http-ca-file {} holds no PEM certificate: give a PEM file (-----BEGIN CERTIFICATE-----)",
+                    path.display()
+                ))
             })?;
             builder = builder.add_root_certificate(certificate);
         }
@@ -108,9 +118,10 @@ impl HttpStore {
     }
 }
 
-/// Sorts an answer's status into what the cache acts on.
+/// Sorts an answer's status into what the cache acts on, worded by [`explain`].
 fn status_error(status: StatusCode, body: &str) -> RemoteError {
-    let message = format!("{status}: {}", body.trim());
+    tracing::debug!("HTTP store answered {status}: {}", body.trim());
+    let message = explain::http_status(status.as_u16(), body);
     match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RemoteError::Denied(message),
         // A server whose storage is full (eviction behind): this write is dropped, the
@@ -120,12 +131,15 @@ fn status_error(status: StatusCode, body: &str) -> RemoteError {
             RemoteError::Transient(message)
         }
         _ if status.is_server_error() => RemoteError::Transient(message),
+        // A wrong --http-url: no request there will ever work.
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => RemoteError::Config(message),
         _ => RemoteError::Other(message),
     }
 }
 
 fn network_error(err: reqwest::Error) -> RemoteError {
-    RemoteError::Transient(err.to_string())
+    tracing::debug!("HTTP store request failed: {err:?}");
+    RemoteError::Transient(explain::http_network(&err))
 }
 
 async fn failed(response: reqwest::Response) -> RemoteError {

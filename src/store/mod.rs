@@ -21,6 +21,7 @@ pub mod batch;
 pub mod bounded;
 pub mod breaker;
 pub mod dir;
+pub mod explain;
 pub mod format;
 pub mod http;
 pub mod inventory;

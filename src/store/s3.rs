@@ -19,6 +19,7 @@ use opendal::services::S3;
 use opendal::{ErrorKind, HttpTransporter, Operator};
 use opendal_http_transport_reqwest::ReqwestTransport;
 
+use super::explain::{self, Cause};
 use super::inventory::{Area, Inventory, NAMESPACES, StoredObject};
 use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, entry_key, manifest_key};
 use crate::ids::{ActionId, BuildKey, Namespace};
@@ -165,7 +166,7 @@ impl S3Store {
                 builder = builder.session_token(token);
             }
         }
-        let op = Operator::new(builder).map_err(|err| RemoteError::Config(err.to_string()))?;
+        let op = Operator::new(builder).map_err(classify)?;
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.request_timeout)
@@ -191,39 +192,19 @@ impl S3Store {
     }
 }
 
-/// Sorts OpenDAL's errors into what the cache acts on.
+/// Sorts OpenDAL's errors into what the cache acts on, worded by [`explain`] as one sentence
+/// with the cause and the fix; the raw error goes to the debug log.
 fn classify(err: opendal::Error) -> RemoteError {
-    let message = describe(&err);
-    // A request that could not be signed had no usable credentials: retrying cannot help.
-    let unsigned = err.to_string().contains("reqsign::Sign");
-    match err.kind() {
-        ErrorKind::PermissionDenied => RemoteError::Denied(message),
-        _ if unsigned => RemoteError::Denied(format!(
-            "no usable AWS credentials ({message}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or web identity"
-        )),
-        ErrorKind::ConfigInvalid => RemoteError::Config(message),
+    tracing::debug!("S3 error: {err}");
+    let (message, cause) = explain::opendal(&err, &explain::S3);
+    match (err.kind(), cause) {
+        (ErrorKind::PermissionDenied, _) | (_, Some(Cause::Denied)) => RemoteError::Denied(message),
+        (ErrorKind::ConfigInvalid, _) | (_, Some(Cause::Config)) => RemoteError::Config(message),
         _ if err.is_temporary() => RemoteError::Transient(message),
-        ErrorKind::RateLimited | ErrorKind::Unexpected => RemoteError::Transient(message),
+        (_, Some(Cause::Transient)) => RemoteError::Transient(message),
+        (ErrorKind::RateLimited | ErrorKind::Unexpected, _) => RemoteError::Transient(message),
         _ => RemoteError::Other(message),
     }
-}
-
-/// OpenDAL's message and its cause, without the context it adds for debugging.
-fn describe(err: &opendal::Error) -> String {
-    const MAX: usize = 400;
-    let mut text = format!("{}: {}", err.kind(), err.message());
-    if let Some(source) = std::error::Error::source(err) {
-        text.push_str(&format!(" ({source})"));
-    }
-    if text.len() > MAX {
-        let mut cut = MAX;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
 }
 
 #[async_trait]

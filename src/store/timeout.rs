@@ -38,7 +38,7 @@ impl<S: RemoteStore> Timeout<S> {
             .await
             .unwrap_or_else(|_| {
                 Err(RemoteError::Transient(format!(
-                    "no answer for {}",
+                    "no answer within {} (timeout): check the network and the store, or raise --remote-timeout",
                     humantime::format_duration(self.bound)
                 )))
             })
@@ -54,7 +54,7 @@ fn bounded(stream: ByteStream, bound: Duration) -> ByteStream {
             Ok(None) => None,
             Err(_) => Some((
                 Err(RemoteError::Transient(format!(
-                    "the answer stalled for {}",
+                    "the answer stalled for {} (timeout): check the network and the store, or raise --remote-timeout",
                     humantime::format_duration(bound)
                 ))),
                 None,

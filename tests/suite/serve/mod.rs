@@ -23,20 +23,20 @@ mod limits;
 mod namespaces;
 mod storage;
 
-const RW: &str = "rw-token-0123456789abcdef";
-const RO: &str = "ro-token-0123456789abcdef";
+pub(crate) const RW: &str = "rw-token-0123456789abcdef";
+pub(crate) const RO: &str = "ro-token-0123456789abcdef";
 
 /// A running server and its address.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     token_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
     /// A server with the tokens [`RW`] and [`RO`].
-    fn start(extra: &[&str], env: &[(String, String)]) -> Self {
+    pub(crate) fn start(extra: &[&str], env: &[(String, String)]) -> Self {
         let tokens = format!("# test tokens\nrw {RW} # writer\nro {RO}\n");
         Self::with_tokens(&tokens, extra, env)
     }
@@ -99,14 +99,14 @@ impl Server {
         }
     }
 
-    fn on_disk(extra: &[&str]) -> (Self, tempfile::TempDir) {
+    pub(crate) fn on_disk(extra: &[&str]) -> (Self, tempfile::TempDir) {
         let storage = tempfile::tempdir().unwrap();
         let mut args = vec!["--storage-dir", storage.path().to_str().unwrap()];
         args.extend_from_slice(extra);
         (Self::start(&args, &[]), storage)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 

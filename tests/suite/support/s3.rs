@@ -31,6 +31,9 @@ pub enum Fault {
     Flip,
     /// Answer this many milliseconds late (a far-away store), the object unchanged.
     DelayMs(u64),
+    /// Answer a GET of a missing object with 403 AccessDenied, as S3 does for credentials
+    /// without s3:ListBucket (path-style requests only).
+    DenyMissing,
 }
 
 struct Shared {
@@ -98,6 +101,22 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
         } else {
             Fault::None
         };
+        if fault == Fault::DenyMissing
+            && !self
+                .shared
+                .root
+                .join(req.uri().path().trim_start_matches('/'))
+                .is_file()
+        {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+            return Box::pin(async move {
+                Ok(http::Response::builder()
+                    .status(403)
+                    .header(http::header::CONTENT_TYPE, "application/xml")
+                    .body(s3s::Body::from(Bytes::from(body)))
+                    .unwrap())
+            });
+        }
         let inner = self.inner.clone();
         let shared = self.shared.clone();
         Box::pin(async move {
@@ -113,7 +132,8 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
                     .unwrap());
             }
             let response = Service::call(&inner, req).await?;
-            if fault == Fault::None || !response.status().is_success() {
+            if matches!(fault, Fault::None | Fault::DenyMissing) || !response.status().is_success()
+            {
                 return Ok(response);
             }
             let (mut parts, body) = response.into_parts();

@@ -44,11 +44,10 @@ pub const S3: Service = Service {
     region_flag: Some("--s3-region"),
     endpoint_flag: "--s3-endpoint",
     host_from: " (without it, --s3-bucket and --s3-region make the AWS host name)",
-    secret_from: "GOREMOTECACHE_AWS_ACCESS_KEY_ID and GOREMOTECACHE_AWS_SECRET_ACCESS_KEY if set, \
-                  else AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the profile in use)",
-    credentials_from: "set GOREMOTECACHE_AWS_ACCESS_KEY_ID and GOREMOTECACHE_AWS_SECRET_ACCESS_KEY \
-                       (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), a profile (AWS_PROFILE), \
-                       web identity, or --s3-instance-metadata on EC2",
+    secret_from: "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or GOREMOTECACHE_AWS_*, which \
+                  come first, or the profile in use)",
+    credentials_from: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or GOREMOTECACHE_AWS_*), \
+                       a profile (AWS_PROFILE), web identity, or --s3-instance-metadata on EC2",
     permissions: "s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on the bucket",
 };
 

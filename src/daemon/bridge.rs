@@ -249,12 +249,9 @@ impl Handler for Bridge {
             direct.finish().await;
         }
         let report = self.report(closed);
-        if self.config.stats {
-            eprint!("{report}");
-        }
-        if let Some(path) = &self.config.stats_file {
-            report.write_json(path);
-        }
+        crate::cache::ReportOptions::of(&self.config)
+            .publish(&report)
+            .await;
     }
 }
 

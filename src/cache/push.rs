@@ -239,7 +239,11 @@ pub const PREFIX: &str = "goremotecache_build_";
 /// The samples of `report`: those of `--stats-file`, under Prometheus names.
 fn samples(report: &Report) -> Vec<Sample> {
     let mut out = vec![
-        counter("gets_total", "Gets the go command asked in the run", report.gets),
+        counter(
+            "gets_total",
+            "Gets the go command asked in the run",
+            report.gets,
+        ),
         counter("hits_total", "Gets answered with an entry", report.hits),
         counter("misses_total", "Gets answered with a miss", report.misses),
         counter(
@@ -247,14 +251,22 @@ fn samples(report: &Report) -> Vec<Sample> {
             "Gets that failed on a local I/O error (answered as misses)",
             report.get_errors,
         ),
-        counter("hit_bytes_total", "Output bytes of the hits", report.hit_bytes),
+        counter(
+            "hit_bytes_total",
+            "Output bytes of the hits",
+            report.hit_bytes,
+        ),
         seconds(
             "get_seconds_total",
             "Time spent answering gets, summed over concurrent gets",
             report.get_seconds,
         ),
         counter("puts_total", "Puts the go command made", report.puts),
-        counter("put_errors_total", "Puts that could not be stored", report.put_errors),
+        counter(
+            "put_errors_total",
+            "Puts that could not be stored",
+            report.put_errors,
+        ),
         counter("put_bytes_total", "Output bytes put", report.put_bytes),
         counter(
             "puts_already_stored_total",
@@ -288,11 +300,27 @@ fn samples(report: &Report) -> Vec<Sample> {
         return out;
     };
     out.extend([
-        counter("remote_hits_total", "Local misses the remote store filled", r.hits),
-        counter("remote_misses_total", "Local misses the remote store did not have", r.misses),
+        counter(
+            "remote_hits_total",
+            "Local misses the remote store filled",
+            r.hits,
+        ),
+        counter(
+            "remote_misses_total",
+            "Local misses the remote store did not have",
+            r.misses,
+        ),
         counter("remote_errors_total", "Remote gets that failed", r.errors),
-        counter("remote_corrupt_total", "Remote entries that failed verification", r.corrupt),
-        counter("remote_bytes_down_total", "Entry bytes received from the remote store", r.bytes_down),
+        counter(
+            "remote_corrupt_total",
+            "Remote entries that failed verification",
+            r.corrupt,
+        ),
+        counter(
+            "remote_bytes_down_total",
+            "Entry bytes received from the remote store",
+            r.bytes_down,
+        ),
         seconds(
             "remote_wait_seconds_total",
             "Time gets waited on the remote store, summed over concurrent gets",
@@ -304,7 +332,11 @@ fn samples(report: &Report) -> Vec<Sample> {
             "Uploads that found the entry there already",
             r.uploads_existing,
         ),
-        counter("upload_errors_total", "Uploads that failed", r.upload_errors),
+        counter(
+            "upload_errors_total",
+            "Uploads that failed",
+            r.upload_errors,
+        ),
         counter(
             "uploads_dropped_total",
             "Uploads not done: queue full, remote switched off, or pending at the end",
@@ -315,7 +347,11 @@ fn samples(report: &Report) -> Vec<Sample> {
             "Entries not uploaded because they are under --upload-min-size",
             r.uploads_small,
         ),
-        counter("upload_bytes_total", "Entry bytes sent to the remote store", r.bytes_up),
+        counter(
+            "upload_bytes_total",
+            "Entry bytes sent to the remote store",
+            r.bytes_up,
+        ),
         counter(
             "upload_raw_bytes_total",
             "Output bytes the uploaded entries hold, before compression",
@@ -334,7 +370,11 @@ fn samples(report: &Report) -> Vec<Sample> {
     ]);
     if let Some(p) = &r.prefetch {
         out.extend([
-            counter("prefetch_listed_total", "Entries in the prefetch manifest found at start", p.listed),
+            counter(
+                "prefetch_listed_total",
+                "Entries in the prefetch manifest found at start",
+                p.listed,
+            ),
             counter(
                 "prefetch_already_local_total",
                 "Manifest entries already on local disk",
@@ -342,11 +382,27 @@ fn samples(report: &Report) -> Vec<Sample> {
             ),
             counter("prefetch_fetched_total", "Entries prefetched", p.fetched),
             counter("prefetch_bytes_total", "Output bytes prefetched", p.bytes),
-            counter("prefetch_missing_total", "Manifest entries the remote did not have", p.missing),
+            counter(
+                "prefetch_missing_total",
+                "Manifest entries the remote did not have",
+                p.missing,
+            ),
             counter("prefetch_errors_total", "Prefetches that failed", p.errors),
-            counter("prefetch_used_total", "Prefetched entries the go command asked for", p.used),
-            counter("prefetch_wasted_total", "Prefetched entries never asked for", p.wasted),
-            gauge("prefetch_seconds", "Time until prefetching ended", p.seconds),
+            counter(
+                "prefetch_used_total",
+                "Prefetched entries the go command asked for",
+                p.used,
+            ),
+            counter(
+                "prefetch_wasted_total",
+                "Prefetched entries never asked for",
+                p.wasted,
+            ),
+            gauge(
+                "prefetch_seconds",
+                "Time until prefetching ended",
+                p.seconds,
+            ),
         ]);
     }
     out
@@ -407,16 +463,30 @@ mod tests {
         stats.record_get(None, Duration::from_millis(1));
         let text = exposition(
             &stats.report(),
-            &[("repo".into(), "a\"b".into()), ("os".into(), "linux".into())],
+            &[
+                ("repo".into(), "a\"b".into()),
+                ("os".into(), "linux".into()),
+            ],
         );
-        assert!(text.contains("# HELP goremotecache_build_hits_total "), "{text}");
-        assert!(text.contains("# TYPE goremotecache_build_hits_total counter\n"), "{text}");
+        assert!(
+            text.contains("# HELP goremotecache_build_hits_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE goremotecache_build_hits_total counter\n"),
+            "{text}"
+        );
         assert!(
             text.contains("goremotecache_build_hits_total{repo=\"a\\\"b\",os=\"linux\"} 1\n"),
             "{text}"
         );
-        assert!(text.contains("goremotecache_build_misses_total{repo=\"a\\\"b\",os=\"linux\"} 1\n"));
-        assert!(text.contains("goremotecache_build_remote_hits_total{"), "{text}");
+        assert!(
+            text.contains("goremotecache_build_misses_total{repo=\"a\\\"b\",os=\"linux\"} 1\n")
+        );
+        assert!(
+            text.contains("goremotecache_build_remote_hits_total{"),
+            "{text}"
+        );
         // Every sample line starts with the prefix.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with(PREFIX), "{line}");

@@ -25,7 +25,11 @@ pub fn markdown(report: &Report) -> String {
     let up = cell(remote.map(|r| human_bytes(r.bytes_up)));
     let wait = cell(remote.map(|r| format!("{:.2}s", r.wait_seconds)));
     let uploads = cell(remote.map(|r| r.uploads.to_string()));
-    let prefetch = cell(remote.and_then(|r| r.prefetch.as_ref()).map(|p| p.used.to_string()));
+    let prefetch = cell(
+        remote
+            .and_then(|r| r.prefetch.as_ref())
+            .map(|p| p.used.to_string()),
+    );
     format!(
         "\n#### goremotecache: {} gets, {rate:.1}% hits, {:.1}s\n\n\
          | hits | misses | remote hits | down | up | waited on remote | uploads | prefetch used |\n\
@@ -69,9 +73,15 @@ mod tests {
         crate::cache::stats::add(&remote.hits, 3);
         crate::cache::stats::add(&remote.bytes_down, 2048);
         let text = markdown(&stats.report());
-        assert!(text.contains("| 1 | 1 | 3 | 2.0 KiB | 0 B | 0.00s | 0 | - |\n"), "{text}");
+        assert!(
+            text.contains("| 1 | 1 | 3 | 2.0 KiB | 0 B | 0.00s | 0 | - |\n"),
+            "{text}"
+        );
         assert!(text.contains("2 gets, 50.0% hits"), "{text}");
         let local = markdown(&Stats::new().report());
-        assert!(local.contains("| 0 | 0 | - | - | - | - | - | - |\n"), "{local}");
+        assert!(
+            local.contains("| 0 | 0 | - | - | - | - | - | - |\n"),
+            "{local}"
+        );
     }
 }

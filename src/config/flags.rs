@@ -489,7 +489,11 @@ pub struct ClientArgs {
     /// Labels added to every pushed sample: name=value pairs separated by commas, such as
     /// repo=api,branch=main. A name has A-Z a-z 0-9 _ and does not start with a digit or
     /// with __.
-    #[arg(long, env = "GOREMOTECACHE_METRICS_PUSH_LABELS", value_name = "K=V,...")]
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_METRICS_PUSH_LABELS",
+        value_name = "K=V,..."
+    )]
     pub metrics_push_labels: Option<String>,
 
     /// HTTP headers sent with the push, for its authentication: 'Name: value' pairs

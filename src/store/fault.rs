@@ -35,7 +35,11 @@ impl<S: RemoteStore> FaultRate<S> {
         let clock = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        Self::seeded(inner, rate, clock ^ u64::from(std::process::id()).rotate_left(32))
+        Self::seeded(
+            inner,
+            rate,
+            clock ^ u64::from(std::process::id()).rotate_left(32),
+        )
     }
 
     /// As [`FaultRate::new`], with a fixed seed: the same requests fail every time.
@@ -145,16 +149,26 @@ mod tests {
         let store = FaultRate::seeded(MemoryStore::new(), 0.5, 42);
         let failed = failures(&store, 10_000);
         // A fixed seed: the count is the same on every run; it is near half.
-        assert!((4_800..=5_200).contains(&failed), "{failed} of 10000 failed");
+        assert!(
+            (4_800..=5_200).contains(&failed),
+            "{failed} of 10000 failed"
+        );
         // The requests that did not fail reached the store.
         assert_eq!(store.inner.requests.gets(), (10_000 - failed) as u64);
         let again = FaultRate::seeded(MemoryStore::new(), 0.5, 42);
-        assert_eq!(failures(&again, 10_000), failed, "the same seed, the same failures");
+        assert_eq!(
+            failures(&again, 10_000),
+            failed,
+            "the same seed, the same failures"
+        );
     }
 
     #[test]
     fn rates_zero_and_one_are_exact() {
-        assert_eq!(failures(&FaultRate::seeded(MemoryStore::new(), 0.0, 1), 1_000), 0);
+        assert_eq!(
+            failures(&FaultRate::seeded(MemoryStore::new(), 0.0, 1), 1_000),
+            0
+        );
         let all = FaultRate::seeded(MemoryStore::new(), 1.0, 1);
         assert_eq!(failures(&all, 1_000), 1_000);
         assert_eq!(all.inner.requests.gets(), 0, "a failed request is not sent");

@@ -23,7 +23,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use super::{ByteStream, ReadOnly, RemoteError, RemoteMode, RemoteStore, StoreConfig, open_store_with_faults};
+use super::{
+    ByteStream, ReadOnly, RemoteError, RemoteMode, RemoteStore, StoreConfig, open_store_with_faults,
+};
 use crate::ids::{ActionId, BuildKey, Namespace};
 
 /// Where a build writes, and what it reads after that, in order.

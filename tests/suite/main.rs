@@ -16,6 +16,7 @@ mod goproxy;
 mod hostile_disk;
 mod namespaces;
 mod prefetch;
+mod run_reports;
 mod s3_e2e;
 mod s3_protocol;
 mod serve;

@@ -386,3 +386,39 @@ fn fault_rate_one_fails_every_remote_request_and_the_build_still_works() {
     // The faults are injected before the request: the store saw none.
     assert_eq!(server.count("GET") + server.count("PUT"), 0);
 }
+
+#[test]
+fn connect_reports_its_own_session_and_its_daemon_logs_to_the_same_file() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("step-summary.md");
+    let log = dir.path().join("goremotecache.log");
+    let mut project = crate::daemon::Project::new("connect-reports", &server, "connect");
+    project.set_env("GITHUB_STEP_SUMMARY", summary.to_str().unwrap());
+    project.set_env("GOREMOTECACHE_LOG_FILE", log.to_str().unwrap());
+    let build = project.go(&["build", "./..."]);
+    assert!(build.stat("gets") > 0, "{:?}", build.stats);
+
+    let text = std::fs::read_to_string(&summary).unwrap();
+    let rows = table_rows(&text);
+    assert_eq!(
+        rows.len(),
+        1,
+        "one session, one table (the daemon adds none): {text}"
+    );
+    assert_eq!(rows[0][0], build.stat("hits").to_string(), "{text}");
+    assert_eq!(rows[0][1], build.stat("misses").to_string(), "{text}");
+
+    let lines = log_lines(&log);
+    let connect = (lines.iter())
+        .find(|(_, m)| m.contains(" started: connect, backend s3 s3://"))
+        .unwrap_or_else(|| panic!("no connect start line: {lines:#?}"));
+    assert!(
+        (lines.iter()).any(|(pid, m)| *pid == connect.0 && m.starts_with("info: run ended: ")),
+        "no summary line of the connect process: {lines:#?}"
+    );
+    assert!(
+        (lines.iter()).any(|(pid, m)| *pid != connect.0 && m.contains(" started: daemon on ")),
+        "no start line of the daemon: {lines:#?}"
+    );
+}

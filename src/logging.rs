@@ -17,6 +17,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::Targets;
@@ -28,6 +29,20 @@ use tracing_subscriber::registry::LookupSpan;
 /// debug messages too (not those of the HTTP and S3 libraries, which would drown them).
 pub fn init(debug: bool) {
     init_with_file(debug, None);
+}
+
+/// Whether the messages go to a `--log-file`.
+static TO_FILE: AtomicBool = AtomicBool::new(false);
+
+/// Says `message` as goremotecache's plain progress lines on stderr always did
+/// (`goremotecache: MESSAGE`), or, with a `--log-file`, into that file at `level` (so that
+/// stderr stays quiet).
+pub fn say(level: Level, message: &str) {
+    match (TO_FILE.load(Ordering::Relaxed), level) {
+        (false, _) => eprintln!("goremotecache: {message}"),
+        (true, Level::ERROR | Level::WARN) => tracing::warn!("{message}"),
+        (true, _) => tracing::info!("{message}"),
+    }
 }
 
 /// As [`init`], or into `log_file` (`--log-file`) when one is given: there with the
@@ -54,6 +69,7 @@ pub fn init_with_file(debug: bool, log_file: Option<&Path>) {
     let filter = Targets::new()
         .with_target("goremotecache", ours)
         .with_default(Level::WARN);
+    TO_FILE.store(file.is_some(), Ordering::Relaxed);
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match file {
         Some(file) => registry

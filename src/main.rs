@@ -113,7 +113,10 @@ fn connect(config: &ControlConfig) -> anyhow::Result<()> {
     match goremotecache::daemon::bridge::run(config, &options_after_subcommand()) {
         Ok(()) => Ok(()),
         Err(why) => {
-            eprintln!("goremotecache: connect: running without the daemon: {why}");
+            logging::say(
+                tracing::Level::WARN,
+                &format!("connect: running without the daemon: {why}"),
+            );
             serve_session(&config.build)
         }
     }

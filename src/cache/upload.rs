@@ -203,9 +203,9 @@ impl Uploader {
             match tokio::time::timeout(tick, &mut worker).await {
                 Ok(_) => {
                     if said {
-                        eprintln!(
-                            "goremotecache: uploads finished in {:.1}s",
-                            start.elapsed().as_secs_f64()
+                        crate::logging::say(
+                            tracing::Level::INFO,
+                            &format!("uploads finished in {:.1}s", start.elapsed().as_secs_f64()),
                         );
                     }
                     break;
@@ -214,19 +214,25 @@ impl Uploader {
                     worker.abort();
                     let left = self.pending.swap(0, Ordering::SeqCst);
                     add(&self.remote_stats().uploads_dropped, left);
-                    eprintln!(
-                        "goremotecache: {left} uploads not finished after {} were dropped (raise --upload-wait to wait longer)",
-                        humantime::format_duration(wait)
+                    crate::logging::say(
+                        tracing::Level::WARN,
+                        &format!(
+                            "{left} uploads not finished after {} were dropped (raise --upload-wait to wait longer)",
+                            humantime::format_duration(wait)
+                        ),
                     );
                     break;
                 }
                 Err(_) => {
                     let left = self.pending.load(Ordering::SeqCst);
                     let bytes = self.pending_bytes.load(Ordering::SeqCst);
-                    eprintln!(
-                        "goremotecache: waiting for {left} uploads ({}) to finish, {}s so far",
-                        human_bytes(bytes),
-                        start.elapsed().as_secs()
+                    crate::logging::say(
+                        tracing::Level::INFO,
+                        &format!(
+                            "waiting for {left} uploads ({}) to finish, {}s so far",
+                            human_bytes(bytes),
+                            start.elapsed().as_secs()
+                        ),
                     );
                     said = true;
                 }

@@ -164,3 +164,47 @@ where
         writeln!(writer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_file_is_created_private_and_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        io::Write::write_all(&mut open_log(&path).unwrap(), b"one\n").unwrap();
+        io::Write::write_all(&mut open_log(&path).unwrap(), b"two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_symlink_a_directory_or_a_fifo_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = open_log(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "");
+
+        let err = open_log(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot open it") || err.contains("not a regular file"),
+            "{err}"
+        );
+
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        // Nobody reads the FIFO: the open fails at once instead of blocking.
+        assert!(open_log(&fifo).is_err());
+    }
+}

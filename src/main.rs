@@ -66,7 +66,7 @@ fn main() -> ExitCode {
             }
         }
         Run::Daemon(daemon) => {
-            logging::init(daemon.build.debug);
+            logging::init_with_file(daemon.build.debug, daemon.build.log_file.as_deref());
             goremotecache::daemon::serve::run(&daemon)
         }
         Run::Control(control) if control.control == Control::Connect => connect(&control),
@@ -105,17 +105,30 @@ fn main() -> ExitCode {
 
 /// The main job: answer the go command on stdin/stdout.
 fn serve_stdio(config: &Config) -> anyhow::Result<()> {
-    handshake(config.debug)?;
+    handshake(config)?;
+    tracing::info!(
+        "goremotecache {} started: {}",
+        env!("CARGO_PKG_VERSION"),
+        goremotecache::cache::describe(config)
+    );
     serve_session(config)
 }
 
 /// `connect`: the session through the daemon, or directly if no daemon can serve it.
 fn connect(config: &ControlConfig) -> anyhow::Result<()> {
-    handshake(config.build.debug)?;
+    handshake(&config.build)?;
+    tracing::info!(
+        "goremotecache {} started: connect, {}",
+        env!("CARGO_PKG_VERSION"),
+        goremotecache::cache::describe(&config.build)
+    );
     match goremotecache::daemon::bridge::run(config, &options_after_subcommand()) {
         Ok(()) => Ok(()),
         Err(why) => {
-            eprintln!("goremotecache: connect: running without the daemon: {why}");
+            logging::say(
+                tracing::Level::WARN,
+                &format!("connect: running without the daemon: {why}"),
+            );
             serve_session(&config.build)
         }
     }
@@ -128,13 +141,13 @@ fn options_after_subcommand() -> Vec<OsString> {
 }
 
 /// The handshake, at once: the go command waits for this line before it sends anything.
-fn handshake(debug: bool) -> anyhow::Result<()> {
+fn handshake(config: &Config) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     stdout
         .write_all(&wire::handshake_line())
         .and_then(|()| stdout.flush())
         .context("writing the handshake")?;
-    logging::init(debug);
+    logging::init_with_file(config.debug, config.log_file.as_deref());
     if std::io::stdin().is_terminal() {
         eprintln!(
             "goremotecache: waiting for requests on stdin; it is meant to be started by the go command: \

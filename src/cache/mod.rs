@@ -25,8 +25,10 @@ pub mod clear;
 pub mod gc;
 pub mod manifest;
 pub mod prefetch;
+pub mod push;
 pub mod remote;
 pub mod stats;
+pub mod summary;
 pub mod upload;
 
 #[cfg(test)]
@@ -70,6 +72,67 @@ pub struct ReportOptions {
     pub stats: bool,
     /// Write the figures as JSON here.
     pub stats_file: Option<PathBuf>,
+    /// Push the figures here (`--metrics-push-url`).
+    pub metrics_push: Option<push::MetricsPush>,
+    /// Append a Markdown table here (`--step-summary`, `GITHUB_STEP_SUMMARY`).
+    pub step_summary: Option<PathBuf>,
+}
+
+impl ReportOptions {
+    /// The report options of `config`.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            stats: config.stats,
+            stats_file: config.stats_file.clone(),
+            metrics_push: config.metrics_push.clone(),
+            step_summary: config.step_summary.clone(),
+        }
+    }
+
+    /// Reports a session's figures at its close, everywhere the options ask: the summary on
+    /// stderr (`--stats`), the JSON file, the step summary, the metrics push (bounded by
+    /// [`push::PUSH_TIMEOUT`]), and always one summary line for the log (`--log-file`).
+    pub async fn publish(&self, report: &stats::Report) {
+        tracing::info!("{}", report.one_line());
+        if self.stats {
+            eprint!("{report}");
+        }
+        if let Some(path) = &self.stats_file {
+            report.write_json(path);
+        }
+        if let Some(path) = &self.step_summary {
+            summary::append(path, report);
+        }
+        if let Some(push) = &self.metrics_push {
+            push.push(report).await;
+        }
+    }
+}
+
+/// Where a run of `config` keeps its entries, for the start line of the log: the remote
+/// store's location (`s3://bucket/prefix`, a server's URL) and mode, and the cache directory.
+pub fn describe(config: &Config) -> String {
+    let dir = config.dirs.cache_dir.display();
+    let Some(remote) = &config.remote else {
+        return format!("backend disk (local only), cache {dir}");
+    };
+    let backend = match &remote.store {
+        crate::store::StoreConfig::S3(_) => "s3",
+        crate::store::StoreConfig::Http(_) => "http",
+    };
+    // Opening a store makes no request; it only names where it is.
+    let location = crate::store::open_store(&remote.store, remote.mode, remote.timeout)
+        .map_or_else(|err| format!("(not usable: {err})"), |s| s.location());
+    let mode = match remote.mode {
+        crate::store::RemoteMode::ReadWrite => "read-write",
+        crate::store::RemoteMode::ReadOnly => "read-only",
+        crate::store::RemoteMode::WriteOnly => "write-only",
+    };
+    let mut text = format!("backend {backend} {location} ({mode}), cache {dir}");
+    if let Some(own) = &remote.namespaces.own {
+        text += &format!(", namespace {}", own.as_str());
+    }
+    text
 }
 
 /// The tiered cache.
@@ -157,10 +220,7 @@ impl Cache {
             disk,
             locks: Locker::new(config.dirs.lock_type, &config.dirs.lock_dir),
             stats,
-            report: ReportOptions {
-                stats: config.stats,
-                stats_file: config.stats_file.clone(),
-            },
+            report: ReportOptions::of(config),
             remote,
             prefetch_config,
             prefetch: OnceLock::new(),
@@ -469,12 +529,6 @@ impl Handler for Cache {
 
     async fn close(&self) {
         self.finish().await;
-        let report = self.stats.report();
-        if self.report.stats {
-            eprint!("{report}");
-        }
-        if let Some(path) = &self.report.stats_file {
-            report.write_json(path);
-        }
+        self.report.publish(&self.stats.report()).await;
     }
 }

@@ -114,6 +114,7 @@ impl RemoteTier {
             &config.namespaces,
             config.mode,
             config.timeout,
+            config.fault_rate.0,
         )?;
         Ok(Self::with_namespaces(namespaces, config, disk, stats))
     }
@@ -145,7 +146,8 @@ impl RemoteTier {
             disk.tmp_dir().to_path_buf(),
             config.upload_concurrency,
             config.upload_queue,
-        );
+        )
+        .with_min_size(config.upload_min_size);
         let reads = config.mode != RemoteMode::WriteOnly;
         Self {
             namespaces,
@@ -363,6 +365,12 @@ impl RemoteTier {
             return;
         }
         if lock(&self.downloaded).contains_key(&job.action) {
+            return;
+        }
+        // The entry is never larger than its output and header: one that small would be
+        // skipped after encoding anyway (`--upload-min-size`).
+        if job.size + (format::HEADER_LEN as u64) < self.uploader.min_size() {
+            add(&self.remote_stats().uploads_small, 1);
             return;
         }
         self.uploader.enqueue(job);

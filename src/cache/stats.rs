@@ -47,6 +47,8 @@ pub struct RemoteStats {
     pub upload_errors: AtomicU64,
     /// Uploads not done: queue full, remote switched off, or still pending at exit.
     pub uploads_dropped: AtomicU64,
+    /// Entries not uploaded because they are under `--upload-min-size`.
+    pub uploads_small: AtomicU64,
     /// Entry bytes sent, and the raw bytes they hold.
     pub bytes_up: AtomicU64,
     pub raw_bytes_up: AtomicU64,
@@ -230,6 +232,7 @@ impl Stats {
                 uploads_existing: get(&r.uploads_existing),
                 upload_errors: get(&r.upload_errors),
                 uploads_dropped: get(&r.uploads_dropped),
+                uploads_small: get(&r.uploads_small),
                 bytes_up: get(&r.bytes_up),
                 raw_bytes_up: get(&r.raw_bytes_up),
                 compression_ratio: match get(&r.bytes_up) {
@@ -326,6 +329,9 @@ pub struct RemoteReport {
     pub uploads_existing: u64,
     pub upload_errors: u64,
     pub uploads_dropped: u64,
+    /// Entries not uploaded because they are under `--upload-min-size` (they stay local).
+    #[serde(default)]
+    pub uploads_small: u64,
     pub bytes_up: u64,
     pub raw_bytes_up: u64,
     /// Raw bytes per stored byte of the entries uploaded.
@@ -416,11 +422,15 @@ impl fmt::Display for Report {
                 .map_or("-".to_string(), |x| format!("{x:.2}x"));
             writeln!(
                 f,
-                "goremotecache: uploads: {} stored, {} already there, {} errors, {} dropped, {} up ({} raw, compression {ratio}), queue peak {}, {:.3}s waiting at close",
+                "goremotecache: uploads: {} stored, {} already there, {} errors, {} dropped,{} {} up ({} raw, compression {ratio}), queue peak {}, {:.3}s waiting at close",
                 r.uploads,
                 r.uploads_existing,
                 r.upload_errors,
                 r.uploads_dropped,
+                match r.uploads_small {
+                    0 => String::new(),
+                    n => format!(" {n} under --upload-min-size,"),
+                },
                 human_bytes(r.bytes_up),
                 human_bytes(r.raw_bytes_up),
                 r.queue_high_water,
@@ -474,6 +484,29 @@ impl fmt::Display for Report {
 }
 
 impl Report {
+    /// The run in one line, for the log file: gets, hits, misses, puts, the remote's hits,
+    /// errors and uploads, the time.
+    pub fn one_line(&self) -> String {
+        let mut line = format!(
+            "run ended: {} gets, {} hits, {} misses, {} puts",
+            self.gets, self.hits, self.misses, self.puts
+        );
+        if let Some(r) = &self.remote {
+            line += &format!(
+                "; remote {} hits, {} misses, {} errors, {} down, {:.3}s waiting; {} uploads, {} upload errors, {} dropped",
+                r.hits,
+                r.misses,
+                r.errors,
+                human_bytes(r.bytes_down),
+                r.wait_seconds,
+                r.uploads,
+                r.upload_errors,
+                r.uploads_dropped
+            );
+        }
+        line + &format!("; {:.3}s", self.run_seconds)
+    }
+
     /// Adds the request figures of `other` (a session served partly by two caches: a
     /// `connect` whose daemon went away).
     pub fn add_requests(&mut self, other: &Report) {

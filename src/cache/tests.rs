@@ -58,6 +58,8 @@ fn config(prefetch: bool, timeout: Duration) -> RemoteConfig {
         upload_queue: 100,
         timeout,
         max_entry_size: 1 << 30,
+        upload_min_size: 0,
+        fault_rate: Default::default(),
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Uploader {
     pending_bytes: Arc<AtomicU64>,
     stats: Arc<Stats>,
     worker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// `--upload-min-size`, shared with the tasks.
+    min_size: Arc<AtomicU64>,
 }
 
 /// What the uploader shares with its tasks.
@@ -66,6 +68,8 @@ struct Shared {
     tmp_dir: PathBuf,
     pending: Arc<AtomicU64>,
     pending_bytes: Arc<AtomicU64>,
+    /// Entries smaller than this (encoded) are not uploaded (`--upload-min-size`).
+    min_size: Arc<AtomicU64>,
 }
 
 impl Uploader {
@@ -80,12 +84,14 @@ impl Uploader {
         let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
         let pending = Arc::new(AtomicU64::new(0));
         let pending_bytes = Arc::new(AtomicU64::new(0));
+        let min_size = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Shared {
             store,
             stats: stats.clone(),
             tmp_dir,
             pending: pending.clone(),
             pending_bytes: pending_bytes.clone(),
+            min_size: min_size.clone(),
         });
         let limit = Arc::new(Semaphore::new(concurrency.max(1)));
         let worker = tokio::spawn(async move {
@@ -107,7 +113,20 @@ impl Uploader {
             pending_bytes,
             stats,
             worker: std::sync::Mutex::new(Some(worker)),
+            min_size,
         }
+    }
+
+    /// Skips the entries whose encoded size (header and body, as stored) is under `bytes`:
+    /// they stay in the local cache only, counted as `uploads_small`.
+    pub fn with_min_size(self, bytes: u64) -> Self {
+        self.min_size.store(bytes, Ordering::Relaxed);
+        self
+    }
+
+    /// `--upload-min-size`.
+    pub fn min_size(&self) -> u64 {
+        self.min_size.load(Ordering::Relaxed)
     }
 
     fn remote_stats(&self) -> &RemoteStats {
@@ -184,9 +203,9 @@ impl Uploader {
             match tokio::time::timeout(tick, &mut worker).await {
                 Ok(_) => {
                     if said {
-                        eprintln!(
-                            "goremotecache: uploads finished in {:.1}s",
-                            start.elapsed().as_secs_f64()
+                        crate::logging::say(
+                            tracing::Level::INFO,
+                            &format!("uploads finished in {:.1}s", start.elapsed().as_secs_f64()),
                         );
                     }
                     break;
@@ -195,19 +214,25 @@ impl Uploader {
                     worker.abort();
                     let left = self.pending.swap(0, Ordering::SeqCst);
                     add(&self.remote_stats().uploads_dropped, left);
-                    eprintln!(
-                        "goremotecache: {left} uploads not finished after {} were dropped (raise --upload-wait to wait longer)",
-                        humantime::format_duration(wait)
+                    crate::logging::say(
+                        tracing::Level::WARN,
+                        &format!(
+                            "{left} uploads not finished after {} were dropped (raise --upload-wait to wait longer)",
+                            humantime::format_duration(wait)
+                        ),
                     );
                     break;
                 }
                 Err(_) => {
                     let left = self.pending.load(Ordering::SeqCst);
                     let bytes = self.pending_bytes.load(Ordering::SeqCst);
-                    eprintln!(
-                        "goremotecache: waiting for {left} uploads ({}) to finish, {}s so far",
-                        human_bytes(bytes),
-                        start.elapsed().as_secs()
+                    crate::logging::say(
+                        tracing::Level::INFO,
+                        &format!(
+                            "waiting for {left} uploads ({}) to finish, {}s so far",
+                            human_bytes(bytes),
+                            start.elapsed().as_secs()
+                        ),
                     );
                     said = true;
                 }
@@ -240,6 +265,10 @@ impl Shared {
             }
             Ok((PutOutcome::Exists, _)) => add(&stats.uploads_existing, 1),
             Ok((PutOutcome::Skipped, _)) => {}
+            Err(UploadError::Small(sent)) => {
+                tracing::debug!(action = %job.action, size = sent, "not uploaded: under --upload-min-size");
+                add(&stats.uploads_small, 1);
+            }
             Err(UploadError::Off) => add(&stats.uploads_dropped, 1),
             Err(UploadError::Local(err)) => {
                 // The output went away (clear-local) or cannot be read: nothing to upload.
@@ -267,6 +296,9 @@ impl Shared {
             .map_err(|err| UploadError::Local(io::Error::other(err.to_string())))?
             .map_err(UploadError::Local)?;
         let sent = upload.len();
+        if sent < self.min_size.load(Ordering::Relaxed) {
+            return Err(UploadError::Small(sent));
+        }
         match self.store.put(&job.action, upload).await {
             Ok(outcome) => Ok((outcome, sent)),
             // Switched off while this upload waited: dropped, not another error.
@@ -280,6 +312,8 @@ impl Shared {
 enum UploadError {
     /// The remote tier is switched off for this run.
     Off,
+    /// The entry, of this many bytes, is under `--upload-min-size`.
+    Small(u64),
     Local(io::Error),
     Remote(RemoteError),
 }

@@ -79,6 +79,8 @@ impl DaemonConfig {
             // The go command's, not the daemon's: the session reports them itself.
             build.stats = false;
             build.stats_file = None;
+            build.metrics_push = None;
+            build.step_summary = None;
         }
         let listen_plugin = match args.daemon.listen_plugin.as_deref().map(str::trim) {
             None | Some("") => None,

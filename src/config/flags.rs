@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use super::values::{parse_bound, parse_size, parse_switch};
+use super::values::{Fraction, parse_bound, parse_fraction, parse_size, parse_switch};
 use crate::local::lock::LockType;
 use crate::store::RemoteMode;
 
@@ -471,6 +471,65 @@ pub struct ClientArgs {
     /// Prefetch at most this many entries per run.
     #[arg(long, env = "GOREMOTECACHE_PREFETCH_MAX_ENTRIES", value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub prefetch_max_entries: u32,
+
+    /// Do not upload an entry whose output (the go command's file, before compression) is
+    /// smaller than this: it stays in the local cache only, and is counted as skipped in the
+    /// stats. Small outputs cost a request each for little build time. [default: 0, upload
+    /// everything]
+    #[arg(long, env = "GOREMOTECACHE_UPLOAD_MIN_SIZE", value_name = "BYTES", default_value = "0", value_parser = parse_size)]
+    pub upload_min_size: u64,
+
+    /// A testing aid: make this fraction (0.0 to 1.0) of the remote store's requests fail
+    /// on purpose, as a network error would, before they are sent, to try how builds, retries
+    /// and the circuit breaker cope with a flaky store. Never set it for real builds.
+    /// [default: 0.0]
+    #[arg(long, env = "GOREMOTECACHE_REMOTE_FAULT_RATE", value_name = "P", value_parser = parse_fraction)]
+    pub remote_fault_rate: Option<Fraction>,
+
+    /// At the end of each run, push the --stats figures (as goremotecache_build_* metrics)
+    /// to this URL with an HTTP PUT of Prometheus text: a Pushgateway's
+    /// http://HOST:9091/metrics/job/NAME, or VictoriaMetrics'
+    /// http://HOST:8428/api/v1/import/prometheus. Bounded by 5 seconds; a failed push is one
+    /// warning on stderr, never a failed build.
+    #[arg(long, env = "GOREMOTECACHE_METRICS_PUSH_URL", value_name = "URL")]
+    pub metrics_push_url: Option<String>,
+
+    /// Labels added to every pushed sample: name=value pairs separated by commas, such as
+    /// repo=api,branch=main. A name has A-Z a-z 0-9 _ and does not start with a digit or
+    /// with __.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_METRICS_PUSH_LABELS",
+        value_name = "K=V,..."
+    )]
+    pub metrics_push_labels: Option<String>,
+
+    /// HTTP headers sent with the push, for its authentication: 'Name: value' pairs
+    /// separated by commas, such as 'Authorization: Bearer TOKEN'. A value cannot hold a
+    /// comma.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_METRICS_PUSH_HEADERS",
+        value_name = "'NAME: VALUE,...'",
+        hide_env_values = true
+    )]
+    pub metrics_push_headers: Option<String>,
+
+    /// Append a Markdown table of the run's figures (hits, misses, remote hits, bytes down
+    /// and up, time waited on the remote, uploads, prefetch used) to this file at the end of
+    /// each run. [default: $GITHUB_STEP_SUMMARY when set, so that GitHub Actions shows it on
+    /// the job's page]
+    #[arg(long, env = "GOREMOTECACHE_STEP_SUMMARY", value_name = "PATH")]
+    pub step_summary: Option<PathBuf>,
+
+    /// Write goremotecache's messages to this file instead of stderr: appended, one line
+    /// each with the UTC time and the process ID, and a start line and a summary line for
+    /// every run, so that the file shows each run even when nothing went wrong (for tools
+    /// that hide the go command's stderr, such as golangci-lint). --debug detail goes there
+    /// too. The file must be a regular file of yours (not a symbolic link); it is created if
+    /// missing.
+    #[arg(long, env = "GOREMOTECACHE_LOG_FILE", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// Which remote store: the backend and the HTTP server's options (the main mode and

@@ -26,7 +26,8 @@ pub use self::flags::{
     ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs, TrimArgs, TrimCommand,
 };
 pub use self::goproxy::GoproxyConfig;
-pub use self::values::MaxSize;
+pub use self::values::{Fraction, MaxSize};
+pub use crate::cache::push::MetricsPush;
 use crate::ids::Namespace;
 pub use crate::store::namespace::{NamespacePlan, Selection};
 pub use crate::store::{RemoteMode, StoreConfig};
@@ -140,6 +141,12 @@ pub struct Config {
     pub debug: bool,
     pub stats: bool,
     pub stats_file: Option<PathBuf>,
+    /// `--metrics-push-url` and its labels and headers.
+    pub metrics_push: Option<MetricsPush>,
+    /// `--step-summary`, else `GITHUB_STEP_SUMMARY`.
+    pub step_summary: Option<PathBuf>,
+    /// `--log-file`.
+    pub log_file: Option<PathBuf>,
     /// The automatic trim after each session; `None`: `--trim=off`.
     pub trim: Option<TrimPolicy>,
     /// `None`: the local disk only.
@@ -171,6 +178,10 @@ pub struct RemoteConfig {
     pub timeout: Duration,
     /// The largest decoded entry taken from the store (`--max-entry-size`).
     pub max_entry_size: u64,
+    /// Outputs smaller than this are not uploaded (`--upload-min-size`).
+    pub upload_min_size: u64,
+    /// The share of requests failed on purpose (`--remote-fault-rate`).
+    pub fault_rate: Fraction,
 }
 
 /// `serve`'s options, validated.
@@ -345,6 +356,8 @@ pub enum ConfigError {
     },
     #[error("gc-remote works on an S3 bucket: {0}")]
     GcNeedsBucket(&'static str),
+    #[error("--{flag}: {reason}")]
+    MetricsPush { flag: &'static str, reason: String },
 }
 
 impl Config {
@@ -356,6 +369,11 @@ impl Config {
             debug: args.common.debug,
             stats: args.client.stats,
             stats_file: args.client.stats_file.clone(),
+            metrics_push: MetricsPush::from_args(&args.client)?,
+            step_summary: (args.client.step_summary.clone())
+                .or_else(|| std::env::var_os("GITHUB_STEP_SUMMARY").map(PathBuf::from))
+                .filter(|p| !p.as_os_str().is_empty()),
+            log_file: (args.client.log_file.clone()).filter(|p| !p.as_os_str().is_empty()),
             trim: match args.auto_trim {
                 true => Some(trim_policy(&args.trim)?),
                 false => None,
@@ -395,6 +413,8 @@ fn remote_config(args: &MainArgs) -> Result<Option<RemoteConfig>, ConfigError> {
         upload_queue: client.upload_queue as usize,
         timeout: args.timeouts.remote_timeout,
         max_entry_size: client.max_entry_size,
+        upload_min_size: client.upload_min_size,
+        fault_rate: client.remote_fault_rate.unwrap_or_default(),
     }))
 }
 

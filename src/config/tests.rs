@@ -654,3 +654,65 @@ fn prefixed_credentials_need_both_keys_and_take_the_token() {
         "{err}"
     );
 }
+
+#[test]
+fn the_run_report_and_upload_options_are_validated() {
+    let config = |args: &[&str]| {
+        let mut all = vec!["goremotecache", "--s3-bucket", "b"];
+        all.extend_from_slice(args);
+        Config::from_args(&Cli::try_parse_from(all).unwrap().main)
+    };
+    let parsed = config(&[
+        "--upload-min-size",
+        "4KiB",
+        "--remote-fault-rate",
+        "0.25",
+        "--step-summary",
+        "/tmp/summary.md",
+        "--log-file",
+        "/tmp/log",
+        "--metrics-push-url",
+        "http://127.0.0.1:9091/metrics/job/x",
+        "--metrics-push-labels",
+        "repo=api,branch=main",
+        "--metrics-push-headers",
+        "Authorization: Bearer t",
+    ])
+    .unwrap();
+    let remote = parsed.remote.as_ref().unwrap();
+    assert_eq!(remote.upload_min_size, 4096);
+    assert_eq!(remote.fault_rate, Fraction(0.25));
+    assert_eq!(parsed.step_summary, Some(PathBuf::from("/tmp/summary.md")));
+    assert_eq!(parsed.log_file, Some(PathBuf::from("/tmp/log")));
+    let push = parsed.metrics_push.unwrap();
+    assert_eq!(push.labels.len(), 2);
+    assert_eq!(
+        push.headers,
+        vec![("Authorization".to_string(), "Bearer t".to_string())]
+    );
+    // Defaults: everything uploaded, no faults.
+    let plain = config(&[]).unwrap();
+    assert_eq!(plain.remote.as_ref().unwrap().upload_min_size, 0);
+    assert_eq!(plain.remote.as_ref().unwrap().fault_rate, Fraction(0.0));
+
+    for bad in ["1.5", "-0.1", "NaN", "half"] {
+        let arg = format!("--remote-fault-rate={bad}");
+        let err = Cli::try_parse_from(["goremotecache", arg.as_str()]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad}");
+    }
+    for (flag, value) in [
+        ("--metrics-push-url", "ftp://host/x"),
+        ("--metrics-push-url", "pushgateway:9091"),
+        ("--metrics-push-labels", "__name__=x"),
+        ("--metrics-push-headers", "NoColon"),
+    ] {
+        let mut args = vec![flag, value];
+        if flag != "--metrics-push-url" {
+            args.extend(["--metrics-push-url", "http://h:9091/metrics/job/x"]);
+        }
+        assert!(
+            matches!(config(&args), Err(ConfigError::MetricsPush { .. })),
+            "{flag} {value}"
+        );
+    }
+}

@@ -76,3 +76,19 @@ pub fn parse_max_size(text: &str) -> Result<MaxSize, String> {
         },
     }
 }
+
+/// A fraction from 0.0 to 1.0 (`--remote-fault-rate`). Never NaN, so equality is total.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
+pub struct Fraction(pub f64);
+
+impl Eq for Fraction {}
+
+/// A number from 0.0 to 1.0.
+pub fn parse_fraction(text: &str) -> Result<Fraction, String> {
+    match text.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(Fraction(p)),
+        _ => Err(format!(
+            "{text:?} is not a fraction from 0.0 to 1.0, such as 0.1"
+        )),
+    }
+}

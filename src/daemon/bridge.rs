@@ -127,7 +127,10 @@ impl Bridge {
     /// The cache of its own, opened the first time the daemon fails the session.
     fn direct(&self, why: &str) -> &Arc<Cache> {
         self.direct.get_or_init(|| {
-            eprintln!("goremotecache: connect: running without the daemon: {why}");
+            crate::logging::say(
+                tracing::Level::WARN,
+                &format!("connect: running without the daemon: {why}"),
+            );
             // Its upload workers and prefetch start on the session's runtime.
             let _entered = self.runtime.enter();
             Arc::new(Cache::open(&self.config))
@@ -249,12 +252,9 @@ impl Handler for Bridge {
             direct.finish().await;
         }
         let report = self.report(closed);
-        if self.config.stats {
-            eprint!("{report}");
-        }
-        if let Some(path) = &self.config.stats_file {
-            report.write_json(path);
-        }
+        crate::cache::ReportOptions::of(&self.config)
+            .publish(&report)
+            .await;
     }
 }
 

@@ -180,6 +180,13 @@ impl Fingerprint {
             },
         );
         f.text("max_entry_size", &remote.max_entry_size.to_string());
+        // Only when set, so that the daemons of builds without them keep their fingerprint.
+        if remote.upload_min_size > 0 {
+            f.text("upload_min_size", &remote.upload_min_size.to_string());
+        }
+        if remote.fault_rate.0 > 0.0 {
+            f.text("fault_rate", &remote.fault_rate.0.to_string());
+        }
         Self(f.hex16())
     }
 

@@ -122,6 +122,12 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         }
         cache
     });
+    tracing::info!(
+        "goremotecache {} started: daemon on {}, {}",
+        env!("CARGO_PKG_VERSION"),
+        place.socket.display(),
+        crate::cache::describe(&config.build)
+    );
     let daemon = Arc::new(Daemon {
         cache: cache.clone(),
         socket: place.socket.clone(),
@@ -164,6 +170,7 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         tokio::join!(cache.finish(), module_uploads);
     });
     let report = cache.stats().report();
+    tracing::info!("daemon {}", report.one_line());
     eprint!("goremotecache: daemon totals:\n{report}");
     if let Some(path) = &config.build.stats_file {
         report.write_json(path);

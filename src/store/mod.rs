@@ -22,6 +22,7 @@ pub mod bounded;
 pub mod breaker;
 pub mod dir;
 pub mod explain;
+pub mod fault;
 pub mod format;
 pub mod http;
 pub mod inventory;
@@ -242,9 +243,30 @@ pub fn open_store(
     mode: RemoteMode,
     timeout: Duration,
 ) -> Result<Arc<dyn RemoteStore>, RemoteError> {
+    open_store_with_faults(config, mode, timeout, 0.0)
+}
+
+/// As [`open_store`], with `fault_rate` of the requests failing on purpose
+/// (`--remote-fault-rate`, [`fault`]); 0.0 for none.
+pub fn open_store_with_faults(
+    config: &StoreConfig,
+    mode: RemoteMode,
+    timeout: Duration,
+    fault_rate: f64,
+) -> Result<Arc<dyn RemoteStore>, RemoteError> {
     match config {
-        StoreConfig::S3(s3) => Ok(wrap(S3Store::new(s3)?, mode, timeout)),
-        StoreConfig::Http(http) => Ok(wrap(HttpStore::new(http)?, mode, timeout)),
+        StoreConfig::S3(s3) => Ok(wrap_with_faults(
+            S3Store::new(s3)?,
+            mode,
+            timeout,
+            fault_rate,
+        )),
+        StoreConfig::Http(http) => Ok(wrap_with_faults(
+            HttpStore::new(http)?,
+            mode,
+            timeout,
+            fault_rate,
+        )),
     }
 }
 
@@ -255,6 +277,20 @@ pub fn wrap<S: RemoteStore>(store: S, mode: RemoteMode, timeout: Duration) -> Ar
         RemoteMode::ReadWrite => Arc::new(store),
         RemoteMode::ReadOnly => Arc::new(ReadOnly(store)),
         RemoteMode::WriteOnly => Arc::new(WriteOnly(store)),
+    }
+}
+
+/// As [`wrap`], with the injected faults right on the backend, below the time bound, the
+/// retries and the breaker, which see them as they would see a flaky network's.
+pub fn wrap_with_faults<S: RemoteStore>(
+    store: S,
+    mode: RemoteMode,
+    timeout: Duration,
+    fault_rate: f64,
+) -> Arc<dyn RemoteStore> {
+    match fault_rate > 0.0 {
+        true => wrap(fault::FaultRate::new(store, fault_rate), mode, timeout),
+        false => wrap(store, mode, timeout),
     }
 }
 

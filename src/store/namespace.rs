@@ -23,7 +23,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use super::{ByteStream, ReadOnly, RemoteError, RemoteMode, RemoteStore, StoreConfig, open_store};
+use super::{
+    ByteStream, ReadOnly, RemoteError, RemoteMode, RemoteStore, StoreConfig, open_store_with_faults,
+};
 use crate::ids::{ActionId, BuildKey, Namespace};
 
 /// Where a build writes, and what it reads after that, in order.
@@ -77,12 +79,14 @@ pub struct Namespaces {
 
 impl Namespaces {
     /// Opens one store per namespace of `plan`, wrapped for `mode` (the read namespaces
-    /// read-only). No network or credential work happens here.
+    /// read-only), `fault_rate` of their requests failing on purpose
+    /// (`--remote-fault-rate`). No network or credential work happens here.
     pub fn open(
         config: &StoreConfig,
         plan: &NamespacePlan,
         mode: RemoteMode,
         timeout: Duration,
+        fault_rate: f64,
     ) -> Result<Self, RemoteError> {
         let mut namespaces = Self {
             names: Vec::new(),
@@ -90,7 +94,7 @@ impl Namespaces {
         };
         for (index, name) in plan.all().enumerate() {
             let config = config.in_namespace(name);
-            let store = open_store(&config, mode, timeout)?;
+            let store = open_store_with_faults(&config, mode, timeout, fault_rate)?;
             let store: Arc<dyn RemoteStore> = match index {
                 0 => store,
                 _ => Arc::new(ReadOnly(store)),

@@ -19,6 +19,7 @@ mod messages;
 mod namespaces;
 mod prefetch;
 mod prefixed_credentials;
+mod run_reports;
 mod s3_e2e;
 mod s3_protocol;
 mod serve;

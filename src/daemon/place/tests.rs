@@ -7,7 +7,7 @@ use std::os::unix::fs::{lchown, symlink};
 use std::time::Duration;
 
 use super::*;
-use crate::config::{LocalDirs, NamespacePlan, PrefetchConfig, RemoteConfig};
+use crate::config::{Fraction, LocalDirs, NamespacePlan, PrefetchConfig, RemoteConfig};
 use crate::ids::Namespace;
 use crate::local::trim::TrimPolicy;
 use crate::store::http::HttpConfig;
@@ -70,6 +70,9 @@ fn config(store: StoreConfig) -> Config {
         debug: false,
         stats: false,
         stats_file: None,
+        metrics_push: None,
+        step_summary: None,
+        log_file: None,
         trim: Some(TrimPolicy {
             max_age: Duration::from_secs(5 * 86400),
             max_size: None,
@@ -92,6 +95,8 @@ fn config(store: StoreConfig) -> Config {
             upload_queue: 1000,
             timeout: Duration::from_secs(10),
             max_entry_size: 1 << 30,
+            upload_min_size: 0,
+            fault_rate: Default::default(),
         }),
     }
 }
@@ -154,6 +159,8 @@ fn every_shared_setting_changes_the_fingerprint() {
         ("fewer reads", |c| remote(c).namespaces.reads.truncate(1)),
         ("mode", |c| remote(c).mode = RemoteMode::ReadOnly),
         ("max_entry_size", |c| remote(c).max_entry_size = 1 << 20),
+        ("upload_min_size", |c| remote(c).upload_min_size = 4096),
+        ("fault_rate", |c| remote(c).fault_rate = Fraction(0.5)),
     ];
     let base = config(StoreConfig::S3(s3()));
     let mut seen = HashSet::from([Fingerprint::of_with_env(&base, &no_env)]);

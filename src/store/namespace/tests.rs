@@ -174,6 +174,7 @@ async fn open_names_each_namespace_and_writes_only_the_own_one() {
         &plan,
         RemoteMode::ReadWrite,
         Duration::from_secs(1),
+        0.0,
     )
     .unwrap();
     assert_eq!(namespaces.names(), &[ns("pr-1"), ns("main")]);
@@ -201,6 +202,7 @@ async fn open_names_each_namespace_and_writes_only_the_own_one() {
         &NamespacePlan::default(),
         RemoteMode::ReadWrite,
         Duration::from_secs(1),
+        0.0,
     )
     .unwrap();
     assert_eq!(unnamespaced.names(), &[None]);

@@ -200,7 +200,8 @@ impl GoProject {
             .env_remove("GOREMOTECACHE_CACHE_DIR")
             .env_remove("GOREMOTECACHE_LOCK_DIR")
             .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("AWS_PROFILE");
+            .env_remove("AWS_PROFILE")
+            .env_remove("GITHUB_STEP_SUMMARY");
         for (key, value) in &self.env {
             command.env(key, value);
         }

@@ -511,7 +511,7 @@ async fn remote_checks(remote: &RemoteConfig, config: &DoctorConfig, report: &mu
             true
         }
         Err(err) => {
-            let mut check = fail("reachable", err.to_string(), fix_of(err));
+            let mut check = failure("reachable", "", err);
             check.required = reads || writes;
             report.push(check);
             return;
@@ -537,7 +537,7 @@ async fn remote_checks(remote: &RemoteConfig, config: &DoctorConfig, report: &mu
                 "the token may only read: the server refused the probe entry (403)",
                 "use a read-write token (--http-token), or --remote-mode read-only for builds that should not upload",
             )),
-            Err(err) => report.push(fail("write", format!("writing the probe entry: {err}"), fix_of(&err))),
+            Err(err) => report.push(failure("write", "writing the probe entry", &err)),
         }
     } else {
         report.push(pass(
@@ -563,7 +563,7 @@ async fn remote_checks(remote: &RemoteConfig, config: &DoctorConfig, report: &mu
                 "check that the store is not a caching proxy that drops writes, and --namespace",
             )),
             Err(err) => {
-                let mut check = fail("read", format!("reading the probe entry: {err}"), fix_of(&err));
+                let mut check = failure("read", "reading the probe entry", &err);
                 check.required = reads;
                 report.push(check);
             }
@@ -623,11 +623,7 @@ async fn remote_checks(remote: &RemoteConfig, config: &DoctorConfig, report: &mu
                     format!("{SAMPLES} small reads: median {median:.1} ms, p90 {p90:.1} ms"),
                 ));
             }
-            Some(err) => report.push(fail(
-                "latency",
-                format!("a timed read failed: {err}"),
-                fix_of(&err),
-            )),
+            Some(err) => report.push(failure("latency", "a timed read failed", &err)),
         }
     }
 
@@ -661,20 +657,14 @@ async fn remote_checks(remote: &RemoteConfig, config: &DoctorConfig, report: &mu
                         "the 8 MiB probe entry came back incomplete",
                         "check the store's object size limits and any proxy in between",
                     )),
-                    Err(err) => report.push(fail(
-                        "throughput",
-                        format!("reading the 8 MiB probe entry: {err}"),
-                        fix_of(&err),
-                    )),
+                    Err(err) => {
+                        report.push(failure("throughput", "reading the 8 MiB probe entry", &err))
+                    }
                 }
             }
             Ok(PutOutcome::Skipped) => {}
             Err(err) => {
-                let mut check = fail(
-                    "throughput",
-                    format!("writing the 8 MiB probe entry: {err}"),
-                    fix_of(&err),
-                );
+                let mut check = failure("throughput", "writing the 8 MiB probe entry", &err);
                 // A store full for now refuses big writes: not a broken store.
                 check.required = !matches!(err, RemoteError::Full(_));
                 report.push(check);
@@ -739,11 +729,25 @@ fn verifies(bytes: &[u8]) -> bool {
 
 /// The fix part of a store error: the sentence after its last `: ` (the explanations put
 /// the fix there), else a pointer to --debug.
-fn fix_of(err: &RemoteError) -> String {
+/// The explained sentence of `err` ([`crate::store::explain`]) split into its cause and its
+/// fix, so that a check prints the fix once, on its own line.
+fn cause_and_fix(err: &RemoteError) -> (String, String) {
     let text = err.to_string();
     match text.rsplit_once("): ") {
-        Some((_, fix)) => fix.to_string(),
-        None => "run again with --debug for the store's own answer".into(),
+        Some((cause, fix)) => (format!("{cause})"), fix.to_string()),
+        None => (
+            text,
+            "run again with --debug for the store's own answer".into(),
+        ),
+    }
+}
+
+/// A failed check for `err`, met while `doing` ("writing the probe entry", or nothing).
+fn failure(name: &'static str, doing: &str, err: &RemoteError) -> Check {
+    let (cause, fix) = cause_and_fix(err);
+    match doing {
+        "" => fail(name, cause, fix),
+        doing => fail(name, format!("{doing}: {cause}"), fix),
     }
 }
 
@@ -901,6 +905,12 @@ mod tests {
         let err = RemoteError::Config(
             "the bucket does not exist (NoSuchBucket): create it, or check --s3-bucket".into(),
         );
-        assert_eq!(fix_of(&err), "create it, or check --s3-bucket");
+        assert_eq!(
+            cause_and_fix(&err),
+            (
+                "the bucket does not exist (NoSuchBucket)".to_string(),
+                "create it, or check --s3-bucket".to_string()
+            )
+        );
     }
 }

@@ -28,9 +28,9 @@ pub fn clear_remote(clear: &ClearRemoteConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let found = match (&clear.namespaces, config) {
-        (Selection::All, StoreConfig::S3(s3)) => {
-            let root = store::s3::S3Store::new(s3)?;
+    let found = match (&clear.namespaces, config.objects()) {
+        (Selection::All, Some(root)) => {
+            let root = root?;
             runtime
                 .block_on(inventory::namespaces(&root))
                 .with_context(|| format!("listing the namespaces in {location}/{NAMESPACES}"))?
@@ -114,13 +114,12 @@ fn clear_modules(
     runtime: &tokio::runtime::Runtime,
     before: u64,
 ) -> anyhow::Result<u64> {
-    let modules = match config {
-        StoreConfig::S3(s3) => StoreConfig::S3(s3.for_modules()),
+    let Some(modules) = config.for_modules() else {
         // Not reached: an HTTP server refuses the namespaces' clear before this. Its module
         // files are in its storage, like its entries.
-        StoreConfig::Http(_) => anyhow::bail!(
+        anyhow::bail!(
             "clear-remote does not go through the HTTP server: clear the server's storage instead"
-        ),
+        );
     };
     let store = store::open_store(&modules, RemoteMode::ReadWrite, clear.timeout)?;
     let label = format!("{} (module files)", store.location());

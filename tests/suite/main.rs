@@ -11,6 +11,7 @@ mod crash;
 mod daemon;
 mod disk_errors;
 mod gc_remote;
+mod gcs_azure_e2e;
 mod go_e2e;
 mod goproxy;
 mod hostile_disk;

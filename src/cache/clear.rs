@@ -14,14 +14,15 @@ use crate::store::s3::MODULES;
 
 /// `clear-remote`: deletes every entry and prefetch manifest of the selected namespaces, one
 /// namespace after the other, each reported. `--all-namespaces` finds the namespaces by
-/// listing `<prefix>/ns/` (S3 only: an HTTP server refuses clear-remote whatever the
+/// listing `<prefix>/ns/` (a bucket or container only: an HTTP server refuses clear-remote whatever the
 /// namespaces); each namespace's own store lists only its `v1/` and `prefetch/`, so the
 /// un-namespaced area never reaches into `ns/`. `--modules` adds the module files
 /// (`<prefix>/mod/`) after them: it never replaces the namespace selection, so that the
 /// flag's only effect is one more line.
 pub fn clear_remote(clear: &ClearRemoteConfig) -> anyhow::Result<()> {
     let config = clear.store.as_ref().context(
-        "no remote store is configured: set --s3-bucket (and --s3-prefix) or --http-url",
+        "no remote store is configured: set --s3-bucket, --gcs-bucket or --azblob-container (and \
+         its prefix), or --http-url",
     )?;
     let location = store::open_store(config, RemoteMode::ReadWrite, clear.timeout)?.location();
     let runtime = tokio::runtime::Builder::new_current_thread()

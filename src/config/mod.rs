@@ -215,7 +215,8 @@ pub struct ClearRemoteConfig {
     pub store: Option<StoreConfig>,
     /// `--namespace`, `--all-namespaces`.
     pub namespaces: Selection,
-    /// `--modules`: the module proxy's files too (S3 only, like `--all-namespaces`).
+    /// `--modules`: the module proxy's files too (a bucket or container only, like
+    /// `--all-namespaces`).
     pub modules: bool,
     /// `--remote-timeout`, for each request.
     pub timeout: Duration,

@@ -71,6 +71,23 @@ fn gcs_a_fresh_machine_builds_from_the_bucket() {
     project.args = gcs_args(&emulator, "ci");
     cold_then_fresh_machine(&mut project);
     assert_eq!(project.build_and_run_command("gcs-e2e"), "TOTAL 9!\n");
+
+    // gc-remote lists the bucket and reads its manifests (its report; its deletes are
+    // tested on Azurite: fake-gcs-server's batch answers are not GCS's).
+    let gc = std::process::Command::new(support::bin())
+        .args(["gc-remote", "--older-than", "1d"])
+        .args(&project.args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&gc.stdout);
+    assert!(
+        gc.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    assert!(stdout.contains("gs://gocache/ci"), "{stdout}");
+    assert!(stdout.contains("to delete: 0 entries"), "{stdout}");
+    assert!(stdout.contains("dry run"), "{stdout}");
 }
 
 #[test]

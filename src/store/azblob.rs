@@ -129,3 +129,91 @@ impl AzblobConfig {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ActionId;
+    use crate::store::RemoteStore;
+    use crate::store::object::tests::answering;
+
+    fn config() -> AzblobConfig {
+        AzblobConfig {
+            container: "c".into(),
+            prefix: "ci".into(),
+            account: None,
+            endpoint: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            static_key: None,
+        }
+    }
+
+    /// The first request's head, after a `head` of one entry through `store`.
+    async fn first_request(
+        store: ObjectStore,
+        requests: std::sync::mpsc::Receiver<String>,
+    ) -> String {
+        assert_eq!(store.head(&ActionId([3; 32])).await.unwrap(), None);
+        requests.try_recv().unwrap()
+    }
+
+    /// A connection string gives the account, its key and the endpoint.
+    #[tokio::test]
+    async fn a_connection_string_names_account_key_and_endpoint() {
+        let (endpoint, requests) = answering("404 Not Found");
+        let conn = format!(
+            "DefaultEndpointsProtocol=http;AccountName=acct;AccountKey=a2V5;BlobEndpoint={endpoint}/acct;"
+        );
+        let env = move |name: &str| (name == CONNECTION_STRING).then(|| conn.clone());
+        let store = config().open_with_env(&env).unwrap();
+        let request = first_request(store, requests).await;
+        assert!(
+            request.starts_with(&format!(
+                "HEAD /acct/c/ci/v1/{} ",
+                ActionId([3; 32]).to_hex()
+            )),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: sharedkey acct:"),
+            "{request}"
+        );
+    }
+
+    /// AZURE_STORAGE_SAS_TOKEN signs by query, with the account and endpoint of the flags.
+    #[tokio::test]
+    async fn a_sas_token_goes_in_the_query() {
+        let (endpoint, requests) = answering("404 Not Found");
+        let env = |name: &str| (name == SAS_TOKEN).then(|| "sv=2021-08-06&sig=abc".to_string());
+        let store = AzblobConfig {
+            account: Some("acct".into()),
+            endpoint: Some(format!("{endpoint}/acct")),
+            ..config()
+        }
+        .open_with_env(&env)
+        .unwrap();
+        let request = first_request(store, requests).await;
+        let line = request.lines().next().unwrap();
+        assert!(line.contains("sig=abc"), "{request}");
+        assert!(
+            !request.to_ascii_lowercase().contains("authorization:"),
+            "{request}"
+        );
+    }
+
+    /// An account alone is enough: the endpoint is the account's public one (OpenDAL refuses
+    /// a store without an endpoint).
+    #[test]
+    fn an_account_alone_is_enough() {
+        let store = AzblobConfig {
+            account: Some("acct".into()),
+            ..config()
+        }
+        .open_with_env(&|_| None)
+        .unwrap();
+        assert_eq!(store.location(), "azblob://c/ci");
+    }
+}

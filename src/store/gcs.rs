@@ -91,38 +91,10 @@ impl GcsConfig {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
-    use std::net::TcpListener;
-    use std::sync::mpsc;
-
     use super::*;
     use crate::ids::ActionId;
+    use crate::store::object::tests::answering;
     use crate::store::{PutOutcome, RemoteStore, Upload};
-
-    /// An HTTP server that answers every request with `status` and sends each request line
-    /// (with its headers) to the test.
-    fn answering(status: &'static str) -> (String, mpsc::Receiver<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
-                let answer = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\
-                     Connection: close\r\n\r\n{{}}"
-                );
-                let _ = stream.write_all(answer.as_bytes());
-            }
-        });
-        (endpoint, rx)
-    }
 
     fn config(endpoint: String) -> GcsConfig {
         GcsConfig {

@@ -428,3 +428,70 @@ fn classify_io(service: Service, err: std::io::Error) -> RemoteError {
         None => RemoteError::Transient("reading the entry failed".into()),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// An HTTP server that answers every request with `status` and sends each request line
+    /// (with its headers) to the test.
+    pub(crate) fn answering(status: &'static str) -> (String, mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\
+                     Connection: close\r\n\r\n{{}}"
+                );
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (endpoint, rx)
+    }
+
+    /// OpenDAL's S3 requests carry no `Accept-Encoding` and so sign none: GCS's S3
+    /// interoperability, which rewrites that header, cannot break their signature (see
+    /// docs/gcs-azure.md).
+    #[tokio::test]
+    async fn s3_requests_send_and_sign_no_accept_encoding() {
+        use crate::store::RemoteStore;
+        let (endpoint, requests) = answering("404 Not Found");
+        let store = crate::store::s3::S3Config {
+            bucket: "b".into(),
+            prefix: "p".into(),
+            endpoint: Some(endpoint),
+            region: Some("us-east-1".into()),
+            force_path_style: true,
+            instance_metadata: false,
+            connect_timeout: std::time::Duration::from_secs(5),
+            request_timeout: std::time::Duration::from_secs(10),
+            static_credentials: Some(("AKID".into(), "secret".into())),
+        }
+        .open()
+        .unwrap();
+        let action = crate::ids::ActionId([1; 32]);
+        assert!(store.get(&action).await.unwrap().is_none());
+        assert_eq!(store.head(&action).await.unwrap(), None);
+        let requests: Vec<String> = requests.try_iter().collect();
+        assert_eq!(requests.len(), 2, "{requests:?}");
+        for request in requests {
+            let lower = request.to_ascii_lowercase();
+            assert!(
+                lower.contains("authorization: aws4-hmac-sha256"),
+                "{request}"
+            );
+            assert!(!lower.contains("accept-encoding"), "{request}");
+        }
+    }
+}

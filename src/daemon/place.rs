@@ -71,7 +71,7 @@ pub const CREDENTIAL_VARS: &[&str] = &[
     "AWS_DEFAULT_REGION",
     // Google's chain (`store::gcs`).
     "GOOGLE_APPLICATION_CREDENTIALS",
-    "CLOUDSDK_CONFIG",
+    "GCE_METADATA_HOST",
     // Azure's (`store::azblob`): the variables read here, then OpenDAL's default chain.
     "AZURE_STORAGE_ACCOUNT",
     "AZURE_STORAGE_KEY",

@@ -26,10 +26,11 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{DoctorConfig, RemoteConfig, StoreConfig};
 use crate::ids::{ActionId, OutputId};
+use crate::store::azblob::{self, AzblobConfig};
 use crate::store::format::{self, Header};
+use crate::store::gcs::GcsConfig;
 use crate::store::http::HttpStore;
 use crate::store::inventory::Inventory;
-use crate::store::s3::S3Store;
 use crate::store::timeout::Timeout;
 use crate::store::{PutOutcome, RemoteError, RemoteMode, RemoteStore, Upload, entry_key};
 
@@ -175,6 +176,36 @@ fn about(store: &StoreConfig) -> About {
                 credentials: s3_credentials(s3.static_credentials.is_some(), s3.instance_metadata),
             }
         }
+        StoreConfig::Gcs(gcs) => About {
+            name: "gcs",
+            settings: format!(
+                "backend gcs: bucket {}{}, {}",
+                gcs.bucket,
+                prefix_words(&gcs.prefix),
+                gcs.endpoint
+                    .as_deref()
+                    .map_or("Google".to_string(), |e| format!("endpoint {e}"))
+            ),
+            connect_timeout: gcs.connect_timeout,
+            credentials: gcs_credentials(gcs),
+        },
+        StoreConfig::Azblob(az) => About {
+            name: "azblob",
+            settings: format!(
+                "backend azblob: container {}{}, account {}, {}",
+                az.container,
+                prefix_words(&az.prefix),
+                az.account
+                    .as_deref()
+                    .unwrap_or("from the connection string"),
+                az.endpoint.as_deref().map_or(
+                    "endpoint ACCOUNT.blob.core.windows.net".to_string(),
+                    |e| format!("endpoint {e}")
+                )
+            ),
+            connect_timeout: az.connect_timeout,
+            credentials: azblob_credentials(az),
+        },
         StoreConfig::Http(http) => {
             let mut text = format!("backend http: server {}", http.url);
             if let Some(ca) = &http.ca_file {
@@ -201,6 +232,92 @@ fn about(store: &StoreConfig) -> About {
             }
         }
     }
+}
+
+/// `, prefix P`, or nothing for no prefix.
+fn prefix_words(prefix: &str) -> String {
+    match prefix {
+        "" => String::new(),
+        prefix => format!(", prefix {prefix}"),
+    }
+}
+
+/// Where GCS credentials come from: none with `--gcs-anonymous`; else the key file of
+/// GOOGLE_APPLICATION_CREDENTIALS, gcloud's application-default file, or (on Google Cloud
+/// only) the VM's metadata server, in that order.
+fn gcs_credentials(gcs: &GcsConfig) -> Check {
+    if gcs.anonymous {
+        return pass(
+            "credentials",
+            "none: --gcs-anonymous sends unsigned requests (an emulator, or a public bucket)",
+        );
+    }
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if let Some(path) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").filter(|v| !v.is_empty())
+    {
+        let path = Path::new(&path);
+        return match path.is_file() {
+            true => pass(
+                "credentials",
+                format!("GOOGLE_APPLICATION_CREDENTIALS ({})", path.display()),
+            ),
+            false => fail(
+                "credentials",
+                format!(
+                    "GOOGLE_APPLICATION_CREDENTIALS names {}, which is not a file",
+                    path.display()
+                ),
+                "point GOOGLE_APPLICATION_CREDENTIALS at a service account key file",
+            ),
+        };
+    }
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let gcloud = match std::env::var_os("CLOUDSDK_CONFIG").filter(|v| !v.is_empty()) {
+        Some(dir) => Some(std::path::PathBuf::from(dir)),
+        None => home.map(|home| home.join(".config/gcloud")),
+    }
+    .map(|dir| dir.join("application_default_credentials.json"));
+    match gcloud.filter(|file| file.is_file()) {
+        Some(file) => pass(
+            "credentials",
+            format!(
+                "gcloud's application-default credentials ({})",
+                file.display()
+            ),
+        ),
+        None if set("GCE_METADATA_HOST") => pass(
+            "credentials",
+            "none in files or variables: the metadata server of GCE_METADATA_HOST is asked",
+        ),
+        None => pass(
+            "credentials",
+            "none in files or variables: only the metadata server of a Google Cloud VM can give \
+             some (off Google Cloud, set GOOGLE_APPLICATION_CREDENTIALS; the reachability check \
+             below tells)",
+        ),
+    }
+}
+
+/// Where Azure credentials come from, in the order they are used.
+fn azblob_credentials(az: &AzblobConfig) -> Check {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let found = if az.static_key.is_some() {
+        "a fixed account key"
+    } else if set(azblob::CONNECTION_STRING) {
+        "AZURE_STORAGE_CONNECTION_STRING"
+    } else if set(azblob::ACCOUNT_KEY) {
+        "AZURE_STORAGE_KEY, with the account"
+    } else if set(azblob::SAS_TOKEN) {
+        "AZURE_STORAGE_SAS_TOKEN"
+    } else {
+        return pass(
+            "credentials",
+            "none of AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_KEY or \
+             AZURE_STORAGE_SAS_TOKEN: Azure's default chain (a managed identity, workload \
+             identity) is asked; the reachability check below tells",
+        );
+    };
+    pass("credentials", found)
 }
 
 /// What the options say, in words.
@@ -406,18 +523,21 @@ fn probe_store(
     remote: &RemoteConfig,
 ) -> Result<(Box<dyn RemoteStore>, Option<Box<dyn Inventory>>), RemoteError> {
     let config = remote.store.in_namespace(remote.namespaces.own.as_ref());
-    match &config {
-        StoreConfig::S3(s3) => {
-            let store = S3Store::new(s3)?;
+    if let StoreConfig::Http(http) = &config {
+        return Ok((
+            Box::new(Timeout::new(HttpStore::new(http)?, remote.timeout)),
+            None,
+        ));
+    }
+    match config.objects() {
+        Some(store) => {
+            let store = store?;
             Ok((
                 Box::new(Timeout::new(store.clone(), remote.timeout)),
                 Some(Box::new(store)),
             ))
         }
-        StoreConfig::Http(http) => Ok((
-            Box::new(Timeout::new(HttpStore::new(http)?, remote.timeout)),
-            None,
-        )),
+        None => Err(RemoteError::Other(format!("no probe for {config:?}"))),
     }
 }
 

@@ -19,7 +19,7 @@ use goremotecache::fsutil::explain_io;
 use goremotecache::local::clear;
 use goremotecache::local::disk::DiskCache;
 use goremotecache::local::trim::{self, TrimPolicy};
-use goremotecache::{logging, store};
+use goremotecache::logging;
 
 fn main() -> ExitCode {
     let run = match Run::from_cli(Cli::parse_args()) {
@@ -257,7 +257,10 @@ fn clear_local(dirs: &LocalDirs) -> anyhow::Result<()> {
 
 fn gc_remote(config: &GcRemoteConfig) -> anyhow::Result<()> {
     use goremotecache::cache::gc;
-    let store = store::s3::S3Store::new(&config.s3)?;
+    let store = config
+        .store
+        .objects()
+        .context("gc-remote works on a bucket or container, not an HTTP server")??;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -269,7 +272,11 @@ fn gc_remote(config: &GcRemoteConfig) -> anyhow::Result<()> {
         std::time::SystemTime::now(),
     ))?;
     if config.modules {
-        let modules = store::s3::S3Store::new(&config.s3.for_modules())?;
+        let modules = config
+            .store
+            .for_modules()
+            .and_then(|modules| modules.objects())
+            .context("gc-remote works on a bucket or container, not an HTTP server")??;
         runtime.block_on(gc::plan_modules(&modules, &mut plan))?;
     }
     println!("{plan}");

@@ -14,23 +14,24 @@ use crate::store::s3::MODULES;
 
 /// `clear-remote`: deletes every entry and prefetch manifest of the selected namespaces, one
 /// namespace after the other, each reported. `--all-namespaces` finds the namespaces by
-/// listing `<prefix>/ns/` (S3 only: an HTTP server refuses clear-remote whatever the
+/// listing `<prefix>/ns/` (a bucket or container only: an HTTP server refuses clear-remote whatever the
 /// namespaces); each namespace's own store lists only its `v1/` and `prefetch/`, so the
 /// un-namespaced area never reaches into `ns/`. `--modules` adds the module files
 /// (`<prefix>/mod/`) after them: it never replaces the namespace selection, so that the
 /// flag's only effect is one more line.
 pub fn clear_remote(clear: &ClearRemoteConfig) -> anyhow::Result<()> {
     let config = clear.store.as_ref().context(
-        "no remote store is configured: set --s3-bucket (and --s3-prefix) or --http-url",
+        "no remote store is configured: set --s3-bucket, --gcs-bucket or --azblob-container (and \
+         its prefix), or --http-url",
     )?;
     let location = store::open_store(config, RemoteMode::ReadWrite, clear.timeout)?.location();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let found = match (&clear.namespaces, config) {
-        (Selection::All, StoreConfig::S3(s3)) => {
-            let root = store::s3::S3Store::new(s3)?;
+    let found = match (&clear.namespaces, config.objects()) {
+        (Selection::All, Some(root)) => {
+            let root = root?;
             runtime
                 .block_on(inventory::namespaces(&root))
                 .with_context(|| format!("listing the namespaces in {location}/{NAMESPACES}"))?
@@ -114,13 +115,12 @@ fn clear_modules(
     runtime: &tokio::runtime::Runtime,
     before: u64,
 ) -> anyhow::Result<u64> {
-    let modules = match config {
-        StoreConfig::S3(s3) => StoreConfig::S3(s3.for_modules()),
+    let Some(modules) = config.for_modules() else {
         // Not reached: an HTTP server refuses the namespaces' clear before this. Its module
         // files are in its storage, like its entries.
-        StoreConfig::Http(_) => anyhow::bail!(
+        anyhow::bail!(
             "clear-remote does not go through the HTTP server: clear the server's storage instead"
-        ),
+        );
     };
     let store = store::open_store(&modules, RemoteMode::ReadWrite, clear.timeout)?;
     let label = format!("{} (module files)", store.location());

@@ -440,7 +440,7 @@ async fn read_manifests(
 }
 
 /// Adds the module files to `plan`, as its last section: `modules` is the module proxy's
-/// store (`S3Store::new(&config.for_modules())`), whose keys are relative to `<prefix>/mod`.
+/// store (`config.for_modules().open()`), whose keys are relative to `<prefix>/mod`.
 /// Its `v1/` and `prefetch/` are listed, and every entry and manifest modified before the
 /// plan's cutoff is to be deleted; nothing keeps one. Other objects there are counted and
 /// kept, as in a namespace. Nothing is deleted here.

@@ -118,6 +118,8 @@ pub fn describe(config: &Config) -> String {
     };
     let backend = match &remote.store {
         crate::store::StoreConfig::S3(_) => "s3",
+        crate::store::StoreConfig::Gcs(_) => "gcs",
+        crate::store::StoreConfig::Azblob(_) => "azblob",
         crate::store::StoreConfig::Http(_) => "http",
     };
     // Opening a store makes no request; it only names where it is.

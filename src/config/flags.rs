@@ -536,9 +536,10 @@ pub struct ClientArgs {
 /// `clear-remote`; the S3 options are [`S3Args`]).
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct StoreArgs {
-    /// Where shared results live behind the local disk: `disk` (none), `s3`, or `http` (a
-    /// `goremotecache serve` server). [default: s3 when --s3-bucket is set, http when
-    /// --http-url is set, else disk]
+    /// Where shared results live behind the local disk: `disk` (none), `s3`, `gcs`, `azblob`,
+    /// or `http` (a `goremotecache serve` server). [default: s3 when --s3-bucket is set, gcs
+    /// when --gcs-bucket is set, azblob when --azblob-container is set, http when --http-url
+    /// is set, else disk]
     #[arg(long, env = "GOREMOTECACHE_BACKEND", value_enum)]
     pub backend: Option<Backend>,
 
@@ -559,6 +560,72 @@ pub struct StoreArgs {
     /// (for a server with a private CA's certificate).
     #[arg(long, env = "GOREMOTECACHE_HTTP_CA_FILE", value_name = "PEM")]
     pub http_ca_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub gcs: GcsArgs,
+    #[command(flatten)]
+    pub azblob: AzblobArgs,
+}
+
+/// The Google Cloud Storage bucket of `--backend gcs` (see docs/gcs-azure.md).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct GcsArgs {
+    /// The GCS bucket. Credentials come from GOOGLE_APPLICATION_CREDENTIALS, gcloud's
+    /// application-default login, or the VM's service account.
+    #[arg(long, env = "GOREMOTECACHE_GCS_BUCKET", value_name = "BUCKET")]
+    pub gcs_bucket: Option<String>,
+
+    /// Object name prefix for the entries in the bucket, so that several caches can share one.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_GCS_PREFIX",
+        value_name = "PREFIX",
+        default_value = ""
+    )]
+    pub gcs_prefix: String,
+
+    /// Another GCS endpoint: an emulator (http://127.0.0.1:4443) or a Private Service
+    /// Connect endpoint. [default: https://storage.googleapis.com]
+    #[arg(long, env = "GOREMOTECACHE_GCS_ENDPOINT", value_name = "URL")]
+    pub gcs_endpoint: Option<String>,
+
+    /// Send unsigned requests and look up no credentials: for an emulator such as
+    /// fake-gcs-server, or a public bucket read with --remote-mode read-only.
+    #[arg(long, env = "GOREMOTECACHE_GCS_ANONYMOUS", value_parser = parse_switch)]
+    pub gcs_anonymous: bool,
+}
+
+/// The Azure Blob Storage container of `--backend azblob` (see docs/gcs-azure.md).
+/// Credentials: AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN,
+/// then Azure's usual chain (service principal, workload identity, Azure CLI, managed
+/// identity).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct AzblobArgs {
+    /// The blob container. Credentials: AZURE_STORAGE_KEY (the account's key),
+    /// AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_CONNECTION_STRING, or Azure's usual chain
+    /// (service principal, workload identity, Azure CLI login, managed identity).
+    #[arg(long, env = "GOREMOTECACHE_AZBLOB_CONTAINER", value_name = "CONTAINER")]
+    pub azblob_container: Option<String>,
+
+    /// Blob name prefix for the entries in the container, so that several caches can share
+    /// one.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_AZBLOB_PREFIX",
+        value_name = "PREFIX",
+        default_value = ""
+    )]
+    pub azblob_prefix: String,
+
+    /// The storage account. [default: AZURE_STORAGE_ACCOUNT, or the connection string's]
+    #[arg(long, env = "GOREMOTECACHE_AZBLOB_ACCOUNT", value_name = "ACCOUNT")]
+    pub azblob_account: Option<String>,
+
+    /// The Blob service endpoint: Azurite's http://127.0.0.1:10000/devstoreaccount1, or
+    /// another cloud's. [default: https://ACCOUNT.blob.core.windows.net, or the connection
+    /// string's]
+    #[arg(long, env = "GOREMOTECACHE_AZBLOB_ENDPOINT", value_name = "URL")]
+    pub azblob_endpoint: Option<String>,
 }
 
 /// The S3 bucket: the remote store of the main mode and `clear-remote`, the storage of
@@ -621,6 +688,10 @@ pub enum Backend {
     Disk,
     /// AWS S3, S3 Express One Zone, or an S3-compatible store.
     S3,
+    /// Google Cloud Storage (its JSON API).
+    Gcs,
+    /// Azure Blob Storage.
+    Azblob,
     /// A `goremotecache serve` server.
     Http,
 }

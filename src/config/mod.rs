@@ -15,15 +15,18 @@ use std::time::Duration;
 
 use crate::fsutil::{Links, UntrustedDir, private_dir};
 use crate::local::trim::{KEEP_RECENT, TrimPolicy};
+use crate::store::azblob::AzblobConfig;
+use crate::store::gcs::GcsConfig;
 use crate::store::http::HttpConfig;
 use crate::store::s3::{S3Config, S3Credentials};
 
 pub use self::daemon::{Control, ControlConfig, DaemonConfig, DaemonGoproxy};
 pub use self::dirs::{DefaultBase, LocalDirs};
 pub use self::flags::{
-    Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs, DoctorCommand,
-    GcRemoteArgs, GoproxyArgs, LocalArgs, MainArgs, NamespaceArgs, NamespaceSelectionArgs, S3Args,
-    ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs, TrimArgs, TrimCommand,
+    AzblobArgs, Backend, ClearLocalArgs, ClearRemoteArgs, Cli, ClientArgs, Command, CommonArgs,
+    DoctorCommand, GcRemoteArgs, GcsArgs, GoproxyArgs, LocalArgs, MainArgs, NamespaceArgs,
+    NamespaceSelectionArgs, S3Args, ServeArgs, ServeCommand, ServeTimeouts, StoreArgs, TimeoutArgs,
+    TrimArgs, TrimCommand,
 };
 pub use self::goproxy::GoproxyConfig;
 pub use self::values::{Fraction, MaxSize};
@@ -243,7 +246,8 @@ pub struct ClearRemoteConfig {
     pub store: Option<StoreConfig>,
     /// `--namespace`, `--all-namespaces`.
     pub namespaces: Selection,
-    /// `--modules`: the module proxy's files too (S3 only, like `--all-namespaces`).
+    /// `--modules`: the module proxy's files too (a bucket or container only, like
+    /// `--all-namespaces`).
     pub modules: bool,
     /// `--remote-timeout`, for each request.
     pub timeout: Duration,
@@ -252,10 +256,12 @@ pub struct ClearRemoteConfig {
     pub debug: bool,
 }
 
-/// `gc-remote`'s options, validated: it works on an S3 bucket only.
+/// `gc-remote`'s options, validated: it works on a bucket or container (S3, GCS, Azure
+/// Blob), never on an HTTP server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcRemoteConfig {
-    pub s3: S3Config,
+    /// Not [`StoreConfig::Http`].
+    pub store: StoreConfig,
     /// `--namespace`, `--all-namespaces`.
     pub namespaces: Selection,
     /// `--modules`: collect the module proxy's files too.
@@ -274,8 +280,7 @@ impl GcRemoteConfig {
                 "a server's --storage-dir is bounded by the server itself (serve --max-size)",
             ));
         }
-        let s3 = match store_config(&gc.store, &gc.s3, &gc.timeouts)? {
-            Some(StoreConfig::S3(s3)) => s3,
+        let store = match store_config(&gc.store, &gc.s3, &gc.timeouts)? {
             Some(StoreConfig::Http(_)) => {
                 return Err(ConfigError::GcNeedsBucket(
                     "an HTTP server has no listing to collect from: run gc-remote with the \
@@ -283,14 +288,16 @@ impl GcRemoteConfig {
                      --storage-dir bounds its directory itself with --max-size)",
                 ));
             }
+            Some(store) => store,
             None => {
                 return Err(ConfigError::GcNeedsBucket(
-                    "set --s3-bucket (and --s3-prefix) as the builds or the server use them",
+                    "set --s3-bucket (and --s3-prefix), --gcs-bucket or --azblob-container as \
+                     the builds or the server use them",
                 ));
             }
         };
         Ok(Self {
-            s3,
+            store,
             namespaces: selection(&gc.namespaces)?,
             modules: gc.namespaces.modules,
             older_than: gc.older_than,
@@ -319,6 +326,18 @@ pub enum ConfigError {
     TrimAgeTooShort,
     #[error("--backend s3 needs a bucket: set --s3-bucket or GOREMOTECACHE_S3_BUCKET")]
     NoBucket,
+    #[error("--backend gcs needs a bucket: set --gcs-bucket or GOREMOTECACHE_GCS_BUCKET")]
+    NoGcsBucket,
+    #[error(
+        "--backend azblob needs a container: set --azblob-container or GOREMOTECACHE_AZBLOB_CONTAINER"
+    )]
+    NoAzblobContainer,
+    #[error(
+        "--backend azblob needs the storage account: set --azblob-account (or AZURE_STORAGE_ACCOUNT), --azblob-endpoint, or AZURE_STORAGE_CONNECTION_STRING"
+    )]
+    NoAzblobAccount,
+    #[error("--{flag} {value:?} is not a URL: write it as http://host:port or https://host")]
+    BadStoreEndpoint { flag: &'static str, value: String },
     #[error("--backend http needs the server's URL: set --http-url or GOREMOTECACHE_HTTP_URL")]
     NoUrl,
     #[error("--http-url {0:?} is not a URL: write it as http://host:port or https://host")]
@@ -354,7 +373,7 @@ pub enum ConfigError {
         set: &'static str,
         unset: &'static str,
     },
-    #[error("gc-remote works on an S3 bucket: {0}")]
+    #[error("gc-remote works on a bucket (S3, GCS) or an Azure container: {0}")]
     GcNeedsBucket(&'static str),
     #[error("--{flag}: {reason}")]
     MetricsPush { flag: &'static str, reason: String },
@@ -427,14 +446,25 @@ pub fn store_config(
 ) -> Result<Option<StoreConfig>, ConfigError> {
     let bucket = s3.s3_bucket.as_deref().filter(|b| !b.is_empty());
     let url = store.http_url.clone().filter(|u| !u.is_empty());
-    let backend = store.backend.unwrap_or(match (bucket, &url) {
-        (Some(_), _) => Backend::S3,
-        (None, Some(_)) => Backend::Http,
-        (None, None) => Backend::Disk,
+    let gcs_bucket = store.gcs.gcs_bucket.as_deref().filter(|b| !b.is_empty());
+    let container = store.azblob.azblob_container.as_deref();
+    let container = container.filter(|c| !c.is_empty());
+    let backend = store.backend.unwrap_or(if bucket.is_some() {
+        Backend::S3
+    } else if gcs_bucket.is_some() {
+        Backend::Gcs
+    } else if container.is_some() {
+        Backend::Azblob
+    } else if url.is_some() {
+        Backend::Http
+    } else {
+        Backend::Disk
     });
     Ok(Some(match backend {
         Backend::Disk => return Ok(None),
         Backend::S3 => StoreConfig::S3(s3_config(s3, timeouts)?.ok_or(ConfigError::NoBucket)?),
+        Backend::Gcs => StoreConfig::Gcs(gcs_config(&store.gcs, timeouts)?),
+        Backend::Azblob => StoreConfig::Azblob(azblob_config(&store.azblob, timeouts)?),
         Backend::Http => {
             let url = url.ok_or(ConfigError::NoUrl)?;
             if !is_url(&url) {
@@ -549,6 +579,65 @@ pub fn prefixed_credentials(
             session_token: get("GOREMOTECACHE_AWS_SESSION_TOKEN"),
         })),
     }
+}
+
+/// An optional endpoint flag's value, checked to be a URL; empty is none.
+fn endpoint(flag: &'static str, value: &Option<String>) -> Result<Option<String>, ConfigError> {
+    match value.as_deref().filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(value) if is_url(value) => Ok(Some(value.trim_end_matches('/').to_string())),
+        Some(value) => Err(ConfigError::BadStoreEndpoint {
+            flag,
+            value: value.to_string(),
+        }),
+    }
+}
+
+/// The GCS settings of `--backend gcs`.
+fn gcs_config(gcs: &GcsArgs, timeouts: &TimeoutArgs) -> Result<GcsConfig, ConfigError> {
+    let bucket = gcs.gcs_bucket.clone().filter(|b| !b.is_empty());
+    Ok(GcsConfig {
+        bucket: bucket.ok_or(ConfigError::NoGcsBucket)?,
+        prefix: template::expand("gcs-prefix", &gcs.gcs_prefix)?
+            .trim_matches('/')
+            .to_string(),
+        endpoint: endpoint("gcs-endpoint", &gcs.gcs_endpoint)?,
+        anonymous: gcs.gcs_anonymous,
+        connect_timeout: timeouts.remote_connect_timeout,
+        request_timeout: timeouts.remote_timeout,
+    })
+}
+
+/// The Azure Blob settings of `--backend azblob`. Without an account or endpoint, the
+/// connection string must name them.
+fn azblob_config(az: &AzblobArgs, timeouts: &TimeoutArgs) -> Result<AzblobConfig, ConfigError> {
+    let container = az.azblob_container.clone().filter(|c| !c.is_empty());
+    let account = az
+        .azblob_account
+        .clone()
+        .filter(|a| !a.is_empty())
+        .or_else(|| {
+            std::env::var(crate::store::azblob::ACCOUNT)
+                .ok()
+                .filter(|a| !a.is_empty())
+        });
+    let endpoint = endpoint("azblob-endpoint", &az.azblob_endpoint)?;
+    let connection_string =
+        std::env::var_os(crate::store::azblob::CONNECTION_STRING).is_some_and(|v| !v.is_empty());
+    if account.is_none() && endpoint.is_none() && !connection_string {
+        return Err(ConfigError::NoAzblobAccount);
+    }
+    Ok(AzblobConfig {
+        container: container.ok_or(ConfigError::NoAzblobContainer)?,
+        prefix: template::expand("azblob-prefix", &az.azblob_prefix)?
+            .trim_matches('/')
+            .to_string(),
+        account,
+        endpoint,
+        connect_timeout: timeouts.remote_connect_timeout,
+        request_timeout: timeouts.remote_timeout,
+        static_key: None,
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,69 @@ use super::values::{parse_bound, parse_size, parse_switch};
 use super::*;
 
 #[test]
+fn a_gcs_bucket_or_an_azure_container_turns_its_backend_on() {
+    let cli = Cli::try_parse_from([
+        "goremotecache",
+        "--gcs-bucket",
+        "g",
+        "--gcs-prefix",
+        "/ci/",
+        "--gcs-endpoint",
+        "http://127.0.0.1:4443/",
+        "--gcs-anonymous",
+    ])
+    .unwrap();
+    let remote = Config::from_args(&cli.main).unwrap().remote.unwrap();
+    let StoreConfig::Gcs(gcs) = &remote.store else {
+        panic!("{remote:?}")
+    };
+    assert_eq!(gcs.bucket, "g");
+    assert_eq!(gcs.prefix, "ci");
+    assert_eq!(gcs.endpoint.as_deref(), Some("http://127.0.0.1:4443"));
+    assert!(gcs.anonymous);
+
+    let cli = Cli::try_parse_from([
+        "goremotecache",
+        "--azblob-container",
+        "c",
+        "--azblob-account",
+        "acct",
+        "--azblob-prefix",
+        "p",
+    ])
+    .unwrap();
+    let remote = Config::from_args(&cli.main).unwrap().remote.unwrap();
+    let StoreConfig::Azblob(az) = &remote.store else {
+        panic!("{remote:?}")
+    };
+    assert_eq!(az.container, "c");
+    assert_eq!(az.account.as_deref(), Some("acct"));
+    assert_eq!(az.prefix, "p");
+    assert_eq!(az.endpoint, None);
+
+    // S3 first when both are set; --backend says which.
+    let cli =
+        Cli::try_parse_from(["goremotecache", "--s3-bucket", "b", "--gcs-bucket", "g"]).unwrap();
+    let remote = Config::from_args(&cli.main).unwrap().remote.unwrap();
+    assert!(matches!(remote.store, StoreConfig::S3(_)), "{remote:?}");
+    let cli = Cli::try_parse_from(["goremotecache", "--backend", "gcs"]).unwrap();
+    assert!(matches!(
+        Config::from_args(&cli.main),
+        Err(ConfigError::NoGcsBucket)
+    ));
+    let cli = Cli::try_parse_from([
+        "goremotecache",
+        "--gcs-bucket",
+        "g",
+        "--gcs-endpoint",
+        "127.0.0.1:4443",
+    ])
+    .unwrap();
+    let err = Config::from_args(&cli.main).unwrap_err().to_string();
+    assert!(err.contains("--gcs-endpoint"), "{err}");
+}
+
+#[test]
 fn a_bucket_turns_the_s3_backend_on() {
     let cli = Cli::try_parse_from([
         "goremotecache",
@@ -538,8 +601,11 @@ fn gc_remote_takes_an_age_and_a_bucket_only() {
         panic!("not gc-remote")
     };
     assert_eq!(gc.older_than, Duration::from_secs(14 * 24 * 3600));
-    assert_eq!(gc.s3.prefix, "ci/go");
-    assert_eq!(gc.s3.request_timeout, Duration::from_secs(5));
+    let StoreConfig::S3(s3) = &gc.store else {
+        panic!("{:?}", gc.store)
+    };
+    assert_eq!(s3.prefix, "ci/go");
+    assert_eq!(s3.request_timeout, Duration::from_secs(5));
     assert!(!gc.yes);
     let Run::GcRemote(gc) = run(&[
         "gc-remote",

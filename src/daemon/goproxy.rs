@@ -37,7 +37,6 @@ use crate::goproxy::tiered::UploadCounts;
 use crate::goproxy::{Fetcher, ModStore, TieredModStore};
 use crate::server::{Limits, serve_app};
 use crate::store::dir::DiskStore;
-use crate::store::s3::S3Store;
 use crate::store::{StoreConfig, wrap};
 use crate::sync::lock;
 
@@ -110,14 +109,17 @@ impl ModuleProxy {
         }
         let max_size = remote.map_or(MAX_ANSWER, |r| r.max_entry_size);
         let remote_store = match remote {
-            Some(remote) => match &remote.store {
-                StoreConfig::S3(s3) => Some(wrap(
-                    S3Store::new(&s3.for_modules()).context("the module proxy's bucket")?,
+            // An HTTP server's own proxy is first in the upstreams instead (DaemonGoproxy).
+            Some(remote) => match remote.store.for_modules() {
+                Some(modules) => Some(wrap(
+                    modules
+                        .objects()
+                        .context("the module proxy's bucket")?
+                        .context("the module proxy's bucket")?,
                     remote.mode,
                     remote.timeout,
                 )),
-                // The server's own proxy is first in the upstreams instead (DaemonGoproxy).
-                StoreConfig::Http(_) => None,
+                None => None,
             },
             None => None,
         };
@@ -127,7 +129,7 @@ impl ModuleProxy {
         // CA's certificate.
         let ca_file = remote.and_then(|remote| match &remote.store {
             StoreConfig::Http(http) => http.ca_file.clone(),
-            StoreConfig::S3(_) => None,
+            _ => None,
         });
         let (fetcher, direct) = Fetcher::for_proxy(
             config.upstreams.clone(),

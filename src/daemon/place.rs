@@ -51,9 +51,9 @@ use crate::store::RemoteMode;
 /// The longest path a unix socket may be bound at: `sun_path` is 108 bytes, with the NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
 
-/// The environment variables that choose the S3 credentials and region: a daemon started
-/// with other values would sign with other credentials, or ask another region. Hashed into
-/// the [`Fingerprint`], never kept.
+/// The environment variables that choose the S3, GCS or Azure credentials and the S3
+/// region: a daemon started with other values would sign with other credentials, or ask
+/// another region. Hashed into the [`Fingerprint`], never kept.
 pub const CREDENTIAL_VARS: &[&str] = &[
     // Read by `config` before the `AWS_*` ones (docs/s3.md).
     "GOREMOTECACHE_AWS_ACCESS_KEY_ID",
@@ -70,9 +70,25 @@ pub const CREDENTIAL_VARS: &[&str] = &[
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-    // Read by `S3Store::new` when `--s3-region` is not given.
+    // Read by `S3Config::open` when `--s3-region` is not given.
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
+    // Google's chain (`store::gcs`).
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GCE_METADATA_HOST",
+    // Azure's (`store::azblob`): the variables read here, then OpenDAL's default chain.
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_BEARER_TOKEN",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_FEDERATED_TOKEN_FILE",
 ];
 
 /// The largest record read: a record is one short line of JSON.
@@ -88,7 +104,9 @@ impl Fingerprint {
     /// environment. It covers, each field length-prefixed after a version line: the user ID;
     /// the cache and lock directories and the lock type; `verify_hits`; the remote (its
     /// backend, and for S3 the bucket, prefix, endpoint, region, path style, instance
-    /// metadata, fixed credentials and the values of [`CREDENTIAL_VARS`]; for HTTP the URL,
+    /// metadata, fixed credentials and the values of [`CREDENTIAL_VARS`]; for GCS the bucket,
+    /// prefix, endpoint and anonymous switch, for Azure the container, prefix, account,
+    /// endpoint and fixed key, each with [`CREDENTIAL_VARS`] too; for HTTP the URL,
     /// token, CA file and namespace); the namespace and the read namespaces in order; the
     /// remote mode; `max_entry_size`. Not the statistics, prefetch, upload, timeout, trim or
     /// debug options: a daemon serves those as it was started. Nor the module proxy's
@@ -141,7 +159,29 @@ impl Fingerprint {
                     }
                     None => f.put("s3.static_credentials", None),
                 }
-                // Only S3 reads them: an HTTP or disk cache is not split by a new session token.
+                // Only the object stores read them: an HTTP or disk cache is not split by a new
+                // session token.
+                for name in CREDENTIAL_VARS {
+                    f.opt(name, env(name).as_deref());
+                }
+            }
+            StoreConfig::Gcs(gcs) => {
+                f.text("remote", "gcs");
+                f.text("gcs.bucket", &gcs.bucket);
+                f.text("gcs.prefix", &gcs.prefix);
+                f.opt("gcs.endpoint", gcs.endpoint.as_deref());
+                f.flag("gcs.anonymous", gcs.anonymous);
+                for name in CREDENTIAL_VARS {
+                    f.opt(name, env(name).as_deref());
+                }
+            }
+            StoreConfig::Azblob(az) => {
+                f.text("remote", "azblob");
+                f.text("azblob.container", &az.container);
+                f.text("azblob.prefix", &az.prefix);
+                f.opt("azblob.account", az.account.as_deref());
+                f.opt("azblob.endpoint", az.endpoint.as_deref());
+                f.opt("azblob.static_key", az.static_key.as_deref());
                 for name in CREDENTIAL_VARS {
                     f.opt(name, env(name).as_deref());
                 }

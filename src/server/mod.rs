@@ -42,7 +42,6 @@ use crate::goproxy::{EntryModStore, FetchError, Fetcher};
 use crate::store::RemoteStore;
 use crate::store::bounded::{BoundedDisk, DEFAULT_MAX_SIZE};
 use crate::store::dir::DiskStore;
-use crate::store::s3::S3Store;
 
 mod access;
 mod body;
@@ -162,11 +161,12 @@ pub fn serve(
                     return Err(ServeError::MaxSizeWithS3);
                 }
                 (None, Some(s3)) => {
-                    let store =
-                        S3Store::new(&s3).map_err(|err| ServeError::Storage(err.to_string()))?;
+                    let store = s3
+                        .open()
+                        .map_err(|err| ServeError::Storage(err.to_string()))?;
                     // A namespace's objects are under `<prefix>/ns/<NAME>/`: a client of its own.
                     let storage = Storage::stores(Arc::new(store), move |namespace| {
-                        let store = S3Store::new(&s3.in_namespace(namespace))?;
+                        let store = s3.in_namespace(namespace).open()?;
                         Ok(Arc::new(store) as Arc<dyn RemoteStore>)
                     });
                     let spool = tempfile::Builder::new()
@@ -190,7 +190,8 @@ pub fn serve(
                             .map_err(|err| ServeError::Storage(format!("mod/: {err}")))?,
                     ),
                     (_, Some(s3)) => Arc::new(
-                        S3Store::new(&s3).map_err(|err| ServeError::Storage(err.to_string()))?,
+                        s3.open()
+                            .map_err(|err| ServeError::Storage(err.to_string()))?,
                     ),
                     (Storage::Stores(_), None) => return Err(ServeError::NoStorage),
                 };

@@ -51,6 +51,39 @@ pub const S3: Service = Service {
     permissions: "s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on the bucket",
 };
 
+/// Google Cloud Storage.
+pub const GCS: Service = Service {
+    vendor: "Google",
+    container: "bucket",
+    container_flag: "--gcs-bucket",
+    region_flag: None,
+    endpoint_flag: "--gcs-endpoint",
+    host_from: " (without it, Google's storage host name)",
+    secret_from: "the service account key of GOOGLE_APPLICATION_CREDENTIALS (or the \
+                  application-default credentials in use)",
+    credentials_from: "set GOOGLE_APPLICATION_CREDENTIALS to a service account key file, run \
+                       `gcloud auth application-default login`, or use --gcs-anonymous against an \
+                       emulator",
+    permissions: "storage.objects.get, storage.objects.create, storage.objects.delete and \
+                  storage.objects.list on the bucket (roles/storage.objectAdmin)",
+};
+
+/// Azure Blob Storage.
+pub const AZBLOB: Service = Service {
+    vendor: "Azure",
+    container: "container",
+    container_flag: "--azblob-container",
+    region_flag: None,
+    endpoint_flag: "--azblob-endpoint",
+    host_from: " (without it, --azblob-account makes the host name ACCOUNT.blob.core.windows.net)",
+    secret_from: "AZURE_STORAGE_KEY and --azblob-account (or AZURE_STORAGE_CONNECTION_STRING, \
+                  AZURE_STORAGE_SAS_TOKEN)",
+    credentials_from: "set AZURE_STORAGE_KEY (with --azblob-account), AZURE_STORAGE_SAS_TOKEN or \
+                       AZURE_STORAGE_CONNECTION_STRING",
+    permissions: "read, write, delete and list on the container (the Storage Blob Data \
+                  Contributor role)",
+};
+
 /// How an error should be acted on, as far as the wording can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {

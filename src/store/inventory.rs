@@ -3,8 +3,8 @@
 //! namespace listed with their sizes and last-modified times, the namespaces found under the
 //! prefix, one object read whole, and many deleted at once.
 //!
-//! Only the S3 backend has an inventory. A `goremotecache serve` server does not offer one
-//! over HTTP: with S3 storage, `gc-remote` runs on the bucket directly, with the server's
+//! The object stores (S3, GCS, Azure Blob: [`super::object::ObjectStore`]) have an inventory.
+//! A `goremotecache serve` server does not offer one over HTTP: with S3 storage, `gc-remote` runs on the bucket directly, with the server's
 //! `--s3-*` options; its directory storage is bounded by the server itself. Keys here are
 //! relative to the store's prefix, the un-namespaced one: `v1/<actionid-hex>` as
 //! [`super::entry_key`] makes it, `ns/<NAME>/v1/<actionid-hex>` in a namespace. Nothing

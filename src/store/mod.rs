@@ -1,5 +1,5 @@
 //! The remote tier's contract: a [`RemoteStore`] holds one entry (see [`crate::store::format`]) per
-//! action ID, and every backend (S3 today, the HTTP cache server next) implements it. The
+//! action ID, and every backend (S3, GCS and Azure Blob through [`object`], the HTTP cache server) implements it. The
 //! cache never sees a backend's own types, only this trait and [`RemoteError`].
 //!
 //! Behaviour that does not depend on the backend is a wrapper around a store rather than a
@@ -17,6 +17,7 @@ use futures::stream::BoxStream;
 
 use crate::ids::{ActionId, BuildKey};
 
+pub mod azblob;
 pub mod batch;
 pub mod bounded;
 pub mod breaker;
@@ -24,19 +25,24 @@ pub mod dir;
 pub mod explain;
 pub mod fault;
 pub mod format;
+pub mod gcs;
 pub mod http;
 pub mod inventory;
 pub mod lru;
 pub mod memory;
 pub mod namespace;
+pub mod object;
 pub mod retry;
 pub mod s3;
 pub mod timeout;
 
+use azblob::AzblobConfig;
 use breaker::Breaker;
+use gcs::GcsConfig;
 use http::{HttpConfig, HttpStore};
+use object::ObjectStore;
 use retry::Retry;
-use s3::{S3Config, S3Store};
+use s3::S3Config;
 use timeout::Timeout;
 
 /// Installs the TLS crypto provider every rustls user here needs (reqwest for S3 and the HTTP
@@ -223,7 +229,33 @@ impl<S: RemoteStore + ?Sized> RemoteStore for Arc<S> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     S3(S3Config),
+    Gcs(GcsConfig),
+    Azblob(AzblobConfig),
     Http(HttpConfig),
+}
+
+impl StoreConfig {
+    /// The bucket or container itself, unwrapped, for what needs more than [`RemoteStore`]
+    /// (`gc-remote`'s and `clear-remote`'s [`inventory`]); `None` for an HTTP server.
+    pub fn objects(&self) -> Option<Result<ObjectStore, RemoteError>> {
+        match self {
+            StoreConfig::S3(s3) => Some(s3.open()),
+            StoreConfig::Gcs(gcs) => Some(gcs.open()),
+            StoreConfig::Azblob(azblob) => Some(azblob.open()),
+            StoreConfig::Http(_) => None,
+        }
+    }
+
+    /// The module proxy's store inside a bucket or container (`<prefix>/mod`); `None` for an
+    /// HTTP server, whose module files are in its own storage.
+    pub fn for_modules(&self) -> Option<StoreConfig> {
+        match self {
+            StoreConfig::S3(s3) => Some(StoreConfig::S3(s3.for_modules())),
+            StoreConfig::Gcs(gcs) => Some(StoreConfig::Gcs(gcs.for_modules())),
+            StoreConfig::Azblob(azblob) => Some(StoreConfig::Azblob(azblob.for_modules())),
+            StoreConfig::Http(_) => None,
+        }
+    }
 }
 
 /// What the cache does with the store.
@@ -255,12 +287,11 @@ pub fn open_store_with_faults(
     fault_rate: f64,
 ) -> Result<Arc<dyn RemoteStore>, RemoteError> {
     match config {
-        StoreConfig::S3(s3) => Ok(wrap_with_faults(
-            S3Store::new(s3)?,
-            mode,
-            timeout,
-            fault_rate,
-        )),
+        StoreConfig::S3(s3) => Ok(wrap_with_faults(s3.open()?, mode, timeout, fault_rate)),
+        StoreConfig::Gcs(gcs) => Ok(wrap_with_faults(gcs.open()?, mode, timeout, fault_rate)),
+        StoreConfig::Azblob(azblob) => {
+            Ok(wrap_with_faults(azblob.open()?, mode, timeout, fault_rate))
+        }
         StoreConfig::Http(http) => Ok(wrap_with_faults(
             HttpStore::new(http)?,
             mode,

@@ -62,6 +62,8 @@ impl StoreConfig {
         };
         match self {
             StoreConfig::S3(s3) => StoreConfig::S3(s3.in_namespace(namespace)),
+            StoreConfig::Gcs(gcs) => StoreConfig::Gcs(gcs.in_namespace(namespace)),
+            StoreConfig::Azblob(azblob) => StoreConfig::Azblob(azblob.in_namespace(namespace)),
             StoreConfig::Http(http) => StoreConfig::Http(super::http::HttpConfig {
                 namespace: Some(namespace.clone()),
                 ..http.clone()

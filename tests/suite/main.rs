@@ -12,6 +12,7 @@ mod daemon;
 mod disk_errors;
 mod doctor;
 mod gc_remote;
+mod gcs_azure_e2e;
 mod go_e2e;
 mod goproxy;
 mod hostile_disk;

@@ -547,7 +547,7 @@ async fn a_manifest_is_read_in_its_own_namespace() {
 #[tokio::test]
 async fn module_files_go_by_age_alone_and_only_their_two_shapes() {
     // The bucket seen from the prefix (`root`) and from `<prefix>/mod` (`modules`), as
-    // `S3Store::new(&config.for_modules())` sees it.
+    // `config.for_modules().open()` sees it.
     let root = store();
     let modules = Aged::default();
     for (key, days) in [

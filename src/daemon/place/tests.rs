@@ -10,6 +10,8 @@ use super::*;
 use crate::config::{Fraction, LocalDirs, NamespacePlan, PrefetchConfig, RemoteConfig};
 use crate::ids::Namespace;
 use crate::local::trim::TrimPolicy;
+use crate::store::azblob::AzblobConfig;
+use crate::store::gcs::GcsConfig;
 use crate::store::http::HttpConfig;
 use crate::store::s3::S3Config;
 
@@ -108,14 +110,14 @@ fn remote(config: &mut Config) -> &mut RemoteConfig {
 fn s3_of(config: &mut Config) -> &mut S3Config {
     match &mut remote(config).store {
         StoreConfig::S3(s3) => s3,
-        StoreConfig::Http(_) => panic!("not S3"),
+        _ => panic!("not S3"),
     }
 }
 
 fn http_of(config: &mut Config) -> &mut HttpConfig {
     match &mut remote(config).store {
         StoreConfig::Http(http) => http,
-        StoreConfig::S3(_) => panic!("not HTTP"),
+        _ => panic!("not HTTP"),
     }
 }
 
@@ -191,6 +193,114 @@ fn every_shared_setting_changes_the_fingerprint() {
             seen.insert(Fingerprint::of_with_env(&changed, &no_env)),
             "{name} did not change the fingerprint"
         );
+    }
+}
+
+fn gcs() -> GcsConfig {
+    GcsConfig {
+        bucket: "g".into(),
+        prefix: "ci".into(),
+        endpoint: None,
+        anonymous: false,
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(10),
+    }
+}
+
+fn azblob() -> AzblobConfig {
+    AzblobConfig {
+        container: "c".into(),
+        prefix: "ci".into(),
+        account: Some("acct".into()),
+        endpoint: None,
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(10),
+        static_key: None,
+    }
+}
+
+#[test]
+fn every_gcs_and_azure_setting_and_credential_variable_changes_the_fingerprint() {
+    let changes: &[Change] = &[
+        ("gcs", |c| remote(c).store = StoreConfig::Gcs(gcs())),
+        ("azblob", |c| {
+            remote(c).store = StoreConfig::Azblob(azblob())
+        }),
+        ("gcs bucket", |c| {
+            remote(c).store = StoreConfig::Gcs(GcsConfig {
+                bucket: "other".into(),
+                ..gcs()
+            })
+        }),
+        ("gcs prefix", |c| {
+            remote(c).store = StoreConfig::Gcs(GcsConfig {
+                prefix: "other".into(),
+                ..gcs()
+            })
+        }),
+        ("gcs endpoint", |c| {
+            remote(c).store = StoreConfig::Gcs(GcsConfig {
+                endpoint: Some("http://127.0.0.1:4443".into()),
+                ..gcs()
+            })
+        }),
+        ("gcs anonymous", |c| {
+            remote(c).store = StoreConfig::Gcs(GcsConfig {
+                anonymous: true,
+                ..gcs()
+            })
+        }),
+        ("azblob container", |c| {
+            remote(c).store = StoreConfig::Azblob(AzblobConfig {
+                container: "other".into(),
+                ..azblob()
+            })
+        }),
+        ("azblob prefix", |c| {
+            remote(c).store = StoreConfig::Azblob(AzblobConfig {
+                prefix: "other".into(),
+                ..azblob()
+            })
+        }),
+        ("azblob account", |c| {
+            remote(c).store = StoreConfig::Azblob(AzblobConfig {
+                account: None,
+                ..azblob()
+            })
+        }),
+        ("azblob endpoint", |c| {
+            remote(c).store = StoreConfig::Azblob(AzblobConfig {
+                endpoint: Some("http://127.0.0.1:10000/devstoreaccount1".into()),
+                ..azblob()
+            })
+        }),
+        ("azblob key", |c| {
+            remote(c).store = StoreConfig::Azblob(AzblobConfig {
+                static_key: Some("a2V5".into()),
+                ..azblob()
+            })
+        }),
+    ];
+    let base = config(StoreConfig::S3(s3()));
+    let mut seen = HashSet::from([Fingerprint::of_with_env(&base, &no_env)]);
+    for (name, change) in changes {
+        let mut changed = base.clone();
+        change(&mut changed);
+        assert!(
+            seen.insert(Fingerprint::of_with_env(&changed, &no_env)),
+            "{name} did not change the fingerprint"
+        );
+    }
+    for store in [StoreConfig::Gcs(gcs()), StoreConfig::Azblob(azblob())] {
+        let config = config(store);
+        let mut seen = HashSet::from([Fingerprint::of_with_env(&config, &no_env)]);
+        for name in ["GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY"] {
+            let env = env_of(&[(name, "a")]);
+            assert!(
+                seen.insert(Fingerprint::of_with_env(&config, &env)),
+                "{name} did not change the fingerprint"
+            );
+        }
     }
 }
 

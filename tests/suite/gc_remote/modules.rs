@@ -4,7 +4,7 @@
 //! it, `clear-remote` deletes the module store's entries and lists and `gc-remote` deletes
 //! the old ones only, each reported on a line of its own. The bucket is [`seed`]'s, plus the
 //! module files of [`seed_modules`], written straight into the server's files where an
-//! `S3Store` of `S3Config::for_modules` puts them.
+//! `ObjectStore` of `S3Config::for_modules` puts them.
 
 use std::collections::BTreeMap;
 use std::process::Output;

@@ -6,6 +6,8 @@ use super::*;
 pub(super) async fn errors_are_classified(b: &Backend) {
     match b.kind {
         Kind::S3 => s3_errors(b).await,
+        Kind::Gcs => gcs_errors(b).await,
+        Kind::Azblob => azblob_errors(b).await,
         Kind::Http => http_errors(b).await,
         Kind::Memory => memory_errors(b).await,
         Kind::Dir => {
@@ -29,7 +31,7 @@ pub(super) async fn s3_errors(b: &Backend) {
     let good = b.store.as_ref();
     let mut wrong = s3_config(&server.endpoint, "conformance");
     wrong.static_credentials = Some(S3Credentials::new(ACCESS_KEY, "not-the-secret"));
-    let bad = S3Store::new(&wrong).unwrap();
+    let bad = wrong.open().unwrap();
     good.put(&action(1), Upload::Bytes(entry(b"x")))
         .await
         .unwrap();
@@ -47,11 +49,54 @@ pub(super) async fn s3_errors(b: &Backend) {
     assert!(matches!(err, RemoteError::Transient(_)), "{err:?}");
     server.set_fault(Fault::None);
 
-    let unreachable = S3Store::new(&s3_config(
-        &format!("http://127.0.0.1:{}", closed_port()),
-        "x",
-    ))
-    .unwrap();
+    let unreachable = s3_config(&format!("http://127.0.0.1:{}", closed_port()), "x")
+        .open()
+        .unwrap();
+    assert_unreachable_is_transient(&unreachable).await;
+}
+
+/// fake-gcs-server checks no credentials, so a wrong key cannot be tried on it: a missing
+/// bucket and an unreachable endpoint can.
+pub(super) async fn gcs_errors(b: &Backend) {
+    let emulator = b.emulator.as_ref().unwrap();
+    let mut missing = gcs_config(&emulator.endpoint, "x");
+    missing.bucket = "no-such-bucket".into();
+    let missing = missing.open().unwrap();
+    let err = missing
+        .put(&action(1), Upload::Bytes(entry(b"x")))
+        .await
+        .unwrap_err();
+    assert!(!matches!(err, RemoteError::Transient(_)), "{err:?}");
+
+    let unreachable = gcs_config(&format!("http://127.0.0.1:{}", closed_port()), "x")
+        .open()
+        .unwrap();
+    assert_unreachable_is_transient(&unreachable).await;
+}
+
+/// Azurite checks the shared key's signature: a wrong key is `Denied`.
+pub(super) async fn azblob_errors(b: &Backend) {
+    let emulator = b.emulator.as_ref().unwrap();
+    let good = b.store.as_ref();
+    good.put(&action(1), Upload::Bytes(entry(b"x")))
+        .await
+        .unwrap();
+    let mut wrong = azblob_config(&emulator.endpoint, "conformance");
+    // Valid base64, not the account's key.
+    wrong.static_key = Some("bm90LXRoZS1rZXktbm90LXRoZS1rZXktbm90LXRoZS1rZXk=".into());
+    let bad = wrong.open().unwrap();
+    let err = get_bytes(&bad, &action(1)).await.unwrap_err();
+    assert!(matches!(err, RemoteError::Denied(_)), "{err:?}");
+    assert!(err.is_fatal());
+    let err = bad
+        .put(&action(2), Upload::Bytes(entry(b"y")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Denied(_)), "{err:?}");
+
+    let unreachable = azblob_config(&format!("http://127.0.0.1:{}", closed_port()), "x")
+        .open()
+        .unwrap();
     assert_unreachable_is_transient(&unreachable).await;
 }
 

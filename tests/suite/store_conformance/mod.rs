@@ -1,21 +1,23 @@
 //! The conformance suite of the remote-store contract (`RemoteStore`, in `src/store/mod.rs`):
 //! the same checks, run against every backend. Each backend gets a module of its own below
-//! (`store_conformance::s3::…`, `store_conformance::dir::…`), with one test per check.
+//! (`store_conformance::s3::…`, `store_conformance::dir::…`), with one test per check. The
+//! `gcs` and `azblob` modules run real emulators (`support::emulators`, installed by
+//! `.ci/run`).
 //!
-//! | check                         | s3 (in-process s3s)        | dir (`DiskStore`)           | http (`HttpStore` → in-process `serve` on a `DiskStore`) | memory (`MemoryStore`, batches of 4) |
-//! |-------------------------------|----------------------------|-----------------------------|----------------------------------|----------------------------|
-//! | missing key → `None`          | yes                        | yes                         | yes                              | yes                        |
-//! | put, get exact bytes, `Exists`| yes                        | yes                         | yes                              | yes                        |
-//! | concurrent creators           | partly: the test server (s3s-fs) checks `If-None-Match` and writes non-atomically, so only "one of them is kept, whole" is checked | yes: exactly one `Stored`, its entry kept | yes (the server stores on a `DiskStore`) | yes: exactly one `Stored`, its entry kept |
-//! | large `Upload::File` (19 MiB) | yes (multipart)            | yes                         | yes (streamed body)              | yes                        |
-//! | head sizes                    | yes                        | yes                         | yes                              | yes                        |
-//! | invalid bytes on put          | stored as they are         | refused, `Other`, no entry  | refused, `Other`, no entry       | stored as they are         |
-//! | manifests stored/replaced     | yes                        | yes                         | yes                              | yes                        |
-//! | clear                         | yes; other prefix kept     | yes; files beside kept      | NOT SUPPORTED: refused (`Other`), nothing deleted | yes (holds nothing else) |
-//! | ReadOnly / WriteOnly          | yes, with request counts   | yes, by effects (no requests to count) | yes, with request counts | yes, with request counts |
-//! | a get is one request          | yes (server's counts)      | n/a: no requests (one file open) | yes (server's metrics)      | yes (its counters)         |
-//! | batch fetch framing           | n/a: `batch_limit() == 0`, `get_batch` refused | n/a: same | yes (`POST /v1/batch`) | yes                  |
-//! | errors classified             | bad secret → `Denied`; 503 → `Transient`; unreachable → `Transient`, fast | n/a: no credentials or network (storage errors are `Other`) | bad token → `Denied`; read-only token → put `Skipped`; storage down → `Transient`; unreachable → `Transient`, fast | injected errors pass through unchanged |
+//! | check                         | s3 (in-process s3s)        | gcs (fake-gcs-server)      | azblob (Azurite)           | dir (`DiskStore`)           | http (`HttpStore` → in-process `serve` on a `DiskStore`) | memory (`MemoryStore`, batches of 4) |
+//! |-------------------------------|----------------------------|----------------------------|----------------------------|-----------------------------|----------------------------------|----------------------------|
+//! | missing key → `None`          | yes                        | yes                        | yes                        | yes                         | yes                              | yes                        |
+//! | put, get exact bytes, `Exists`| yes                        | partly: NOT `Exists`: the emulator ignores `ifGenerationMatch=0` on resumable uploads and answers `Stored` (asserted); GCS's 412 → `Exists` is checked by the unit test `store::gcs::tests` | yes                        | yes                         | yes                              | yes                        |
+//! | concurrent creators           | partly: the test server (s3s-fs) checks `If-None-Match` and writes non-atomically, so only "one of them is kept, whole" is checked | partly: only "one of them is kept, whole" (the condition is ignored, above) | yes: exactly one `Stored`, its entry kept | yes: exactly one `Stored`, its entry kept | yes (the server stores on a `DiskStore`) | yes: exactly one `Stored`, its entry kept |
+//! | large `Upload::File` (19 MiB) | yes (multipart)            | yes (resumable upload in chunks) | yes (staged blocks)  | yes                         | yes (streamed body)              | yes                        |
+//! | head sizes                    | yes                        | yes                        | yes                        | yes                         | yes                              | yes                        |
+//! | invalid bytes on put          | stored as they are         | stored as they are         | stored as they are         | refused, `Other`, no entry  | refused, `Other`, no entry       | stored as they are         |
+//! | manifests stored/replaced     | yes                        | yes                        | yes                        | yes                         | yes                              | yes                        |
+//! | clear                         | yes; other prefix kept     | yes; other prefix kept     | yes; other prefix kept     | yes; files beside kept      | NOT SUPPORTED: refused (`Other`), nothing deleted | yes (holds nothing else) |
+//! | ReadOnly / WriteOnly          | yes, with request counts   | yes, by effects (the emulator counts no requests for us) | yes, by effects (same) | yes, by effects (no requests to count) | yes, with request counts | yes, with request counts |
+//! | a get is one request          | yes (server's counts)      | n/a: no request counts     | n/a: no request counts     | n/a: no requests (one file open) | yes (server's metrics)      | yes (its counters)         |
+//! | batch fetch framing           | n/a: `batch_limit() == 0`, `get_batch` refused | n/a: same | n/a: same | n/a: same | yes (`POST /v1/batch`) | yes                  |
+//! | errors classified             | bad secret → `Denied`; 503 → `Transient`; unreachable → `Transient`, fast | missing bucket → not `Transient`; unreachable → `Transient`, fast; a bad credential cannot be tried (the emulator checks none) | wrong account key → `Denied`; unreachable → `Transient`, fast | n/a: no credentials or network (storage errors are `Other`) | bad token → `Denied`; read-only token → put `Skipped`; storage down → `Transient`; unreachable → `Transient`, fast | injected errors pass through unchanged |
 //!
 //! The concurrent-creators check found a bug in `DiskStore` (a racing put's entry removed and
 //! replaced, both puts answering `Stored`), fixed in `DiskStore::commit_verified`.
@@ -44,14 +46,18 @@ use goremotecache::ids::{ActionId, BuildKey, OutputId};
 use goremotecache::server::metrics::Metrics;
 use goremotecache::server::tokens::Tokens;
 use goremotecache::server::{ServerState, Storage};
+use goremotecache::store::azblob::AzblobConfig;
 use goremotecache::store::batch::{self, Event};
 use goremotecache::store::bounded::{BoundedDisk, DEFAULT_MAX_SIZE};
 use goremotecache::store::dir::DiskStore;
 use goremotecache::store::format::{self, Header};
+use goremotecache::store::gcs::GcsConfig;
 use goremotecache::store::http::{HttpConfig, HttpStore};
 use goremotecache::store::memory::{Faults, MemoryStore};
-use goremotecache::store::s3::{S3Config, S3Credentials, S3Store};
+use goremotecache::store::object::ObjectStore;
+use goremotecache::store::s3::{S3Config, S3Credentials};
 use goremotecache::store::{PutOutcome, ReadOnly, RemoteError, RemoteStore, Upload, WriteOnly};
+use support::emulators::{AZURE_ACCOUNT, AZURE_CONTAINER, AZURE_KEY, Emulator, GCS_BUCKET};
 use support::s3::{ACCESS_KEY, BUCKET, Fault, S3Server, SECRET_KEY};
 use support::{action, pseudo_random};
 
@@ -64,6 +70,8 @@ const READ_TOKEN: &str = "conformance-reader-0123456789";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     S3,
+    Gcs,
+    Azblob,
     Dir,
     Http,
     Memory,
@@ -78,6 +86,7 @@ struct Backend {
     neighbour: Neighbour,
     memory: Option<Arc<MemoryStore>>,
     s3: Option<S3Server>,
+    emulator: Option<Emulator>,
     http: Option<TestServer>,
     _dir: Option<tempfile::TempDir>,
     runtime: tokio::runtime::Runtime,
@@ -114,9 +123,34 @@ fn s3_config(endpoint: &str, prefix: &str) -> S3Config {
     }
 }
 
+/// The fake-gcs-server bucket at `endpoint`, unsigned (the emulator checks no credentials).
+fn gcs_config(endpoint: &str, prefix: &str) -> GcsConfig {
+    GcsConfig {
+        bucket: GCS_BUCKET.into(),
+        prefix: prefix.into(),
+        endpoint: Some(endpoint.into()),
+        anonymous: true,
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(30),
+    }
+}
+
+/// The Azurite container at `endpoint`, with the development account's key.
+fn azblob_config(endpoint: &str, prefix: &str) -> AzblobConfig {
+    AzblobConfig {
+        container: AZURE_CONTAINER.into(),
+        prefix: prefix.into(),
+        account: Some(AZURE_ACCOUNT.into()),
+        endpoint: Some(endpoint.into()),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(30),
+        static_key: Some(AZURE_KEY.into()),
+    }
+}
+
 /// A store with the test S3 server's credentials.
-fn s3_store(server: &S3Server, prefix: &str) -> S3Store {
-    S3Store::new(&s3_config(&server.endpoint, prefix)).unwrap()
+fn s3_store(server: &S3Server, prefix: &str) -> ObjectStore {
+    s3_config(&server.endpoint, prefix).open().unwrap()
 }
 
 /// An in-process `goremotecache serve`, running on a runtime's workers.
@@ -198,6 +232,7 @@ impl Backend {
             neighbour: Neighbour::Nothing,
             memory: None,
             s3: None,
+            emulator: None,
             http: None,
             _dir: None,
             runtime,
@@ -209,6 +244,25 @@ impl Backend {
                 backend.neighbour =
                     Neighbour::Store(Arc::new(s3_store(&server, "conformance-other")));
                 backend.s3 = Some(server);
+            }
+            Kind::Gcs => {
+                let emulator = Emulator::fake_gcs();
+                backend.store = Arc::new(
+                    gcs_config(&emulator.endpoint, "conformance")
+                        .open()
+                        .unwrap(),
+                );
+                let other = gcs_config(&emulator.endpoint, "conformance-other");
+                backend.neighbour = Neighbour::Store(Arc::new(other.open().unwrap()));
+                backend.emulator = Some(emulator);
+            }
+            Kind::Azblob => {
+                let emulator = Emulator::azurite();
+                let config = azblob_config(&emulator.endpoint, "conformance");
+                backend.store = Arc::new(config.open().unwrap());
+                let other = azblob_config(&emulator.endpoint, "conformance-other");
+                backend.neighbour = Neighbour::Store(Arc::new(other.open().unwrap()));
+                backend.emulator = Some(emulator);
             }
             Kind::Dir => {
                 let dir = tempfile::tempdir().unwrap();
@@ -259,7 +313,8 @@ impl Backend {
                 "POST" => memory.requests.batches(),
                 _ => 0,
             }),
-            Kind::Dir => None,
+            // The emulators count nothing for us.
+            Kind::Dir | Kind::Gcs | Kind::Azblob => None,
         }
     }
 
@@ -350,6 +405,16 @@ macro_rules! every_check {
 mod s3 {
     use super::*;
     every_check!(Kind::S3);
+}
+
+mod gcs {
+    use super::*;
+    every_check!(Kind::Gcs);
+}
+
+mod azblob {
+    use super::*;
+    every_check!(Kind::Azblob);
 }
 
 mod dir {

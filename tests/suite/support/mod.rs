@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod emulators;
 pub mod encode;
 mod go;
 pub mod proxy;

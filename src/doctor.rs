@@ -1028,7 +1028,7 @@ mod tests {
         assert_eq!(
             cause_and_fix(&err),
             (
-                "the bucket does not exist (NoSuchBucket)".to_string(),
+                "not usable: the bucket does not exist (NoSuchBucket)".to_string(),
                 "create it, or check --s3-bucket".to_string()
             )
         );

@@ -142,6 +142,17 @@ pub fn opendal(err: &opendal::Error, service: &Service) -> (String, Option<Cause
                 Some(Cause::Denied),
             );
         }
+        // Azure's answer to a key or SAS token that does not permit the request, and
+        // Azurite's to a wrong key.
+        Some("AuthorizationFailure" | "AuthorizationPermissionMismatch") => {
+            return (
+                format!(
+                    "the credentials were refused ({label}): check {}, and that they grant {}",
+                    service.secret_from, service.permissions
+                ),
+                Some(Cause::Denied),
+            );
+        }
         Some("InvalidAccessKeyId" | "NotSignedUp") => {
             return (
                 format!(
@@ -601,6 +612,41 @@ mod tests {
                 "{sentence}"
             );
         }
+    }
+
+    #[test]
+    fn azure_refusals_name_the_azure_credentials_and_permissions() {
+        let err = s3_error(
+            ErrorKind::PermissionDenied,
+            "AuthorizationFailure",
+            "Server failed to authenticate the request.",
+            403,
+        );
+        let (sentence, cause) = opendal(&err, &AZBLOB);
+        assert!(
+            sentence.starts_with(
+                "the credentials were refused (AuthorizationFailure): check AZURE_STORAGE_KEY"
+            ),
+            "{sentence}"
+        );
+        assert!(
+            sentence.contains("Storage Blob Data Contributor"),
+            "{sentence}"
+        );
+        assert_eq!(cause, Some(Cause::Denied));
+        let err = s3_error(
+            ErrorKind::ConfigInvalid,
+            "ContainerNotFound",
+            "The specified container does not exist.",
+            404,
+        );
+        let (sentence, _) = opendal(&err, &AZBLOB);
+        assert!(
+            sentence.starts_with(
+                "the container does not exist (ContainerNotFound): create it, or check --azblob-container"
+            ),
+            "{sentence}"
+        );
     }
 
     #[test]

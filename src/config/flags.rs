@@ -576,6 +576,7 @@ pub struct GcsArgs {
     pub gcs_bucket: Option<String>,
 
     /// Object name prefix for the entries in the bucket, so that several caches can share one.
+    /// It takes the placeholders of --s3-prefix ({GOOS}, {GOARCH}, {GOVERSION}, {env.NAME}).
     #[arg(
         long,
         env = "GOREMOTECACHE_GCS_PREFIX",
@@ -608,7 +609,8 @@ pub struct AzblobArgs {
     pub azblob_container: Option<String>,
 
     /// Blob name prefix for the entries in the container, so that several caches can share
-    /// one.
+    /// one. It takes the placeholders of --s3-prefix ({GOOS}, {GOARCH}, {GOVERSION},
+    /// {env.NAME}).
     #[arg(
         long,
         env = "GOREMOTECACHE_AZBLOB_PREFIX",

@@ -73,7 +73,7 @@ pub struct ReportOptions {
     /// Write the figures as JSON here.
     pub stats_file: Option<PathBuf>,
     /// Push the figures here (`--metrics-push-url`).
-    pub metrics_push: Option<push::MetricsPush>,
+    pub metrics_push: Option<crate::config::MetricsPush>,
     /// Append a Markdown table here (`--step-summary`, `GITHUB_STEP_SUMMARY`).
     pub step_summary: Option<PathBuf>,
 }

@@ -7,6 +7,7 @@ mod daemon;
 mod dirs;
 mod flags;
 mod goproxy;
+mod push;
 mod template;
 mod values;
 
@@ -29,8 +30,8 @@ pub use self::flags::{
     TrimArgs, TrimCommand,
 };
 pub use self::goproxy::GoproxyConfig;
+pub use self::push::MetricsPush;
 pub use self::values::{Fraction, MaxSize};
-pub use crate::cache::push::MetricsPush;
 use crate::ids::Namespace;
 pub use crate::store::namespace::{NamespacePlan, Selection};
 pub use crate::store::{RemoteMode, StoreConfig};

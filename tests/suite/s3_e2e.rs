@@ -152,17 +152,12 @@ fn http_faults_are_misses() {
     );
     project.switch_machine("healed");
     let build = project.go(&["build", "-x", "./..."]);
-    assert_eq!(build.stat("remote.corrupt"), 0, "{:?}", build.stats);
-    // Every package from the bucket; on a machine loaded enough for a get to time out, that
-    // package is compiled instead, which the stats then show as a remote error.
-    if build.stat("remote.errors") == 0 {
-        assert_eq!(
-            build.compiles(),
-            Vec::<String>::new(),
-            "compiled with no remote error: {:?}",
-            build.stats
-        );
-    }
+    assert_eq!(
+        build.compiles(),
+        Vec::<String>::new(),
+        "the bucket's entries were lost: {:?}",
+        build.stats
+    );
     assert!(build.stat("remote.hits") > 50, "{:?}", build.stats);
 }
 

@@ -192,7 +192,10 @@ impl GoProject {
             .env("GOCACHEPROG", self.gocacheprog(&stats_file))
             .env("GOCACHE", &self.gocache)
             .env("GOTOOLCHAIN", "local")
-            .env("GOFLAGS", "-mod=mod")
+            // No VCS stamp: the shared module lives in Cargo's temp directory inside this
+            // repository, and a main package's action ID includes the stamp (revision and
+            // "modified"), which an edit or a commit during the run would change.
+            .env("GOFLAGS", "-mod=mod -buildvcs=false")
             .env("GOPROXY", "off")
             .env("GOWORK", "off")
             .env("GO111MODULE", "on")

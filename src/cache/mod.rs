@@ -122,9 +122,7 @@ pub fn describe(config: &Config) -> String {
         crate::store::StoreConfig::Azblob(_) => "azblob",
         crate::store::StoreConfig::Http(_) => "http",
     };
-    // Opening a store makes no request; it only names where it is.
-    let location = crate::store::open_store(&remote.store, remote.mode, remote.timeout)
-        .map_or_else(|err| format!("(not usable: {err})"), |s| s.location());
+    let location = remote.store.location();
     let mode = match remote.mode {
         crate::store::RemoteMode::ReadWrite => "read-write",
         crate::store::RemoteMode::ReadOnly => "read-only",

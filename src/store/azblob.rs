@@ -57,6 +57,11 @@ pub const ACCOUNT_KEY: &str = "AZURE_STORAGE_KEY";
 pub const SAS_TOKEN: &str = "AZURE_STORAGE_SAS_TOKEN";
 
 impl AzblobConfig {
+    /// Where the entries are, for messages: `azblob://container/prefix`.
+    pub fn location(&self) -> String {
+        object::location("azblob", &self.container, &self.prefix)
+    }
+
     /// The same container, with the prefix of `namespace` inside this one's.
     pub fn in_namespace(&self, namespace: &Namespace) -> AzblobConfig {
         AzblobConfig {
@@ -117,11 +122,10 @@ impl AzblobConfig {
             }
         }
         let op = Operator::new(builder).map_err(config_err)?;
-        let container = &self.container;
         ObjectStore::new(
             op,
             Service::Azblob,
-            object::location("azblob", container, &self.prefix),
+            self.location(),
             Timeouts {
                 connect: self.connect_timeout,
                 request: self.request_timeout,

@@ -48,6 +48,11 @@ pub struct GcsConfig {
 }
 
 impl GcsConfig {
+    /// Where the entries are, for messages: `gs://bucket/prefix`.
+    pub fn location(&self) -> String {
+        object::location("gs", &self.bucket, &self.prefix)
+    }
+
     /// The same bucket, with the prefix of `namespace` inside this one's.
     pub fn in_namespace(&self, namespace: &Namespace) -> GcsConfig {
         GcsConfig {
@@ -80,7 +85,7 @@ impl GcsConfig {
         ObjectStore::new(
             op,
             Service::Gcs,
-            object::location("gs", &self.bucket, &self.prefix),
+            self.location(),
             Timeouts {
                 connect: self.connect_timeout,
                 request: self.request_timeout,

@@ -32,6 +32,29 @@ pub struct HttpConfig {
     pub namespace: Option<Namespace>,
 }
 
+impl HttpConfig {
+    /// `<base>/v1`, or `<base>/v1/ns/<NAME>` in a namespace: what the store's paths start
+    /// with.
+    fn api(&self) -> String {
+        let base = self.url.trim_end_matches('/');
+        match &self.namespace {
+            None => format!("{base}/v1"),
+            Some(namespace) => format!("{base}/v1/{}", namespace.path()),
+        }
+    }
+
+    /// Where the entries are, for messages: the server's URL (with the namespace's path in
+    /// one).
+    pub fn location(&self) -> String {
+        location_of(&self.api())
+    }
+}
+
+/// The location of a store whose paths start with `api`.
+fn location_of(api: &str) -> String {
+    api.strip_suffix("/v1").unwrap_or(api).to_string()
+}
+
 /// Entries on a `goremotecache serve` server.
 #[derive(Debug, Clone)]
 pub struct HttpStore {
@@ -73,13 +96,9 @@ impl HttpStore {
             .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(|err| RemoteError::Config(format!("building the HTTP client: {err}")))?;
-        let base = config.url.trim_end_matches('/').to_string();
         Ok(Self {
             client,
-            api: match &config.namespace {
-                None => format!("{base}/v1"),
-                Some(namespace) => format!("{base}/v1/{}", namespace.path()),
-            },
+            api: config.api(),
             token: config.token.clone().filter(|t| !t.is_empty()),
             read_only_said: Default::default(),
         })
@@ -222,10 +241,7 @@ impl RemoteStore for HttpStore {
     }
 
     fn location(&self) -> String {
-        match self.api.strip_suffix("/v1") {
-            Some(base) => base.to_string(),
-            None => self.api.clone(),
-        }
+        location_of(&self.api)
     }
 
     async fn get_manifest(&self, key: &BuildKey) -> Result<Option<Bytes>, RemoteError> {

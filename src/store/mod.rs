@@ -235,6 +235,17 @@ pub enum StoreConfig {
 }
 
 impl StoreConfig {
+    /// Where the entries are, for messages (`s3://bucket/prefix`, a server's URL), as the
+    /// opened store's [`RemoteStore::location`] says it, without opening it.
+    pub fn location(&self) -> String {
+        match self {
+            StoreConfig::S3(s3) => s3.location(),
+            StoreConfig::Gcs(gcs) => gcs.location(),
+            StoreConfig::Azblob(azblob) => azblob.location(),
+            StoreConfig::Http(http) => http.location(),
+        }
+    }
+
     /// The bucket or container itself, unwrapped, for what needs more than [`RemoteStore`]
     /// (`gc-remote`'s and `clear-remote`'s [`inventory`]); `None` for an HTTP server.
     pub fn objects(&self) -> Option<Result<ObjectStore, RemoteError>> {

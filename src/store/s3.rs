@@ -72,6 +72,11 @@ impl std::fmt::Debug for S3Credentials {
 }
 
 impl S3Config {
+    /// Where the entries are, for messages: `s3://bucket/prefix`.
+    pub fn location(&self) -> String {
+        object::location("s3", &self.bucket, &self.prefix)
+    }
+
     /// The same bucket, with the prefix of `namespace` inside this one's:
     /// `<prefix>/ns/<NAME>` (see docs/format.md).
     pub fn in_namespace(&self, namespace: &Namespace) -> S3Config {
@@ -141,7 +146,7 @@ impl S3Config {
         ObjectStore::new(
             op,
             Service::S3,
-            object::location("s3", &config.bucket, &config.prefix),
+            config.location(),
             Timeouts {
                 connect: config.connect_timeout,
                 request: config.request_timeout,

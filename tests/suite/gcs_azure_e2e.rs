@@ -64,6 +64,20 @@ fn cold_then_fresh_machine(project: &mut GoProject) {
     );
 }
 
+/// `goremotecache gc-remote` with `args` on the project's store and in its environment;
+/// requires success and returns what it printed.
+fn gc_remote(project: &GoProject, args: &[&str]) -> String {
+    let (code, stdout, stderr) = support::outcome(
+        std::process::Command::new(support::bin())
+            .arg("gc-remote")
+            .args(args)
+            .args(&project.args)
+            .envs(project.env.iter().map(|(k, v)| (k, v))),
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    stdout
+}
+
 #[test]
 fn gcs_a_fresh_machine_builds_from_the_bucket() {
     let emulator = Emulator::fake_gcs();
@@ -74,17 +88,7 @@ fn gcs_a_fresh_machine_builds_from_the_bucket() {
 
     // gc-remote lists the bucket and reads its manifests (its report; its deletes are
     // tested on Azurite: fake-gcs-server's batch answers are not GCS's).
-    let gc = std::process::Command::new(support::bin())
-        .args(["gc-remote", "--older-than", "1d"])
-        .args(&project.args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&gc.stdout);
-    assert!(
-        gc.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&gc.stderr)
-    );
+    let stdout = gc_remote(&project, &["--older-than", "1d"]);
     assert!(stdout.contains("gs://gocache/ci"), "{stdout}");
     assert!(stdout.contains("to delete: 0 entries"), "{stdout}");
     assert!(stdout.contains("dry run"), "{stdout}");
@@ -103,18 +107,7 @@ fn azblob_a_fresh_machine_builds_from_the_container_until_gc_remote_collects_it(
     // Everything was uploaded before the first build ended: one second on, all of it is
     // older than --older-than 1s.
     std::thread::sleep(Duration::from_millis(1500));
-    let gc = std::process::Command::new(support::bin())
-        .args(["gc-remote", "--older-than", "1s", "--yes"])
-        .args(&project.args)
-        .env("AZURE_STORAGE_KEY", AZURE_KEY)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&gc.stdout);
-    assert!(
-        gc.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&gc.stderr)
-    );
+    let stdout = gc_remote(&project, &["--older-than", "1s", "--yes"]);
     assert!(stdout.contains("azblob://gocache/ci"), "{stdout}");
     assert!(stdout.contains("deleted "), "{stdout}");
 

@@ -265,11 +265,12 @@ fn gc_remote(config: &GcRemoteConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let started = std::time::SystemTime::now();
     let mut plan = runtime.block_on(gc::plan(
         &store,
         &config.namespaces,
         config.older_than,
-        std::time::SystemTime::now(),
+        started,
     ))?;
     if config.modules {
         let modules = config
@@ -288,6 +289,10 @@ fn gc_remote(config: &GcRemoteConfig) -> anyhow::Result<()> {
     let progress = |n: u64| eprintln!("goremotecache: {location}: deleted {n} objects so far");
     let swept = runtime.block_on(gc::sweep(&store, &plan, &progress))?;
     println!("{swept}");
+    let (filters, keys) = runtime.block_on(gc::write_filters(&store, &plan, started));
+    if filters > 0 {
+        println!("key filters written: {filters} ({keys} keys kept)");
+    }
     Ok(())
 }
 

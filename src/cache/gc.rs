@@ -61,6 +61,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::manifest::{Manifest, REFRESH};
 use crate::ids::{ActionId, Namespace};
+use crate::store::filter::{self, KeyFilter};
 use crate::store::inventory::{
     self, Area, Inventory, NAMESPACES, StoredObject, below_namespace, namespace_dir,
 };
@@ -150,6 +151,9 @@ pub struct Section {
     /// Keys relative to the store's prefix.
     manifest_keys: Vec<String>,
     entry_keys: Vec<ActionId>,
+    /// The entries kept (recent, or listed by a recent manifest): the key filter written
+    /// after the sweep.
+    kept_keys: Vec<ActionId>,
 }
 
 impl Section {
@@ -183,6 +187,7 @@ impl Section {
             other: self.other.plus(other.other),
             manifest_keys: Vec::new(),
             entry_keys: Vec::new(),
+            kept_keys: Vec::new(),
         }
     }
 }
@@ -375,8 +380,10 @@ pub async fn plan(
             };
             if object.modified >= cutoff {
                 section.recent_entries.add(&object);
+                section.kept_keys.push(action);
             } else if kept.is_some_and(|kept| kept.contains(&action)) {
                 section.listed_entries.add(&object);
+                section.kept_keys.push(action);
             } else {
                 section.old_entries.add(&object);
                 section.entry_keys.push(action);
@@ -555,6 +562,37 @@ pub async fn sweep(
             .collect(),
         elapsed: start.elapsed(),
     })
+}
+
+/// After a sweep, writes each collected namespace's key filter ([`crate::store::filter`]):
+/// the entries kept. That is the filter that builds extend afterwards, smaller than before by
+/// what was deleted, and a bucket's first one if builds kept none yet. A filter that a build
+/// wrote since `started` (the plan's listing may have missed what it stored) is merged in, not
+/// replaced. Returns the filters written and the keys in them; a failure is said and skipped:
+/// builds then keep using the filter that is there.
+pub async fn write_filters(store: &dyn Inventory, plan: &Plan, started: SystemTime) -> (u64, u64) {
+    let (mut filters, mut keys) = (0, 0);
+    for section in plan.sections.iter().filter(|s| !s.modules) {
+        let key = format!("{}{}", section.dir(), crate::store::FILTER_KEY);
+        let mut filter = KeyFilter::of(section.kept_keys.iter().copied(), SystemTime::now());
+        if let Ok(Some(bytes)) = store.read(&key, filter::MAX_FILTER).await
+            && let Ok(current) = KeyFilter::decode(&bytes)
+            && current.made() >= started
+        {
+            filter = current.with(section.kept_keys.iter().copied(), SystemTime::now());
+        }
+        match store.write(&key, filter.encode().into()).await {
+            Ok(()) => {
+                filters += 1;
+                keys += filter.len() as u64;
+            }
+            Err(err) => eprintln!(
+                "goremotecache: {}: writing the key filter failed: {err}",
+                inventory::describe(&plan.location, section.namespace.as_ref())
+            ),
+        }
+    }
+    (filters, keys)
 }
 
 /// One delete request, tried again after a transient failure.

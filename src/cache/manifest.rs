@@ -26,7 +26,7 @@
 //! run that would leave it unchanged still writes it again once it is that old, so that
 //! `gc-remote` ([`crate::cache::gc`]) can keep what recent builds asked for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Mutex;
@@ -257,7 +257,9 @@ impl Manifest {
     /// The manifest after a run that asked for `run` (in order; sizes as known): this run's
     /// entries first, with age 0, in the order the go command asked for them; then the
     /// previous manifest's other entries, one run older, in their order, until they are older
-    /// than [`MAX_AGE`]; at most [`MAX_ENTRIES`] in all.
+    /// than [`MAX_AGE`]; at most [`MAX_ENTRIES`] in all. A previous entry in `wasted` (this
+    /// run prefetched it and the go command never asked for it) is left out: the next run
+    /// would fetch it in vain again.
     ///
     /// `namespaces` are the run's, own first (`[None]` without namespaces). An entry the run
     /// found in one of them is in that one; one it took from its local disk is where the
@@ -267,11 +269,12 @@ impl Manifest {
         previous: Option<&Manifest>,
         run: &[Used],
         namespaces: &[Option<Namespace>],
+        wasted: &HashSet<ActionId>,
     ) -> Manifest {
         let before: HashMap<ActionId, &Option<Namespace>> = previous
             .map(|p| p.entries.iter().map(|e| (e.action, &e.namespace)).collect())
             .unwrap_or_default();
-        let mut seen = std::collections::HashSet::with_capacity(run.len());
+        let mut seen = HashSet::with_capacity(run.len());
         let mut entries: Vec<ManifestEntry> = run
             .iter()
             .filter(|(action, _, _)| seen.insert(*action))
@@ -293,7 +296,8 @@ impl Manifest {
                 previous
                     .entries
                     .iter()
-                    .filter(|e| e.age < MAX_AGE && seen.insert(e.action))
+                    .filter(|e| e.age < MAX_AGE && !wasted.contains(&e.action))
+                    .filter(|e| seen.insert(e.action))
                     .map(|e| ManifestEntry {
                         age: e.age + 1,
                         ..e.clone()
@@ -334,8 +338,7 @@ impl Manifest {
             && self.entries.iter().all(|e| e.age == 0)
             && previous.entries.iter().all(|e| e.age == 0)
             && {
-                let before: std::collections::HashSet<_> =
-                    previous.entries.iter().map(|e| e.action).collect();
+                let before: HashSet<_> = previous.entries.iter().map(|e| e.action).collect();
                 self.entries.iter().all(|e| before.contains(&e.action))
             }
     }

@@ -24,6 +24,7 @@ use crate::local::lock::Locker;
 pub mod clear;
 pub mod gc;
 pub mod manifest;
+pub mod misses;
 pub mod prefetch;
 pub mod push;
 pub mod remote;
@@ -214,6 +215,9 @@ impl Cache {
                 .ok()
                 .map(Arc::new)
         });
+        if let Some(remote) = &remote {
+            remote.start_filters();
+        }
         let prefetch_config =
             (remote.as_ref()).and_then(|_| config.remote.as_ref()?.prefetch.clone());
         Self {

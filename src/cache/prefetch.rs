@@ -36,6 +36,9 @@ pub struct Prefetcher {
     loaded: watch::Sender<Option<Option<(usize, Manifest)>>>,
     /// Entries that prefetch stored and the go command has not asked for yet.
     unused: Mutex<HashSet<ActionId>>,
+    /// Entries prefetch stored that the go command had not asked for when prefetch stopped:
+    /// left out of the manifest written then, so that no later run fetches them in vain.
+    wasted: Mutex<HashSet<ActionId>>,
     /// The prefetch work, stopped at close.
     task: Mutex<Option<tokio::task::AbortHandle>>,
     /// How many entries the recorder held when the manifest was last written (a daemon
@@ -63,6 +66,7 @@ impl Prefetcher {
             recorder: Recorder::default(),
             loaded: watch::Sender::new(None),
             unused: Mutex::new(HashSet::new()),
+            wasted: Mutex::new(HashSet::new()),
             task: Mutex::new(None),
             written: Mutex::new(None),
         }
@@ -417,7 +421,8 @@ impl Prefetcher {
         let previous = previous.map(|(home, manifest)| (home == 0, manifest));
         let own_previous = previous.as_ref().filter(|(own, _)| *own).map(|(_, m)| m);
         let names = self.tier.namespaces.names();
-        let manifest = Manifest::merge(previous.as_ref().map(|(_, m)| m), &run, names);
+        let wasted = lock(&self.wasted).clone();
+        let manifest = Manifest::merge(previous.as_ref().map(|(_, m)| m), &run, names, &wasted);
         if manifest.same_as(own_previous)
             && own_previous.is_some_and(|p| !p.needs_refresh(SystemTime::now()))
         {
@@ -437,21 +442,31 @@ impl Prefetcher {
     }
 
     /// Stops prefetch work at close and counts the entries it stored that nobody used (not
-    /// those cut off in flight).
+    /// those cut off in flight), with their bytes (as the manifest found at start lists them).
     fn stop(&self) {
         if let Some(task) = lock(&self.task).take() {
             task.abort();
         }
         let downloaded = lock(&self.tier.downloaded);
-        let wasted = lock(&self.unused)
+        let wasted: HashSet<ActionId> = lock(&self.unused)
             .iter()
             .filter(|action| downloaded.contains_key(action))
-            .count() as u64;
+            .copied()
+            .collect();
         drop(downloaded);
-        self.tier
-            .remote_stats()
+        let bytes = match &*self.loaded.borrow() {
+            Some(Some((_, manifest))) => (manifest.entries.iter())
+                .filter(|entry| wasted.contains(&entry.action))
+                .map(|entry| entry.size)
+                .sum(),
+            _ => 0,
+        };
+        let stats = self.tier.remote_stats();
+        stats
             .prefetch_wasted
-            .store(wasted, Ordering::Relaxed);
+            .store(wasted.len() as u64, Ordering::Relaxed);
+        stats.prefetch_wasted_bytes.store(bytes, Ordering::Relaxed);
+        *lock(&self.wasted) = wasted;
     }
 }
 

@@ -24,6 +24,7 @@ use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use super::misses::MissFilters;
 use super::stats::{RemoteStats, Stats, add, nanos};
 use super::upload::{Job, Pending, Uploader};
 use crate::config::RemoteConfig;
@@ -53,6 +54,11 @@ pub struct RemoteTier {
     /// Fetches running now, by key, with what they found once they end.
     in_flight: Mutex<HashMap<ActionId, watch::Receiver<Outcome>>>,
     upload_wait: Duration,
+    /// The namespaces' key filters ([`super::misses`]), kept up to date at the end whether
+    /// or not this run uses them.
+    misses: Arc<MissFilters>,
+    /// Whether a local miss that the filters rule out is answered at once.
+    instant_misses: bool,
     /// The largest decoded entry taken (`--max-entry-size`).
     pub(super) max_entry_size: u64,
     stats: Arc<Stats>,
@@ -140,16 +146,24 @@ impl RemoteTier {
         if let Some(remote) = &stats.remote {
             remote.name_namespaces(namespaces.names());
         }
+        let misses = Arc::new(MissFilters::new(
+            namespaces.names().len(),
+            (config.instant_misses).unwrap_or(crate::config::DEFAULT_INSTANT_MISS_AGE),
+            stats.clone(),
+        ));
         let uploader = Uploader::start(
             namespaces.own().clone(),
             stats.clone(),
             disk.tmp_dir().to_path_buf(),
             config.upload_concurrency,
             config.upload_queue,
+            Some(misses.clone()),
         )
         .with_min_size(config.upload_min_size);
         let reads = config.mode != RemoteMode::WriteOnly;
         Self {
+            instant_misses: reads && config.instant_misses.is_some(),
+            misses,
             namespaces,
             uploader,
             reads,
@@ -255,8 +269,12 @@ impl RemoteTier {
         None
     }
 
-    /// One get of the entry, counted as the go command's.
+    /// One get of the entry, counted as the go command's, unless the key filters rule the
+    /// key out.
     async fn fetch_entry(&self, disk: &DiskCache, action: ActionId) -> Option<Entry> {
+        if self.instant_misses && self.misses.rules_out(&action).await {
+            return None;
+        }
         let stats = self.remote_stats();
         match self.try_fetch(disk, action, None).await {
             Ok(Some((index, entry))) => {
@@ -378,8 +396,18 @@ impl RemoteTier {
 
     /// Waits up to `wait` for the uploads queued so far, leaving the queue open (see
     /// [`Uploader::drain`]); returns how many are still pending.
+    /// Fetches the key filters now and as they age (also with instant misses off: the run
+    /// keeps the own namespace's filter at its end). Call once, right after the handshake.
+    pub fn start_filters(&self) {
+        self.misses.start(self.namespaces.clone());
+    }
+
+    /// Waits up to `wait` for the uploads queued so far (a daemon's flush), then adds what
+    /// they stored to the key filter.
     pub async fn drain(&self, wait: Duration, progress: &mut (dyn FnMut(Pending) + Send)) -> u64 {
-        self.uploader.drain(wait, progress).await
+        let left = self.uploader.drain(wait, progress).await;
+        self.misses.write(self.store().as_ref()).await;
+        left
     }
 
     /// Where the entries are written (the own namespace's store).
@@ -395,6 +423,8 @@ impl RemoteTier {
     /// At the end of the run: gives pending uploads their time.
     pub async fn finish(&self) {
         self.uploader.finish(self.upload_wait).await;
+        self.misses.stop();
+        self.misses.write(self.store().as_ref()).await;
     }
 }
 

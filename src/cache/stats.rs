@@ -55,6 +55,15 @@ pub struct RemoteStats {
     pub queue_high_water: AtomicU64,
     /// Time spent at close waiting for uploads.
     pub close_wait_nanos: AtomicU64,
+    /// Local misses answered at once because the key filters ruled the key out
+    /// ([`super::misses`]; not in `misses`, which the store answered), and those whose upload
+    /// then found the entry in the store (a wrong "absent": compiled again).
+    pub instant_misses: AtomicU64,
+    pub instant_misses_wrong: AtomicU64,
+    /// Keys in the own namespace's filter as last fetched (0: none).
+    pub filter_keys: AtomicU64,
+    /// Keys in the filter this run wrote at its end (0: none written).
+    pub filter_written: AtomicU64,
     /// Whether prefetch is on in this run.
     pub prefetch_on: std::sync::atomic::AtomicBool,
     /// Entries in the manifest found at start.
@@ -70,6 +79,8 @@ pub struct RemoteStats {
     /// Prefetched entries that the go command then asked for, and those it never did.
     pub prefetch_used: AtomicU64,
     pub prefetch_wasted: AtomicU64,
+    /// The wasted entries' bytes (uncompressed, as the manifest lists them).
+    pub prefetch_wasted_bytes: AtomicU64,
     /// Time from the start of the run to the end of the prefetch work.
     pub prefetch_nanos: AtomicU64,
     /// Entries in the manifest written at close (0: none written).
@@ -241,6 +252,10 @@ impl Stats {
                 },
                 queue_high_water: get(&r.queue_high_water),
                 close_wait_seconds: get(&r.close_wait_nanos) as f64 / 1e9,
+                instant_misses: get(&r.instant_misses),
+                instant_misses_wrong: get(&r.instant_misses_wrong),
+                filter_keys: get(&r.filter_keys),
+                filter_written: get(&r.filter_written),
                 prefetch: r
                     .prefetch_on
                     .load(Ordering::Relaxed)
@@ -253,6 +268,7 @@ impl Stats {
                         errors: get(&r.prefetch_errors),
                         used: get(&r.prefetch_used),
                         wasted: get(&r.prefetch_wasted),
+                        wasted_bytes: get(&r.prefetch_wasted_bytes),
                         seconds: get(&r.prefetch_nanos) as f64 / 1e9,
                         manifest_written: get(&r.manifest_written),
                     }),
@@ -338,6 +354,18 @@ pub struct RemoteReport {
     pub compression_ratio: Option<f64>,
     pub queue_high_water: u64,
     pub close_wait_seconds: f64,
+    /// Local misses answered without asking the store (the key filters ruled them out), and
+    /// those the store turned out to have (compiled again).
+    #[serde(default)]
+    pub instant_misses: u64,
+    #[serde(default)]
+    pub instant_misses_wrong: u64,
+    /// Keys in the own namespace's key filter as last fetched, and in the one written at the
+    /// end (0: none).
+    #[serde(default)]
+    pub filter_keys: u64,
+    #[serde(default)]
+    pub filter_written: u64,
     /// Prefetch's figures, when it is on.
     pub prefetch: Option<PrefetchReport>,
     /// With namespaces: the entries found in each, own first (the un-namespaced layout is
@@ -371,8 +399,11 @@ pub struct PrefetchReport {
     pub errors: u64,
     /// Prefetched entries the go command then asked for.
     pub used: u64,
-    /// Prefetched entries it never asked for in this run.
+    /// Prefetched entries it never asked for in this run (left out of the manifest written
+    /// at its end), and their uncompressed bytes.
     pub wasted: u64,
+    #[serde(default)]
+    pub wasted_bytes: u64,
     /// Time from the start of the run until prefetching ended.
     pub seconds: f64,
     /// Entries in the manifest written at the end of the run (0: not written, as when
@@ -409,9 +440,14 @@ impl fmt::Display for Report {
         if let Some(r) = &self.remote {
             writeln!(
                 f,
-                "goremotecache: remote: {} hits, {} misses, {} errors, {} corrupt, {} down, {:.3}s waiting",
+                "goremotecache: remote: {} hits, {} misses{}, {} errors, {} corrupt, {} down, {:.3}s waiting",
                 r.hits,
                 r.misses,
+                match (r.instant_misses, r.instant_misses_wrong) {
+                    (0, _) => String::new(),
+                    (n, 0) => format!(" (+{n} instant)"),
+                    (n, wrong) => format!(" (+{n} instant, {wrong} of them stored after all)"),
+                },
                 r.errors,
                 r.corrupt,
                 human_bytes(r.bytes_down),
@@ -448,7 +484,7 @@ impl fmt::Display for Report {
             if let Some(p) = &r.prefetch {
                 writeln!(
                     f,
-                    "goremotecache: prefetch: {} listed, {} already local, {} fetched ({}) in {:.3}s, {} used, {} wasted, {} missing, {} errors; manifest {}",
+                    "goremotecache: prefetch: {} listed, {} already local, {} fetched ({}) in {:.3}s, {} used, {} wasted ({}), {} missing, {} errors; manifest {}",
                     p.listed,
                     p.already_local,
                     p.fetched,
@@ -456,6 +492,7 @@ impl fmt::Display for Report {
                     p.seconds,
                     p.used,
                     p.wasted,
+                    human_bytes(p.wasted_bytes),
                     p.missing,
                     p.errors,
                     match p.manifest_written {

@@ -60,6 +60,7 @@ fn config(prefetch: bool, timeout: Duration) -> RemoteConfig {
         max_entry_size: 1 << 30,
         upload_min_size: 0,
         fault_rate: Default::default(),
+        instant_misses: Some(crate::config::DEFAULT_INSTANT_MISS_AGE),
     }
 }
 
@@ -174,7 +175,8 @@ async fn a_get_joins_the_running_prefetch_of_its_key() {
         memory.insert(*key, entry(&data));
     }
     let source = KeySource::explicit(PREFETCH_KEY);
-    let manifest = Manifest::merge(None, &listed, &[None]).encode(&source, None);
+    let manifest =
+        Manifest::merge(None, &listed, &[None], &Default::default()).encode(&source, None);
     memory.set_faults(Faults::default());
     memory
         .put_manifest(&source.key(), Bytes::from(manifest))
@@ -381,7 +383,7 @@ async fn an_unchanged_manifest_is_written_again_once_a_day_old() {
         for (n, (key, _, _)) in listed.iter().enumerate() {
             memory.insert(*key, entry(&body(n as u8 + 1, 3000)));
         }
-        let manifest = Manifest::merge(None, &listed, &[None]);
+        let manifest = Manifest::merge(None, &listed, &[None], &Default::default());
         let bytes = match written {
             Some(time) => manifest.encode_at(&source, None, time),
             None => {

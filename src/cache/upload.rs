@@ -20,6 +20,7 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use super::misses::MissFilters;
 use super::stats::{RemoteStats, Stats, add, human_bytes, nanos};
 use crate::ids::{ActionId, OutputId};
 use crate::store::format::{self, FLAG_ZSTD, Header};
@@ -70,6 +71,8 @@ struct Shared {
     pending_bytes: Arc<AtomicU64>,
     /// Entries smaller than this (encoded) are not uploaded (`--upload-min-size`).
     min_size: Arc<AtomicU64>,
+    /// Told what each upload found, for the key filter.
+    misses: Option<Arc<MissFilters>>,
 }
 
 impl Uploader {
@@ -80,6 +83,7 @@ impl Uploader {
         tmp_dir: PathBuf,
         concurrency: usize,
         queue: usize,
+        misses: Option<Arc<MissFilters>>,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
         let pending = Arc::new(AtomicU64::new(0));
@@ -92,6 +96,7 @@ impl Uploader {
             pending: pending.clone(),
             pending_bytes: pending_bytes.clone(),
             min_size: min_size.clone(),
+            misses,
         });
         let limit = Arc::new(Semaphore::new(concurrency.max(1)));
         let worker = tokio::spawn(async move {
@@ -256,6 +261,9 @@ impl Shared {
     async fn upload(&self, job: Job) {
         let size = job.size;
         let outcome = self.try_upload(&job).await;
+        if let (Some(misses), Ok((found, _))) = (&self.misses, &outcome) {
+            misses.uploaded(job.action, *found);
+        }
         let stats = self.stats();
         match outcome {
             Ok((PutOutcome::Stored, sent)) => {

@@ -472,6 +472,31 @@ pub struct ClientArgs {
     #[arg(long, env = "GOREMOTECACHE_PREFETCH_MAX_ENTRIES", value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub prefetch_max_entries: u32,
 
+    /// Instant misses: fetch the store's key filter right after the go command starts this
+    /// program (`goremotecache serve` makes one of its storage directory; in a bucket, the
+    /// runs keep one, at <prefix>/filter/v1/keys), and answer a local miss whose key the
+    /// filter rules out at once, without asking the store. A cold build then waits for no
+    /// round trip per miss. An entry stored after the filter was made may be missed (it is
+    /// compiled again, never wrong); see docs/prefetch.md. `--instant-misses=off` asks the
+    /// store for every local miss.
+    #[arg(
+        long,
+        env = "GOREMOTECACHE_INSTANT_MISSES",
+        value_name = "on|off",
+        value_parser = parse_switch,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "on",
+        default_missing_value = "on"
+    )]
+    pub instant_misses: bool,
+
+    /// How long a key filter is trusted after it was fetched; it is fetched again after half
+    /// of it, and once it is older, local misses ask the store again.
+    #[arg(long, env = "GOREMOTECACHE_INSTANT_MISS_MAX_AGE", value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub instant_miss_max_age: Duration,
+
     /// Do not upload an entry whose output (the go command's file, before compression) is
     /// smaller than this: it stays in the local cache only, and is counted as skipped in the
     /// stats. Small outputs cost a request each for little build time. [default: 0, upload

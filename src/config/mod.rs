@@ -186,7 +186,13 @@ pub struct RemoteConfig {
     pub upload_min_size: u64,
     /// The share of requests failed on purpose (`--remote-fault-rate`).
     pub fault_rate: Fraction,
+    /// How long a key filter is trusted (`--instant-miss-max-age`); `None`: instant misses
+    /// are off (`--instant-misses=off`).
+    pub instant_misses: Option<Duration>,
 }
+
+/// `--instant-miss-max-age`'s default (its flag says "10m").
+pub const DEFAULT_INSTANT_MISS_AGE: Duration = Duration::from_secs(600);
 
 /// `serve`'s options, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -435,6 +441,7 @@ fn remote_config(args: &MainArgs) -> Result<Option<RemoteConfig>, ConfigError> {
         max_entry_size: client.max_entry_size,
         upload_min_size: client.upload_min_size,
         fault_rate: client.remote_fault_rate.unwrap_or_default(),
+        instant_misses: client.instant_misses.then_some(client.instant_miss_max_age),
     }))
 }
 

@@ -227,6 +227,13 @@ impl Fingerprint {
         if remote.fault_rate.0 > 0.0 {
             f.text("fault_rate", &remote.fault_rate.0.to_string());
         }
+        match remote.instant_misses {
+            None => f.text("instant_misses", "off"),
+            Some(age) if age != crate::config::DEFAULT_INSTANT_MISS_AGE => {
+                f.text("instant_miss_max_age", &age.as_secs().to_string())
+            }
+            Some(_) => {}
+        }
         Self(f.hex16())
     }
 

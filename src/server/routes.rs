@@ -45,6 +45,8 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/ns/{ns}/ac/{key}", entries())
         .route("/v1/batch", post(get_batch))
         .route("/v1/ns/{ns}/batch", post(get_batch))
+        .route("/v1/filter", get(get_filter))
+        .route("/v1/ns/{ns}/filter", get(get_filter))
         .route("/v1/prefetch/{key}", manifests())
         .route("/v1/ns/{ns}/prefetch/{key}", manifests())
         .route("/mod/{*path}", get(get_module))
@@ -116,6 +118,30 @@ async fn get_manifest(
             Ok(Some(bytes)) => Ok((StatusCode::OK, bytes).into_response()),
             Ok(None) => Err(Refusal::new(StatusCode::NOT_FOUND, "no manifest")),
             Err(err) => Err(storage_failure(&state, "get manifest", err)),
+        }
+    })
+    .await
+}
+
+/// `GET /v1/filter`: the key filter of the namespace's entries as they are now
+/// ([`crate::store::filter`]), for instant misses. Only a storage directory, whose index knows
+/// every entry, gives one; on S3 storage (where other replicas store too, and nothing here
+/// lists them) the answer is 404, and clients ask for every miss.
+async fn get_filter(
+    State(state): State<Arc<ServerState>>,
+    target: Target,
+    headers: HeaderMap,
+) -> Response {
+    timed(&state, "GET", async {
+        let namespace = state.admit(&target, &headers, Scope::Read)?;
+        let place = state.place(namespace.as_ref(), Scope::Read).await?;
+        if place.store.clients_keep_filter() {
+            return Err(Refusal::new(StatusCode::NOT_FOUND, "no key filter"));
+        }
+        match place.store.get_filter().await {
+            Ok(Some(bytes)) => Ok((StatusCode::OK, bytes).into_response()),
+            Ok(None) => Err(Refusal::new(StatusCode::NOT_FOUND, "no key filter")),
+            Err(err) => Err(storage_failure(&state, "get filter", err)),
         }
     })
     .await

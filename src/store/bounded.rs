@@ -58,6 +58,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::dir::{DiskStore, NAMESPACES_DIR, VerifiedEntry};
+use super::filter::KeyFilter;
 use super::lru::Index;
 use super::{PutOutcome, RemoteError};
 use crate::ids::{ActionId, Namespace};
@@ -329,6 +330,19 @@ impl BoundedDisk {
     /// The directory store of namespace number `space`.
     fn dir(&self, space: u32) -> Arc<DiskStore> {
         crate::sync::read(&self.spaces).dirs[space as usize].clone()
+    }
+
+    /// The key filter of namespace number `space`'s entries, as they are now (entries being
+    /// written are not in it until they are committed).
+    pub fn key_filter(&self, space: u32) -> KeyFilter {
+        let fingerprints: Vec<u32> = {
+            let state = crate::sync::lock(&self.state);
+            (state.index.keys())
+                .filter(|key| key.space == space)
+                .map(|key| KeyFilter::fingerprint(&key.action))
+                .collect()
+        };
+        KeyFilter::of_fingerprints(fingerprints, SystemTime::now())
     }
 
     /// The bound, if there is one.

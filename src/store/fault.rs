@@ -110,6 +110,20 @@ impl<S: RemoteStore> RemoteStore for FaultRate<S> {
         self.inner.put_manifest(key, manifest).await
     }
 
+    async fn get_filter(&self) -> Result<Option<Bytes>, RemoteError> {
+        self.fault("filter get")?;
+        self.inner.get_filter().await
+    }
+
+    fn clients_keep_filter(&self) -> bool {
+        self.inner.clients_keep_filter()
+    }
+
+    async fn put_filter(&self, filter: Bytes) -> Result<(), RemoteError> {
+        self.fault("filter put")?;
+        self.inner.put_filter(filter).await
+    }
+
     fn batch_limit(&self) -> usize {
         self.inner.batch_limit()
     }

@@ -257,6 +257,31 @@ impl RemoteStore for HttpStore {
         }
     }
 
+    /// `GET <api>/filter`: the server's filter of the keys it holds. A server that keeps none
+    /// (S3 storage, or a release before filters) answers 404: no filter.
+    async fn get_filter(&self) -> Result<Option<Bytes>, RemoteError> {
+        let response = self
+            .request_to(reqwest::Method::GET, format!("{}/filter", self.api))
+            .send()
+            .await
+            .map_err(network_error)?;
+        match response.status() {
+            StatusCode::OK => {
+                let too_large = || RemoteError::Other("the key filter is too large".into());
+                if response.content_length().unwrap_or(0) > super::filter::MAX_FILTER as u64 {
+                    return Err(too_large());
+                }
+                let bytes = response.bytes().await.map_err(network_error)?;
+                match bytes.len() > super::filter::MAX_FILTER {
+                    true => Err(too_large()),
+                    false => Ok(Some(bytes)),
+                }
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(failed(response).await),
+        }
+    }
+
     async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
         let response = self
             .request_to(reqwest::Method::PUT, self.manifest_url(key))

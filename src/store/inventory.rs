@@ -113,6 +113,9 @@ pub trait Inventory: Send + Sync + fmt::Debug {
 
     async fn delete(&self, keys: &[String]) -> Result<(), RemoteError>;
 
+    /// Writes `bytes` as the object `key`, replacing it (the key filters, [`super::filter`]).
+    async fn write(&self, key: &str, bytes: Bytes) -> Result<(), RemoteError>;
+
     /// The most keys one `delete` should be given (one request's worth).
     fn delete_batch(&self) -> usize;
 

@@ -66,6 +66,11 @@ impl<K: Copy + Eq + Hash + Ord> Index<K> {
         index
     }
 
+    /// The keys, in no order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.keys()
+    }
+
     /// Total bytes of the entries.
     pub fn bytes(&self) -> u64 {
         self.bytes

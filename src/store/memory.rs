@@ -69,6 +69,9 @@ pub struct MemoryStore {
     /// Puts still to fail with a transient error ([`MemoryStore::fail_next_puts`]).
     failing_puts: AtomicU32,
     batch_limit: usize,
+    /// Whether its clients keep a key filter in it, as in a bucket ([`MemoryStore::keeping_filter`]).
+    keeps_filter: bool,
+    filter: Mutex<Option<Bytes>>,
     pub requests: Requests,
 }
 
@@ -86,6 +89,20 @@ impl MemoryStore {
             batch_limit: limit,
             ..Self::default()
         }
+    }
+
+    /// This store, with a key filter kept by its clients as in a bucket: none is given until
+    /// one is written, except that an empty store gives the filter of no keys.
+    pub fn keeping_filter(self) -> Self {
+        Self {
+            keeps_filter: true,
+            ..self
+        }
+    }
+
+    /// The key filter stored, if any.
+    pub fn filter(&self) -> Option<Bytes> {
+        lock(&self.filter).clone()
     }
 
     /// Changes what the store does wrong from now on.
@@ -227,6 +244,29 @@ impl RemoteStore for MemoryStore {
         self.requests.manifest_puts.fetch_add(1, Ordering::SeqCst);
         self.answer().await?;
         lock(&self.manifests).insert(*key, manifest);
+        Ok(())
+    }
+
+    async fn get_filter(&self) -> Result<Option<Bytes>, RemoteError> {
+        if !self.keeps_filter {
+            return Ok(None);
+        }
+        self.answer().await?;
+        if let Some(filter) = lock(&self.filter).clone() {
+            return Ok(Some(filter));
+        }
+        Ok(lock(&self.entries).is_empty().then(|| {
+            Bytes::from(super::filter::KeyFilter::empty(std::time::SystemTime::now()).encode())
+        }))
+    }
+
+    fn clients_keep_filter(&self) -> bool {
+        self.keeps_filter
+    }
+
+    async fn put_filter(&self, filter: Bytes) -> Result<(), RemoteError> {
+        self.answer().await?;
+        *lock(&self.filter) = Some(filter);
         Ok(())
     }
 

@@ -24,6 +24,7 @@ pub mod breaker;
 pub mod dir;
 pub mod explain;
 pub mod fault;
+pub mod filter;
 pub mod format;
 pub mod gcs;
 pub mod http;
@@ -161,6 +162,25 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     /// Stores the prefetch manifest under `key`, replacing the one there.
     async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError>;
 
+    /// The store's key filter ([`filter`]) in its stored form: every key it holds as of when
+    /// the filter was made. `None` when it has none to give; then every get asks. Like
+    /// manifests, filters are advisory: the circuit breaker does not count their failures.
+    async fn get_filter(&self) -> Result<Option<Bytes>, RemoteError> {
+        Ok(None)
+    }
+
+    /// Whether the store's clients keep its filter, each adding the keys it stored
+    /// ([`RemoteStore::put_filter`]): a bucket, which makes none itself. The HTTP server makes
+    /// its own.
+    fn clients_keep_filter(&self) -> bool {
+        false
+    }
+
+    /// Stores the key filter, replacing the one there.
+    async fn put_filter(&self, _filter: Bytes) -> Result<(), RemoteError> {
+        Err(RemoteError::Other("this store keeps no key filter".into()))
+    }
+
     /// How many entries one [`RemoteStore::get_batch`] may ask for; 0 when the store has no
     /// batch fetch (then prefetch asks entry by entry, many at once).
     fn batch_limit(&self) -> usize {
@@ -210,6 +230,18 @@ impl<S: RemoteStore + ?Sized> RemoteStore for Arc<S> {
 
     async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
         (**self).put_manifest(key, manifest).await
+    }
+
+    async fn get_filter(&self) -> Result<Option<Bytes>, RemoteError> {
+        (**self).get_filter().await
+    }
+
+    fn clients_keep_filter(&self) -> bool {
+        (**self).clients_keep_filter()
+    }
+
+    async fn put_filter(&self, filter: Bytes) -> Result<(), RemoteError> {
+        (**self).put_filter(filter).await
     }
 
     fn batch_limit(&self) -> usize {
@@ -347,6 +379,9 @@ pub fn manifest_key(key: &BuildKey) -> String {
     format!("prefetch/v1/{}", key.to_hex())
 }
 
+/// The object key of the key filter below a store's prefix (one per prefix or namespace).
+pub const FILTER_KEY: &str = "filter/v1/keys";
+
 /// Never uploads: for untrusted builds (pull requests from forks).
 #[derive(Debug)]
 pub struct ReadOnly<S>(pub S);
@@ -380,6 +415,12 @@ impl<S: RemoteStore> RemoteStore for ReadOnly<S> {
     async fn put_manifest(&self, _: &BuildKey, _: Bytes) -> Result<(), RemoteError> {
         Ok(())
     }
+
+    async fn get_filter(&self) -> Result<Option<Bytes>, RemoteError> {
+        self.0.get_filter().await
+    }
+
+    // Never written here: `clients_keep_filter` stays false.
 
     fn batch_limit(&self) -> usize {
         self.0.batch_limit()
@@ -426,6 +467,20 @@ impl<S: RemoteStore> RemoteStore for WriteOnly<S> {
 
     async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
         self.0.put_manifest(key, manifest).await
+    }
+
+    // Reads nothing, so no filter either; the filter is kept by those that read (a run
+    // that writes only adds its keys where the filter is read: see `cache::misses`).
+    async fn get_filter(&self) -> Result<Option<Bytes>, RemoteError> {
+        self.0.get_filter().await
+    }
+
+    fn clients_keep_filter(&self) -> bool {
+        self.0.clients_keep_filter()
+    }
+
+    async fn put_filter(&self, filter: Bytes) -> Result<(), RemoteError> {
+        self.0.put_filter(filter).await
     }
 
     fn usable(&self) -> bool {

@@ -27,7 +27,10 @@ use opendal_http_transport_reqwest::ReqwestTransport;
 
 use super::explain::{self, Cause};
 use super::inventory::{Area, Inventory, NAMESPACES, StoredObject};
-use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload, entry_key, manifest_key};
+use super::{
+    ByteStream, FILTER_KEY, PutOutcome, RemoteError, RemoteStore, Upload, entry_key, filter,
+    manifest_key,
+};
 use crate::ids::{ActionId, BuildKey, Namespace};
 
 /// Part size of the chunked writer for large entries.
@@ -256,8 +259,8 @@ impl RemoteStore for ObjectStore {
 
     async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
         let mut deleted = 0u64;
-        // Entries first, then the manifests that list them.
-        for dir in ["v1/", "prefetch/"] {
+        // Entries first, then the manifests that list them, then the key filter.
+        for dir in ["v1/", "prefetch/", "filter/"] {
             let entries = self
                 .op
                 .lister_with(dir)
@@ -299,6 +302,41 @@ impl RemoteStore for ObjectStore {
     async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
         self.op
             .write(&manifest_key(key), manifest)
+            .await
+            .map(drop)
+            .map_err(self.classifier())
+    }
+
+    /// The filter the clients keep; where there is none, a bucket with no entry under the
+    /// prefix (one listing request) is known to be empty: the filter of no keys.
+    async fn get_filter(&self) -> Result<Option<Bytes>, RemoteError> {
+        // Read whole: a ranged read past the end of the object is refused by some stores.
+        match self.op.read(FILTER_KEY).await {
+            Ok(buffer) if buffer.len() > filter::MAX_FILTER => {
+                return Err(RemoteError::Other("the key filter is too large".into()));
+            }
+            Ok(buffer) => return Ok(Some(buffer.to_bytes())),
+            Err(err) if err.kind() == ErrorKind::NotFound => {}
+            Err(err) => return Err((self.classifier())(err)),
+        }
+        let mut listed = self.op.lister("v1/").await.map_err(self.classifier())?;
+        while let Some(entry) = listed.next().await {
+            if entry.map_err(self.classifier())?.metadata().is_file() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Bytes::from(
+            filter::KeyFilter::empty(std::time::SystemTime::now()).encode(),
+        )))
+    }
+
+    fn clients_keep_filter(&self) -> bool {
+        true
+    }
+
+    async fn put_filter(&self, filter: Bytes) -> Result<(), RemoteError> {
+        self.op
+            .write(FILTER_KEY, filter)
             .await
             .map(drop)
             .map_err(self.classifier())
@@ -376,6 +414,14 @@ impl Inventory for ObjectStore {
         self.op
             .delete_iter(keys.iter().map(String::as_str))
             .await
+            .map_err(self.classifier())
+    }
+
+    async fn write(&self, key: &str, bytes: Bytes) -> Result<(), RemoteError> {
+        self.op
+            .write(key, bytes)
+            .await
+            .map(drop)
             .map_err(self.classifier())
     }
 

@@ -63,6 +63,18 @@ impl<S: RemoteStore> RemoteStore for Retry<S> {
         self.0.put_manifest(key, manifest).await
     }
 
+    async fn get_filter(&self) -> Result<Option<Bytes>, RemoteError> {
+        self.0.get_filter().await
+    }
+
+    fn clients_keep_filter(&self) -> bool {
+        self.0.clients_keep_filter()
+    }
+
+    async fn put_filter(&self, filter: Bytes) -> Result<(), RemoteError> {
+        self.0.put_filter(filter).await
+    }
+
     fn batch_limit(&self) -> usize {
         self.0.batch_limit()
     }

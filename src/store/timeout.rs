@@ -95,6 +95,18 @@ impl<S: RemoteStore> RemoteStore for Timeout<S> {
         self.within(self.inner.put_manifest(key, manifest)).await
     }
 
+    async fn get_filter(&self) -> Result<Option<Bytes>, RemoteError> {
+        self.within(self.inner.get_filter()).await
+    }
+
+    fn clients_keep_filter(&self) -> bool {
+        self.inner.clients_keep_filter()
+    }
+
+    async fn put_filter(&self, filter: Bytes) -> Result<(), RemoteError> {
+        self.within(self.inner.put_filter(filter)).await
+    }
+
     fn batch_limit(&self) -> usize {
         self.inner.batch_limit()
     }

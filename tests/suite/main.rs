@@ -16,6 +16,7 @@ mod gcs_azure_e2e;
 mod go_e2e;
 mod goproxy;
 mod hostile_disk;
+mod instant_misses;
 mod messages;
 mod namespaces;
 mod prefetch;

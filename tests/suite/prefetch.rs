@@ -69,6 +69,29 @@ fn a_fresh_machine_prefetches_what_the_last_build_asked_for() {
     assert_each_entry_fetched_once(&server, &build);
     project.assert_tests_cached();
     assert_eq!(project.build_and_run_command("e2e-b"), "TOTAL 9!\n");
+
+    // What machine B prefetched and never used (the cold run's put-only entries) left the
+    // manifest at its end: the next fresh machine fetches nothing in vain.
+    let wasted = stat("remote.prefetch.wasted");
+    assert!(
+        wasted > 0,
+        "the cold run put nothing a warm build skips: {:?}",
+        build.stats
+    );
+    assert!(
+        stat("remote.prefetch.wasted_bytes") > 0,
+        "{:?}",
+        build.stats
+    );
+    let next = project.build_on_fresh_machine("machine-c");
+    assert_eq!(next.stat("remote.prefetch.wasted"), 0, "{:?}", next.stats);
+    assert_eq!(
+        next.stat("remote.prefetch.listed"),
+        stat("remote.prefetch.listed") - wasted,
+        "{:?}",
+        next.stats
+    );
+    assert_eq!(next.stat("remote.hits"), 0, "{:?}", next.stats);
 }
 
 /// A wrapper between the go command and goremotecache (GNU time, a shell script) does not
@@ -152,7 +175,10 @@ fn gets_and_prefetch_fetch_each_entry_once() {
         1 + u64::from(N),
         "an entry was fetched twice: {stderr}"
     );
-    assert!(stderr.contains("0 wasted, 0 missing, 0 errors"), "{stderr}");
+    assert!(
+        stderr.contains("0 wasted (0 B), 0 missing, 0 errors"),
+        "{stderr}"
+    );
 }
 
 #[test]

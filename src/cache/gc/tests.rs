@@ -96,6 +96,11 @@ impl Inventory for Aged {
             .map(|(b, _)| b.clone()))
     }
 
+    async fn write(&self, key: &str, bytes: Bytes) -> Result<(), RemoteError> {
+        self.insert(key.to_string(), bytes, Duration::ZERO);
+        Ok(())
+    }
+
     async fn delete(&self, keys: &[String]) -> Result<(), RemoteError> {
         if self
             .failing_deletes
@@ -132,7 +137,8 @@ fn build(n: u8) -> BuildKey {
 /// A manifest listing `actions`, as a build writes it.
 fn manifest(actions: &[u8]) -> Vec<u8> {
     let run: Vec<_> = actions.iter().map(|&n| (action(n), 10, None)).collect();
-    Manifest::merge(None, &run, &[None]).encode(&KeySource::explicit("gc"), None)
+    Manifest::merge(None, &run, &[None], &Default::default())
+        .encode(&KeySource::explicit("gc"), None)
 }
 
 /// Entries 1 to 6 and two manifests: a recent one listing 1 and 2 (old entries, kept) and 3
@@ -350,7 +356,8 @@ fn manifest_in(home: Option<&str>, actions: &[(u8, Option<&str>)]) -> Vec<u8> {
         })
         .collect();
     let home = home.map(ns);
-    Manifest::merge(None, &run, &names).encode(&KeySource::explicit("gc"), home.as_ref())
+    Manifest::merge(None, &run, &names, &Default::default())
+        .encode(&KeySource::explicit("gc"), home.as_ref())
 }
 
 /// Three areas, every entry 30 days old:

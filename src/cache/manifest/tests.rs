@@ -24,6 +24,7 @@ fn merge_puts_this_run_first_and_ages_the_rest() {
         None,
         &[(id(1), 10, None), (id(2), 20, None), (id(1), 10, None)],
         &[None],
+        &Default::default(),
     );
     assert_eq!(actions(&first), vec![(1, 0), (2, 0)]);
     // A run on another branch: 2 and 3.
@@ -31,6 +32,7 @@ fn merge_puts_this_run_first_and_ages_the_rest() {
         Some(&first),
         &[(id(3), 30, None), (id(2), 21, None)],
         &[None],
+        &Default::default(),
     );
     assert_eq!(actions(&second), vec![(3, 0), (2, 0), (1, 1)]);
     assert_eq!(second.entries[1].size, 21, "this run's size wins");
@@ -39,30 +41,39 @@ fn merge_puts_this_run_first_and_ages_the_rest() {
         Some(&second),
         &[(id(1), 10, None), (id(2), 20, None)],
         &[None],
+        &Default::default(),
     );
     assert_eq!(actions(&third), vec![(1, 0), (2, 0), (3, 1)]);
     // An entry nobody asks for any more goes after MAX_AGE more runs.
-    let mut m = Manifest::merge(None, &[(id(9), 1, None)], &[None]);
+    let mut m = Manifest::merge(None, &[(id(9), 1, None)], &[None], &Default::default());
     for run in 1..=MAX_AGE {
-        m = Manifest::merge(Some(&m), &[(id(1), 1, None)], &[None]);
+        m = Manifest::merge(Some(&m), &[(id(1), 1, None)], &[None], &Default::default());
         assert_eq!(actions(&m), vec![(1, 0), (9, run)]);
     }
-    m = Manifest::merge(Some(&m), &[(id(1), 1, None)], &[None]);
+    m = Manifest::merge(Some(&m), &[(id(1), 1, None)], &[None], &Default::default());
     assert_eq!(actions(&m), vec![(1, 0)]);
 }
 
 #[test]
 fn same_run_again_changes_nothing() {
     let run = [(id(1), 10, None), (id(2), 20, None)];
-    let first = Manifest::merge(None, &run, &[None]);
-    assert!(Manifest::merge(Some(&first), &run, &[None]).same_as(Some(&first)));
+    let first = Manifest::merge(None, &run, &[None], &Default::default());
+    assert!(
+        Manifest::merge(Some(&first), &run, &[None], &Default::default()).same_as(Some(&first))
+    );
     assert!(!first.same_as(None));
-    let other = Manifest::merge(Some(&first), &[(id(2), 20, None)], &[None]);
+    let other = Manifest::merge(
+        Some(&first),
+        &[(id(2), 20, None)],
+        &[None],
+        &Default::default(),
+    );
     assert!(!other.same_as(Some(&first)), "entry 1 must age");
     let reordered = Manifest::merge(
         Some(&first),
         &[(id(2), 20, None), (id(1), 10, None)],
         &[None],
+        &Default::default(),
     );
     assert!(
         reordered.same_as(Some(&first)),
@@ -72,10 +83,16 @@ fn same_run_again_changes_nothing() {
         Some(&first),
         &[(id(1), 10, None), (id(2), 20, None), (id(3), 1, None)],
         &[None],
+        &Default::default(),
     );
     assert!(!grown.same_as(Some(&first)));
     // Entries still aging out are written each run until they are gone.
-    let aging = Manifest::merge(Some(&other), &[(id(2), 20, None)], &[None]);
+    let aging = Manifest::merge(
+        Some(&other),
+        &[(id(2), 20, None)],
+        &[None],
+        &Default::default(),
+    );
     assert!(!aging.same_as(Some(&other)));
 }
 
@@ -91,6 +108,7 @@ fn encodes_and_decodes() {
         None,
         &[(id(1), 10, None), (id(200), u64::MAX, None)],
         &[None],
+        &Default::default(),
     );
     let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
     let bytes = manifest.encode_at(&source, None, written);
@@ -112,11 +130,8 @@ fn encodes_and_decodes() {
 fn an_old_or_undated_manifest_needs_a_refresh() {
     let now = SystemTime::now();
     let at = |written: SystemTime| {
-        let bytes = Manifest::merge(None, &[(id(1), 1, None)], &[None]).encode_at(
-            &KeySource::explicit("x"),
-            None,
-            written,
-        );
+        let bytes = Manifest::merge(None, &[(id(1), 1, None)], &[None], &Default::default())
+            .encode_at(&KeySource::explicit("x"), None, written);
         Manifest::decode(&bytes, None).unwrap()
     };
     let hour = Duration::from_secs(3600);
@@ -159,6 +174,7 @@ fn duplicate_keys_are_read_once() {
         Some(&manifest),
         &[(id(1), 5, None), (id(2), 6, None)],
         &[None],
+        &Default::default(),
     );
     assert!(!merged.same_as(Some(&manifest)));
     let clean = Manifest::decode(&merged.encode(&KeySource::explicit("x"), None), None).unwrap();
@@ -243,6 +259,7 @@ fn entries_keep_the_namespace_they_are_in() {
         None,
         &[(id(1), 1, Some(0)), (id(2), 2, None)],
         &[Some(main.clone())],
+        &Default::default(),
     );
     let bytes = mains.encode(&KeySource::explicit("x"), Some(&main));
     let text = plain_text(&bytes);
@@ -266,7 +283,7 @@ fn entries_keep_the_namespace_they_are_in() {
         (id(4), 4, Some(0)),
         (id(5), 5, None),
     ];
-    let merged = Manifest::merge(Some(&fallback), &run, &names);
+    let merged = Manifest::merge(Some(&fallback), &run, &names, &Default::default());
     let where_ = |m: &Manifest| -> Vec<(u8, Option<String>)> {
         (m.entries.iter())
             .map(|e| (e.action.0[0], e.namespace.as_ref().map(|n| n.to_string())))

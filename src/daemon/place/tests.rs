@@ -99,6 +99,7 @@ fn config(store: StoreConfig) -> Config {
             max_entry_size: 1 << 30,
             upload_min_size: 0,
             fault_rate: Default::default(),
+            instant_misses: Some(crate::config::DEFAULT_INSTANT_MISS_AGE),
         }),
     }
 }

@@ -120,4 +120,13 @@ impl RemoteStore for BoundedSpace {
     async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
         self.disk.put_manifest(key, manifest).await
     }
+
+    /// Made from the index, on a blocking thread (a million entries take some milliseconds).
+    async fn get_filter(&self) -> Result<Option<Bytes>, RemoteError> {
+        let (bounded, space) = (self.bounded.clone(), self.space);
+        let filter = tokio::task::spawn_blocking(move || bounded.key_filter(space))
+            .await
+            .map_err(|err| RemoteError::Other(err.to_string()))?;
+        Ok(Some(Bytes::from(filter.encode())))
+    }
 }

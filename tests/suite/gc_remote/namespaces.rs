@@ -86,7 +86,8 @@ fn put_manifest(
     }
     let source = KeySource::explicit(build);
     let home = home.map(parse);
-    let bytes = Manifest::merge(None, &run, &names).encode(&source, home.as_ref());
+    let bytes =
+        Manifest::merge(None, &run, &names, &Default::default()).encode(&source, home.as_ref());
     let key = format!(
         "{}{}",
         dir(prefix, home.as_ref().map(Namespace::as_str)),

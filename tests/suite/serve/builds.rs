@@ -16,8 +16,20 @@ fn a_fresh_machine_builds_from_a_server_on_disk() {
     let cold = project.go(&["build", "./..."]);
     assert!(cold.stat("remote.uploads") > 50, "{:?}", cold.stats);
     assert_eq!(cold.stat("remote.upload_errors"), 0, "{:?}", cold.stats);
+    // The server's key filter of an empty directory: every miss answered without a request.
+    assert!(cold.stat("remote.instant_misses") > 50, "{:?}", cold.stats);
+    assert_eq!(cold.stat("remote.misses"), 0, "{:?}", cold.stats);
+    let gets = |status: &str| {
+        let line = format!("goremotecache_requests_total{{method=\"GET\",status=\"{status}\"}}");
+        metric(&server, &line)
+    };
+    // The filter, and the prefetch manifest that is not there yet.
+    assert_eq!((gets("200"), gets("404")), (1, 1), "entries were asked for");
     project.go(&["test", "./..."]);
-    project.build_on_fresh_machine("machine-b");
+    let warm = project.build_on_fresh_machine("machine-b");
+    // The filter it fetched holds everything machine A stored.
+    assert!(warm.stat("remote.filter_keys") >= cold.stat("remote.uploads"));
+    assert_eq!(warm.stat("remote.instant_misses"), 0, "{:?}", warm.stats);
     project.assert_tests_cached();
     // A read-only token reads but never writes.
     project.switch_machine("machine-c");
@@ -37,8 +49,11 @@ fn a_fresh_machine_builds_from_a_server_on_s3() {
     let server = Server::start(&args, &credentials(SECRET_KEY));
     let mut project = GoProject::new("serve-s3");
     through(&mut project, &server, RW);
-    project.go(&["build", "./..."]);
+    let cold = project.go(&["build", "./..."]);
     assert!(s3.count("PUT") > 50, "nothing reached the bucket");
+    // No key filter on S3 storage (other replicas write there too): every miss asks.
+    assert_eq!(cold.stat("remote.instant_misses"), 0, "{:?}", cold.stats);
+    assert!(cold.stat("remote.misses") > 50, "{:?}", cold.stats);
     project.build_on_fresh_machine("machine-b");
 }
 
@@ -54,7 +69,10 @@ fn prefetch_through_the_server_takes_a_few_batch_requests() {
         cold.stats
     );
     assert_eq!(
-        metric(&server, "goremotecache_requests_total{method=\"POST\""),
+        metric(
+            &server,
+            "goremotecache_requests_total{method=\"POST\",status=\"200\"}"
+        ),
         0
     );
     let hits_before = metric(
@@ -73,14 +91,15 @@ fn prefetch_through_the_server_takes_a_few_batch_requests() {
         batches >= 1 && batches <= listed.div_ceil(256),
         "{batches} batch requests for {listed} entries"
     );
-    // Besides the batches: the manifest, and the gets that came before prefetch.
+    // Besides the batches: the key filter, the manifest, and the gets that came before
+    // prefetch.
     let gets = metric(
         &server,
         "goremotecache_requests_total{method=\"GET\",status=\"200\"}",
     );
     assert_eq!(
         gets - hits_before,
-        1 + build.stat("remote.hits"),
+        2 + build.stat("remote.hits"),
         "{:?}",
         build.stats
     );

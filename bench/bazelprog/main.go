@@ -361,14 +361,19 @@ func parseMeta(meta []byte) (output string, size int64, when time.Time, err erro
 	return f[0], size, time.Unix(0, nanos), nil
 }
 
-// readBody reads the line after a put request: the body as a JSON string of base64.
+// readBody reads the body that follows a put request: the next line that is not blank (the go
+// command ends the request with a blank line), a JSON string of base64.
 func readBody(r *bufio.Reader, size int64) ([]byte, error) {
 	if size == 0 {
 		return nil, nil
 	}
-	line, err := r.ReadBytes('\n')
-	if err != nil && err != io.EOF {
-		return nil, err
+	var line []byte
+	for len(bytes.TrimSpace(line)) == 0 {
+		var err error
+		line, err = r.ReadBytes('\n')
+		if err != nil && (err != io.EOF || len(line) == 0) {
+			return nil, fmt.Errorf("reading a put body: %v", err)
+		}
 	}
 	var body []byte
 	if err := json.Unmarshal(line, &body); err != nil {

@@ -17,6 +17,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -157,14 +158,19 @@ func serve(root string, entries map[string]entry, in io.Reader, out io.Writer) e
 	}
 }
 
-// readBody reads the line after a put request: the body as a JSON string of base64.
+// readBody reads the body that follows a put request: the next line that is not blank (the go
+// command ends the request with a blank line), a JSON string of base64.
 func readBody(r *bufio.Reader, size int64) ([]byte, error) {
 	if size == 0 {
 		return nil, nil
 	}
-	line, err := r.ReadBytes('\n')
-	if err != nil && err != io.EOF {
-		return nil, err
+	var line []byte
+	for len(bytes.TrimSpace(line)) == 0 {
+		var err error
+		line, err = r.ReadBytes('\n')
+		if err != nil && (err != io.EOF || len(line) == 0) {
+			return nil, fmt.Errorf("reading a put body: %v", err)
+		}
 	}
 	var body []byte
 	if err := json.Unmarshal(line, &body); err != nil {

@@ -511,6 +511,13 @@ def targets(bench, peer_names):
                 best = min(peer_times)
                 checks.append((f"{wl}, {scenario} at {low} ms: goremotecache S3 no slower than the fastest peer",
                                f"{grc:.2f} s vs {best:.2f} s", grc <= best))
+        for scenario in ("cold", "warm remote", "warm local"):
+            for delay in bench.delays:
+                grc = find(bench.results, wl, "goremotecache serve", scenario, delay)
+                bazel = find(bench.results, wl, "bazel-remote", scenario, delay)
+                if grc and bazel:
+                    checks.append((f"{wl}, {scenario} at {delay} ms: goremotecache serve no slower than "
+                                   f"bazel-remote (bazelprog)", f"{grc:.2f} s vs {bazel:.2f} s", grc <= bazel))
         go_cold = find(bench.results, wl, "Go GOCACHE", "cold", 0)
         for r in bench.results:
             if r["workload"] == wl and r["scenario"] == "cold" and r["tool"] == "goremotecache S3":

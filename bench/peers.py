@@ -63,9 +63,10 @@ go-cache-plugin (github.com/tailscale/go-cache-plugin, cmd/go-cache-plugin), pin
     GOCACHE_S3_CONCURRENCY (default NumCPU). It also has `serve`/`connect` modes (a long-lived
     server on a TCP port, plus module/reverse proxies); not used here.
 
-cacheprog (github.com/platacard/cacheprog, cmd/cacheprog), pinned v1.3.0, NOT INSTALLABLE HERE
-    (newest tag found in public material; the proxy refuses it, and v1.0.0 to v1.1.1, with 403.
-    Configuration below is from reading its source, not from a run.)
+cacheprog (github.com/platacard/cacheprog, cmd/cacheprog), v1.3.0, built from a checkout
+    (newest tag; the proxy refuses it, and v1.0.0 to v1.1.1, with 403. Checked here at the
+    v1.3.0 commit against examples/s3_server.rs: a cold `go build std`, then a fresh local
+    directory compiling nothing.)
     GOCACHEPROG="cacheprog direct" (direct is also its default subcommand). Configured by
     CACHEPROG_REMOTE_STORAGE_TYPE=s3, CACHEPROG_S3_ENDPOINT (http:// or https://; the
     minio+http:// scheme is only for MinIO), CACHEPROG_S3_FORCE_PATH_STYLE=true,
@@ -81,11 +82,11 @@ cacheprog (github.com/platacard/cacheprog, cmd/cacheprog), pinned v1.3.0, NOT IN
     default here, pass extra_env={"CACHEPROG_MAX_BACKGROUND_WAIT": "0"} to wait without limit.
     Uploads are unbounded in concurrency unless CACHEPROG_MAX_CONCURRENT_REMOTE_PUTS is set.
 
-gobuildcache (github.com/richardartoul/gobuildcache, main package at the module root), UNPINNED,
-NOT INSTALLABLE HERE (the proxy refuses the module; configuration below is from its source)
-    No release tag was found and the module proxy here refuses the module, so no pseudo-version
-    could be resolved: the entry says "latest" and install() records what it got (see
-    installed_version()). Configured by BACKEND_TYPE=s3, S3_BUCKET, S3_PREFIX (concatenated with
+gobuildcache (github.com/richardartoul/gobuildcache, main package at the module root), built
+from a checkout (the proxy refuses the module; its repository has tags v1.3.0 to v1.5.0; checked
+here at b2aedd41 like cacheprog)
+    The entry says "latest" for a `go install` where the proxy serves it; from a checkout the
+    commit is its version. Configured by BACKEND_TYPE=s3, S3_BUCKET, S3_PREFIX (concatenated with
     the hex action ID as is: give it a trailing "/"; default "gobuildcache/"), CACHE_DIR,
     LOCK_DIR (fslock locks; default /tmp/gobuildcache/locks is shared by every run, so it is put
     under the local dir), and the AWS_* variables (no endpoint or path-style setting of its own:

@@ -8,6 +8,9 @@ What it measures, in one run, side by side:
    (go, grc, go, grc, ...) to spread machine noise. Reports median and min, and the ratio of
    the medians (target: at most 1.05). The cold goremotecache run's stats file gives its
    peak RSS during a cold `go build std` (target: under 40 MiB).
+   Beside them, interleaved the same way, warm builds through bench/memprog: a minimal
+   GOCACHEPROG that answers every get from a map in memory (the protocol's floor: what remains
+   is the go command's own side of GOCACHEPROG). Its row says how far goremotecache is from it.
 2. Time from exec to the handshake line (median and p90; target: under 5 ms).
 3. Peak RSS while storing one 35 MiB body, sent exactly as the go command sends a put
    (target: under 40 MiB), with the put's wall time and throughput.
@@ -20,6 +23,7 @@ Run from the repository root:
     python3 bench/bench.py                 # builds target/release/goremotecache, 10 warm runs
     python3 bench/bench.py --quick         # smoke test: 3 warm runs, 50 handshakes
     python3 bench/bench.py --bin PATH --runs 20 --markdown results.md
+    python3 bench/bench.py --runs 3 --handshake-runs 50   # what the quick check runs
 
 Progress goes to stderr; the Markdown section goes to stdout (and to --markdown PATH).
 A cold `go build std` takes a minute or more on a small machine, so expect several minutes.
@@ -40,6 +44,9 @@ import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402  (builds bench/memprog)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
@@ -210,6 +217,22 @@ class GrcBuilds:
             raise BenchError(f"cannot read stats file {self.stats_path(n)}: {err}")
 
 
+class MemprogBuilds:
+    """Runs go build std through bench/memprog (the floor), on one directory of its own."""
+
+    def __init__(self, tmp):
+        try:
+            binary = peers.build_bench_program(os.path.join(REPO_ROOT, "target", "peers", "bin"), "memprog")
+        except peers.PeerError as err:
+            raise BenchError(str(err))
+        self.gocache = os.path.join(tmp, "memprog-gocache")
+        os.makedirs(self.gocache)
+        self.prog = shlex.join([binary, "-dir", os.path.join(tmp, "memprog")])
+
+    def run(self):
+        return time_go_build_std(go_env(self.gocache, self.prog), "memprog")
+
+
 def timed_progress(label, fn, *args):
     progress(f"{label}...", end=" ")
     elapsed = fn(*args)
@@ -226,13 +249,17 @@ def bench_go_build_std(binary, tmp, runs):
     cold_go = timed_progress("cold go build std (Go's cache)", time_go_build_std, go_env_plain, "Go's cache")
     cold_grc = timed_progress("cold go build std (goremotecache)", grc.run, 0)
     cold_stats = grc.stats(0)
+    mem = MemprogBuilds(tmp)
+    timed_progress("cold go build std (memprog)", mem.run)
 
-    warm_go, warm_grc, warm_stats = [], [], []
+    warm_go, warm_grc, warm_stats, warm_mem = [], [], [], []
     for i in range(1, runs + 1):
         warm_go.append(time_go_build_std(go_env_plain, "Go's cache"))
         warm_grc.append(grc.run(i))
         warm_stats.append(grc.stats(i))
-        progress(f"warm go build std {i}/{runs}: go {warm_go[-1]:.2f}s, goremotecache {warm_grc[-1]:.2f}s")
+        warm_mem.append(mem.run())
+        progress(f"warm go build std {i}/{runs}: go {warm_go[-1]:.2f}s, goremotecache {warm_grc[-1]:.2f}s, "
+                 f"memprog {warm_mem[-1]:.2f}s")
 
     return {
         "cold_go": cold_go,
@@ -241,6 +268,7 @@ def bench_go_build_std(binary, tmp, runs):
         "warm_go": warm_go,
         "warm_grc": warm_grc,
         "warm_stats": warm_stats,
+        "warm_mem": warm_mem,
     }
 
 
@@ -470,6 +498,7 @@ def build_rows(builds, handshake, put, rtt, runs, handshake_runs):
     cold_go, cold_grc = builds["cold_go"], builds["cold_grc"]
     med_go, med_grc = statistics.median(builds["warm_go"]), statistics.median(builds["warm_grc"])
     min_go, min_grc = min(builds["warm_go"]), min(builds["warm_grc"])
+    med_mem = statistics.median(builds["warm_mem"])
     ratio = med_grc / med_go
     gets = sum(s.get("gets", 0) for s in builds["warm_stats"])
     hits = sum(s.get("hits", 0) for s in builds["warm_stats"])
@@ -480,6 +509,10 @@ def build_rows(builds, handshake, put, rtt, runs, handshake_runs):
         [f"warm `go build std`, median of {runs}", secs(med_grc), secs(med_go), f"{ratio:.3f}×",
          f"≤ {WARM_RATIO_TARGET:.2f}×", yes_no(ratio <= WARM_RATIO_TARGET)],
         [f"warm `go build std`, min of {runs}", secs(min_grc), secs(min_go), f"{min_grc / min_go:.3f}×", "—", "—"],
+        [f"warm `go build std`, median of {runs}, baseline: the floor (bench/memprog)", secs(med_grc),
+         secs(med_mem), f"{med_grc / med_mem:.3f}×", "—", "—"],
+        [f"warm `go build std` through bench/memprog, median of {runs} (ratio: memprog / Go's cache)",
+         "—", secs(med_go), f"{med_mem / med_go:.3f}× ({secs(med_mem)})", "—", "—"],
         ["warm runs: hits / gets (goremotecache)", f"{hits} / {gets}", "—",
          f"{100 * hits / gets:.1f}% hits" if gets else "no gets", "—", "—"],
         ["cold run: puts, bytes written (goremotecache)", f"{cold.get('puts', 0)} puts",
@@ -538,7 +571,8 @@ def markdown(env, rows, binary, command):
     return markdown_table(
         "goremotecache benchmark", env, f"Command: `{command}` (binary: `{binary}`)", rows,
         "Baseline: Go's own cache (GOCACHE, GOCACHEPROG unset). Warm runs interleave Go's cache "
-        "and goremotecache; ratio = goremotecache / baseline.")
+        "and goremotecache (and bench/memprog, a GOCACHEPROG answering from memory: the floor any "
+        "GOCACHEPROG program can reach); ratio = goremotecache / baseline.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,11 @@ bench/stores.py), the same latency-adding TCP proxy in front of it at each delay
 
 - tools: Go's own GOCACHE (cold, and warm: the floor every ratio is taken against);
   goremotecache over S3 and over `goremotecache serve` (storing on its own disk), each with and
-  without prefetch; the peers of bench/peers.py that install here (go-cache-plugin; the module
-  proxy refuses platacard/cacheprog and richardartoul/gobuildcache, which is reported);
+  without prefetch; the peers of bench/peers.py (go-cache-plugin from the module proxy;
+  cacheprog and gobuildcache, which the proxy refuses, built from the checkouts given with
+  --cacheprog-src / --gobuildcache-src, their commits recorded; without them they are
+  reported as not measured); bazel-remote v2.6.1 (the reference cache server, on its own
+  disk like `serve`) through bench/bazelprog, a GOCACHEPROG client for its HTTP /ac/ and /cas/;
 - workloads: `go build std`, and `go test` of golang.org/x/tools (bench/workload.py);
 - scenarios: cold (empty store prefix, empty local directory; until the go command exits, so
   every tool's close wait for its uploads is included), warm remote (a fresh local directory
@@ -21,6 +24,10 @@ manifest refined by the earlier warm runs, as a CI job's steady state does.
 
     python3 bench/compare.py                           # both workloads, 0/10/30 ms (~45 min)
     python3 bench/compare.py --workloads std --delays 0,30
+    python3 bench/compare.py --cacheprog-src ../cacheprog --gobuildcache-src ../gobuildcache \
+        --groups cacheprog,gobuildcache,bazel-remote --workloads std --delays 0
+
+MinIO is started only when a selected group uses S3, bazel-remote only for its group.
 
 Progress goes to stderr; Markdown to stdout and --markdown; all figures to --json; a plot
 to --plot (matplotlib, installed into target/bench-venv on first use).
@@ -68,12 +75,20 @@ def parse_args():
                    help="delays at which to run the cold scenario (default: all for std, the "
                         "first for test)")
     p.add_argument("--groups", default=None,
-                   help="only these tool groups, comma-separated (grc-s3, grc-serve, or a peer's name)")
+                   help="only these tool groups, comma-separated (grc-s3, grc-serve, bazel-remote, "
+                        "or a peer's name: go-cache-plugin, cacheprog, gobuildcache)")
+    p.add_argument("--bin", help="the goremotecache binary (default: cargo build --release)")
+    peers.add_source_options(p)
     p.add_argument("--markdown", help="also write the Markdown to this file")
     p.add_argument("--json", help="write every figure as JSON to this file")
     p.add_argument("--plot", help="write a PNG plot to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    return p.parse_args()
+    args = p.parse_args()
+    known = {"grc-s3", "grc-serve", "bazel-remote", *peers.PEERS}
+    if args.groups and not set(args.groups.split(",")) <= known:
+        p.error(f"--groups: unknown {', '.join(sorted(set(args.groups.split(',')) - known))} "
+                f"(known: {', '.join(sorted(known))})")
+    return args
 
 
 def build_binary():
@@ -134,6 +149,69 @@ class Serve:
         self.start()
 
 
+class BazelRemote:
+    """bazel-remote v2.6.1 on its own storage directory, HTTP only, on loopback.
+
+    Fair settings for this use: no authentication, a size limit far above a build's (no
+    eviction), --disable_http_ac_validation (bazelprog keeps its own text under /ac/, not a
+    Bazel ActionResult), --storage_mode uncompressed (the go command's outputs are stored as
+    they are, as `serve` does; zstd would add CPU on both sides for loopback traffic), and
+    endpoint metrics on for the request counts."""
+
+    def __init__(self, binary, tmp):
+        self.binary, self.tmp, self.port, self.generation = binary, tmp, stores.free_port(), 0
+        self.start()
+
+    def start(self):
+        self.generation += 1
+        storage = os.path.join(self.tmp, f"bazel-remote-storage-{self.generation}")
+        self.log = open(os.path.join(self.tmp, f"bazel-remote-{self.generation}.log"), "w")
+        self.proc = subprocess.Popen(
+            ["nice", "-n", str(STORE_NICE), self.binary, "--dir", storage, "--max_size", "20",
+             "--storage_mode", "uncompressed", "--http_address", f"127.0.0.1:{self.port}",
+             "--grpc_address", "none", "--disable_http_ac_validation", "--enable_endpoint_metrics"],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        import urllib.request
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/status", timeout=2).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.log.flush()
+                    with open(self.log.name) as f:
+                        tail = f.read()[-2000:]
+                    raise BenchError(f"bazel-remote did not start:\n{tail}")
+                time.sleep(0.1)
+
+    def counts(self):
+        """Requests answered so far, by method (the HTTP middleware's counts, cache handlers only)."""
+        import urllib.request
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10).read().decode()
+        counts = {"total": 0}
+        for line in text.splitlines():
+            if line.startswith("http_request_duration_seconds_count{"):
+                handler = line.split('handler="', 1)[1].split('"', 1)[0]
+                if handler in ("GET", "PUT", "HEAD"):
+                    n = int(float(line.rsplit(" ", 1)[1]))
+                    counts[handler] = counts.get(handler, 0) + n
+                    counts["total"] += n
+        return counts
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+    def restart_empty(self):
+        self.stop()
+        self.start()
+
+
 def diff(after, before):
     return {k: v - before.get(k, 0) for k, v in after.items() if isinstance(v, int)}
 
@@ -175,12 +253,23 @@ def goremotecache_tools(binary):
     ]
 
 
-def peer_tools(tmp):
-    tools, missing = [], {}
-    gobin = os.path.join(REPO_ROOT, "target", "peers", "bin")
+PEER_GOBIN = os.path.join(REPO_ROOT, "target", "peers", "bin")
+
+
+def peer_tools(sources, wanted):
+    """The peers among `wanted` (group names), with {name: version} and {name: why missing}."""
+    tools, versions, missing = [], {}, {}
     for name in peers.PEERS:
+        if name not in wanted:
+            continue
+        if name != "go-cache-plugin" and not sources.get(name):
+            missing[name] = (f"the Go module proxy refuses it; give --{name}-src DIR, a checkout of "
+                             f"{peers.PEERS[name]['homepage']}")
+            progress(f"peer {name}: not measured: {missing[name]}")
+            continue
         try:
-            path = peers.install(gobin, [name])[name]
+            path = peers.install(PEER_GOBIN, [name], sources)[name]
+            versions[name] = peers.version(name, path, sources)
         except peers.PeerError as err:
             text = " ".join(str(err).split())
             hint = next((w for w in ("403 Forbidden", "not available", "404 Not Found") if w in text), None)
@@ -192,8 +281,21 @@ def peer_tools(tmp):
             return peers.command(name, path, endpoint=endpoint, bucket="gocache", prefix=prefix,
                                  region=stores.REGION, access_key=stores.ACCESS_KEY,
                                  secret_key=stores.SECRET_KEY, local_dir=os.path.join(local_dir, "cache"))
-        tools.append(Tool(f"{name} {peers.PEERS[name]['version']}", name, "s3", make))
-    return tools, missing
+        label = versions[name].removeprefix("commit ")[:12] if sources.get(name) else versions[name]
+        tools.append(Tool(f"{name} {label}", name, "s3", make))
+    return tools, versions, missing
+
+
+def bazel_remote_tools():
+    """bazel-remote through bench/bazelprog: ([Tool], bazel-remote's path, its version)."""
+    server = peers.install_bazel_remote(PEER_GOBIN)
+    prog = peers.build_bench_program(PEER_GOBIN, "bazelprog")
+
+    def make(endpoint, prefix, local_dir, stats_file):
+        # bazel-remote has no prefixes: each cold run starts it on an empty directory instead.
+        return shlex.join([prog, "-dir", os.path.join(local_dir, "cache"), "-url", endpoint]), {}
+    version = peers.BAZEL_REMOTE["version"]
+    return [Tool(f"bazel-remote {version} (bazelprog)", "bazel-remote", "bazel-remote", make)], server, version
 
 
 def peak_rss_wrapped(prog, rss_file):
@@ -249,8 +351,8 @@ def test_workload(tmp):
 
 
 class Bench:
-    def __init__(self, args, binary, tmp, serve):
-        self.args, self.binary, self.tmp, self.serve = args, binary, tmp, serve
+    def __init__(self, args, binary, tmp, servers):
+        self.args, self.binary, self.tmp, self.servers = args, binary, tmp, servers
         self.delays = [int(d) for d in args.delays.split(",")]
         self.results = []   # dicts
         self.runs = 0
@@ -308,8 +410,8 @@ class Bench:
             colds = []
             for delay in cold_delays:
                 prefix = f"{slug}-{group}-{delay}"
-                if first.store == "serve":
-                    self.serve.restart_empty()  # a server has no prefixes: empty it instead
+                if first.store in self.servers:
+                    self.servers[first.store].restart_empty()  # no prefixes: empty it instead
                 endpoint, counter, proxy = endpoints[(first.store, delay)]
                 local = self.fresh(f"{group}-cold-{delay}")
                 self.measure(wl, first, "cold", delay, endpoint, prefix, local, counter, proxy)
@@ -330,9 +432,12 @@ class Bench:
                 self.results.append(rows[1])
 
 
-def markdown(bench, env_line, missing, checks):
+def markdown(bench, env_line, missing, checks, versions=None):
     out = ["# Side by side: goremotecache and the other GOCACHEPROG tools", "",
            env_line, ""]
+    if versions:
+        out.append("Versions: " + "; ".join(f"{name} {v}" for name, v in versions.items()) + ".")
+        out.append("")
     if missing:
         out.append("Not measured (could not be installed here): " + "; ".join(
             f"{name} ({why})" for name, why in missing.items()) + ".")
@@ -406,6 +511,13 @@ def targets(bench, peer_names):
                 best = min(peer_times)
                 checks.append((f"{wl}, {scenario} at {low} ms: goremotecache S3 no slower than the fastest peer",
                                f"{grc:.2f} s vs {best:.2f} s", grc <= best))
+        for scenario in ("cold", "warm remote", "warm local"):
+            for delay in bench.delays:
+                grc = find(bench.results, wl, "goremotecache serve", scenario, delay)
+                bazel = find(bench.results, wl, "bazel-remote", scenario, delay)
+                if grc and bazel:
+                    checks.append((f"{wl}, {scenario} at {delay} ms: goremotecache serve no slower than "
+                                   f"bazel-remote (bazelprog)", f"{grc:.2f} s vs {bazel:.2f} s", grc <= bazel))
         go_cold = find(bench.results, wl, "Go GOCACHE", "cold", 0)
         for r in bench.results:
             if r["workload"] == wl and r["scenario"] == "cold" and r["tool"] == "goremotecache S3":
@@ -453,31 +565,43 @@ fig.savefig(sys.argv[1], dpi=110)
 
 def main():
     args = parse_args()
-    binary = build_binary()
+    wanted = set(args.groups.split(",")) if args.groups else {"grc-s3", "grc-serve", "bazel-remote", *peers.PEERS}
+    sources = peers.source_options(args)
+    binary = os.path.abspath(args.bin) if args.bin else build_binary()
+    if not os.access(binary, os.X_OK):
+        raise BenchError(f"--bin {binary}: not an executable")
     tmp = tempfile.mkdtemp(prefix="grc-compare-")
-    # The store and the server stand in for machines of their own: on this one they run at a
-    # lower priority than the build, for every tool alike.
-    store = stores.MinioStore(nice=STORE_NICE)
-    progress("installing MinIO if needed ...")
-    store.install()
-    store.start()
-    serve = Serve(binary, tmp)
-    bench = Bench(args, binary, tmp, serve)
-    proxies = []
+    tools = [t for t in goremotecache_tools(binary) if t.group in wanted]
+    peer_list, versions, missing = peer_tools(sources, wanted)
+    tools += peer_list
+    bazel_remote = None
+    if "bazel-remote" in wanted:
+        bazel_tools, bazel_remote, versions["bazel-remote"] = bazel_remote_tools()
+        tools += bazel_tools
+    kinds = {t.store for t in tools}
+    # The stores and the servers stand in for machines of their own: on this one they run at a
+    # lower priority than the build, for every tool alike. Only those a selected tool uses start.
+    store = stores.MinioStore(nice=STORE_NICE) if "s3" in kinds else None
+    servers, proxies, counters = {}, [], {}
     try:
+        if store:
+            progress("installing MinIO if needed ...")
+            store.install()
+            store.start()
+            counters["s3"] = (store.port, store.request_counts)
+        if "serve" in kinds:
+            servers["serve"] = Serve(binary, tmp)
+            counters["serve"] = (servers["serve"].port, servers["serve"].counts)
+        if "bazel-remote" in kinds:
+            servers["bazel-remote"] = BazelRemote(bazel_remote, tmp)
+            counters["bazel-remote"] = (servers["bazel-remote"].port, servers["bazel-remote"].counts)
+        bench = Bench(args, binary, tmp, servers)
         endpoints = {}
         for delay in bench.delays:
-            for kind, port, counter in (("s3", store.port, store.request_counts),
-                                        ("serve", serve.port, serve.counts)):
+            for kind, (port, counter) in counters.items():
                 proxy = stores.LatencyProxy("127.0.0.1", port, delay)
                 proxies.append(proxy)
                 endpoints[(kind, delay)] = (proxy.endpoint, counter, proxy)
-        tools = goremotecache_tools(binary)
-        peer_list, missing = peer_tools(tmp)
-        tools += peer_list
-        if args.groups:
-            keep = set(args.groups.split(","))
-            tools = [t for t in tools if t.group in keep]
         names = [w.strip() for w in args.workloads.split(",") if w.strip()]
         for name in names:
             wl = std_workload(tmp) if name == "std" else test_workload(tmp)
@@ -490,25 +614,27 @@ def main():
         go_version = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
         env_line = (f"Machine: {os.cpu_count()} cores; {go_version}; store: MinIO "
                     f"{stores.MINIO_VERSION} on loopback behind a TCP proxy adding the delay to every "
-                    f"round trip (MinIO and goremotecache serve at nice {STORE_NICE}, standing in for "
-                    f"machines of their own); goremotecache `{git_commit()}`.")
+                    f"round trip (MinIO, goremotecache serve and bazel-remote at nice {STORE_NICE}, "
+                    f"standing in for machines of their own); goremotecache `{git_commit()}`.")
         checks = targets(bench, [t.name for t in peer_list])
-        text = markdown(bench, env_line, missing, checks)
+        text = markdown(bench, env_line, missing, checks, versions)
         print(text)
         if args.markdown:
             with open(args.markdown, "w") as f:
                 f.write(text)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"results": bench.results, "missing": missing,
+                json.dump({"results": bench.results, "versions": versions, "missing": missing,
                            "targets": [list(c) for c in checks]}, f, indent=1)
         if args.plot:
             plot(bench, args.plot)
     finally:
         for proxy in proxies:
             proxy.stop()
-        serve.stop()
-        store.stop()
+        for server in servers.values():
+            server.stop()
+        if store:
+            store.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -522,6 +648,6 @@ def git_commit():
 if __name__ == "__main__":
     try:
         main()
-    except (BenchError, stores.StoreError) as err:
+    except (BenchError, stores.StoreError, peers.PeerError) as err:
         print(f"compare: {err}", file=sys.stderr)
         sys.exit(1)

@@ -5,6 +5,8 @@ Importable (Python 3.11, standard library only):
 
     import peers
     paths = peers.install("target/peers/bin")            # go install, pinned, into a private GOBIN
+    paths = peers.install("target/peers/bin", sources={"cacheprog": "/src/cacheprog"})  # go build
+    peers.version("cacheprog", paths["cacheprog"], sources)  # "v1.3.0" or "commit <sha>"
     prog, env = peers.command("cacheprog", paths["cacheprog"], endpoint="http://127.0.0.1:PORT",
                               bucket="gocache", prefix="peer-cacheprog", region="us-east-1",
                               access_key=AK, secret_key=SK, local_dir="/tmp/x/cache")
@@ -13,7 +15,8 @@ Importable (Python 3.11, standard library only):
 Or as a check from the repository root (cold build, then a fresh local directory against the
 same bucket prefix, for each peer, against examples/s3_server.rs):
 
-    python3 bench/peers.py [--gobin target/peers/bin] [--only NAME ...]
+    python3 bench/peers.py [--gobin target/peers/bin] [--only NAME ...] \
+        [--cacheprog-src DIR] [--gobuildcache-src DIR]
 
 All three peers run in direct GOCACHEPROG mode (stdin/stdout); none needs a helper process,
 so there are no start/stop hooks. Every peer gets its settings through environment variables,
@@ -29,8 +32,20 @@ AWS_EC2_METADATA_DISABLED=true, so no ambient profile or IMDS lookup interferes.
 
 Installation here (November 2026): the module proxy serves go-cache-plugin v0.1.1 but refuses
 @v/list for all three modules and refuses every cacheprog and gobuildcache version tried (403
-"This module version is not available"), so only go-cache-plugin installs; install() raises
-PeerError for the other two, and main() skips them.
+"This module version is not available"), so only go-cache-plugin installs from the proxy.
+The other two are built from a checkout of their public repositories instead: give
+--cacheprog-src DIR / --gobuildcache-src DIR (install(..., sources={name: DIR})), and the peer
+is built there with `go build` into the private GOBIN (its go.mod dependencies come from the
+module proxy, which serves them) and its version is the checkout's commit (`git rev-parse
+HEAD`, "+dirty" if the work tree has changes), recorded in the results. Without a source
+directory install() raises PeerError for them and main() and compare.py skip them. Measured
+here: cacheprog at tag v1.3.0 (commit 9264c952) and gobuildcache at v1.5.0 plus two commits
+(b2aedd41, 2026-05-05: "s3: use path style").
+
+bazel-remote (github.com/buchgr/bazel-remote/v2, the module root), pinned v2.6.1, is not a
+GOCACHEPROG program but a cache server; compare.py runs it behind bench/bazelprog, a
+GOCACHEPROG client for its HTTP /ac/ and /cas/ endpoints. install_bazel_remote() installs it
+like go-cache-plugin; build_bench_program() builds bench/bazelprog and bench/memprog.
 
 go-cache-plugin (github.com/tailscale/go-cache-plugin, cmd/go-cache-plugin), pinned v0.1.1
     (tag of 2025-06-18, commit d651c791. The proxy serves it; @v/list is refused, so whether a
@@ -48,9 +63,10 @@ go-cache-plugin (github.com/tailscale/go-cache-plugin, cmd/go-cache-plugin), pin
     GOCACHE_S3_CONCURRENCY (default NumCPU). It also has `serve`/`connect` modes (a long-lived
     server on a TCP port, plus module/reverse proxies); not used here.
 
-cacheprog (github.com/platacard/cacheprog, cmd/cacheprog), pinned v1.3.0, NOT INSTALLABLE HERE
-    (newest tag found in public material; the proxy refuses it, and v1.0.0 to v1.1.1, with 403.
-    Configuration below is from reading its source, not from a run.)
+cacheprog (github.com/platacard/cacheprog, cmd/cacheprog), v1.3.0, built from a checkout
+    (newest tag; the proxy refuses it, and v1.0.0 to v1.1.1, with 403. Checked here at the
+    v1.3.0 commit against examples/s3_server.rs: a cold `go build std`, then a fresh local
+    directory compiling nothing.)
     GOCACHEPROG="cacheprog direct" (direct is also its default subcommand). Configured by
     CACHEPROG_REMOTE_STORAGE_TYPE=s3, CACHEPROG_S3_ENDPOINT (http:// or https://; the
     minio+http:// scheme is only for MinIO), CACHEPROG_S3_FORCE_PATH_STYLE=true,
@@ -66,11 +82,11 @@ cacheprog (github.com/platacard/cacheprog, cmd/cacheprog), pinned v1.3.0, NOT IN
     default here, pass extra_env={"CACHEPROG_MAX_BACKGROUND_WAIT": "0"} to wait without limit.
     Uploads are unbounded in concurrency unless CACHEPROG_MAX_CONCURRENT_REMOTE_PUTS is set.
 
-gobuildcache (github.com/richardartoul/gobuildcache, main package at the module root), UNPINNED,
-NOT INSTALLABLE HERE (the proxy refuses the module; configuration below is from its source)
-    No release tag was found and the module proxy here refuses the module, so no pseudo-version
-    could be resolved: the entry says "latest" and install() records what it got (see
-    installed_version()). Configured by BACKEND_TYPE=s3, S3_BUCKET, S3_PREFIX (concatenated with
+gobuildcache (github.com/richardartoul/gobuildcache, main package at the module root), built
+from a checkout (the proxy refuses the module; its repository has tags v1.3.0 to v1.5.0; checked
+here at b2aedd41 like cacheprog)
+    The entry says "latest" for a `go install` where the proxy serves it; from a checkout the
+    commit is its version. Configured by BACKEND_TYPE=s3, S3_BUCKET, S3_PREFIX (concatenated with
     the hex action ID as is: give it a trailing "/"; default "gobuildcache/"), CACHE_DIR,
     LOCK_DIR (fslock locks; default /tmp/gobuildcache/locks is shared by every run, so it is put
     under the local dir), and the AWS_* variables (no endpoint or path-style setting of its own:
@@ -106,6 +122,7 @@ PEERS = {
         "module": "github.com/platacard/cacheprog",
         "package": "github.com/platacard/cacheprog/cmd/cacheprog",
         "version": "v1.3.0",
+        "subdir": "cmd/cacheprog",
         "binary": "cacheprog",
         "homepage": "https://github.com/platacard/cacheprog",
     },
@@ -113,12 +130,22 @@ PEERS = {
         "module": "github.com/richardartoul/gobuildcache",
         "package": "github.com/richardartoul/gobuildcache",
         "version": "latest",  # unpinned: see the module docstring
+        "subdir": ".",
         "binary": "gobuildcache",
         "homepage": "https://github.com/richardartoul/gobuildcache",
     },
 }
 
-for _peer in PEERS.values():
+# A cache server, not a GOCACHEPROG program: compare.py reaches it through bench/bazelprog.
+BAZEL_REMOTE = {
+    "module": "github.com/buchgr/bazel-remote/v2",
+    "package": "github.com/buchgr/bazel-remote/v2",
+    "version": "v2.6.1",
+    "binary": "bazel-remote",
+    "homepage": "https://github.com/buchgr/bazel-remote",
+}
+
+for _peer in [*PEERS.values(), BAZEL_REMOTE]:
     _peer["module@version"] = f"{_peer['package']}@{_peer['version']}"
 
 
@@ -178,38 +205,119 @@ def _pinning_module(gobin, name, peer, env):
     return moddir
 
 
-def install(gobin, names=None):
-    """`go install`s each pinned peer into gobin unless a binary of that version is already there.
+def _go_env(gobin):
+    env = dict(os.environ, GOBIN=gobin, GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
+    env.pop("GOCACHEPROG", None)  # never build the peers through a cache program
+    return env
 
-    Returns {name: path}. Raises PeerError naming the peer and quoting the go command's error
-    (a 403 "This module version is not available" is the module proxy refusing the module).
-    A pinned version is installed from a small module requiring it (see _pinning_module);
-    "latest" with plain `go install pkg@latest`.
+
+def _install_module(gobin, name, spec, env):
+    """`go install`s spec's package at its version into gobin unless that version is there."""
+    path = os.path.join(gobin, spec["binary"])
+    have = installed_version(path) if os.path.exists(path) else None
+    if have is not None and (spec["version"] == "latest" or have == spec["version"]):
+        return path
+    if spec["version"] == "latest":
+        argv, cwd = [_go(), "install", spec["module@version"]], None
+    else:
+        argv, cwd = [_go(), "install", spec["package"]], _pinning_module(gobin, name, spec, env)
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        why = result.stderr.strip()
+        if "403 Forbidden" in why or "not available" in why:
+            why += "\n(the module proxy refuses this module: it cannot be installed from here)"
+        raise PeerError(f"go install {spec['module@version']} failed (exit {result.returncode}):\n{why}")
+    if not os.path.exists(path):
+        raise PeerError(f"go install {spec['module@version']} succeeded but {path} does not exist")
+    return path
+
+
+def source_commit(src):
+    """The commit of a checkout (`git rev-parse HEAD`), with "+dirty" if its work tree differs."""
+    try:
+        head = subprocess.run(["git", "-C", src, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", src, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise PeerError(f"{src} is not a git checkout ({err}): give a clone of the peer's repository")
+    return head + ("+dirty" if dirty else "")
+
+
+def _build_from_source(gobin, name, peer, src, env):
+    """`go build`s the peer's main package in a checkout of its repository into gobin."""
+    src = os.path.abspath(src)
+    try:
+        with open(os.path.join(src, "go.mod")) as f:
+            first = f.readline().split()
+    except OSError as err:
+        raise PeerError(f"--{name}-src {src}: no go.mod there ({err.strerror}): give a checkout of "
+                        f"{peer['homepage']}")
+    if first[1:2] != [peer["module"]]:
+        raise PeerError(f"--{name}-src {src}: its go.mod declares {' '.join(first[1:]) or 'nothing'}, "
+                        f"not {peer['module']}: give a checkout of {peer['homepage']}")
+    source_commit(src)  # fails early on a directory that is not a checkout
+    path = os.path.join(gobin, peer["binary"])
+    # -mod=readonly: the checkout is left as it is (gobuildcache's go.mod is not tidy, and
+    # -mod=mod would rewrite it); -buildvcs=false: the commit is recorded by version().
+    argv = [_go(), "build", "-mod=readonly", "-buildvcs=false", "-o", path, "./" + peer["subdir"]]
+    result = subprocess.run(argv, env=dict(env, GOFLAGS=""), cwd=src, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PeerError(f"go build of {name} in {src} failed (exit {result.returncode}):\n"
+                        f"{result.stderr.strip()}")
+    return path
+
+
+def install(gobin, names=None, sources=None):
+    """Installs each peer into gobin and returns {name: path}.
+
+    A peer named in `sources` ({name: checkout directory}) is built there with `go build`
+    (every call: the go command's own build cache makes a rebuild cheap); the others are
+    `go install`ed at their pinned version unless a binary of that version is already there
+    (see _pinning_module; "latest" with plain `go install pkg@latest`). Raises PeerError naming
+    the peer and quoting the go command's error (a 403 "This module version is not available"
+    is the module proxy refusing the module).
     """
     gobin = os.path.abspath(gobin)
     os.makedirs(gobin, exist_ok=True)
-    env = dict(os.environ, GOBIN=gobin, GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
-    env.pop("GOCACHEPROG", None)  # never build the peers through a cache program
+    env = _go_env(gobin)
+    sources = sources or {}
     paths = {}
     for name in names or PEERS:
-        peer = PEERS[name]
-        path = os.path.join(gobin, peer["binary"])
-        have = installed_version(path) if os.path.exists(path) else None
-        if have is None or (peer["version"] != "latest" and have != peer["version"]):
-            if peer["version"] == "latest":
-                argv, cwd = [_go(), "install", peer["module@version"]], None
-            else:
-                argv, cwd = [_go(), "install", peer["package"]], _pinning_module(gobin, name, peer, env)
-            result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
-            if result.returncode != 0:
-                why = result.stderr.strip()
-                if "403 Forbidden" in why or "not available" in why:
-                    why += "\n(the module proxy refuses this module: it cannot be installed from here)"
-                raise PeerError(f"go install {peer['module@version']} failed (exit {result.returncode}):\n{why}")
-            if not os.path.exists(path):
-                raise PeerError(f"go install {peer['module@version']} succeeded but {path} does not exist")
-        paths[name] = path
+        if sources.get(name):
+            paths[name] = _build_from_source(gobin, name, PEERS[name], sources[name], env)
+        else:
+            paths[name] = _install_module(gobin, name, PEERS[name], env)
     return paths
+
+
+def version(name, path, sources=None):
+    """What a peer's results are pinned to: "commit <sha>" for one built from a checkout,
+    else the module version recorded in the binary."""
+    if (sources or {}).get(name):
+        return f"commit {source_commit(sources[name])}"
+    return installed_version(path) or PEERS[name]["version"]
+
+
+def install_bazel_remote(gobin):
+    """`go install`s bazel-remote at its pinned version into gobin; returns its path."""
+    gobin = os.path.abspath(gobin)
+    os.makedirs(gobin, exist_ok=True)
+    return _install_module(gobin, "bazel-remote", BAZEL_REMOTE, _go_env(gobin))
+
+
+def build_bench_program(gobin, name):
+    """`go build`s bench/<name> (bazelprog, memprog: standard library only) into gobin."""
+    gobin = os.path.abspath(gobin)
+    os.makedirs(gobin, exist_ok=True)
+    path = os.path.join(gobin, name)
+    env = _go_env(gobin)
+    env["GOFLAGS"] = "-buildvcs=false"
+    result = subprocess.run([_go(), "build", "-o", path, "."], env=env, capture_output=True, text=True,
+                            cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), name))
+    if result.returncode != 0:
+        raise PeerError(f"go build of bench/{name} failed (exit {result.returncode}):\n{result.stderr.strip()}")
+    return path
 
 
 def _aws_env(endpoint, region, access_key, secret_key):
@@ -307,7 +415,7 @@ def _go_build(prog, env, gocache, verbose):
     return seconds, compiles, result.stderr
 
 
-def check(paths, server, endpoint, tmp):
+def check(paths, server, endpoint, tmp, sources=None):
     rows = []
     for name, binary in paths.items():
         prefix = f"peer-{name}-{int(time.time())}"
@@ -323,8 +431,21 @@ def check(paths, server, endpoint, tmp):
             print(f"{name} {run}: {seconds:.2f} s, compile lines {compiles if verbose else '-'}, "
                   f"requests {json.dumps(counts, sort_keys=True)}", file=sys.stderr, flush=True)
             results.append((run, seconds, compiles if verbose else None, counts))
-        rows.append((name, installed_version(binary), results))
+        rows.append((name, version(name, binary, sources), results))
     return rows
+
+
+def add_source_options(parser):
+    """--cacheprog-src and --gobuildcache-src: checkouts to build those peers from."""
+    for name in ("cacheprog", "gobuildcache"):
+        parser.add_argument(f"--{name}-src", metavar="DIR",
+                            help=f"a git checkout of {PEERS[name]['homepage']} to build {name} from "
+                                 f"(the module proxy refuses it; without this it is skipped)")
+
+
+def source_options(args):
+    return {name: getattr(args, f"{name}_src") for name in ("cacheprog", "gobuildcache")
+            if getattr(args, f"{name}_src")}
 
 
 def main():
@@ -333,11 +454,13 @@ def main():
     parser.add_argument("--server", default=os.path.join(REPO_ROOT, "target", "release", "examples", "s3_server"),
                         help="the built example (cargo build --release --example s3_server --features s3-server-example)")
     parser.add_argument("--only", nargs="*", choices=list(PEERS))
+    add_source_options(parser)
     args = parser.parse_args()
+    sources = source_options(args)
     paths = {}
     for name in args.only or PEERS:
         try:
-            paths.update(install(args.gobin, [name]))
+            paths.update(install(args.gobin, [name], sources))
         except PeerError as err:
             print(f"SKIP {name}: {err}", file=sys.stderr)
     if not paths:
@@ -346,7 +469,7 @@ def main():
     server, endpoint = start_s3_server(args.server)
     tmp = tempfile.mkdtemp(prefix="goremotecache-peers-")
     try:
-        rows = check(paths, server, endpoint, tmp)
+        rows = check(paths, server, endpoint, tmp, sources)
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,3 @@
+module goremotecache.local/bench/bazelprog
+
+go 1.24

@@ -1,0 +1,3 @@
+module goremotecache.local/bench/memprog
+
+go 1.24

@@ -56,7 +56,10 @@ MATPLOTLIB = "matplotlib==3.9.2"
 STORE_NICE = 10          # niceness of MinIO and of goremotecache serve
 TARGET_PREFETCH = 0.25   # warm remote at the largest delay: with / without prefetch
 TARGET_VS_PEER = 3.0     # ... and the fastest peer / goremotecache
-TARGET_COLD = 1.10       # cold, close wait included / Go's cold
+TARGET_COLD = {10: 1.05, 30: 1.10}  # cold with uploads, close wait included / Go's cold, by delay
+TARGET_FRESH = {"serve": 2.0, "S3": 3.0}  # fresh machine at the largest delay / Go's warm GOCACHE
+TARGET_FRESH_REQUESTS = 50  # store requests of a fresh machine's build over S3
+TARGET_VS_PEER_ALL = 1.0  # at every delay and scenario: fastest peer / goremotecache >= this
 
 
 class BenchError(Exception):
@@ -520,10 +523,31 @@ def targets(bench, peer_names):
                                    f"bazel-remote (bazelprog)", f"{grc:.2f} s vs {bazel:.2f} s", grc <= bazel))
         go_cold = find(bench.results, wl, "Go GOCACHE", "cold", 0)
         for r in bench.results:
-            if r["workload"] == wl and r["scenario"] == "cold" and r["tool"] == "goremotecache S3":
+            if (r["workload"] == wl and r["scenario"] == "cold" and r["tool"] in ("goremotecache S3", "goremotecache serve")
+                    and r["delay_ms"] in TARGET_COLD and go_cold):
                 ratio = r["seconds"] / go_cold
-                checks.append((f"{wl}, cold at {r['delay_ms']} ms (close wait included) / Go cold <= {TARGET_COLD}",
-                               f"{ratio:.2f} ({r['seconds']:.2f} s / {go_cold:.2f} s)", ratio <= TARGET_COLD))
+                bound = TARGET_COLD[r["delay_ms"]]
+                checks.append((f"{wl}, cold at {r['delay_ms']} ms, {r['tool']} (close wait included) / Go cold <= {bound}",
+                               f"{ratio:.2f} ({r['seconds']:.2f} s / {go_cold:.2f} s)", ratio <= bound))
+        go_warm = find(bench.results, wl, "Go GOCACHE", "warm local", 0)
+        for store, bound in TARGET_FRESH.items():
+            r = [x for x in bench.results if x["workload"] == wl and x["tool"] == f"goremotecache {store}"
+                 and x["scenario"] == "warm remote" and x["delay_ms"] == top]
+            if r and go_warm:
+                ratio = r[0]["seconds"] / go_warm
+                checks.append((f"{wl}, fresh machine at {top} ms, {store} / Go warm GOCACHE <= {bound}",
+                               f"{ratio:.2f} ({r[0]['seconds']:.2f} s / {go_warm:.2f} s)", ratio <= bound))
+                if store == "S3" and r[0].get("requests") is not None:
+                    checks.append((f"{wl}, fresh machine at {top} ms, S3: store requests < {TARGET_FRESH_REQUESTS}",
+                                   f"{r[0]['requests']}", r[0]["requests"] < TARGET_FRESH_REQUESTS))
+        for scenario in ("cold", "warm remote", "warm local"):
+            for delay in bench.delays:
+                grc = [t for t in (find(bench.results, wl, f"goremotecache {s}", scenario, delay) for s in ("S3", "serve")) if t]
+                peer_times = [t for t in (find(bench.results, wl, p, scenario, delay) for p in peer_names) if t]
+                if grc and peer_times:
+                    best, ours = min(peer_times), min(grc)
+                    checks.append((f"{wl}, {scenario} at {delay} ms: fastest peer / fastest goremotecache >= {TARGET_VS_PEER_ALL}",
+                                   f"{best / ours:.2f}x ({best:.2f} s / {ours:.2f} s)", best / ours >= TARGET_VS_PEER_ALL))
     return checks
 
 

@@ -503,3 +503,75 @@ async fn a_daemon_writes_the_manifest_at_each_flush_only_when_more_was_recorded(
     listed.sort();
     assert_eq!(listed, vec![(action(1), 10), (action(2), 20)]);
 }
+
+/// Instant misses on a store whose clients keep its key filter: an empty store's misses cost
+/// no request; the run's uploads are added to the filter at the end; a store with entries
+/// and no filter gets no filter begun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_stores_misses_cost_no_request_and_the_run_keeps_its_filter() {
+    use crate::store::filter::KeyFilter;
+    let setup = Setup::on(MemoryStore::new().keeping_filter());
+    setup.tier.start_filters();
+    for n in 1..=20 {
+        assert!(setup.fetch(action(n)).await.is_none());
+    }
+    assert_eq!(setup.memory.requests.gets(), 0, "a miss asked the store");
+    assert_eq!(count(&setup.remote().instant_misses), 20);
+    assert_eq!(count(&setup.remote().misses), 0);
+    for n in 1..=3 {
+        setup.tier.upload_later(setup.job(action(n), &body(n, 100)));
+    }
+    setup.tier.finish().await;
+    let filter = KeyFilter::decode(&setup.memory.filter().expect("a filter")).unwrap();
+    assert_eq!(filter.len(), 3);
+    assert!((1..=3).all(|n| filter.may_hold(&action(n))));
+    assert_eq!(count(&setup.remote().filter_written), 3);
+
+    // A second run finds the three and asks for them; another key is still instant.
+    let next = Setup::on(MemoryStore::new().keeping_filter());
+    next.memory
+        .put_filter(filter.encode().into())
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        next.memory.insert(action(n), entry(&body(n, 100)));
+    }
+    next.tier.start_filters();
+    assert!(next.fetch(action(2)).await.is_some());
+    assert!(next.fetch(action(9)).await.is_none());
+    assert_eq!(next.memory.requests.gets(), 1);
+    assert_eq!(count(&next.remote().instant_misses), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_with_entries_and_no_filter_is_asked_and_gets_none() {
+    let setup = Setup::on(MemoryStore::new().keeping_filter());
+    setup.memory.insert(action(1), entry(&body(1, 100)));
+    setup.tier.start_filters();
+    assert!(setup.fetch(action(2)).await.is_none());
+    assert_eq!(setup.memory.requests.gets(), 1);
+    assert_eq!(count(&setup.remote().instant_misses), 0);
+    setup.tier.upload_later(setup.job(action(3), &body(3, 100)));
+    setup.tier.finish().await;
+    assert!(
+        setup.memory.filter().is_none(),
+        "a filter missing entry 1 was begun"
+    );
+}
+
+/// A filter older than its bound is not trusted: misses ask again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_filter_is_not_trusted() {
+    use crate::cache::misses::MissFilters;
+    let stats = Arc::new(Stats::with_remote(true));
+    let filters = Arc::new(MissFilters::new(1, Duration::from_millis(50), stats));
+    let memory: Arc<dyn RemoteStore> = Arc::new(MemoryStore::new().keeping_filter());
+    filters.start(crate::store::namespace::Namespaces::single(memory));
+    assert!(filters.rules_out(&action(1)).await);
+    filters.stop();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(
+        !filters.rules_out(&action(1)).await,
+        "an expired filter ruled out"
+    );
+}

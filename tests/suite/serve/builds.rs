@@ -29,7 +29,13 @@ fn a_fresh_machine_builds_from_a_server_on_disk() {
     let warm = project.build_on_fresh_machine("machine-b");
     // The filter it fetched holds everything machine A stored.
     assert!(warm.stat("remote.filter_keys") >= cold.stat("remote.uploads"));
-    assert_eq!(warm.stat("remote.instant_misses"), 0, "{:?}", warm.stats);
+    assert_eq!(warm.stat("remote.misses"), 0, "{:?}", warm.stats);
+    assert_eq!(
+        warm.stat("remote.instant_misses_wrong"),
+        0,
+        "{:?}",
+        warm.stats
+    );
     project.assert_tests_cached();
     // A read-only token reads but never writes.
     project.switch_machine("machine-c");

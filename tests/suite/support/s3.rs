@@ -67,8 +67,17 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let method = req.method().to_string();
-        let object_get =
-            method == "GET" && req.uri().query().is_none_or(|q| !q.contains("list-type"));
+        let listing = req.uri().query().is_some_and(|q| q.contains("list-type"));
+        let object_get = method == "GET" && !listing;
+        // Listings and the key filter's requests are counted apart ("LIST", "FILTER GET",
+        // "FILTER PUT"), so that "GET" and "PUT" are the requests for entries and manifests.
+        let method = if listing {
+            "LIST".to_string()
+        } else if req.uri().path().ends_with("/filter/v1/keys") {
+            format!("FILTER {method}")
+        } else {
+            method
+        };
         *self
             .shared
             .counts

@@ -11,9 +11,11 @@
 //! Stored form (docs/format.md): `GRCKEYS1`, a version (u16 LE, 1), flags (u16 LE, 0), the
 //! Unix seconds it was made (u64 LE), the number of fingerprints (u64 LE), then the
 //! fingerprints in increasing order, each as the LEB128 varint of its difference from the one
-//! before (the first from 0). Every field is checked when read: a count the bytes cannot hold,
-//! a varint longer than five bytes, a fingerprint that does not increase or leaves 32 bits,
-//! and bytes after the last one are refused, before anything is allocated for them.
+//! before (the first from 0), then the first 8 bytes of the sha256 of everything before them.
+//! Every field is checked when read: a checksum that does not match (a bit flipped on the
+//! way), a count the bytes cannot hold, a varint longer than five bytes, a fingerprint that
+//! does not increase or leaves 32 bits, and bytes after the last one are refused, before
+//! anything is allocated for them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +24,12 @@ use crate::ids::ActionId;
 const MAGIC: &[u8; 8] = b"GRCKEYS1";
 const VERSION: u16 = 1;
 const HEADER: usize = 8 + 2 + 2 + 8 + 8;
+const CHECKSUM: usize = 8;
+
+fn checksum(bytes: &[u8]) -> [u8; CHECKSUM] {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(bytes);
+    digest[..CHECKSUM].try_into().expect("8 bytes")
+}
 
 /// The largest stored filter read (a filter of 30 million keys is about 64 MiB).
 pub const MAX_FILTER: usize = 64 << 20;
@@ -141,6 +149,8 @@ impl KeyFilter {
                 out.push(byte | 0x80);
             }
         }
+        let sum = checksum(&out);
+        out.extend_from_slice(&sum);
         out
     }
 
@@ -159,8 +169,12 @@ impl KeyFilter {
         if &bytes[..8] != MAGIC {
             return Err(FilterError::Magic);
         }
-        if bytes.len() < HEADER {
+        if bytes.len() < HEADER + CHECKSUM {
             return Err(FilterError::Truncated);
+        }
+        let (bytes, sum) = bytes.split_at(bytes.len() - CHECKSUM);
+        if checksum(bytes) != sum {
+            return Err(FilterError::Damaged("the checksum does not match"));
         }
         let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
@@ -271,50 +285,70 @@ mod tests {
         assert_eq!(new.made(), at(2));
     }
 
+    /// `bytes` (a stored filter's fields, checksum left off) with their checksum: a lie that
+    /// only the field checks can catch.
+    fn sealed(mut bytes: Vec<u8>) -> Vec<u8> {
+        let sum = checksum(&bytes);
+        bytes.extend_from_slice(&sum);
+        bytes
+    }
+
+    fn fields(bytes: &[u8]) -> Vec<u8> {
+        bytes[..bytes.len() - CHECKSUM].to_vec()
+    }
+
     #[test]
     fn every_cut_and_lie_is_refused() {
         let bytes = KeyFilter::of((0..300).map(key), at(9)).encode();
         for len in 0..bytes.len() {
-            assert!(
-                KeyFilter::decode(&bytes[..len]).is_err(),
-                "cut at {len} was read"
-            );
+            assert!(KeyFilter::decode(&bytes[..len]).is_err(), "cut at {len} was read");
         }
-        let mut longer = bytes.clone();
+        // One bit flipped anywhere: the checksum.
+        for at in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            assert!(KeyFilter::decode(&flipped).is_err(), "a flip at {at} was read");
+        }
+        let body = fields(&bytes);
+        let mut longer = body.clone();
         longer.push(1);
         assert!(matches!(
-            KeyFilter::decode(&longer),
+            KeyFilter::decode(&sealed(longer)),
             Err(FilterError::Damaged(_))
         ));
         // A count far past what the bytes hold allocates nothing and is refused.
-        let mut lying = bytes.clone();
+        let mut lying = body.clone();
         lying[20..28].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(KeyFilter::decode(&lying), Err(FilterError::Truncated));
-        let mut version = bytes.clone();
+        assert_eq!(KeyFilter::decode(&sealed(lying)), Err(FilterError::Truncated));
+        let mut version = body.clone();
         version[8] = 2;
-        assert_eq!(KeyFilter::decode(&version), Err(FilterError::Version(2)));
+        assert_eq!(
+            KeyFilter::decode(&sealed(version)),
+            Err(FilterError::Version(2))
+        );
         assert_eq!(KeyFilter::decode(b"GRCENTRY"), Err(FilterError::Magic));
+        let empty = fields(&KeyFilter::empty(at(1)).encode());
         // A zero difference after the first: fingerprints out of order.
-        let mut repeat = KeyFilter::empty(at(1)).encode();
+        let mut repeat = empty.clone();
         repeat[20..28].copy_from_slice(&2u64.to_le_bytes());
         repeat.extend_from_slice(&[5, 0]);
         assert!(matches!(
-            KeyFilter::decode(&repeat),
+            KeyFilter::decode(&sealed(repeat)),
             Err(FilterError::Damaged(_))
         ));
         // Past 32 bits.
-        let mut wide = KeyFilter::empty(at(1)).encode();
+        let mut wide = empty.clone();
         wide[20..28].copy_from_slice(&1u64.to_le_bytes());
         wide.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x1f]);
         assert!(matches!(
-            KeyFilter::decode(&wide),
+            KeyFilter::decode(&sealed(wide)),
             Err(FilterError::Damaged(_))
         ));
-        let mut long = KeyFilter::empty(at(1)).encode();
+        let mut long = empty;
         long[20..28].copy_from_slice(&1u64.to_le_bytes());
         long.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
         assert!(matches!(
-            KeyFilter::decode(&long),
+            KeyFilter::decode(&sealed(long)),
             Err(FilterError::Damaged(_))
         ));
     }
@@ -335,6 +369,10 @@ mod tests {
             }
             if round % 3 == 0 {
                 bytes.truncate((seed as usize) % bytes.len());
+            }
+            // Half the time sealed again, so that the field checks meet the mutation.
+            if round % 2 == 0 && bytes.len() > CHECKSUM {
+                bytes = sealed(fields(&bytes));
             }
             if let Ok(filter) = KeyFilter::decode(&bytes) {
                 assert_eq!(KeyFilter::decode(&filter.encode()).unwrap(), filter);

@@ -180,6 +180,8 @@ fn a_miss_asks_every_namespace_at_once() {
     let root = tempfile::tempdir().unwrap();
     let mut args = server.args("wide");
     args.extend(["--namespace", "pr-1", "--read-namespaces", "main,release"].map(String::from));
+    // The bucket is empty: without this, its key filters answer the miss with no request.
+    args.push("--instant-misses=off".into());
     // A far-away store: every object GET is answered 40 ms late.
     server.set_fault(Fault::DelayMs(40));
     let mut client = s3_client(root.path(), args, &[]);

@@ -68,12 +68,14 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let method = req.method().to_string();
         let listing = req.uri().query().is_some_and(|q| q.contains("list-type"));
-        let object_get = method == "GET" && !listing;
+        let filter = req.uri().path().ends_with("/filter/v1/keys");
+        // Faults and the count of GETs at once are for entries and manifests.
+        let object_get = method == "GET" && !listing && !filter;
         // Listings and the key filter's requests are counted apart ("LIST", "FILTER GET",
         // "FILTER PUT"), so that "GET" and "PUT" are the requests for entries and manifests.
         let method = if listing {
             "LIST".to_string()
-        } else if req.uri().path().ends_with("/filter/v1/keys") {
+        } else if filter {
             format!("FILTER {method}")
         } else {
             method

@@ -18,6 +18,7 @@ mod goproxy;
 mod hostile_disk;
 mod messages;
 mod namespaces;
+mod packs;
 mod prefetch;
 mod prefixed_credentials;
 mod run_reports;

@@ -160,10 +160,8 @@ impl Prefetcher {
     async fn load_manifest(&self) -> Option<(usize, Manifest)> {
         let prefetch = self;
         let namespaces = &self.tier.namespaces;
-        let (found, own_toc) = tokio::join!(
-            namespaces.get_manifest(&prefetch.key),
-            self.load_toc(0)
-        );
+        let (found, own_toc) =
+            tokio::join!(namespaces.get_manifest(&prefetch.key), self.load_toc(0));
         *lock(&self.own_toc) = own_toc;
         let manifest = match found {
             Ok(Some((index, bytes))) => Manifest::decode(&bytes, namespaces.name(index))

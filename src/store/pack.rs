@@ -256,7 +256,9 @@ mod tests {
         // Padding between the table and the data (a pack that reserved more rows).
         let mut padded = Toc::default();
         for e in &toc.entries {
-            padded.entries.push(entry(e.action.0[0], e.offset + 96, e.len));
+            padded
+                .entries
+                .push(entry(e.action.0[0], e.offset + 96, e.len));
         }
         assert_eq!(Toc::parse(&padded.encode(data + 96)).unwrap(), padded);
         assert_eq!(toc.bytes(), 5161);
@@ -266,7 +268,11 @@ mod tests {
     fn a_truncated_table_or_header_is_refused() {
         let bytes = toc().encode(HEADER_LEN + 3 * ROW_LEN);
         for cut in [0, 10, HEADER_LEN as usize, bytes.len() - 1] {
-            assert_eq!(Toc::parse(&bytes[..cut]), Err(PackError::Truncated), "{cut}");
+            assert_eq!(
+                Toc::parse(&bytes[..cut]),
+                Err(PackError::Truncated),
+                "{cut}"
+            );
         }
     }
 
@@ -340,7 +346,12 @@ mod tests {
 
         // The target bounds a range; one larger entry is a range of its own.
         let ranges = plan_ranges(
-            vec![e(1, 0, 600), e(2, 600, 600), e(3, 1200, 5000), e(4, 6200, 10)],
+            vec![
+                e(1, 0, 600),
+                e(2, 600, 600),
+                e(3, 1200, 5000),
+                e(4, 6200, 10),
+            ],
             1000,
             100,
         );

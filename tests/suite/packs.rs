@@ -43,7 +43,11 @@ fn a_fresh_machine_builds_from_the_pack_in_few_requests() {
     let server = S3Server::start();
     let mut project = warm(&server, "packs");
     let first = project.go(&["build", "./..."]);
-    assert!(first.stat("remote.prefetch.manifest_written") > 50, "{:?}", first.stats);
+    assert!(
+        first.stat("remote.prefetch.manifest_written") > 50,
+        "{:?}",
+        first.stats
+    );
     let written = first.stat("remote.prefetch.pack.written");
     assert!(written > 50, "{:?}", first.stats);
     assert!(first.stat("remote.prefetch.pack.bytes_written") > 0);
@@ -53,19 +57,36 @@ fn a_fresh_machine_builds_from_the_pack_in_few_requests() {
 
     // Same build, same manifest: the pack fits, nothing is written again.
     let again = project.go(&["build", "./..."]);
-    assert_eq!(again.stat("remote.prefetch.pack.written"), 0, "{:?}", again.stats);
+    assert_eq!(
+        again.stat("remote.prefetch.pack.written"),
+        0,
+        "{:?}",
+        again.stats
+    );
 
     server.reset_counts();
     let fresh = project.build_on_fresh_machine("pack-fresh");
     let gets = server.count("GET");
     assert!(gets < 50, "{gets} GETs: {:?}", fresh.stats);
     let stat = |name: &str| fresh.stat(name);
-    assert!(stat("remote.prefetch.pack.entries") > 50, "{:?}", fresh.stats);
-    assert!(stat("remote.prefetch.pack.requests") < 10, "{:?}", fresh.stats);
+    assert!(
+        stat("remote.prefetch.pack.entries") > 50,
+        "{:?}",
+        fresh.stats
+    );
+    assert!(
+        stat("remote.prefetch.pack.requests") < 10,
+        "{:?}",
+        fresh.stats
+    );
     assert_eq!(stat("remote.prefetch.pack.damaged"), 0);
     assert_eq!(stat("remote.corrupt") + stat("remote.errors"), 0);
     assert_eq!(stat("remote.prefetch.errors"), 0, "{:?}", fresh.stats);
-    assert_eq!(stat("remote.uploads"), 0, "prefetched entries were uploaded");
+    assert_eq!(
+        stat("remote.uploads"),
+        0,
+        "prefetched entries were uploaded"
+    );
     assert_eq!(project.build_and_run_command("e2e-pack"), "TOTAL 9!\n");
 
     // clear-remote deletes the pack with the rest.
@@ -98,7 +119,11 @@ fn a_damaged_pack_entry_is_fetched_on_its_own() {
     let fresh = project.build_on_fresh_machine("pack-damaged");
     let stat = |name: &str| fresh.stat(name);
     assert_eq!(stat("remote.prefetch.pack.damaged"), 1, "{:?}", fresh.stats);
-    assert!(stat("remote.prefetch.pack.entries") > 50, "{:?}", fresh.stats);
+    assert!(
+        stat("remote.prefetch.pack.entries") > 50,
+        "{:?}",
+        fresh.stats
+    );
     assert_eq!(stat("remote.corrupt"), 0, "the entry itself is sound");
     assert_eq!(project.build_and_run_command("e2e-damaged"), "TOTAL 9!\n");
     project.assert_tests_cached();

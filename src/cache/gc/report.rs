@@ -211,7 +211,11 @@ impl fmt::Display for SweptSection {
         let manifests = counted(self.manifests, "manifest");
         match self.packs {
             0 => write!(f, "deleted {entries} and {manifests}")?,
-            n => write!(f, "deleted {entries}, {manifests} and {}", counted(n, "pack"))?,
+            n => write!(
+                f,
+                "deleted {entries}, {manifests} and {}",
+                counted(n, "pack")
+            )?,
         }
         write!(f, " ({})", human_bytes(self.bytes))
     }

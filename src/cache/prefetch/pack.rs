@@ -34,8 +34,8 @@ use crate::ids::ActionId;
 use crate::local::disk::DiskCache;
 use crate::store::Upload;
 use crate::store::pack::{
-    FIRST_READ, HEADER_LEN, MAX_GAP, PackHeader, PackRange, RANGE_TARGET, ROW_LEN, Toc,
-    TocEntry, plan_ranges,
+    FIRST_READ, HEADER_LEN, MAX_GAP, PackHeader, PackRange, RANGE_TARGET, ROW_LEN, Toc, TocEntry,
+    plan_ranges,
 };
 use crate::sync::lock;
 
@@ -210,17 +210,18 @@ impl Prefetcher {
                     }
                     let next = *entries.next().expect("peeked");
                     let writer = match claims.contains_key(&next.action) {
-                        true => match EntryWriter::start(disk, next.action, self.tier.max_entry_size)
-                        {
-                            Ok(writer) => {
-                                self.prefetch_begins(next.action);
-                                Some(writer)
+                        true => {
+                            match EntryWriter::start(disk, next.action, self.tier.max_entry_size) {
+                                Ok(writer) => {
+                                    self.prefetch_begins(next.action);
+                                    Some(writer)
+                                }
+                                Err(err) => {
+                                    tracing::debug!("storing a prefetched entry failed: {err}");
+                                    None
+                                }
                             }
-                            Err(err) => {
-                                tracing::debug!("storing a prefetched entry failed: {err}");
-                                None
-                            }
-                        },
+                        }
                         false => None,
                     };
                     current = Some((next, writer));
@@ -240,8 +241,13 @@ impl Prefetcher {
                 if pos == entry.end() {
                     let (entry, writer) = current.take().expect("set");
                     if let Some(writer) = writer {
-                        self.pack_entry_done(entry.action, writer.finish().await, &mut claims, index)
-                            .then(|| failed.push(entry.action));
+                        self.pack_entry_done(
+                            entry.action,
+                            writer.finish().await,
+                            &mut claims,
+                            index,
+                        )
+                        .then(|| failed.push(entry.action));
                     } else if claims.remove(&entry.action).is_some() {
                         failed.push(entry.action);
                     }
@@ -325,7 +331,8 @@ impl Prefetcher {
         let all: HashSet<ActionId> = manifest.entries.iter().map(|e| e.action).collect();
         let found = lock(&self.own_toc).clone();
         let local = disk.clone();
-        let Ok(jobs) = tokio::task::spawn_blocking(move || local_jobs(&local, &listed)).await else {
+        let Ok(jobs) = tokio::task::spawn_blocking(move || local_jobs(&local, &listed)).await
+        else {
             return;
         };
         let wanted: Vec<(ActionId, u64)> = jobs.iter().map(|j| (j.action, j.size)).collect();
@@ -479,7 +486,10 @@ mod tests {
     }
 
     fn wanted(entries: &[(u8, u64)]) -> Vec<(ActionId, u64)> {
-        entries.iter().map(|(n, s)| (ActionId([*n; 32]), *s)).collect()
+        entries
+            .iter()
+            .map(|(n, s)| (ActionId([*n; 32]), *s))
+            .collect()
     }
 
     fn listed(ns: &[u8]) -> HashSet<ActionId> {

@@ -264,14 +264,14 @@ impl Stats {
                         wasted: get(&r.prefetch_wasted),
                         seconds: get(&r.prefetch_nanos) as f64 / 1e9,
                         manifest_written: get(&r.manifest_written),
-                        pack: PackReport {
+                        pack: Box::new(PackReport {
                             requests: get(&r.pack_requests),
                             bytes_down: get(&r.pack_bytes_down),
                             entries: get(&r.pack_entries),
                             damaged: get(&r.pack_damaged),
                             written: get(&r.pack_written),
                             bytes_written: get(&r.pack_bytes_written),
-                        },
+                        }),
                     }),
                 namespaces: (r.namespaces.get().into_iter().flatten())
                     .map(|n| NamespaceReport {
@@ -395,9 +395,10 @@ pub struct PrefetchReport {
     /// Entries in the manifest written at the end of the run (0: not written, as when
     /// nothing changed).
     pub manifest_written: u64,
-    /// What the pack (bulk prefetch) did.
+    /// What the pack (bulk prefetch) did (boxed: the daemon's answers carry this report, and
+    /// their variants stay about one size).
     #[serde(default)]
-    pub pack: PackReport,
+    pub pack: Box<PackReport>,
 }
 
 /// What prefetch's pack did in a run (docs/prefetch.md).

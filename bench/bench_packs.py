@@ -82,7 +82,7 @@ def main():
                      f"{bench.mib(pack.get('bytes_written', 0))} written; close waited {secs(close)}"))
         for name, drop_pack in (("b", False), ("c", True)):
             if drop_pack:
-                files = glob.glob(os.path.join(server.bucket_dir, "gocache", "bench", "pack", "v1", "*"))
+                files = glob.glob(os.path.join(server.bucket_dir, "bench", "pack", "v1", "*"))
                 for path in files:
                     os.remove(path)
                 progress(f"deleted {len(files)} pack files")

@@ -83,6 +83,8 @@ pub struct RemoteStats {
     /// Entries in the pack written at close (0: none written), and its bytes.
     pub pack_written: AtomicU64,
     pub pack_bytes_written: AtomicU64,
+    /// Time spent at close deciding on, building and uploading the pack.
+    pub pack_write_nanos: AtomicU64,
     /// With namespaces: entries found in each, in the order they are read (set once, when
     /// the tier starts).
     pub namespaces: std::sync::OnceLock<Vec<NamespaceCounts>>,
@@ -271,6 +273,7 @@ impl Stats {
                             damaged: get(&r.pack_damaged),
                             written: get(&r.pack_written),
                             bytes_written: get(&r.pack_bytes_written),
+                            write_seconds: get(&r.pack_write_nanos) as f64 / 1e9,
                         }),
                     }),
                 namespaces: (r.namespaces.get().into_iter().flatten())
@@ -414,6 +417,10 @@ pub struct PackReport {
     /// Entries in the pack written at the end of the run (0: none written), and its bytes.
     pub written: u64,
     pub bytes_written: u64,
+    /// Time the close spent on the pack (deciding, building, uploading): the go command
+    /// waits for it.
+    #[serde(default)]
+    pub write_seconds: f64,
 }
 
 impl fmt::Display for Report {
@@ -510,7 +517,11 @@ impl fmt::Display for Report {
                         k.damaged,
                         match k.written {
                             0 => "not written".to_string(),
-                            n => format!("{n} entries ({}) written", human_bytes(k.bytes_written)),
+                            n => format!(
+                                "{n} entries ({}) written in {:.3}s",
+                                human_bytes(k.bytes_written),
+                                k.write_seconds
+                            ),
                         }
                     )?;
                 }

@@ -310,6 +310,7 @@ impl Prefetcher {
             return;
         };
         let start = Instant::now();
+        let _timed = Timed(start, &self.tier.remote_stats().pack_write_nanos);
         let namespaces = &self.tier.namespaces;
         // This namespace's entries, in the manifest's order, within the prefetch budget.
         let mut budget = self.config.max_bytes;
@@ -374,6 +375,15 @@ impl Prefetcher {
             Err(err) => tracing::debug!("writing the prefetch pack failed: {err}"),
         }
         drop(temp);
+    }
+}
+
+/// Adds the time since its start to a counter when dropped (every way out of a function).
+struct Timed<'a>(Instant, &'a std::sync::atomic::AtomicU64);
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        add(self.1, crate::cache::stats::nanos(self.0.elapsed()));
     }
 }
 

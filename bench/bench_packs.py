@@ -79,7 +79,8 @@ def main():
         pack = pack_stats(stats)
         close = stats["remote"]["close_wait_seconds"]
         rows.append(("A: cold build", secs(seconds), "-", f"pack of {pack.get('written')} entries, "
-                     f"{bench.mib(pack.get('bytes_written', 0))} written; close waited {secs(close)}"))
+                     f"{bench.mib(pack.get('bytes_written', 0))} written in {secs(pack.get('write_seconds', 0))} "
+                     f"at close (uploads' wait: {secs(close)})"))
         for name, drop_pack in (("b", False), ("c", True)):
             if drop_pack:
                 files = glob.glob(os.path.join(server.bucket_dir, "bench", "pack", "v1", "*"))
@@ -95,7 +96,9 @@ def main():
             pk = pack_stats(stats)
             rows.append((f"{name.upper()}: {label}", secs(seconds), str(gets),
                          f"{p['fetched']} prefetched ({pk.get('entries', 0)} from the pack in "
-                         f"{pk.get('requests', 0)} requests), {stats['remote']['hits']} remote hits"))
+                         f"{pk.get('requests', 0)} requests), {stats['remote']['hits']} remote hits; "
+                         f"pack written at close: {pk.get('written', 0)} entries in "
+                         f"{secs(pk.get('write_seconds', 0))}"))
     server.stop()
     env = bench.environment_summary()
     lines = [

@@ -187,7 +187,8 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     }
 
     /// The bytes `range` of the pack stored under `key` (one ranged request); `None` if there
-    /// is no pack. A range past the pack's end is cut at its end, as S3 cuts it.
+    /// is no pack. A range past the pack's end gives the bytes up to its end, then may end with
+    /// an error (OpenDAL checks that it got the length it asked for).
     async fn get_pack(
         &self,
         _key: &BuildKey,

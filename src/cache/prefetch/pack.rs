@@ -104,6 +104,13 @@ impl Prefetcher {
                         return None;
                     }
                 }
+                // A read past the pack's end (a pack under FIRST_READ bytes) ends with an
+                // error after its last byte on OpenDAL's stores: what came is the pack's, and
+                // the table's parse says whether it is whole.
+                Err(err) if !bytes.is_empty() => {
+                    tracing::debug!("the prefetch pack ended before the range: {err}");
+                    break;
+                }
                 Err(err) => {
                     tracing::debug!("reading the prefetch pack failed: {err}");
                     return None;

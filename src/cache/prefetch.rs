@@ -151,7 +151,14 @@ impl Prefetcher {
     pub async fn finish(&self) {
         self.stop();
         if let Some(manifest) = self.write_manifest().await {
-            self.write_pack(&manifest).await;
+            // Bounded like the uploads beside it: the go command waits for the close.
+            let wait = self.tier.upload_wait;
+            if tokio::time::timeout(wait, self.write_pack(&manifest))
+                .await
+                .is_err()
+            {
+                tracing::debug!("the prefetch pack was not written within --upload-wait");
+            }
         }
     }
 

@@ -52,7 +52,7 @@ pub struct RemoteTier {
     damaged: Mutex<HashSet<ActionId>>,
     /// Fetches running now, by key, with what they found once they end.
     in_flight: Mutex<HashMap<ActionId, watch::Receiver<Outcome>>>,
-    upload_wait: Duration,
+    pub(super) upload_wait: Duration,
     /// The largest decoded entry taken (`--max-entry-size`).
     pub(super) max_entry_size: u64,
     stats: Arc<Stats>,

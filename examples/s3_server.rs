@@ -4,7 +4,8 @@
 //!
 //!     cargo run --release --example s3_server --features s3-server-example -- 0 20
 //!
-//! prints `endpoint <url>` for the server, then `proxy <ms> <url>` for each delay given (0 is
+//! prints `endpoint <url>` for the server, `bucket <dir>` for the directory that holds the
+//! bucket's objects (benchmarks delete objects there), then `proxy <ms> <url>` for each delay given (0 is
 //! the server itself), then `ready`. It reads commands on stdin: `counts` prints the requests
 //! seen by method as JSON, `reset` clears them; end of input stops it. Credentials:
 //! AWS_ACCESS_KEY_ID=AKIDGOREMOTECACHE, AWS_SECRET_ACCESS_KEY=test-secret-key-for-goremotecache.
@@ -22,6 +23,7 @@ use std::time::Duration;
 fn main() {
     let server = s3::S3Server::start();
     println!("endpoint {}", server.endpoint);
+    println!("bucket {}", server.bucket_dir().display());
     let mut proxies = Vec::new();
     for arg in std::env::args().skip(1) {
         let ms: u64 = arg

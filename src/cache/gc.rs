@@ -146,7 +146,10 @@ pub struct Section {
     pub recent_entries: Tally,
     /// Old entries that a recent manifest (of any namespace) lists: kept.
     pub listed_entries: Tally,
-    /// Objects in `v1/` or `prefetch/` that are neither an entry nor a manifest: never touched.
+    /// Packs whose manifest is deleted or gone: deleted.
+    pub old_packs: Tally,
+    /// Objects in `v1/`, `prefetch/` or `pack/` that are neither an entry, a manifest nor a
+    /// pack: never touched.
     pub other: Tally,
     /// Keys relative to the store's prefix.
     manifest_keys: Vec<String>,
@@ -154,6 +157,9 @@ pub struct Section {
     /// The entries kept (recent, or listed by a recent manifest): the key filter written
     /// after the sweep.
     kept_keys: Vec<ActionId>,
+
+    /// Keys relative to the store's prefix.
+    pack_keys: Vec<String>,
 }
 
 impl Section {
@@ -184,10 +190,12 @@ impl Section {
             unreadable_manifests: self.unreadable_manifests + other.unreadable_manifests,
             recent_entries: self.recent_entries.plus(other.recent_entries),
             listed_entries: self.listed_entries.plus(other.listed_entries),
+            old_packs: self.old_packs.plus(other.old_packs),
             other: self.other.plus(other.other),
             manifest_keys: Vec::new(),
             entry_keys: Vec::new(),
             kept_keys: Vec::new(),
+            pack_keys: Vec::new(),
         }
     }
 }
@@ -243,6 +251,7 @@ pub struct SweptSection {
     pub modules: bool,
     pub manifests: u64,
     pub entries: u64,
+    pub packs: u64,
     pub bytes: u64,
 }
 
@@ -265,11 +274,13 @@ impl Swept {
             modules: false,
             manifests: 0,
             entries: 0,
+            packs: 0,
             bytes: 0,
         };
         for section in &self.sections {
             total.manifests += section.manifests;
             total.entries += section.entries;
+            total.packs += section.packs;
             total.bytes += section.bytes;
         }
         total
@@ -360,6 +371,7 @@ pub async fn plan(
         }
     }
 
+    let recent_keys: HashSet<String> = recent.iter().map(|(_, o)| o.key.clone()).collect();
     let kept = read_manifests(store, recent, &mut plan).await?;
 
     for section in &mut plan.sections {
@@ -389,8 +401,48 @@ pub async fn plan(
                 section.entry_keys.push(action);
             }
         }
+        plan_packs(store, section, &recent_keys, &list_error).await?;
     }
     Ok(plan)
+}
+
+/// Sorts the packs of `section`'s namespace: a pack whose manifest is not among the recent
+/// ones (`recent_keys`: old, so deleted, or gone) is deleted with it; a pack is worth
+/// nothing without its manifest, which names the entries prefetch wants.
+async fn plan_packs<E>(
+    store: &dyn Inventory,
+    section: &mut Section,
+    recent_keys: &HashSet<String>,
+    list_error: &impl Fn(String) -> E,
+) -> Result<(), GcError>
+where
+    E: FnMut(RemoteError) -> GcError,
+{
+    let namespace = section.namespace.clone();
+    let dir = Area::Packs.dir_in(namespace.as_ref());
+    let mut packs = store
+        .list(namespace.as_ref(), Area::Packs)
+        .await
+        .map_err(list_error(dir.clone()))?;
+    while let Some(object) = packs.try_next().await.map_err(list_error(dir.clone()))? {
+        let Some(key) = below_namespace(&object.key, namespace.as_ref())
+            .and_then(|key| key.strip_prefix("pack/v1/"))
+            .and_then(crate::ids::BuildKey::from_key)
+        else {
+            section.other.add(&object);
+            continue;
+        };
+        let manifest = format!(
+            "{}{}",
+            namespace_dir(namespace.as_ref()),
+            crate::store::manifest_key(&key)
+        );
+        if !recent_keys.contains(&manifest) {
+            section.old_packs.add(&object);
+            section.pack_keys.push(object.key);
+        }
+    }
+    Ok(())
 }
 
 /// The (namespace, action) pairs that the `recent` manifests list, each manifest read as
@@ -477,6 +529,8 @@ pub async fn plan_modules(modules: &dyn Inventory, plan: &mut Plan) -> Result<()
                         .manifest_keys
                         .push(format!("{MODULES}/{}", object.key));
                 }
+                // Not listed here: the module proxy writes no packs.
+                Area::Packs => section.other.add(&object),
                 Area::Entries => {
                     match object.key.strip_prefix("v1/").and_then(ActionId::from_key) {
                         None => section.other.add(&object),
@@ -527,8 +581,13 @@ pub async fn sweep(
                 .collect::<Vec<_>>()
         })
     });
-    let phases: [Box<dyn Iterator<Item = Vec<String>> + Send + '_>; 2] =
-        [Box::new(manifests), Box::new(entries)];
+    // The packs after their manifests: a build that finds no manifest reads no pack.
+    let packs = plan
+        .sections
+        .iter()
+        .flat_map(|section| section.pack_keys.chunks(batch).map(<[String]>::to_vec));
+    let phases: [Box<dyn Iterator<Item = Vec<String>> + Send + '_>; 3] =
+        [Box::new(manifests), Box::new(packs), Box::new(entries)];
     for batches in phases {
         let mut deletes = futures::stream::iter(batches)
             .map(|keys| async move { delete_retried(store, &keys).await.map(|()| keys.len()) })
@@ -557,7 +616,10 @@ pub async fn sweep(
                 modules: section.modules,
                 manifests: section.manifest_keys.len() as u64,
                 entries: section.entry_keys.len() as u64,
-                bytes: section.old_manifests.bytes + section.old_entries.bytes,
+                packs: section.pack_keys.len() as u64,
+                bytes: section.old_manifests.bytes
+                    + section.old_entries.bytes
+                    + section.old_packs.bytes,
             })
             .collect(),
         elapsed: start.elapsed(),

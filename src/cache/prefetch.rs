@@ -4,10 +4,16 @@
 //! written back. Each entry goes through the remote tier's fetch-once registry
 //! ([`super::remote`]), so a get of a key being prefetched waits for that fetch, and a key
 //! prefetch has not started is fetched by the get itself.
+//!
+//! On a store that keeps packs (S3, GCS, Azure), the entries that the build's pack holds come
+//! from it in a few ranged GETs instead of one GET each ([`pack`]); the pack is written at
+//! close, after the manifest, when it is missing or stale.
+
+mod pack;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -20,6 +26,7 @@ use super::stats::{add, nanos};
 use crate::config::PrefetchConfig;
 use crate::ids::{ActionId, BuildKey};
 use crate::local::disk::{DiskCache, Entry};
+use crate::store::pack::Toc;
 use crate::store::{ByteStream, RemoteError, batch};
 use crate::sync::lock;
 
@@ -44,6 +51,10 @@ pub struct Prefetcher {
     /// How many entries the recorder held when the manifest was last written (a daemon
     /// writes it at each `flush` and at exit: again only if the run recorded more).
     written: Mutex<Option<usize>>,
+    /// The local cache, from [`Prefetcher::start`] (the pack is written from it).
+    disk: OnceLock<DiskCache>,
+    /// The table of contents of the own namespace's pack: found at start, or written.
+    own_toc: Mutex<Option<Toc>>,
 }
 
 /// The entries of a prefetch that a batch request is fetching: claims by key.
@@ -69,6 +80,8 @@ impl Prefetcher {
             wasted: Mutex::new(HashSet::new()),
             task: Mutex::new(None),
             written: Mutex::new(None),
+            disk: OnceLock::new(),
+            own_toc: Mutex::new(None),
         }
     }
 
@@ -93,6 +106,7 @@ impl Prefetcher {
     /// Starts prefetching for this run's build key, in the background. Call once, right
     /// after the handshake.
     pub fn start(self: &Arc<Self>, disk: &DiskCache) {
+        let _ = self.disk.set(disk.clone());
         // The manifest lookup runs to its end even if the run ends first: the manifest
         // written at close merges with it.
         let this = self.clone();
@@ -103,8 +117,13 @@ impl Prefetcher {
         let this = self.clone();
         let disk = disk.clone();
         let work = tokio::spawn(async move {
-            if let Ok(Some((_, manifest))) = lookup.await {
-                this.prefetch_entries(&disk, manifest).await;
+            if let Ok(Some((index, manifest))) = lookup.await {
+                let toc = match index {
+                    0 => lock(&this.own_toc).clone(),
+                    _ => this.load_toc(index).await,
+                };
+                this.prefetch_entries(&disk, manifest, toc.map(|toc| (index, toc)))
+                    .await;
             }
         });
         *lock(&self.task) = Some(work.abort_handle());
@@ -135,15 +154,26 @@ impl Prefetcher {
     /// manifest is written again only if more was recorded since.
     pub async fn finish(&self) {
         self.stop();
-        self.write_manifest().await;
+        if let Some(manifest) = self.write_manifest().await {
+            // Bounded like the uploads beside it: the go command waits for the close.
+            let wait = self.tier.upload_wait;
+            if tokio::time::timeout(wait, self.write_pack(&manifest))
+                .await
+                .is_err()
+            {
+                tracing::debug!("the prefetch pack was not written within --upload-wait");
+            }
+        }
     }
 
-    /// Looks the manifest up, in the own namespace and then in each read namespace; any
-    /// failure is no manifest.
+    /// Looks the manifest up, in the own namespace and then in each read namespace, and at
+    /// the same time the own namespace's pack; any failure is no manifest (or no pack).
     async fn load_manifest(&self) -> Option<(usize, Manifest)> {
         let prefetch = self;
         let namespaces = &self.tier.namespaces;
-        let found = namespaces.get_manifest(&prefetch.key).await;
+        let (found, own_toc) =
+            tokio::join!(namespaces.get_manifest(&prefetch.key), self.load_toc(0));
+        *lock(&self.own_toc) = own_toc;
         let manifest = match found {
             Ok(Some((index, bytes))) => Manifest::decode(&bytes, namespaces.name(index))
                 .inspect_err(|err| {
@@ -167,8 +197,15 @@ impl Prefetcher {
         manifest
     }
 
-    /// Pulls the manifest's entries into the local cache, within the budget, in its order.
-    async fn prefetch_entries(&self, disk: &DiskCache, manifest: Manifest) {
+    /// Pulls the manifest's entries into the local cache, within the budget, in its order:
+    /// those that `pack` (the pack of the manifest's namespace, with its index) holds from
+    /// it, the others one by one or in batches.
+    async fn prefetch_entries(
+        &self,
+        disk: &DiskCache,
+        manifest: Manifest,
+        pack: Option<(usize, Toc)>,
+    ) {
         let start = Instant::now();
         let prefetch = self;
         let stats = self.tier.remote_stats();
@@ -205,6 +242,10 @@ impl Prefetcher {
             return;
         };
         add(&stats.prefetch_local, (wanted_len - todo.len()) as u64);
+        let todo = match pack {
+            Some((index, toc)) => self.prefetch_from_pack(disk, index, &toc, todo).await,
+            None => todo,
+        };
         let concurrency = prefetch.config.concurrency;
         match self.tier.store().batch_limit() {
             0 => {
@@ -402,14 +443,16 @@ impl Prefetcher {
     /// written within [`REFRESH`](super::manifest::REFRESH). An older one is written again,
     /// so that its time in the store says when a build last used it: `gc-remote` keeps the
     /// entries of recent ones.
-    async fn write_manifest(&self) {
+    /// Returns the manifest as it is now (written or unchanged), for the pack; `None` when
+    /// nothing was to be written.
+    async fn write_manifest(&self) -> Option<Manifest> {
         let prefetch = self;
         let run = prefetch.recorder.snapshot();
         if run.is_empty() || !self.tier.writes || !self.tier.store().usable() {
-            return;
+            return None;
         }
         if *lock(&self.written) == Some(run.len()) {
-            return;
+            return None;
         }
         // The lookup started with the run; the store bounds it by the remote timeout.
         let mut loaded = prefetch.loaded.subscribe();
@@ -426,7 +469,7 @@ impl Prefetcher {
         if manifest.same_as(own_previous)
             && own_previous.is_some_and(|p| !p.needs_refresh(SystemTime::now()))
         {
-            return;
+            return Some(manifest);
         }
         let bytes = Bytes::from(manifest.encode(&prefetch.source, names[0].as_ref()));
         match self.tier.store().put_manifest(&prefetch.key, bytes).await {
@@ -436,8 +479,12 @@ impl Prefetcher {
                     .remote_stats()
                     .manifest_written
                     .store(manifest.entries.len() as u64, Ordering::Relaxed);
+                Some(manifest)
             }
-            Err(err) => tracing::debug!("writing the prefetch manifest failed: {err}"),
+            Err(err) => {
+                tracing::debug!("writing the prefetch manifest failed: {err}");
+                None
+            }
         }
     }
 

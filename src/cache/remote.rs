@@ -53,12 +53,14 @@ pub struct RemoteTier {
     damaged: Mutex<HashSet<ActionId>>,
     /// Fetches running now, by key, with what they found once they end.
     in_flight: Mutex<HashMap<ActionId, watch::Receiver<Outcome>>>,
-    upload_wait: Duration,
     /// The namespaces' key filters ([`super::misses`]), kept up to date at the end whether
     /// or not this run uses them.
     misses: Arc<MissFilters>,
     /// Whether a local miss that the filters rule out is answered at once.
     instant_misses: bool,
+
+    pub(super) upload_wait: Duration,
+
     /// The largest decoded entry taken (`--max-entry-size`).
     pub(super) max_entry_size: u64,
     stats: Arc<Stats>,

@@ -85,6 +85,17 @@ pub struct RemoteStats {
     pub prefetch_nanos: AtomicU64,
     /// Entries in the manifest written at close (0: none written).
     pub manifest_written: AtomicU64,
+    /// Packs (bulk prefetch): ranged GETs of the pack and their bytes, entries stored from
+    /// it, entries of it that did not verify.
+    pub pack_requests: AtomicU64,
+    pub pack_bytes_down: AtomicU64,
+    pub pack_entries: AtomicU64,
+    pub pack_damaged: AtomicU64,
+    /// Entries in the pack written at close (0: none written), and its bytes.
+    pub pack_written: AtomicU64,
+    pub pack_bytes_written: AtomicU64,
+    /// Time spent at close deciding on, building and uploading the pack.
+    pub pack_write_nanos: AtomicU64,
     /// With namespaces: entries found in each, in the order they are read (set once, when
     /// the tier starts).
     pub namespaces: std::sync::OnceLock<Vec<NamespaceCounts>>,
@@ -271,6 +282,15 @@ impl Stats {
                         wasted_bytes: get(&r.prefetch_wasted_bytes),
                         seconds: get(&r.prefetch_nanos) as f64 / 1e9,
                         manifest_written: get(&r.manifest_written),
+                        pack: Box::new(PackReport {
+                            requests: get(&r.pack_requests),
+                            bytes_down: get(&r.pack_bytes_down),
+                            entries: get(&r.pack_entries),
+                            damaged: get(&r.pack_damaged),
+                            written: get(&r.pack_written),
+                            bytes_written: get(&r.pack_bytes_written),
+                            write_seconds: get(&r.pack_write_nanos) as f64 / 1e9,
+                        }),
                     }),
                 namespaces: (r.namespaces.get().into_iter().flatten())
                     .map(|n| NamespaceReport {
@@ -409,6 +429,29 @@ pub struct PrefetchReport {
     /// Entries in the manifest written at the end of the run (0: not written, as when
     /// nothing changed).
     pub manifest_written: u64,
+    /// What the pack (bulk prefetch) did (boxed: the daemon's answers carry this report, and
+    /// their variants stay about one size).
+    #[serde(default)]
+    pub pack: Box<PackReport>,
+}
+
+/// What prefetch's pack did in a run (docs/prefetch.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PackReport {
+    /// Ranged GETs of the pack (its table of contents included), and the bytes they brought.
+    pub requests: u64,
+    pub bytes_down: u64,
+    /// Entries stored from the pack (counted in the prefetch's `fetched` too).
+    pub entries: u64,
+    /// Entries of the pack that did not verify: fetched on their own instead, never stored.
+    pub damaged: u64,
+    /// Entries in the pack written at the end of the run (0: none written), and its bytes.
+    pub written: u64,
+    pub bytes_written: u64,
+    /// Time the close spent on the pack (deciding, building, uploading): the go command
+    /// waits for it.
+    #[serde(default)]
+    pub write_seconds: f64,
 }
 
 impl fmt::Display for Report {
@@ -500,6 +543,25 @@ impl fmt::Display for Report {
                         n => format!("of {n} entries written"),
                     }
                 )?;
+                let k = &p.pack;
+                if k.requests > 0 || k.written > 0 {
+                    writeln!(
+                        f,
+                        "goremotecache: pack: {} requests, {} down, {} entries from it, {} damaged; {}",
+                        k.requests,
+                        human_bytes(k.bytes_down),
+                        k.entries,
+                        k.damaged,
+                        match k.written {
+                            0 => "not written".to_string(),
+                            n => format!(
+                                "{n} entries ({}) written in {:.3}s",
+                                human_bytes(k.bytes_written),
+                                k.write_seconds
+                            ),
+                        }
+                    )?;
+                }
             }
         }
         if let Some(d) = &self.daemon {

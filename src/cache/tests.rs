@@ -575,3 +575,129 @@ async fn an_expired_filter_is_not_trusted() {
         "an expired filter ruled out"
     );
 }
+
+/// Waits until the prefetch started by `setup` has ended (it notes its time at its end).
+async fn prefetch_ended(setup: &Setup) {
+    let start = Instant::now();
+    while count(&setup.remote().prefetch_nanos) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "prefetch did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A run that fetched entries one by one writes the manifest and the pack at close; a fresh
+/// run then takes every entry from the pack in two requests (its table, one range), with no
+/// GET of an entry; a pack entry with a byte changed is fetched on its own, never stored
+/// damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_written_at_close_serves_the_next_fresh_run() {
+    use crate::store::pack::Toc;
+    const N: u8 = 20;
+    let memory = Arc::new(MemoryStore::with_packs());
+    for n in 1..=N {
+        memory.insert(action(n), entry(&body(n, 1000 + usize::from(n) * 500)));
+    }
+    let first = Setup::new(memory.clone(), true, Duration::from_secs(5));
+    let prefetch = first.prefetch.clone().expect("prefetch is on");
+    prefetch.start(&first.disk);
+    for n in 1..=N {
+        let found = first.fetch(action(n)).await.expect("the entry is there");
+        prefetch.note_get(action(n), Some(found.size));
+    }
+    prefetch.finish().await;
+    let key = KeySource::explicit(PREFETCH_KEY).key();
+    let pack = memory.pack(&key).expect("a pack was written");
+    let toc = Toc::parse(&pack).unwrap();
+    assert_eq!(toc.entries.len(), usize::from(N));
+    assert_eq!(count(&first.remote().pack_written), u64::from(N));
+    // Each entry byte for byte as uploaded: what the store holds.
+    for row in &toc.entries {
+        let stored = memory.entry(&row.action).unwrap();
+        let packed = &pack[row.offset as usize..row.end() as usize];
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        format::read_entry(&mut &stored[..], &mut a).unwrap();
+        format::read_entry(&mut &packed[..], &mut b).unwrap();
+        assert_eq!(a, b);
+    }
+
+    // A fresh run: everything from the pack.
+    let gets = memory.requests.gets();
+    let fresh = Setup::new(memory.clone(), true, Duration::from_secs(5));
+    let prefetch = fresh.prefetch.clone().unwrap();
+    prefetch.start(&fresh.disk);
+    prefetch_ended(&fresh).await;
+    assert_eq!(memory.requests.gets(), gets, "no entry was asked for alone");
+    assert_eq!(count(&fresh.remote().pack_entries), u64::from(N));
+    assert_eq!(count(&fresh.remote().pack_requests), 2);
+    for n in 1..=N {
+        assert!(fresh.disk.get(&action(n)).unwrap().is_some());
+    }
+    // The same manifest and a pack that fits: nothing is written again.
+    for n in 1..=N {
+        let size = fresh.disk.get(&action(n)).unwrap().unwrap().size;
+        prefetch.note_get(action(n), Some(size));
+    }
+    let pack_puts = memory.requests.pack_puts.load(Ordering::SeqCst);
+    prefetch.finish().await;
+    assert_eq!(memory.requests.pack_puts.load(Ordering::SeqCst), pack_puts);
+    assert_eq!(count(&fresh.remote().pack_written), 0);
+
+    // One entry's body damaged in the pack.
+    let victim = toc.entries[5];
+    let mut damaged = pack.to_vec();
+    damaged[(victim.offset + victim.len / 2 + 30) as usize] ^= 0x55;
+    memory.insert_pack(key, damaged);
+    let gets = memory.requests.gets();
+    let third = Setup::new(memory.clone(), true, Duration::from_secs(5));
+    let prefetch = third.prefetch.clone().unwrap();
+    prefetch.start(&third.disk);
+    prefetch_ended(&third).await;
+    assert_eq!(count(&third.remote().pack_damaged), 1);
+    assert_eq!(count(&third.remote().pack_entries), u64::from(N) - 1);
+    assert_eq!(memory.requests.gets(), gets + 1, "the damaged one alone");
+    assert_eq!(count(&third.remote().corrupt), 0);
+    let got = third
+        .disk
+        .get(&victim.action)
+        .unwrap()
+        .expect("fetched on its own");
+    let stored = memory.entry(&victim.action).unwrap();
+    let mut want = Vec::new();
+    let header = format::read_entry(&mut &stored[..], &mut want).unwrap();
+    assert_eq!(got.output_id, header.output_id);
+    assert_eq!(std::fs::read(&got.disk_path).unwrap(), want);
+}
+
+/// A pack whose table does not parse is ignored: every entry is fetched on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparsable_pack_is_ignored() {
+    const N: u8 = 5;
+    let memory = Arc::new(MemoryStore::with_packs());
+    let mut listed = Vec::new();
+    for n in 1..=N {
+        let data = body(n, 2000);
+        listed.push((action(n), data.len() as u64, None));
+        memory.insert(action(n), entry(&data));
+    }
+    let source = KeySource::explicit(PREFETCH_KEY);
+    let manifest =
+        Manifest::merge(None, &listed, &[None], &Default::default()).encode(&source, None);
+    memory
+        .put_manifest(&source.key(), Bytes::from(manifest))
+        .await
+        .unwrap();
+    memory.insert_pack(
+        source.key(),
+        Bytes::from_static(b"GRCPACK1 but nothing else"),
+    );
+    let setup = Setup::new(memory.clone(), true, Duration::from_secs(5));
+    let prefetch = setup.prefetch.clone().unwrap();
+    prefetch.start(&setup.disk);
+    prefetch_ended(&setup).await;
+    assert_eq!(count(&setup.remote().prefetch_fetched), u64::from(N));
+    assert_eq!(count(&setup.remote().pack_entries), 0);
+    assert_eq!(memory.requests.gets(), u64::from(N));
+}

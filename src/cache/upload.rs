@@ -332,6 +332,39 @@ fn encode(
     job: &Job,
     tmp_dir: &std::path::Path,
 ) -> io::Result<(Upload, Option<tempfile::NamedTempFile>)> {
+    let (header, mut body) = open_entry(job)?;
+    if job.size <= IN_MEMORY_MAX {
+        let mut out = Vec::with_capacity(format::HEADER_LEN + job.size as usize / 2);
+        format::write_entry(&header, &mut body, &mut out)?;
+        return Ok((Upload::Bytes(Bytes::from(out)), None));
+    }
+    let mut temp = tempfile::Builder::new()
+        .prefix("upload-")
+        .tempfile_in(tmp_dir)?;
+    let len = format::write_entry(
+        &header,
+        &mut body,
+        &mut io::BufWriter::new(temp.as_file_mut()),
+    )?;
+    Ok((
+        Upload::File {
+            path: temp.path().to_path_buf(),
+            len,
+        },
+        Some(temp),
+    ))
+}
+
+/// Writes the entry for `job`, from its local file, to `out` exactly as an upload of it
+/// sends it (a pack holds entries this way: [`super::pack`]). Returns the bytes written.
+pub(super) fn encode_to(job: &Job, out: &mut impl io::Write) -> io::Result<u64> {
+    let (header, mut body) = open_entry(job)?;
+    format::write_entry(&header, &mut body, out)
+}
+
+/// Opens `job`'s local file, checks its size, and decides the entry's header (compressed
+/// when a sample says it pays): the header, with the body ready to read from its start.
+fn open_entry(job: &Job) -> io::Result<(Header, BufReader<std::fs::File>)> {
     let mut file = crate::fsutil::open_regular(&job.path)?
         .ok_or_else(|| io::Error::other(format!("{} is not a regular file", job.path.display())))?;
     let len = file.metadata()?.len();
@@ -355,25 +388,5 @@ fn encode(
         size: job.size,
         time: job.time,
     };
-    let mut body = BufReader::with_capacity(256 * 1024, file);
-    if job.size <= IN_MEMORY_MAX {
-        let mut out = Vec::with_capacity(format::HEADER_LEN + job.size as usize / 2);
-        format::write_entry(&header, &mut body, &mut out)?;
-        return Ok((Upload::Bytes(Bytes::from(out)), None));
-    }
-    let mut temp = tempfile::Builder::new()
-        .prefix("upload-")
-        .tempfile_in(tmp_dir)?;
-    let len = format::write_entry(
-        &header,
-        &mut body,
-        &mut io::BufWriter::new(temp.as_file_mut()),
-    )?;
-    Ok((
-        Upload::File {
-            path: temp.path().to_path_buf(),
-            len,
-        },
-        Some(temp),
-    ))
+    Ok((header, BufReader::with_capacity(256 * 1024, file)))
 }

@@ -125,7 +125,7 @@ pub enum Command {
     /// Run the HTTP cache server, the `http` backend of other machines (and of `docker
     /// build`s). It stores on --storage-dir, or in S3 with the --s3-* options.
     Serve(ServeCommand),
-    /// Delete every entry and prefetch manifest of the remote store's un-namespaced layout,
+    /// Delete every entry, prefetch manifest and pack of the remote store's un-namespaced layout,
     /// of --namespace, or of all namespaces with --all-namespaces (asks for --yes first).
     ClearRemote(ClearRemoteArgs),
     /// Trim the local cache now, as the automatic trim does once a day (--trim-age,

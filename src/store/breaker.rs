@@ -14,6 +14,7 @@
 //! time bounds and the retries, so that it sees a timed-out request as a failure and a put
 //! that succeeded on its second attempt as one success.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::Poll;
@@ -210,6 +211,30 @@ impl<S: RemoteStore> RemoteStore for Breaker<S> {
             Ok(stream) => Ok(counted(stream, self.health.clone())),
             Err(err) => self.count(Err(err)),
         }
+    }
+
+    // Packs: counted like entries.
+
+    fn has_packs(&self) -> bool {
+        self.inner.has_packs()
+    }
+
+    async fn get_pack(
+        &self,
+        key: &BuildKey,
+        range: Range<u64>,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        self.check()?;
+        match self.inner.get_pack(key, range).await {
+            Ok(Some(stream)) => Ok(Some(counted(stream, self.health.clone()))),
+            other => self.count(other),
+        }
+    }
+
+    async fn put_pack(&self, key: &BuildKey, pack: Upload) -> Result<(), RemoteError> {
+        self.check()?;
+        let outcome = self.inner.put_pack(key, pack).await;
+        self.count(outcome)
     }
 
     fn usable(&self) -> bool {

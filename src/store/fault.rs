@@ -11,6 +11,7 @@
 //! plus the request's number), so that a test with a fixed seed is exactly repeatable; a run
 //! seeds it from the clock and the process ID.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
@@ -131,6 +132,26 @@ impl<S: RemoteStore> RemoteStore for FaultRate<S> {
     async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
         self.fault("batch get")?;
         self.inner.get_batch(actions).await
+    }
+
+    // Packs.
+
+    fn has_packs(&self) -> bool {
+        self.inner.has_packs()
+    }
+
+    async fn get_pack(
+        &self,
+        key: &BuildKey,
+        range: Range<u64>,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        self.fault("pack get")?;
+        self.inner.get_pack(key, range).await
+    }
+
+    async fn put_pack(&self, key: &BuildKey, pack: Upload) -> Result<(), RemoteError> {
+        self.fault("pack put")?;
+        self.inner.put_pack(key, pack).await
     }
 
     fn usable(&self) -> bool {

@@ -301,13 +301,19 @@ mod tests {
     fn every_cut_and_lie_is_refused() {
         let bytes = KeyFilter::of((0..300).map(key), at(9)).encode();
         for len in 0..bytes.len() {
-            assert!(KeyFilter::decode(&bytes[..len]).is_err(), "cut at {len} was read");
+            assert!(
+                KeyFilter::decode(&bytes[..len]).is_err(),
+                "cut at {len} was read"
+            );
         }
         // One bit flipped anywhere: the checksum.
         for at in 0..bytes.len() {
             let mut flipped = bytes.clone();
             flipped[at] ^= 0x10;
-            assert!(KeyFilter::decode(&flipped).is_err(), "a flip at {at} was read");
+            assert!(
+                KeyFilter::decode(&flipped).is_err(),
+                "a flip at {at} was read"
+            );
         }
         let body = fields(&bytes);
         let mut longer = body.clone();
@@ -319,7 +325,10 @@ mod tests {
         // A count far past what the bytes hold allocates nothing and is refused.
         let mut lying = body.clone();
         lying[20..28].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(KeyFilter::decode(&sealed(lying)), Err(FilterError::Truncated));
+        assert_eq!(
+            KeyFilter::decode(&sealed(lying)),
+            Err(FilterError::Truncated)
+        );
         let mut version = body.clone();
         version[8] = 2;
         assert_eq!(

@@ -28,6 +28,8 @@ pub enum Area {
     Entries,
     /// `prefetch/`: the prefetch manifests ([`super::manifest_key`]).
     Manifests,
+    /// `pack/`: the prefetch packs ([`super::pack_key`]).
+    Packs,
 }
 
 impl Area {
@@ -36,6 +38,7 @@ impl Area {
         match self {
             Area::Entries => "v1/",
             Area::Manifests => "prefetch/",
+            Area::Packs => "pack/",
         }
     }
 

@@ -8,6 +8,7 @@
 //! stalled after their first piece.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -44,6 +45,8 @@ pub struct Requests {
     pub batches: AtomicU64,
     pub manifest_gets: AtomicU64,
     pub manifest_puts: AtomicU64,
+    pub pack_gets: AtomicU64,
+    pub pack_puts: AtomicU64,
 }
 
 impl Requests {
@@ -72,6 +75,11 @@ pub struct MemoryStore {
     /// Whether its clients keep a key filter in it, as in a bucket ([`MemoryStore::keeping_filter`]).
     keeps_filter: bool,
     filter: Mutex<Option<Bytes>>,
+
+    /// Whether it keeps packs ([`MemoryStore::with_packs`]), and those it keeps.
+    keeps_packs: bool,
+    packs: Mutex<HashMap<BuildKey, Bytes>>,
+
     pub requests: Requests,
 }
 
@@ -103,6 +111,24 @@ impl MemoryStore {
     /// The key filter stored, if any.
     pub fn filter(&self) -> Option<Bytes> {
         lock(&self.filter).clone()
+    }
+
+    /// A store that keeps packs, as the object stores do.
+    pub fn with_packs() -> Self {
+        Self {
+            keeps_packs: true,
+            ..Self::default()
+        }
+    }
+
+    /// The pack stored under `key`.
+    pub fn pack(&self, key: &BuildKey) -> Option<Bytes> {
+        lock(&self.packs).get(key).cloned()
+    }
+
+    /// Stores a pack as it is (tests put damaged ones this way).
+    pub fn insert_pack(&self, key: BuildKey, pack: impl Into<Bytes>) {
+        lock(&self.packs).insert(key, pack.into());
     }
 
     /// Changes what the store does wrong from now on.
@@ -221,9 +247,11 @@ impl RemoteStore for MemoryStore {
         let deleted = {
             let mut entries = lock(&self.entries);
             let mut manifests = lock(&self.manifests);
-            let deleted = (entries.len() + manifests.len()) as u64;
+            let mut packs = lock(&self.packs);
+            let deleted = (entries.len() + manifests.len() + packs.len()) as u64;
             entries.clear();
             manifests.clear();
+            packs.clear();
             deleted
         };
         progress(deleted);
@@ -272,6 +300,51 @@ impl RemoteStore for MemoryStore {
 
     fn batch_limit(&self) -> usize {
         self.batch_limit
+    }
+
+    // Packs: served with the faults of entries' bodies, except damage (tests damage a pack
+    // with `insert_pack`).
+
+    fn has_packs(&self) -> bool {
+        self.keeps_packs
+    }
+
+    async fn get_pack(
+        &self,
+        key: &BuildKey,
+        range: Range<u64>,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        if !self.keeps_packs {
+            return Ok(None);
+        }
+        self.requests.pack_gets.fetch_add(1, Ordering::SeqCst);
+        let faults = self.answer().await?;
+        let Some(pack) = self.pack(key) else {
+            return Ok(None);
+        };
+        let end = (range.end.min(pack.len() as u64)) as usize;
+        let start = (range.start as usize).min(end);
+        let faults = Faults {
+            damage: false,
+            ..faults
+        };
+        Ok(Some(serve(pack.slice(start..end), &faults)))
+    }
+
+    async fn put_pack(&self, key: &BuildKey, pack: Upload) -> Result<(), RemoteError> {
+        if !self.keeps_packs {
+            return Ok(());
+        }
+        self.requests.pack_puts.fetch_add(1, Ordering::SeqCst);
+        self.answer().await?;
+        let bytes = match pack {
+            Upload::Bytes(bytes) => bytes,
+            Upload::File { path, .. } => Bytes::from(
+                std::fs::read(&path).map_err(|err| RemoteError::Other(err.to_string()))?,
+            ),
+        };
+        self.insert_pack(*key, bytes);
+        Ok(())
     }
 
     async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {

@@ -7,6 +7,7 @@
 //! [`crate::cache`].
 
 use std::fmt;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub mod lru;
 pub mod memory;
 pub mod namespace;
 pub mod object;
+pub mod pack;
 pub mod retry;
 pub mod s3;
 pub mod timeout;
@@ -141,6 +143,9 @@ impl RemoteError {
 ///   entries, a put replaces them (the last writer wins).
 /// - `get_batch`, where `batch_limit` is not 0, fetches up to that many entries in one
 ///   request, answering in the [`batch`] framing.
+/// - Packs ([`pack`]) are objects beside the manifests, one per build key, that hold many
+///   entries; like manifests a put replaces them. A store without packs (the default: the
+///   HTTP server has batches) answers `has_packs` false, `get_pack` `None`, and drops puts.
 #[async_trait]
 pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError>;
@@ -191,6 +196,30 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     /// framing.
     async fn get_batch(&self, _actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
         Err(RemoteError::Other("this store has no batch fetch".into()))
+    }
+
+    // Packs (bulk prefetch: docs/prefetch.md).
+
+    /// Whether the store keeps packs ([`pack`]); `false`: prefetch neither reads nor writes
+    /// them.
+    fn has_packs(&self) -> bool {
+        false
+    }
+
+    /// The bytes `range` of the pack stored under `key` (one ranged request); `None` if there
+    /// is no pack. A range past the pack's end gives the bytes up to its end, then may end with
+    /// an error (OpenDAL checks that it got the length it asked for).
+    async fn get_pack(
+        &self,
+        _key: &BuildKey,
+        _range: Range<u64>,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        Ok(None)
+    }
+
+    /// Stores the pack under `key`, replacing the one there (the last writer wins).
+    async fn put_pack(&self, _key: &BuildKey, _pack: Upload) -> Result<(), RemoteError> {
+        Ok(())
     }
 
     /// Whether the store is worth asking now: `false` once the circuit breaker switched it
@@ -250,6 +279,24 @@ impl<S: RemoteStore + ?Sized> RemoteStore for Arc<S> {
 
     async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
         (**self).get_batch(actions).await
+    }
+
+    // Packs.
+
+    fn has_packs(&self) -> bool {
+        (**self).has_packs()
+    }
+
+    async fn get_pack(
+        &self,
+        key: &BuildKey,
+        range: Range<u64>,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        (**self).get_pack(key, range).await
+    }
+
+    async fn put_pack(&self, key: &BuildKey, pack: Upload) -> Result<(), RemoteError> {
+        (**self).put_pack(key, pack).await
     }
 
     fn usable(&self) -> bool {
@@ -382,6 +429,12 @@ pub fn manifest_key(key: &BuildKey) -> String {
 /// The object key of the key filter below a store's prefix (one per prefix or namespace).
 pub const FILTER_KEY: &str = "filter/v1/keys";
 
+/// The object key of a build's pack below a store's prefix ([`pack`]), versioned like
+/// entries, outside `v1/`.
+pub fn pack_key(key: &BuildKey) -> String {
+    format!("pack/v1/{}", key.to_hex())
+}
+
 /// Never uploads: for untrusted builds (pull requests from forks).
 #[derive(Debug)]
 pub struct ReadOnly<S>(pub S);
@@ -428,6 +481,24 @@ impl<S: RemoteStore> RemoteStore for ReadOnly<S> {
 
     async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
         self.0.get_batch(actions).await
+    }
+
+    // Packs: read, never written.
+
+    fn has_packs(&self) -> bool {
+        self.0.has_packs()
+    }
+
+    async fn get_pack(
+        &self,
+        key: &BuildKey,
+        range: Range<u64>,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        self.0.get_pack(key, range).await
+    }
+
+    async fn put_pack(&self, _: &BuildKey, _: Upload) -> Result<(), RemoteError> {
+        Ok(())
     }
 
     fn usable(&self) -> bool {
@@ -481,6 +552,16 @@ impl<S: RemoteStore> RemoteStore for WriteOnly<S> {
 
     async fn put_filter(&self, filter: Bytes) -> Result<(), RemoteError> {
         self.0.put_filter(filter).await
+    }
+
+    // Packs: written, never read.
+
+    fn has_packs(&self) -> bool {
+        self.0.has_packs()
+    }
+
+    async fn put_pack(&self, key: &BuildKey, pack: Upload) -> Result<(), RemoteError> {
+        self.0.put_pack(key, pack).await
     }
 
     fn usable(&self) -> bool {

@@ -8,7 +8,8 @@
 //!   `ifGenerationMatch=0`, Azure's `If-None-Match: *` on the commit of the block list. A
 //!   refused condition is [`PutOutcome::Exists`]. An [`Upload::File`] is streamed in 1 MiB
 //!   reads into a chunked writer (multipart, resumable or block upload), never read whole.
-//! - Manifests are plain writes (the last writer wins).
+//! - Manifests are plain writes (the last writer wins), and so are packs, streamed from
+//!   their file like a large entry; a pack's read is one ranged read.
 //! - [`classify`] sorts every OpenDAL error into a [`RemoteError`] in one place.
 //!
 //! OpenDAL's own retries are not enabled: the cache decides what to retry, so that a get
@@ -16,6 +17,8 @@
 //! idle connections kept past a minute) and every operation is bounded by OpenDAL's timeout
 //! layer.
 
+use std::ops::Range;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -29,7 +32,7 @@ use super::explain::{self, Cause};
 use super::inventory::{Area, Inventory, NAMESPACES, StoredObject};
 use super::{
     ByteStream, FILTER_KEY, PutOutcome, RemoteError, RemoteStore, Upload, entry_key, filter,
-    manifest_key,
+    manifest_key, pack_key,
 };
 use crate::ids::{ActionId, BuildKey, Namespace};
 
@@ -122,6 +125,79 @@ impl ObjectStore {
         let service = self.service;
         move |err| classify(service, err)
     }
+
+    /// Streams the file at `path` into the object `key` in 1 MiB reads through a chunked
+    /// writer (never whole in memory); `if_not_exists` makes it a conditional create.
+    async fn write_file(&self, key: &str, path: &Path, if_not_exists: bool) -> opendal::Result<()> {
+        let mut writer = self
+            .op
+            .writer_with(key)
+            .chunk(PART)
+            .if_not_exists(if_not_exists)
+            .await?;
+        let result = async {
+            let mut file = tokio::fs::File::open(path).await.map_err(|err| {
+                opendal::Error::new(
+                    ErrorKind::Unexpected,
+                    format!("reading {}: {err}", path.display()),
+                )
+            })?;
+            let mut buf = vec![0u8; 1024 * 1024];
+            loop {
+                use tokio::io::AsyncReadExt;
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(|err| opendal::Error::new(ErrorKind::Unexpected, err.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                writer.write(buf[..n].to_vec()).await?;
+            }
+            writer.close().await.map(drop)
+        }
+        .await;
+        if result.is_err() {
+            let _ = writer.abort().await;
+        }
+        result
+    }
+
+    /// Opens a read of `key` (bytes `range`) and sends its request: `Ok(None)` when there is
+    /// no such object.
+    async fn open_read(
+        &self,
+        key: &str,
+        range: impl std::ops::RangeBounds<u64>,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        let opened = match self.op.reader(key).await {
+            Ok(reader) => reader.into_bytes_stream(range).await,
+            Err(err) => Err(err),
+        };
+        let mut stream = match opened {
+            Ok(stream) => stream,
+            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err((self.classifier())(err)),
+        };
+        // The request goes out on the first poll: a missing object shows here, as NotFound.
+        let first = match stream.next().await {
+            None => return Ok(Some(futures::stream::empty().boxed())),
+            Some(Ok(bytes)) => bytes,
+            Some(Err(err)) => {
+                return match opendal_kind(&err) {
+                    Some(ErrorKind::NotFound) => Ok(None),
+                    _ => Err(classify_io(self.service, err)),
+                };
+            }
+        };
+        let service = self.service;
+        let rest = stream.map_err(move |err| classify_io(service, err));
+        Ok(Some(
+            futures::stream::once(async move { Ok(first) })
+                .chain(rest)
+                .boxed(),
+        ))
+    }
 }
 
 /// `scheme://container` with `prefix` after it when there is one: a store's location.
@@ -164,34 +240,7 @@ pub fn classify(service: Service, err: opendal::Error) -> RemoteError {
 #[async_trait]
 impl RemoteStore for ObjectStore {
     async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
-        let key = entry_key(action);
-        let opened = match self.op.reader(&key).await {
-            Ok(reader) => reader.into_bytes_stream(..).await,
-            Err(err) => Err(err),
-        };
-        let mut stream = match opened {
-            Ok(stream) => stream,
-            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err((self.classifier())(err)),
-        };
-        // The request goes out on the first poll: a missing entry shows here, as NotFound.
-        let first = match stream.next().await {
-            None => return Ok(Some(futures::stream::empty().boxed())),
-            Some(Ok(bytes)) => bytes,
-            Some(Err(err)) => {
-                return match opendal_kind(&err) {
-                    Some(ErrorKind::NotFound) => Ok(None),
-                    _ => Err(classify_io(self.service, err)),
-                };
-            }
-        };
-        let service = self.service;
-        let rest = stream.map_err(move |err| classify_io(service, err));
-        Ok(Some(
-            futures::stream::once(async move { Ok(first) })
-                .chain(rest)
-                .boxed(),
-        ))
+        self.open_read(&entry_key(action), ..).await
     }
 
     async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
@@ -203,44 +252,7 @@ impl RemoteStore for ObjectStore {
                 .if_not_exists(true)
                 .await
                 .map(drop),
-            Upload::File { path, .. } => {
-                let writer = self
-                    .op
-                    .writer_with(&key)
-                    .chunk(PART)
-                    .if_not_exists(true)
-                    .await;
-                match writer {
-                    Ok(mut writer) => {
-                        let result = async {
-                            let mut file = tokio::fs::File::open(&path).await.map_err(|err| {
-                                opendal::Error::new(
-                                    ErrorKind::Unexpected,
-                                    format!("reading {}: {err}", path.display()),
-                                )
-                            })?;
-                            let mut buf = vec![0u8; 1024 * 1024];
-                            loop {
-                                use tokio::io::AsyncReadExt;
-                                let n = file.read(&mut buf).await.map_err(|err| {
-                                    opendal::Error::new(ErrorKind::Unexpected, err.to_string())
-                                })?;
-                                if n == 0 {
-                                    break;
-                                }
-                                writer.write(buf[..n].to_vec()).await?;
-                            }
-                            writer.close().await.map(drop)
-                        }
-                        .await;
-                        if result.is_err() {
-                            let _ = writer.abort().await;
-                        }
-                        result
-                    }
-                    Err(err) => Err(err),
-                }
-            }
+            Upload::File { path, .. } => self.write_file(&key, &path, true).await,
         };
         match written {
             Ok(()) => Ok(PutOutcome::Stored),
@@ -259,8 +271,9 @@ impl RemoteStore for ObjectStore {
 
     async fn clear(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<u64, RemoteError> {
         let mut deleted = 0u64;
-        // Entries first, then the manifests that list them, then the key filter.
-        for dir in ["v1/", "prefetch/", "filter/"] {
+        // Entries first, then the manifests that list them, the packs that copy them, and
+        // the key filter.
+        for dir in ["v1/", "prefetch/", "pack/", "filter/"] {
             let entries = self
                 .op
                 .lister_with(dir)
@@ -340,6 +353,29 @@ impl RemoteStore for ObjectStore {
             .await
             .map(drop)
             .map_err(self.classifier())
+    }
+
+    // Packs.
+
+    fn has_packs(&self) -> bool {
+        true
+    }
+
+    async fn get_pack(
+        &self,
+        key: &BuildKey,
+        range: Range<u64>,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        self.open_read(&pack_key(key), range).await
+    }
+
+    async fn put_pack(&self, key: &BuildKey, pack: Upload) -> Result<(), RemoteError> {
+        let key = pack_key(key);
+        match pack {
+            Upload::Bytes(bytes) => self.op.write(&key, bytes).await.map(drop),
+            Upload::File { path, .. } => self.write_file(&key, &path, false).await,
+        }
+        .map_err(self.classifier())
     }
 }
 

@@ -4,6 +4,7 @@
 //! Entries are put with a conditional create, so a retry of a put that did land is answered
 //! [`PutOutcome::Exists`], never a second copy.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -81,6 +82,35 @@ impl<S: RemoteStore> RemoteStore for Retry<S> {
 
     async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
         self.0.get_batch(actions).await
+    }
+
+    // Packs.
+
+    fn has_packs(&self) -> bool {
+        self.0.has_packs()
+    }
+
+    async fn get_pack(
+        &self,
+        key: &BuildKey,
+        range: Range<u64>,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        self.0.get_pack(key, range).await
+    }
+
+    /// A pack is retried like an entry: it is written once per changed build and saves a
+    /// fresh machine hundreds of requests.
+    async fn put_pack(&self, key: &BuildKey, pack: Upload) -> Result<(), RemoteError> {
+        let mut attempt = 1;
+        loop {
+            match self.0.put_pack(key, pack.clone()).await {
+                Err(RemoteError::Transient(_)) if attempt < ATTEMPTS => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
     }
 
     fn usable(&self) -> bool {

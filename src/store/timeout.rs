@@ -8,6 +8,7 @@
 //! total is bounded by `--upload-wait` at close, and a large one may take long honestly.
 //! `clear` is a long listing by nature and is not bounded here either.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -114,6 +115,26 @@ impl<S: RemoteStore> RemoteStore for Timeout<S> {
     async fn get_batch(&self, actions: &[ActionId]) -> Result<ByteStream, RemoteError> {
         let stream = self.within(self.inner.get_batch(actions)).await?;
         Ok(bounded(stream, self.bound))
+    }
+
+    // Packs: a ranged get is bounded like an entry's get (its answer and each stall in its
+    // body); a put is not, like an entry's.
+
+    fn has_packs(&self) -> bool {
+        self.inner.has_packs()
+    }
+
+    async fn get_pack(
+        &self,
+        key: &BuildKey,
+        range: Range<u64>,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        let stream = self.within(self.inner.get_pack(key, range)).await?;
+        Ok(stream.map(|stream| bounded(stream, self.bound)))
+    }
+
+    async fn put_pack(&self, key: &BuildKey, pack: Upload) -> Result<(), RemoteError> {
+        self.inner.put_pack(key, pack).await
     }
 
     fn usable(&self) -> bool {

@@ -97,8 +97,11 @@ fn recent_builds_keep_their_entries_and_older_ones_go() {
     old.go(&["build", "./..."]);
     let old_entries = objects(&server, "gc/v1/");
     let old_manifests = objects(&server, "gc/prefetch/");
+    // The prefetch pack written with the manifest goes with it.
+    let old_packs = objects(&server, "gc/pack/");
     assert!(old_entries.len() > 50, "{old_entries:?}");
     assert_eq!(old_manifests.len(), 1);
+    assert_eq!(old_packs.len(), 1);
     // What is not a build entry or a manifest, and another prefix's entries, are never touched.
     let one_entry = std::fs::read(server.bucket_dir().join(old_entries.first().unwrap())).unwrap();
     let other_name = old_entries.first().unwrap().replacen("gc/", "other/", 1);
@@ -164,12 +167,13 @@ fn recent_builds_keep_their_entries_and_older_ones_go() {
     let done = gc_remote(&server, "gc", &["--older-than", "5d", "--yes"]);
     assert!(done.status.success(), "{}", text(&done.stderr));
     let summary = text(&done.stdout);
-    let expected = format!("deleted {} entries and 1 manifest (", doomed.len());
+    let expected = format!("deleted {} entries, 1 manifest and 1 pack (", doomed.len());
     assert!(summary.contains(&expected), "{expected}: {summary}");
     let after = objects(&server, "");
     let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
     let mut expected_gone = doomed.clone();
     expected_gone.extend(old_manifests.iter().cloned());
+    expected_gone.extend(old_packs.iter().cloned());
     assert_eq!(gone, expected_gone);
     for key in [
         other_name.as_str(),

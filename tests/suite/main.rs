@@ -19,6 +19,7 @@ mod hostile_disk;
 mod instant_misses;
 mod messages;
 mod namespaces;
+mod packs;
 mod prefetch;
 mod prefixed_credentials;
 mod run_reports;

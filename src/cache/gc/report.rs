@@ -124,6 +124,13 @@ fn tallies(text: &mut String, section: &Section) {
         tally("entry", section.old_entries),
         tally("manifest", section.old_manifests)
     );
+    if section.old_packs.count > 0 {
+        let _ = writeln!(
+            text,
+            "  to delete: {} whose manifest is old or gone",
+            tally("pack", section.old_packs)
+        );
+    }
     let _ = writeln!(
         text,
         "  kept: {} modified since",
@@ -200,13 +207,17 @@ impl fmt::Display for SweptSection {
                 human_bytes(self.bytes),
             );
         }
-        write!(
-            f,
-            "deleted {} and {} ({})",
-            counted(self.entries, "entry"),
-            counted(self.manifests, "manifest"),
-            human_bytes(self.bytes),
-        )
+        let entries = counted(self.entries, "entry");
+        let manifests = counted(self.manifests, "manifest");
+        match self.packs {
+            0 => write!(f, "deleted {entries} and {manifests}")?,
+            n => write!(
+                f,
+                "deleted {entries}, {manifests} and {}",
+                counted(n, "pack")
+            )?,
+        }
+        write!(f, " ({})", human_bytes(self.bytes))
     }
 }
 

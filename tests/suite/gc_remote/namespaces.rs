@@ -265,7 +265,10 @@ fn the_manifest_a_pull_request_build_writes_keeps_mains_entries() {
     assert!(stderr.contains("manifest of 5 entries written"), "{stderr}");
     let main_entries = objects(&server, "real/ns/main/v1/");
     let main_manifest = objects(&server, "real/ns/main/prefetch/v1/");
+    // The pack written with main's manifest goes with it.
+    let main_pack = objects(&server, "real/ns/main/pack/v1/");
     assert_eq!((main_entries.len(), main_manifest.len()), (5, 1));
+    assert_eq!(main_pack.len(), 1);
     for path in server.entry_files() {
         std::fs::File::options()
             .write(true)
@@ -315,5 +318,6 @@ fn the_manifest_a_pull_request_build_writes_keeps_mains_entries() {
         .map(|&n| format!("real/ns/main/{}", entry_key(&support::action(n))))
         .collect();
     expected.extend(main_manifest);
+    expected.extend(main_pack);
     assert_eq!(gone, expected, "{report}");
 }

@@ -214,3 +214,75 @@ pub(super) async fn manifests_are_replaced_and_read_whole(b: &Backend) {
     // Manifests are not entries.
     assert_eq!(get_bytes(store, &ActionId(key.0)).await.unwrap(), None);
 }
+
+/// Packs (prefetch's bulk objects): on the object stores, a put replaces the pack and a
+/// ranged get answers exactly those bytes, cut at the pack's end; the others keep none.
+pub(super) async fn packs_are_replaced_and_read_by_range(b: &Backend) {
+    let store = b.store.as_ref();
+    let key = BuildKey([9; 32]);
+    // The bytes a ranged get gives, and whether it ended with an error.
+    let read_ending = |range: std::ops::Range<u64>| async move {
+        let mut stream = store.get_pack(&key, range).await.unwrap()?;
+        let mut bytes = Vec::new();
+        while let Some(piece) = futures::StreamExt::next(&mut stream).await {
+            match piece {
+                Ok(piece) => bytes.extend_from_slice(&piece),
+                Err(_) => return Some((bytes, true)),
+            }
+        }
+        Some((bytes, false))
+    };
+    let read = |range: std::ops::Range<u64>| async move {
+        let (bytes, failed) = read_ending(range).await?;
+        assert!(!failed, "a range inside the pack ends well");
+        Some(bytes)
+    };
+    assert_eq!(read(0..100).await, None);
+    let first = Bytes::from(pseudo_random(5, 300_000));
+    store
+        .put_pack(&key, Upload::Bytes(first.clone()))
+        .await
+        .unwrap();
+    if !store.has_packs() {
+        assert!(
+            matches!(b.kind, Kind::Dir | Kind::Http | Kind::Memory),
+            "{:?} keeps packs",
+            b.kind
+        );
+        assert_eq!(read(0..100).await, None, "a store without packs keeps none");
+        return;
+    }
+    assert_eq!(read(0..1000).await.unwrap(), first[..1000]);
+    assert_eq!(
+        read(100_000..200_000).await.unwrap(),
+        first[100_000..200_000]
+    );
+    // Past the end: the bytes up to it (then, on OpenDAL's stores, an error).
+    assert_eq!(
+        read_ending(299_000..400_000).await.unwrap().0,
+        first[299_000..]
+    );
+    // Replaced, from a file.
+    let second = pseudo_random(6, 2000);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &second).unwrap();
+    let upload = Upload::File {
+        path: file.path().to_path_buf(),
+        len: second.len() as u64,
+    };
+    store.put_pack(&key, upload).await.unwrap();
+    assert_eq!(
+        read_ending(0..256 * 1024).await.unwrap().0,
+        second,
+        "the last writer wins"
+    );
+    assert!(
+        store
+            .get_pack(&BuildKey([10; 32]), 0..10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Packs are not manifests.
+    assert_eq!(store.get_manifest(&key).await.unwrap(), None);
+}

@@ -13,6 +13,7 @@
 //! | head sizes                    | yes                        | yes                        | yes                        | yes                         | yes                              | yes                        |
 //! | invalid bytes on put          | stored as they are         | stored as they are         | stored as they are         | refused, `Other`, no entry  | refused, `Other`, no entry       | stored as they are         |
 //! | manifests stored/replaced     | yes                        | yes                        | yes                        | yes                         | yes                              | yes                        |
+//! | packs: replaced, ranged reads | yes                        | yes                        | yes                        | n/a: no packs (asserted)    | n/a: no packs (asserted)         | n/a: no packs (asserted)   |
 //! | clear                         | yes; other prefix kept     | yes; other prefix kept     | yes; other prefix kept     | yes; files beside kept      | NOT SUPPORTED: refused (`Other`), nothing deleted | yes (holds nothing else) |
 //! | ReadOnly / WriteOnly          | yes, with request counts   | yes, by effects (the emulator counts no requests for us) | yes, by effects (same) | yes, by effects (no requests to count) | yes, with request counts | yes, with request counts |
 //! | a get is one request          | yes (server's counts)      | n/a: no request counts     | n/a: no request counts     | n/a: no requests (one file open) | yes (server's metrics)      | yes (its counters)         |
@@ -393,6 +394,7 @@ macro_rules! every_check {
             empty_bodies_and_invalid_bytes,
             concurrent_creators_one_wins,
             manifests_are_replaced_and_read_whole,
+            packs_are_replaced_and_read_by_range,
             clear_deletes_entries_and_manifests_only,
             read_only_and_write_only_wrappers,
             a_get_is_one_request,

@@ -12,8 +12,9 @@ the same entry bytes (bazel-remote under `/ac/<key>` with `--disable_http_ac_val
 `--storage_mode uncompressed`, no access log, no authentication, a 10 GiB bound like
 `serve`'s default); `serve` runs with its defaults and a token. Each case runs `--rounds`
 times, alternating which server goes first; the table gives the median req/s of the rounds,
-the p50/p99 latency of the median round, and the ratio serve / bazel-remote (above 1: serve
-answers more). bazel-remote is `go install`ed at exactly v2.6.1 into target/peers/bin unless
+the p50/p99 latency of the median round, the ratio serve / bazel-remote (above 1: serve
+answers more), and each server's CPU time per hit (user + system, from /proc: the figure that
+other load on the machine disturbs least). bazel-remote is `go install`ed at exactly v2.6.1 into target/peers/bin unless
 `--bazel-remote BIN` names one.
 
 Run from the repository root:
@@ -149,12 +150,17 @@ def start_serve(binary, tmp, storage_args, env=None):
     argv = [binary, "serve", "--listen", "127.0.0.1:0", "--token-file", tokens, *storage_args]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
-    line = proc.stderr.readline()
-    match = re.search(r"serving (https?://\S+) from", line)
-    if not match:
-        proc.kill()
-        raise BenchError(f"serve did not start: {line!r}")
-    return proc, match.group(1)
+    # Disk storage says what it indexed first; the "serving" line follows.
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        match = re.search(r"serving (https?://\S+) from", line)
+        if match:
+            return proc, match.group(1)
+        if len(seen) >= 5:
+            break
+    proc.kill()
+    raise BenchError(f"serve did not start: {''.join(seen)!r}")
 
 
 def put(url, key, data):
@@ -173,6 +179,13 @@ def peak_rss(pid):
     return None
 
 
+def cpu_seconds(pid):
+    """User plus system CPU time of a process so far (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url, seconds, token=TOKEN):
     auth = ["-H", f"Authorization: Bearer {token}"] if token else []
     out = subprocess.run(
@@ -182,6 +195,7 @@ def wrk(url, seconds, token=TOKEN):
         raise BenchError(f"wrk failed: {out.stderr}")
     text = out.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     if non2xx:
         raise BenchError(f"{non2xx.group(1)} requests were not hits:\n{text}")
@@ -190,7 +204,7 @@ def wrk(url, seconds, token=TOKEN):
         value, unit = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M).groups()
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
-    return rps, percentile(50), percentile(99)
+    return rps, percentile(50), percentile(99), requests
 
 
 def against_bazel_remote(binary, bazel_remote, tmp, seconds, rounds):
@@ -210,28 +224,35 @@ def against_bazel_remote(binary, bazel_remote, tmp, seconds, rounds):
             data = entry(os.urandom(size))
             put(serve_url, key, data)
             put_bazel_remote(br_url, key, data)
-            targets = {"serve": (f"{serve_url}/v1/ac/{key}", TOKEN),
-                       "bazel-remote": (f"{br_url}/ac/{key}", None)}
+            targets = {"serve": (f"{serve_url}/v1/ac/{key}", TOKEN, serve.pid),
+                       "bazel-remote": (f"{br_url}/ac/{key}", None, br.pid)}
             runs = {name: [] for name in targets}
             for round_ in range(rounds):
                 order = list(targets) if round_ % 2 == 0 else list(targets)[::-1]
                 for name in order:
-                    url, token = targets[name]
+                    url, token, pid = targets[name]
                     progress(f"round {round_ + 1}/{rounds}: {label} hits on {name}...", end=" ")
-                    rps, p50, p99 = wrk(url, seconds, token)
-                    progress(f"{rps:.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms")
-                    runs[name].append((rps, p50, p99))
+                    cpu = cpu_seconds(pid)
+                    rps, p50, p99, requests = wrk(url, seconds, token)
+                    cpu_us = (cpu_seconds(pid) - cpu) / requests * 1e6
+                    progress(f"{rps:.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, {cpu_us:.0f} us CPU/hit")
+                    runs[name].append((rps, p50, p99, cpu_us))
             med = {}
             for name, results in runs.items():
                 ranked = sorted(results)
                 med[name] = ranked[len(ranked) // 2]
-                all_rps = ", ".join(f"{r:.0f}" for r, _, _ in results)
-                progress(f"{label} {name}: median {statistics.median(r for r, _, _ in results):.0f} req/s ({all_rps})")
-            (s_rps, s_p50, s_p99), (b_rps, b_p50, b_p99) = med["serve"], med["bazel-remote"]
+                all_rps = ", ".join(f"{r[0]:.0f}" for r in results)
+                progress(f"{label} {name}: median {statistics.median(r[0] for r in results):.0f} req/s ({all_rps}), "
+                         f"median {statistics.median(r[3] for r in results):.0f} us CPU/hit")
+            s_cpu = statistics.median(r[3] for r in runs["serve"])
+            b_cpu = statistics.median(r[3] for r in runs["bazel-remote"])
+            (s_rps, s_p50, s_p99, _), (b_rps, b_p50, b_p99, _) = med["serve"], med["bazel-remote"]
             rows.append([f"{label} hits, disk storage, median of {rounds}", f"{s_rps:.0f} req/s",
                          f"{b_rps:.0f} req/s", f"{s_rps / b_rps:.2f}x", "> 1", bench.yes_no(s_rps > b_rps)])
             rows.append([f"{label} hits, latency of the median round", f"p50 {s_p50:.2f} ms, p99 {s_p99:.2f} ms",
                          f"p50 {b_p50:.2f} ms, p99 {b_p99:.2f} ms", "—", "—", "—"])
+            rows.append([f"{label} hits, server CPU per hit (median)", f"{s_cpu:.0f} µs", f"{b_cpu:.0f} µs",
+                         f"{s_cpu / b_cpu:.2f}x", "< 1", bench.yes_no(s_cpu < b_cpu)])
         s_rss, b_rss = peak_rss(serve.pid), peak_rss(br.pid)
         rows.append(["server peak RSS, disk storage", bench.mib(s_rss), bench.mib(b_rss),
                      f"{s_rss / b_rss:.2f}x", "—", "—"])
@@ -259,7 +280,7 @@ def on_s3(binary, server_path, tmp, seconds):
                 key = hashlib.sha256(f"S3-{size}".encode()).hexdigest()
                 put(url, key, entry(os.urandom(size)))
                 progress(f"wrk: {label} hits on S3 storage, {CONNECTIONS} connections...", end=" ")
-                rps, p50, p99 = wrk(f"{url}/v1/ac/{key}", seconds)
+                rps, p50, p99, _ = wrk(f"{url}/v1/ac/{key}", seconds)
                 progress(f"{rps:.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms")
                 rows.append([f"{label} hits, S3 storage", f"{rps:.0f} req/s",
                              "—", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", "—", "—"])

@@ -10,14 +10,18 @@
 //! open. A larger entry is streamed from a blocking thread, as every store's get is
 //! ([`crate::store::file_stream`]), so that a slow disk never holds a worker for a long
 //! read; a transfer that ends short of the length breaks the connection off, which a client
-//! takes as a miss.
+//! takes as a miss. Its chunks are read into buffers kept for reuse ([`POOL`]): a new
+//! 256 KiB buffer per chunk cost more than the reads themselves (zeroed, its pages faulted
+//! in, and given back to the kernel when freed).
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{self, Read};
+use std::sync::Mutex;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 
 use super::refusal::Refusal;
 use super::state::{ServerState, storage_failure};
@@ -51,7 +55,7 @@ pub(super) fn from_disk(
         (StatusCode::OK, Bytes::from(bytes)).into_response()
     } else {
         let metrics = state.metrics.clone();
-        let counted = crate::store::file_stream(file).inspect(move |chunk| {
+        let counted = file_chunks(file).inspect(move |chunk| {
             if let Ok(bytes) = chunk {
                 metrics.bytes_out.inc_by(bytes.len() as u64);
             }
@@ -69,3 +73,62 @@ pub(super) fn from_disk(
     Ok(response)
 }
 
+/// Bytes read from a large entry at once.
+const CHUNK: usize = 256 * 1024;
+
+/// Chunks read ahead of the one hyper is sending, per answer.
+const AHEAD: usize = 4;
+
+/// Chunk buffers kept for reuse, at most: 8 MiB held after a busy moment.
+const POOLED: usize = 32;
+
+/// Chunk buffers that were sent, for the next chunks (see the module's notes).
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// A chunk's buffer, which goes back to [`POOL`] when hyper has sent it.
+struct Pooled(Vec<u8>);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        buf.clear();
+        let mut pool = crate::sync::lock(&POOL);
+        if pool.len() < POOLED {
+            pool.push(buf);
+        }
+    }
+}
+
+/// The bytes of `file` in chunks of [`CHUNK`], read on a blocking thread a few ahead of the
+/// one being sent; an error ends the stream.
+fn file_chunks(file: File) -> impl Stream<Item = io::Result<Bytes>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        loop {
+            let mut buf = crate::sync::lock(&POOL)
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+            // Into the buffer's spare room: nothing is zeroed first.
+            let chunk = match (&mut file).take(CHUNK as u64).read_to_end(&mut buf) {
+                Ok(0) => {
+                    drop(Pooled(buf));
+                    return;
+                }
+                Ok(_) => Ok(Bytes::from_owner(Pooled(buf))),
+                Err(err) => Err(err),
+            };
+            let failed = chunk.is_err();
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

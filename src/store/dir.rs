@@ -199,7 +199,8 @@ impl DiskStore {
     /// put renames a new file into place, eviction unlinks), so the size holds for every
     /// read through this descriptor.
     pub fn open_entry(&self, action: &ActionId) -> io::Result<Option<(fs::File, u64)>> {
-        Ok(fsutil::open_regular_with_meta(&self.path(action))?.map(|(file, meta)| (file, meta.len())))
+        Ok(fsutil::open_regular_with_meta(&self.path(action))?
+            .map(|(file, meta)| (file, meta.len())))
     }
 
     /// The size of the entry for `action`, if there is one.

@@ -317,7 +317,10 @@ fn a_hit_on_disk_is_sent_with_its_length() {
             head.contains(&format!("content-length: {}", body.len())),
             "{head:?}"
         );
-        assert!(!head.iter().any(|h| h.starts_with("transfer-encoding")), "{head:?}");
+        assert!(
+            !head.iter().any(|h| h.starts_with("transfer-encoding")),
+            "{head:?}"
+        );
         let mut got = vec![0u8; body.len()];
         reader.read_exact(&mut got).unwrap();
         assert!(got == *body, "the bytes of {key} differ from what was put");

@@ -44,6 +44,7 @@ use crate::store::bounded::{BoundedDisk, DEFAULT_MAX_SIZE};
 use crate::store::dir::DiskStore;
 
 mod access;
+mod answer;
 mod body;
 pub mod connection;
 mod listen;

@@ -58,7 +58,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
 /// Runs a handler's work, turns a refusal into its response, and counts the request.
 async fn timed(
     state: &ServerState,
-    method: &str,
+    method: &'static str,
     work: impl Future<Output = Result<Response, Refusal>>,
 ) -> Response {
     let start = Instant::now();
@@ -244,6 +244,9 @@ async fn fetch(
     let action = parse_key(&target.key, ActionId::from_key)?;
     let _permit = state.in_flight.try_acquire().map_err(|_| busy())?;
     let place = state.place(namespace.as_ref(), Scope::Read).await?;
+    if let Some(disk) = &place.disk {
+        return super::answer::from_disk(state, disk, &action);
+    }
     match place.store.get(&action).await {
         Ok(None) => {
             state.metrics.misses.inc();

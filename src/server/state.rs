@@ -68,7 +68,7 @@ impl ServerState {
     }
 
     /// Counts one request and its latency.
-    pub(super) fn observe(&self, method: &str, response: &Response, start: Instant) {
+    pub(super) fn observe(&self, method: &'static str, response: &Response, start: Instant) {
         self.metrics
             .observe(method, response.status().as_u16(), start.elapsed());
     }

@@ -192,6 +192,17 @@ impl DiskStore {
         }
     }
 
+    /// The entry for `action` opened for reading, with its size, if it is a regular file: a
+    /// missing entry, a symlink, a FIFO or anything else is `None`. The open does not follow
+    /// a link and does not block (a FIFO here must not hold a worker thread); the size is
+    /// from the `fstat` that checks the file's type. An entry's file is never rewritten (a
+    /// put renames a new file into place, eviction unlinks), so the size holds for every
+    /// read through this descriptor.
+    pub fn open_entry(&self, action: &ActionId) -> io::Result<Option<(fs::File, u64)>> {
+        Ok(fsutil::open_regular_with_meta(&self.path(action))?
+            .map(|(file, meta)| (file, meta.len())))
+    }
+
     /// The size of the entry for `action`, if there is one.
     pub fn size(&self, action: &ActionId) -> Option<u64> {
         regular_len(&self.path(action)).ok().flatten()
@@ -255,9 +266,8 @@ impl VerifiedEntry {
 #[async_trait]
 impl RemoteStore for DiskStore {
     async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
-        // A non-blocking open: a FIFO here must not hold a worker thread.
-        match open_regular(&self.path(action)) {
-            Ok(Some(file)) => Ok(Some(super::file_stream(file))),
+        match self.open_entry(action) {
+            Ok(Some((file, _))) => Ok(Some(super::file_stream(file))),
             Ok(None) => Ok(None),
             Err(err) => Err(RemoteError::Other(format!("storage: {err}"))),
         }

@@ -2,6 +2,7 @@
 //! on its directory whose reads and writes go through the shared index and bound, and the
 //! server's put path (reserve, spool, commit the verified file).
 
+use std::fs::File;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -52,6 +53,20 @@ impl BoundedSpace {
     /// [`BoundedDisk`]'s admission).
     pub fn reserve(&self, action: &ActionId, len: u64) -> Result<Reservation, RemoteError> {
         self.bounded.reserve(self.key(action), &self.disk, len)
+    }
+
+    /// The entry for `action` opened for reading, with its size ([`DiskStore::open_entry`]),
+    /// its use recorded as a [`RemoteStore::get`] hit's is: what the server's `GET` answers
+    /// from, with a `Content-Length`.
+    pub fn open(&self, action: &ActionId) -> Result<Option<(File, u64)>, RemoteError> {
+        let found = self
+            .disk
+            .open_entry(action)
+            .map_err(|err| RemoteError::Other(format!("storage: {err}")))?;
+        if found.is_some() {
+            self.bounded.accessed(self.key(action), &self.disk);
+        }
+        Ok(found)
     }
 
     /// Commits a verified entry ([`DiskStore::commit_verified`]) under its reservation and

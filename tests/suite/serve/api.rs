@@ -276,3 +276,53 @@ fn an_entry_whose_header_claims_more_than_the_limit_is_refused_by_its_header() {
         .unwrap_or_default();
     assert!(stored.is_empty(), "the entry was stored: {stored:?}");
 }
+
+/// A hit on a storage directory is answered with its `Content-Length` and its exact bytes,
+/// for an entry read at once (a few KiB) and one streamed in several chunks (300 KiB);
+/// both through one keep-alive connection, as a client's pool reuses it.
+#[test]
+fn a_hit_on_disk_is_sent_with_its_length() {
+    let (server, _storage) = Server::on_disk(&[]);
+    let small = entry(&[7u8; 1000]);
+    let large: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let large = entry(&large);
+    let keys = [KEY.to_string(), KEY.replace('0', "2")];
+    for (key, body) in keys.iter().zip([&small, &large]) {
+        let (status, _) = server.request("PUT", &key_path(key), Some(RW), body);
+        assert_eq!(status, 201);
+    }
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    for (key, body) in keys.iter().zip([&small, &large]) {
+        write!(
+            stream,
+            "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {RO}\r\n\r\n",
+            key_path(key)
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            head.push(line.trim_end().to_ascii_lowercase());
+        }
+        assert!(head[0].starts_with("http/1.1 200"), "{head:?}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head:?}"
+        );
+        assert!(
+            !head.iter().any(|h| h.starts_with("transfer-encoding")),
+            "{head:?}"
+        );
+        let mut got = vec![0u8; body.len()];
+        reader.read_exact(&mut got).unwrap();
+        assert!(got == *body, "the bytes of {key} differ from what was put");
+    }
+}

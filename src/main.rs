@@ -170,6 +170,9 @@ fn serve_session(config: &Config) -> anyhow::Result<()> {
     let cache = Arc::new(Cache::open(config));
     let end = runtime.block_on(session::run(cache.clone(), std::io::stdin(), stdout));
     tracing::debug!(?end, "session ended");
+    if cache.pack_due() {
+        write_pack_after_session(config, &runtime, &cache);
+    }
     // Background work is not awaited: the go command has had every answer.
     runtime.shutdown_background();
     if let Some(policy) = &config.trim {
@@ -177,6 +180,33 @@ fn serve_session(config: &Config) -> anyhow::Result<()> {
     }
     // Exiting closes stdout, which the go command waits for (unless the trim closed it).
     Ok(())
+}
+
+/// Writes the prefetch pack the session left (docs/prefetch.md): after stdout is closed, so
+/// the go command, which waits only for that, does not wait for it. Stderr stays open when
+/// the pack's figures are to be reported (`--stats`, `--stats-file`, `--debug`), so that
+/// whoever reads it sees them (a CI step that reads it waits for the pack then).
+fn write_pack_after_session(config: &Config, runtime: &tokio::runtime::Runtime, cache: &Cache) {
+    let report_it = config.stats || config.debug || config.stats_file.is_some();
+    if let Err(err) = close_stdout(!report_it) {
+        tracing::debug!("not writing the prefetch pack: cannot close stdout: {err}");
+        return;
+    }
+    runtime.block_on(cache.write_due_pack());
+    let report = cache.stats().report();
+    if let Some(pack) = report.remote.as_ref().and_then(|r| r.prefetch.as_ref()) {
+        if config.stats && pack.pack.written > 0 {
+            eprintln!(
+                "goremotecache: prefetch pack of {} entries ({}) written after the session, in {:.3}s",
+                pack.pack.written,
+                goremotecache::cache::stats::human_bytes(pack.pack.bytes_written),
+                pack.pack.write_seconds
+            );
+        }
+    }
+    if let Some(path) = &config.stats_file {
+        report.write_json(path);
+    }
 }
 
 /// The automatic trim, at most once a day per cache directory ([`trim::claim`]). It runs

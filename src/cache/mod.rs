@@ -393,6 +393,19 @@ impl Cache {
         tokio::join!(uploads, manifest);
     }
 
+    /// Whether the session left a prefetch pack to write ([`Cache::write_due_pack`]).
+    pub fn pack_due(&self) -> bool {
+        self.prefetch.get().is_some_and(|p| p.pack_due())
+    }
+
+    /// Writes the prefetch pack the session's close left, after the go command's last
+    /// answer.
+    pub async fn write_due_pack(&self) {
+        if let Some(prefetch) = self.prefetch.get() {
+            prefetch.write_due_pack().await;
+        }
+    }
+
     /// Counts a get's outcome (and notes a hit for the prefetch manifest).
     pub fn record_get(
         &self,
@@ -532,7 +545,17 @@ impl Handler for Cache {
     }
 
     async fn close(&self) {
-        self.finish().await;
+        let uploads = async {
+            if let Some(remote) = &self.remote {
+                remote.finish().await;
+            }
+        };
+        let manifest = async {
+            if let Some(prefetch) = self.prefetch.get() {
+                prefetch.finish_leaving_pack().await;
+            }
+        };
+        tokio::join!(uploads, manifest);
         self.report.publish(&self.stats.report()).await;
     }
 }

@@ -55,6 +55,9 @@ pub struct Prefetcher {
     disk: OnceLock<DiskCache>,
     /// The table of contents of the own namespace's pack: found at start, or written.
     own_toc: Mutex<Option<Toc>>,
+    /// The manifest whose pack is still to be written, after the go command has its last
+    /// answer ([`Prefetcher::finish_leaving_pack`]).
+    pack_due: Mutex<Option<Manifest>>,
 }
 
 /// The entries of a prefetch that a batch request is fetching: claims by key.
@@ -82,6 +85,7 @@ impl Prefetcher {
             written: Mutex::new(None),
             disk: OnceLock::new(),
             own_toc: Mutex::new(None),
+            pack_due: Mutex::new(None),
         }
     }
 
@@ -153,16 +157,37 @@ impl Prefetcher {
     /// prefetching and writes what this run asked for so far. It may be called again: the
     /// manifest is written again only if more was recorded since.
     pub async fn finish(&self) {
+        self.finish_leaving_pack().await;
+        self.write_due_pack().await;
+    }
+
+    /// As [`Prefetcher::finish`], but the pack (building it re-encodes every entry, and
+    /// uploading it takes a while) is left for [`Prefetcher::write_due_pack`], which a
+    /// direct session calls once the go command has its last answer and stdout is closed.
+    pub async fn finish_leaving_pack(&self) {
         self.stop();
         if let Some(manifest) = self.write_manifest().await {
-            // Bounded like the uploads beside it: the go command waits for the close.
-            let wait = self.tier.upload_wait;
-            if tokio::time::timeout(wait, self.write_pack(&manifest))
-                .await
-                .is_err()
-            {
-                tracing::debug!("the prefetch pack was not written within --upload-wait");
-            }
+            *lock(&self.pack_due) = Some(manifest);
+        }
+    }
+
+    /// Whether a pack is waiting to be written.
+    pub fn pack_due(&self) -> bool {
+        lock(&self.pack_due).is_some()
+    }
+
+    /// Writes the pack that [`Prefetcher::finish_leaving_pack`] left, if it is due, bounded
+    /// by `--upload-wait`.
+    pub async fn write_due_pack(&self) {
+        let Some(manifest) = lock(&self.pack_due).take() else {
+            return;
+        };
+        let wait = self.tier.upload_wait;
+        if tokio::time::timeout(wait, self.write_pack(&manifest))
+            .await
+            .is_err()
+        {
+            tracing::debug!("the prefetch pack was not written within --upload-wait");
         }
     }
 

@@ -1,6 +1,6 @@
 //! Prefetch from a pack ([`crate::store::pack`]): the manifest's entries in one object per
-//! build key, read with a few ranged GETs instead of one GET per entry, and written at close
-//! when the pack is missing or no longer fits the manifest (docs/prefetch.md).
+//! build key, read with a few ranged GETs instead of one GET per entry, and written after the
+//! session when the pack is missing or no longer fits the manifest (docs/prefetch.md).
 //!
 //! Reading: at start, beside the manifest lookup, one ranged GET brings the pack's header and
 //! table of contents (a second if the table is longer). The manifest's entries that the pack
@@ -11,11 +11,12 @@
 //! not verify, or that a range cut off, is fetched on its own afterwards; nothing of a bad
 //! entry is stored. A pack whose table does not parse is ignored.
 //!
-//! Writing: at close, after the manifest, from the local cache, in the manifest's order and
-//! within the prefetch budget, each entry encoded exactly as an upload encodes it
+//! Writing: after the manifest, from the local cache, in the manifest's order and within the
+//! prefetch budget, each entry encoded exactly as an upload encodes it
 //! ([`super::super::upload::encode_to`]), streamed to a temporary file and uploaded from it.
-//! It runs inside the close's wait, beside the uploads: the go command waits for it, which is
-//! why it is written only when the pack is missing or stale ([`pack_is_stale`]).
+//! A direct session writes it once the go command has its last answer and stdout is closed
+//! ([`super::Prefetcher::write_due_pack`]), a daemon at its flush. Only when the pack is
+//! missing or stale ([`pack_is_stale`]): it re-encodes and uploads every entry.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Seek, SeekFrom, Write};

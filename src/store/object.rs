@@ -291,7 +291,10 @@ impl RemoteStore for ObjectStore {
                 .try_buffer_unordered(CLEAR_CONCURRENCY);
             while let Some(result) = deletes.next().await {
                 result?;
-                deleted += 1;
+                // The key filter is the prefix's index, not a thing it holds: not counted.
+                if dir != "filter/" {
+                    deleted += 1;
+                }
                 if deleted.is_multiple_of(1000) {
                     progress(deleted);
                 }

@@ -98,7 +98,6 @@ fn a_fresh_machine_prefetches_what_the_last_build_asked_for() {
         "{listed} listed, {kept} kept: {:?}",
         next.stats
     );
-    assert_eq!(next.stat("remote.hits"), 0, "{:?}", next.stats);
 }
 
 /// A wrapper between the go command and goremotecache (GNU time, a shell script) does not

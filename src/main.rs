@@ -194,15 +194,16 @@ fn write_pack_after_session(config: &Config, runtime: &tokio::runtime::Runtime, 
     }
     runtime.block_on(cache.write_due_pack());
     let report = cache.stats().report();
-    if let Some(pack) = report.remote.as_ref().and_then(|r| r.prefetch.as_ref()) {
-        if config.stats && pack.pack.written > 0 {
-            eprintln!(
-                "goremotecache: prefetch pack of {} entries ({}) written after the session, in {:.3}s",
-                pack.pack.written,
-                goremotecache::cache::stats::human_bytes(pack.pack.bytes_written),
-                pack.pack.write_seconds
-            );
-        }
+    if let Some(pack) = report.remote.as_ref().and_then(|r| r.prefetch.as_ref())
+        && config.stats
+        && pack.pack.written > 0
+    {
+        eprintln!(
+            "goremotecache: prefetch pack of {} entries ({}) written after the session, in {:.3}s",
+            pack.pack.written,
+            goremotecache::cache::stats::human_bytes(pack.pack.bytes_written),
+            pack.pack.write_seconds
+        );
     }
     if let Some(path) = &config.stats_file {
         report.write_json(path);

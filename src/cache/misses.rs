@@ -40,11 +40,14 @@ use crate::sync::lock;
 /// How long a get waits for the first fetch of the filters, at most.
 pub const FIRST_WAIT: Duration = Duration::from_secs(2);
 
+/// One namespace's filter, and when it was fetched.
+type Slot = RwLock<Option<(Arc<KeyFilter>, Instant)>>;
+
 /// The key filters of a run's namespaces, and what the run adds to its own.
 #[derive(Debug)]
 pub struct MissFilters {
     /// One per namespace, in read order: the filter, and when it was fetched.
-    slots: Vec<RwLock<Option<(Arc<KeyFilter>, Instant)>>>,
+    slots: Vec<Slot>,
     max_age: Duration,
     /// Keys this run stored in its own namespace, or found there already: added to a kept
     /// filter at the end.

@@ -444,7 +444,7 @@ impl Link {
         }
         self.send(Ask::Close).ok()?;
         match tokio::time::timeout(CLOSE_WAIT, rx).await {
-            Ok(Ok(Answer::Closed { note, remote })) => Some((note, remote)),
+            Ok(Ok(Answer::Closed { note, remote })) => Some((note, remote.map(|r| *r))),
             _ => None,
         }
     }

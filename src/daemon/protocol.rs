@@ -114,7 +114,7 @@ pub enum Answer {
     /// The answer to [`Ask::Close`]: the daemon, and its remote tier's figures so far.
     Closed {
         note: DaemonNote,
-        remote: Option<RemoteReport>,
+        remote: Option<Box<RemoteReport>>,
     },
     /// A flush still waits for these uploads.
     Progress {
@@ -364,7 +364,7 @@ mod tests {
                 uploads_pending: 3,
                 sessions_total: 2,
             },
-            remote: stats.report().remote,
+            remote: stats.report().remote.map(Box::new),
         };
         assert!(matches!(
             &answer,

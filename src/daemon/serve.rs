@@ -516,7 +516,7 @@ impl Daemon {
                 uploads_pending: self.cache.remote().map_or(0, |r| r.pending_uploads().0),
                 sessions_total: total,
             };
-            let remote = self.cache.stats().report().remote;
+            let remote = self.cache.stats().report().remote.map(Box::new);
             let _ = answers.send(Answer::Closed { note, remote }).await;
         }
         drop(answers);

@@ -116,11 +116,15 @@ class Serve:
             ["nice", "-n", str(STORE_NICE), self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--storage-dir", self.storage],
             env={**os.environ, "GOREMOTECACHE_TOKENS": f"rw:{TOKEN}"},
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stderr.readline()
-        try:
-            self.addr = line.split("://", 1)[1].split()[0]
-        except IndexError:
-            raise BenchError(f"goremotecache serve did not start: {line!r}")
+        # A storage directory is indexed first (its own line), then the server says where.
+        seen = []
+        for line in self.proc.stderr:
+            seen.append(line)
+            if "serving " in line:
+                self.addr = line.split("://", 1)[1].split()[0]
+                break
+        else:
+            raise BenchError(f"goremotecache serve did not start: {''.join(seen)!r}")
         self.port = int(self.addr.rsplit(":", 1)[1])
 
     def counts(self):

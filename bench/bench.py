@@ -46,7 +46,6 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peers  # noqa: E402  (builds bench/memprog)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
@@ -217,14 +216,27 @@ class GrcBuilds:
             raise BenchError(f"cannot read stats file {self.stats_path(n)}: {err}")
 
 
+def build_bench_program(gobin, name):
+    """`go build`s bench/<name> (bazelprog, memprog: standard library only) into gobin, never
+    through a cache program; returns its path."""
+    gobin = os.path.abspath(gobin)
+    os.makedirs(gobin, exist_ok=True)
+    path = os.path.join(gobin, name)
+    env = dict(os.environ, GOTOOLCHAIN="local", GOFLAGS="-buildvcs=false")
+    env.pop("GOCACHEPROG", None)
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    result = subprocess.run([go, "build", "-o", path, "."], env=env, capture_output=True, text=True,
+                            cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), name))
+    if result.returncode != 0:
+        raise BenchError(f"go build of bench/{name} failed (exit {result.returncode}):\n{result.stderr.strip()}")
+    return path
+
+
 class MemprogBuilds:
     """Runs go build std through bench/memprog (the floor), on one directory of its own."""
 
     def __init__(self, tmp):
-        try:
-            binary = peers.build_bench_program(os.path.join(REPO_ROOT, "target", "peers", "bin"), "memprog")
-        except peers.PeerError as err:
-            raise BenchError(str(err))
+        binary = build_bench_program(os.path.join(REPO_ROOT, "target", "peers", "bin"), "memprog")
         self.gocache = os.path.join(tmp, "memprog-gocache")
         os.makedirs(self.gocache)
         self.prog = shlex.join([binary, "-dir", os.path.join(tmp, "memprog")])

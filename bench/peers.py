@@ -307,17 +307,12 @@ def install_bazel_remote(gobin):
 
 
 def build_bench_program(gobin, name):
-    """`go build`s bench/<name> (bazelprog, memprog: standard library only) into gobin."""
-    gobin = os.path.abspath(gobin)
-    os.makedirs(gobin, exist_ok=True)
-    path = os.path.join(gobin, name)
-    env = _go_env(gobin)
-    env["GOFLAGS"] = "-buildvcs=false"
-    result = subprocess.run([_go(), "build", "-o", path, "."], env=env, capture_output=True, text=True,
-                            cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), name))
-    if result.returncode != 0:
-        raise PeerError(f"go build of bench/{name} failed (exit {result.returncode}):\n{result.stderr.strip()}")
-    return path
+    """`go build`s bench/<name> (bazelprog, memprog) into gobin ([`bench.build_bench_program`])."""
+    import bench  # noqa: E402  (bench.py does not import this module)
+    try:
+        return bench.build_bench_program(gobin, name)
+    except bench.BenchError as err:
+        raise PeerError(str(err))
 
 
 def _aws_env(endpoint, region, access_key, secret_key):

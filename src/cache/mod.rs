@@ -380,6 +380,13 @@ impl Cache {
     /// The end of the run: prefetch stops and writes its manifest while the uploads get
     /// their `--upload-wait`.
     pub async fn finish(&self) {
+        self.finish_leaving_pack().await;
+        self.write_due_pack().await;
+    }
+
+    /// As [`Cache::finish`], but a prefetch pack that is due is left for
+    /// [`Cache::write_due_pack`] (a direct session writes it once stdout is closed).
+    async fn finish_leaving_pack(&self) {
         let uploads = async {
             if let Some(remote) = &self.remote {
                 remote.finish().await;
@@ -387,7 +394,7 @@ impl Cache {
         };
         let manifest = async {
             if let Some(prefetch) = self.prefetch.get() {
-                prefetch.finish().await;
+                prefetch.finish_leaving_pack().await;
             }
         };
         tokio::join!(uploads, manifest);
@@ -545,17 +552,7 @@ impl Handler for Cache {
     }
 
     async fn close(&self) {
-        let uploads = async {
-            if let Some(remote) = &self.remote {
-                remote.finish().await;
-            }
-        };
-        let manifest = async {
-            if let Some(prefetch) = self.prefetch.get() {
-                prefetch.finish_leaving_pack().await;
-            }
-        };
-        tokio::join!(uploads, manifest);
+        self.finish_leaving_pack().await;
         self.report.publish(&self.stats.report()).await;
     }
 }

@@ -126,6 +126,13 @@ impl ObjectStore {
         move |err| classify(service, err)
     }
 
+    /// Writes the object `key` in one request, replacing it (manifests, the key filter).
+    async fn write_whole(&self, key: &str, bytes: Bytes) -> Result<(), RemoteError> {
+        (self.op.write(key, bytes).await)
+            .map(drop)
+            .map_err(self.classifier())
+    }
+
     /// Streams the file at `path` into the object `key` in 1 MiB reads through a chunked
     /// writer (never whole in memory); `if_not_exists` makes it a conditional create.
     async fn write_file(&self, key: &str, path: &Path, if_not_exists: bool) -> opendal::Result<()> {
@@ -316,11 +323,7 @@ impl RemoteStore for ObjectStore {
     }
 
     async fn put_manifest(&self, key: &BuildKey, manifest: Bytes) -> Result<(), RemoteError> {
-        self.op
-            .write(&manifest_key(key), manifest)
-            .await
-            .map(drop)
-            .map_err(self.classifier())
+        self.write_whole(&manifest_key(key), manifest).await
     }
 
     /// The filter the clients keep; where there is none, a bucket with no entry under the
@@ -351,11 +354,7 @@ impl RemoteStore for ObjectStore {
     }
 
     async fn put_filter(&self, filter: Bytes) -> Result<(), RemoteError> {
-        self.op
-            .write(FILTER_KEY, filter)
-            .await
-            .map(drop)
-            .map_err(self.classifier())
+        self.write_whole(FILTER_KEY, filter).await
     }
 
     // Packs.
@@ -457,11 +456,7 @@ impl Inventory for ObjectStore {
     }
 
     async fn write(&self, key: &str, bytes: Bytes) -> Result<(), RemoteError> {
-        self.op
-            .write(key, bytes)
-            .await
-            .map(drop)
-            .map_err(self.classifier())
+        self.write_whole(key, bytes).await
     }
 
     fn delete_batch(&self) -> usize {

@@ -15,9 +15,12 @@ bench/stores.py), the same latency-adding TCP proxy in front of it at each delay
 - scenarios: cold (empty store prefix, empty local directory; until the go command exits, so
   every tool's close wait for its uploads is included), warm remote (a fresh local directory
   on the warm prefix), warm local (the cold run's local directory again);
-- figures: the go command's wall time and its ratio to Go's warm GOCACHE; requests the store
-  served (MinIO's metrics; the server's for `serve`); bytes moved through the proxy; the
-  GOCACHEPROG process's peak resident memory (GNU time).
+- figures: the go command's wall time and its ratio to Go's warm GOCACHE; the time the
+  GOCACHEPROG process went on after the go command exited ("+N s after": goremotecache writing
+  a prefetch pack once the go command has its last answer; the next measurement starts after
+  it); requests the store served (MinIO's metrics; the server's for `serve`), and bytes moved
+  through the proxy, both until the GOCACHEPROG exited; its peak resident memory
+  (bench/peakrss, which unlike GNU time does not hold the go command's pipes open).
 
 Warm-remote runs go in the order of the delays given, so with prefetch the later delays use a
 manifest refined by the earlier warm runs, as a CI job's steady state does.
@@ -305,9 +308,25 @@ def bazel_remote_tools():
     return [Tool(f"bazel-remote {version} (bazelprog)", "bazel-remote", "bazel-remote", make)], server, version
 
 
+PEAKRSS = None  # bench/peakrss, built in main()
+
+
 def peak_rss_wrapped(prog, rss_file):
-    """GOCACHEPROG under GNU time, which writes the tool's peak RSS (KiB) to rss_file."""
-    return f"/usr/bin/time -f %M -o {shlex.quote(rss_file)} {prog}"
+    """GOCACHEPROG under bench/peakrss, which writes the tool's peak RSS (KiB) to rss_file when
+    it exits, and (unlike GNU time) does not hold the go command's pipes open meanwhile."""
+    return f"{shlex.quote(PEAKRSS)} -o {shlex.quote(rss_file)} {prog}"
+
+
+def wait_for_exit(rss_file, limit=300):
+    """Seconds until the GOCACHEPROG under bench/peakrss exits (which writes `rss_file` then): the
+    work it does after the go command has exited. Each measurement waits for it, so that the
+    next one neither overlaps it nor misses what it stored."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        if read_rss(rss_file) is not None:
+            return time.perf_counter() - start
+        time.sleep(0.02)
+    raise BenchError(f"the GOCACHEPROG did not exit within {limit} s of the go command")
 
 
 def read_rss(rss_file):
@@ -326,13 +345,19 @@ class Workload:
     def run(self, gocache, gocacheprog=None, extra_env=None, label=""):
         env = self.env_fn(gocache, gocacheprog)
         env.update(extra_env or {})
-        start = time.perf_counter()
-        result = subprocess.run(self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        took = time.perf_counter() - start
-        if result.returncode != 0:
-            raise BenchError(f"{' '.join(self.argv)} ({label}) failed:\n{result.stdout[-2000:]}\n"
-                             f"{result.stderr[-3000:]}")
+        # The go command's stderr goes to a file, not a pipe: the GOCACHEPROG inherits it, and
+        # reading a pipe to its end would also wait for work a tool does after the go command
+        # has its last answer and has exited (goremotecache's prefetch pack).
+        with tempfile.TemporaryFile() as stderr:
+            start = time.perf_counter()
+            result = subprocess.run(self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=stderr, text=True)
+            took = time.perf_counter() - start
+            if result.returncode != 0:
+                stderr.seek(0)
+                text = stderr.read().decode(errors="replace")
+                raise BenchError(f"{' '.join(self.argv)} ({label}) failed:\n{result.stdout[-2000:]}\n"
+                                 f"{text[-3000:]}")
         return took, result.stdout
 
 
@@ -380,6 +405,7 @@ class Bench:
         os.makedirs(gocache, exist_ok=True)
         took, _ = wl.run(gocache, peak_rss_wrapped(prog, rss_file), env,
                          label=f"{tool.name}, {scenario}, {delay} ms")
+        after = wait_for_exit(rss_file)
         requests = diff(counter(), before)
         moved = (proxy.bytes_total() - moved_before) if proxy else None
         stats = None
@@ -387,11 +413,12 @@ class Bench:
             with open(stats_file) as f:
                 stats = json.load(f)
         row = {"workload": wl.name, "tool": tool.name, "scenario": scenario, "delay_ms": delay,
-               "seconds": took, "requests": requests.get("total"), "requests_by_kind": requests,
+               "seconds": took, "after_exit": after, "requests": requests.get("total"), "requests_by_kind": requests,
                "bytes_moved": moved, "peak_rss": read_rss(rss_file), "stats": stats}
         if record:
             self.results.append(row)
-        progress(f"  {wl.name} | {tool.name} | {scenario} | {delay} ms: {took:.2f} s, "
+        progress(f"  {wl.name} | {tool.name} | {scenario} | {delay} ms: {took:.2f} s "
+                 f"(+{after:.2f} s after the go command exited), "
                  f"{row['requests']} requests, {moved and moved / 2**20:.1f} MiB moved, "
                  f"rss {row['peak_rss'] and row['peak_rss'] / 2**20:.1f} MiB")
         return row
@@ -473,7 +500,8 @@ def markdown(bench, env_line, missing, checks, versions=None):
                 cells = []
                 for d in delays:
                     r = next((r for r in sub if r["tool"] == tool and r["delay_ms"] == d), None)
-                    cells.append("-" if r is None else f"{r['seconds']:.2f} s ({r['seconds'] / floor:.1f}x)")
+                    cells.append("-" if r is None else f"{r['seconds']:.2f} s ({r['seconds'] / floor:.1f}x)"
+                                 + after_exit(r))
                 last = next((r for r in sub if r["tool"] == tool and r["delay_ms"] == delays[-1]), {})
                 moved = last.get("bytes_moved")
                 rss = max((r["peak_rss"] or 0 for r in sub if r["tool"] == tool), default=0)
@@ -486,6 +514,12 @@ def markdown(bench, env_line, missing, checks, versions=None):
         out.append(f"| {label} | {measured} | {'yes' if ok else 'NO'} |")
     out.append("")
     return "\n".join(out)
+
+
+def after_exit(row):
+    """A cell's note of the time the tool worked on after the go command exited, if any."""
+    after = row.get("after_exit") or 0
+    return f" +{after:.1f} s after" if after >= 0.1 else ""
 
 
 def find(results, wl, tool_prefix, scenario, delay):
@@ -598,6 +632,8 @@ def main():
     binary = os.path.abspath(args.bin) if args.bin else build_binary()
     if not os.access(binary, os.X_OK):
         raise BenchError(f"--bin {binary}: not an executable")
+    global PEAKRSS
+    PEAKRSS = peers.build_bench_program(PEER_GOBIN, "peakrss")
     tmp = tempfile.mkdtemp(prefix="grc-compare-")
     tools = [t for t in goremotecache_tools(binary) if t.group in wanted]
     peer_list, versions, missing = peer_tools(sources, wanted)

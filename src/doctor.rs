@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{DoctorConfig, RemoteConfig, StoreConfig};
 use crate::ids::{ActionId, OutputId};
 use crate::store::azblob::{self, AzblobConfig};
+use crate::store::filter::KeyFilter;
 use crate::store::format::{self, Header};
 use crate::store::gcs::GcsConfig;
 use crate::store::http::HttpStore;
@@ -829,12 +830,61 @@ async fn remote_checks(remote: &RemoteConfig, config: &DoctorConfig, report: &mu
         report.push(check);
     }
 
+    report.push(key_filter(store, remote).await);
+
     report.figures.estimate = estimate(
         &report.figures,
         remote,
         config.prefetch_concurrency,
         store.batch_limit(),
     );
+}
+
+/// The key filter that makes misses instant (docs/prefetch.md): its keys and age, or why
+/// misses ask the store. Never required: without a filter builds work, only slower to miss.
+async fn key_filter(store: &dyn RemoteStore, remote: &RemoteConfig) -> Check {
+    const NAME: &str = "key filter";
+    let off = match remote.instant_misses {
+        Some(_) => "",
+        None => " (instant misses are off here: --instant-misses=on uses it)",
+    };
+    let mut check = match store.get_filter().await {
+        Ok(Some(bytes)) => match KeyFilter::decode(&bytes) {
+            Ok(filter) if filter.is_empty() => pass(
+                NAME,
+                format!(
+                    "the store holds no entries yet: the first build's misses are instant, and it begins the filter{off}"
+                ),
+            ),
+            Ok(filter) => {
+                let age = SystemTime::now()
+                    .duration_since(filter.made())
+                    .unwrap_or_default();
+                pass(
+                    NAME,
+                    format!(
+                        "{} keys, made {} ago: a miss of any other key is answered without asking the store{off}",
+                        group(filter.len() as u64),
+                        rough_age(age)
+                    ),
+                )
+            }
+            Err(err) => fail(
+                NAME,
+                format!("the stored key filter is unusable ({err}): every miss asks the store"),
+                "run `goremotecache gc-remote --yes` to write a new one",
+            ),
+        },
+        Ok(None) if store.clients_keep_filter() => fail(
+            NAME,
+            "none: the store has entries but no key filter, so every miss asks the store",
+            "run `goremotecache gc-remote --yes` once to write it; builds keep it up to date after that",
+        ),
+        Ok(None) => pass(NAME, "this store keeps none: every miss asks it"),
+        Err(err) => failure(NAME, "reading the key filter", &err),
+    };
+    check.required = false;
+    check
 }
 
 /// Whether `bytes` is a well-formed entry whose body matches its header (a store may hand
@@ -906,6 +956,17 @@ fn estimate(
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+/// An age in the largest unit that keeps it at 2 or more: "45s", "10m", "3h", "12d".
+fn rough_age(age: Duration) -> String {
+    let secs = age.as_secs();
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7_200 => format!("{}m", secs / 60),
+        7_200..172_800 => format!("{}h", secs / 3_600),
+        _ => format!("{}d", secs / 86_400),
+    }
 }
 
 fn ms(d: Duration) -> String {

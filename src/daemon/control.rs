@@ -266,17 +266,33 @@ impl std::fmt::Display for StatusText<'_> {
             )?;
         }
         match &s.prefetch {
-            Some(p) => writeln!(
-                f,
-                "  prefetch: key {}, {} listed, {} fetched ({}) in {:.3}s, {} used, {} wasted",
-                p.key,
-                p.listed,
-                p.fetched,
-                human_bytes(p.bytes),
-                p.seconds,
-                p.used,
-                p.wasted
-            ),
+            Some(p) => {
+                writeln!(
+                    f,
+                    "  prefetch: key {}, {} listed, {} fetched ({}) in {:.3}s, {} used, {} wasted",
+                    p.key,
+                    p.listed,
+                    p.fetched,
+                    human_bytes(p.bytes),
+                    p.seconds,
+                    p.used,
+                    p.wasted
+                )?;
+                if let Some(w) = &p.warm_up {
+                    writeln!(
+                        f,
+                        "  warm-up: {} fetched ({}) in the {:.3}s {}",
+                        w.fetched,
+                        human_bytes(w.bytes),
+                        w.seconds,
+                        match w.build_began {
+                            true => "before the first build began",
+                            false => "since it began (no build yet)",
+                        }
+                    )?;
+                }
+                Ok(())
+            }
             None => writeln!(f, "  prefetch: not started"),
         }
     }

@@ -240,6 +240,21 @@ pub struct PrefetchStatus {
     pub used: u64,
     pub wasted: u64,
     pub seconds: f64,
+    /// What the prefetch did before the first build began, when it began before it (`warm`,
+    /// or the daemon's --prefetch-key): the warm-up, counted apart from the builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_up: Option<WarmUp>,
+}
+
+/// A warm-up's figures: entries and bytes the prefetch stored, and the seconds, from its
+/// start until the first build began (or until now, if none has).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WarmUp {
+    pub fetched: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Whether a build has begun (the figures are final), or the warm-up goes on.
+    pub build_began: bool,
 }
 
 /// Nanoseconds since the Unix epoch (0 before it).

@@ -28,7 +28,8 @@ use tokio::task::JoinSet;
 use super::goproxy::{self, ModuleProxy};
 use super::place::{self, Place, PlaceError};
 use super::protocol::{
-    self, Answer, Ask, FlushReport, Found, Hello, Kind, PrefetchStatus, Status, VERSION, Welcome,
+    self, Answer, Ask, FlushReport, Found, Hello, Kind, PrefetchStatus, Status, VERSION, WarmUp,
+    Welcome,
 };
 use crate::cache::manifest::KeySource;
 use crate::cache::stats::DaemonNote;
@@ -117,11 +118,15 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         let cache = Arc::new(Cache::open_idle(&config.build));
         let explicit =
             (config.build.remote.as_ref()).and_then(|r| r.prefetch.as_ref()?.key.clone());
-        if let Some(key) = explicit {
-            cache.start_prefetch(KeySource::explicit(&key));
-        }
-        cache
+        let warming = explicit.is_some_and(|key| {
+            matches!(
+                cache.start_prefetch(KeySource::explicit(&key)),
+                PrefetchStart::Started(_)
+            )
+        });
+        (cache, warming)
     });
+    let (cache, warming) = cache;
     tracing::info!(
         "goremotecache {} started: daemon on {}, {}",
         env!("CARGO_PKG_VERSION"),
@@ -141,6 +146,10 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         trim: (config.build.trim).map(|policy| (config.build.dirs.cache_dir.clone(), policy)),
         plugins: Default::default(),
         goproxy: module_proxy.clone(),
+        warm_up: std::sync::Mutex::new(match warming {
+            true => WarmUpState::Warming(Instant::now()),
+            false => WarmUpState::Before,
+        }),
     });
     let goproxy = module_proxy.zip(goproxy_listener);
     let why = runtime.block_on(
@@ -202,6 +211,22 @@ struct Daemon {
     plugins: std::sync::Mutex<std::collections::HashMap<u64, std::net::TcpStream>>,
     /// The module proxy (`--goproxy-listen`).
     goproxy: Option<Arc<ModuleProxy>>,
+    /// The prefetch that ran before the first build: counted apart from the builds'.
+    warm_up: std::sync::Mutex<WarmUpState>,
+}
+
+/// Whether the prefetch began before the first build (a warm-up: `warm`, or the daemon's
+/// --prefetch-key), and what it had done when the build began.
+#[derive(Debug)]
+enum WarmUpState {
+    /// No prefetch and no build yet.
+    Before,
+    /// Prefetching since then, no build yet.
+    Warming(Instant),
+    /// The first build began: what the warm-up had done by then.
+    Measured(WarmUp),
+    /// A build began first: no warm-up.
+    None,
 }
 
 /// Counts a connection (and a session) open while it lives.
@@ -223,6 +248,7 @@ impl Open {
     /// Also a session: returns how many sessions the daemon has served, this one included.
     fn session(&mut self) -> u64 {
         self.session = true;
+        self.daemon.build_begins();
         self.daemon.sessions.fetch_add(1, Ordering::SeqCst);
         self.daemon.total.fetch_add(1, Ordering::SeqCst) + 1
     }
@@ -396,7 +422,10 @@ impl Daemon {
             Kind::Flush { wait_ms } => self.flush(write, Duration::from_millis(wait_ms)).await,
             Kind::Warm { key } => {
                 let (started, key) = match self.cache.start_prefetch(KeySource { parts: key }) {
-                    PrefetchStart::Started(key) => (true, key.to_string()),
+                    PrefetchStart::Started(key) => {
+                        self.warming_starts();
+                        (true, key.to_string())
+                    }
                     PrefetchStart::Already(key) => (false, key.to_string()),
                     PrefetchStart::Off => (false, String::new()),
                 };
@@ -565,8 +594,43 @@ impl Daemon {
         let _ = send(&mut write, &Answer::Flushed(Box::new(report))).await;
     }
 
+    /// A prefetch starts ahead of the builds (`warm`): a warm-up, if no build began yet.
+    fn warming_starts(&self) {
+        let mut state = lock(&self.warm_up);
+        if matches!(*state, WarmUpState::Before) {
+            *state = WarmUpState::Warming(Instant::now());
+        }
+    }
+
+    /// A build begins: a warm-up in progress is measured now, and none can start after it.
+    fn build_begins(&self) {
+        let mut state = lock(&self.warm_up);
+        *state = match &*state {
+            WarmUpState::Before => WarmUpState::None,
+            WarmUpState::Warming(since) => WarmUpState::Measured(self.warm_up_so_far(*since, true)),
+            WarmUpState::Measured(_) | WarmUpState::None => return,
+        };
+    }
+
+    /// What the prefetch fetched since `since`, the warm-up's start.
+    fn warm_up_so_far(&self, since: Instant, build_began: bool) -> WarmUp {
+        let report = self.cache.stats().report();
+        let prefetch = (report.remote.as_ref()).and_then(|r| r.prefetch.as_ref());
+        WarmUp {
+            fetched: prefetch.map_or(0, |p| p.fetched),
+            bytes: prefetch.map_or(0, |p| p.bytes),
+            seconds: since.elapsed().as_secs_f64(),
+            build_began,
+        }
+    }
+
     /// The daemon's figures.
     fn status(&self) -> Status {
+        let warm_up = match &*lock(&self.warm_up) {
+            WarmUpState::Warming(since) => Some(self.warm_up_so_far(*since, false)),
+            WarmUpState::Measured(warm_up) => Some(warm_up.clone()),
+            WarmUpState::Before | WarmUpState::None => None,
+        };
         let report = self.cache.stats().report();
         let remote = report.remote.as_ref();
         let count = |f: fn(&crate::cache::stats::RemoteReport) -> u64| remote.map_or(0, f);
@@ -603,6 +667,7 @@ impl Daemon {
                     used: p.map_or(0, |p| p.used),
                     wasted: p.map_or(0, |p| p.wasted),
                     seconds: p.map_or(0.0, |p| p.seconds),
+                    warm_up: warm_up.clone(),
                 }
             }),
             goproxy: self.goproxy.as_ref().map(|proxy| proxy.status()),

@@ -368,6 +368,10 @@ fn warm_prefetches_a_fresh_machine_before_its_build() {
     assert_eq!(code, 0, "warm failed: {stdout}{stderr}");
     let prefetch = prefetched(&project);
     assert_eq!(prefetch["key"], manifest, "{prefetch}");
+    // No build yet: all of it is the warm-up's, which goes on.
+    let warm_up = &prefetch["warm_up"];
+    assert_eq!(warm_up["build_began"], false, "{prefetch}");
+    assert_eq!(figure(warm_up, "fetched"), figure(&prefetch, "fetched"));
     let pid = figure(&project.the_daemon(), "pid");
 
     let build = project.go(&["build", "-x", "./..."]);
@@ -380,12 +384,19 @@ fn warm_prefetches_a_fresh_machine_before_its_build() {
         build.stats
     );
     assert_eq!(build.stat("daemon.pid"), pid, "{:?}", build.stats);
+    // The warm-up is counted apart: what was fetched before the build began.
+    let status = project.the_daemon();
+    let warm_up = &status["prefetch"]["warm_up"];
+    assert_eq!(warm_up["build_began"], true, "{status}");
+    assert_eq!(figure(warm_up, "fetched"), figure(&prefetch, "listed"));
+    assert!(figure(warm_up, "bytes") > 0, "{status}");
 
     // `daemon --prefetch-key` starts the same prefetch as it starts.
     project.switch_machine("started-warm");
     let daemon = Foreground::start(&project, &[]).expect("daemon starts");
     let prefetch = prefetched(&project);
     assert_eq!(prefetch["key"], manifest, "{prefetch}");
+    assert_eq!(prefetch["warm_up"]["build_began"], false, "{prefetch}");
     let (status, stderr) = daemon.terminate();
     assert!(status.success(), "{stderr}");
 }

@@ -1,0 +1,3 @@
+module goremotecache.local/bench/peakrss
+
+go 1.24

@@ -95,6 +95,13 @@ fn a_working_bucket_passes_with_figures_and_leaves_nothing() {
         estimate["without_prefetch_s"].as_f64().unwrap() > 0.0,
         "{estimate}"
     );
+    // Asked after the probes are deleted: an empty prefix, whose misses are all instant.
+    let filter = check(&report, "key filter");
+    assert_eq!(filter["ok"], true, "{report:#}");
+    assert!(
+        (filter["detail"].as_str().unwrap()).contains("the store holds no entries yet"),
+        "{filter}"
+    );
     // The probes were deleted: nothing is left in the bucket.
     assert_eq!(server.entry_files(), Vec::<std::path::PathBuf>::new());
     // 1 missing-key read, 1 probe read, 20 timed reads, 1 large read.
@@ -259,6 +266,42 @@ fn a_server_with_a_write_token_passes_and_says_what_it_left() {
         "{delete}"
     );
     assert!(report["figures"]["throughput_mib_s"].as_f64().is_some());
+    // The server makes its key filter from its storage: the probes it kept are in it.
+    let filter = check(&report, "key filter");
+    assert_eq!(filter["ok"], true, "{report:#}");
+    assert!(
+        (filter["detail"].as_str().unwrap()).contains(" keys, made "),
+        "{filter}"
+    );
+}
+
+/// A prefix with entries and no key filter: every miss asks the store, which doctor reports
+/// (without failing) with the fix.
+#[test]
+fn a_bucket_with_entries_and_no_key_filter_is_reported_with_the_fix() {
+    let server = S3Server::start();
+    let entry = server
+        .bucket_dir()
+        .join("nofilter/v1")
+        .join("ab".repeat(32));
+    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+    std::fs::write(&entry, b"an entry of an older build").unwrap();
+    let (code, report) = json(&s3(&server, "nofilter"), &credentials(SECRET_KEY));
+    assert_eq!(code, 0, "not required: {report:#}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    let filter = check(&report, "key filter");
+    assert_eq!(
+        (&filter["ok"], &filter["required"]),
+        (&false.into(), &false.into())
+    );
+    assert!(
+        (filter["detail"].as_str().unwrap()).contains("has entries but no key filter"),
+        "{filter}"
+    );
+    assert!(
+        (filter["fix"].as_str().unwrap()).contains("gc-remote --yes"),
+        "{filter}"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! prefetch has not started is fetched by the get itself.
 //!
 //! On a store that keeps packs (S3, GCS, Azure), the entries that the build's pack holds come
-//! from it in a few ranged GETs instead of one GET each ([`pack`]); the pack is written after
+//! from it in a few ranged GETs instead of one GET each (`pack`); the pack is written after
 //! the manifest, when it is missing or stale: by a direct session once stdout is closed.
 
 mod pack;

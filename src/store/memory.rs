@@ -71,6 +71,8 @@ pub struct MemoryStore {
     faults: Mutex<Faults>,
     /// Puts still to fail with a transient error ([`MemoryStore::fail_next_puts`]).
     failing_puts: AtomicU32,
+    /// Gets still to fail with a transient error ([`MemoryStore::fail_next_gets`]).
+    failing_gets: AtomicU32,
     batch_limit: usize,
     /// Whether its clients keep a key filter in it, as in a bucket ([`MemoryStore::keeping_filter`]).
     keeps_filter: bool,
@@ -142,6 +144,11 @@ impl MemoryStore {
         self.failing_puts.store(n, Ordering::SeqCst);
     }
 
+    /// The next `n` gets fail at once with a transient error (a reset connection), counted.
+    pub fn fail_next_gets(&self, n: u32) {
+        self.failing_gets.store(n, Ordering::SeqCst);
+    }
+
     /// Stores an entry as it is (tests put damaged ones this way).
     pub fn insert(&self, action: ActionId, entry: impl Into<Bytes>) {
         lock(&self.entries).insert(action, entry.into());
@@ -209,6 +216,13 @@ impl RemoteStore for MemoryStore {
     async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
         self.requests.gets.fetch_add(1, Ordering::SeqCst);
         let faults = self.answer().await?;
+        if self
+            .failing_gets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(RemoteError::Transient("connection reset".into()));
+        }
         Ok(self.entry(action).map(|entry| serve(entry, &faults)))
     }
 

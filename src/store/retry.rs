@@ -1,20 +1,31 @@
-//! Retries of uploads: a put that failed for a reason that may pass (a timeout, a reset, a
-//! 5xx, throttling) is tried again, at most [`ATTEMPTS`] times in all, with a growing pause.
-//! Only puts: a get is the go command waiting, and a miss is cheaper than a second wait.
+//! Retries: a put that failed for a reason that may pass (a timeout, a reset, a 5xx,
+//! throttling) is tried again, at most [`ATTEMPTS`] times in all, with a growing pause.
 //! Entries are put with a conditional create, so a retry of a put that did land is answered
 //! [`PutOutcome::Exists`], never a second copy.
+//!
+//! A get is the go command waiting, and a miss is cheaper than a second wait: a get is asked
+//! again only when it failed fast ([`FAST_FAILURE`]), once and at once. That is a connection
+//! that was reset or refused: a pooled connection to a server replica that died, whose
+//! replacement reaches another replica (measured in bench/fleet.py: without the retry, the
+//! requests in flight to a killed `serve` replica were three failures in a row, and the
+//! circuit breaker switched the store off for the rest of those builds).
 
 use std::ops::Range;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::{ByteStream, PutOutcome, RemoteError, RemoteStore, Upload};
 use crate::ids::{ActionId, BuildKey};
 
 /// Attempts per put, the first included.
 pub const ATTEMPTS: u32 = 3;
+
+/// A get that failed within this is asked once more at once; a slower failure (a timeout)
+/// is not.
+pub const FAST_FAILURE: Duration = Duration::from_millis(250);
 
 /// The pause before attempt `n + 1` (100 ms, then 400 ms).
 fn backoff(attempt: u32) -> Duration {
@@ -28,7 +39,13 @@ pub struct Retry<S>(pub S);
 #[async_trait]
 impl<S: RemoteStore> RemoteStore for Retry<S> {
     async fn get(&self, action: &ActionId) -> Result<Option<ByteStream>, RemoteError> {
-        self.0.get(action).await
+        let start = Instant::now();
+        match self.0.get(action).await {
+            Err(RemoteError::Transient(_)) if start.elapsed() < FAST_FAILURE => {
+                self.0.get(action).await
+            }
+            done => done,
+        }
     }
 
     async fn put(&self, action: &ActionId, entry: Upload) -> Result<PutOutcome, RemoteError> {
@@ -169,12 +186,43 @@ mod tests {
             assert!(store.put(&ActionId([1; 32]), entry()).await.is_err());
             assert_eq!(store.0.requests.puts(), before + 1);
         }
+        for err in [
+            RemoteError::Denied("no".into()),
+            RemoteError::Other("else".into()),
+        ] {
+            store.0.set_faults(Faults {
+                error: Some(err),
+                ..Faults::default()
+            });
+            let before = store.0.requests.gets();
+            assert!(store.get(&ActionId([1; 32])).await.is_err());
+            assert_eq!(store.0.requests.gets(), before + 1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_get_that_failed_fast_is_asked_once_more_and_a_slow_one_not() {
+        let store = Retry(MemoryStore::new());
+        store.0.insert(ActionId([1; 32]), &b"entry"[..]);
+        // A reset at once, then an answer: the second ask finds the entry.
+        store.0.fail_next_gets(1);
+        assert!(store.get(&ActionId([1; 32])).await.unwrap().is_some());
+        assert_eq!(store.0.requests.gets(), 2);
+        // Resets every time: asked twice, no more.
         store.0.set_faults(Faults {
             error: Some(RemoteError::Transient("reset".into())),
             ..Faults::default()
         });
         assert!(store.get(&ActionId([1; 32])).await.is_err());
-        assert_eq!(store.0.requests.gets(), 1, "a get is asked once");
+        assert_eq!(store.0.requests.gets(), 4);
+        // A failure after a wait (a timeout): the go command has waited enough.
+        store.0.set_faults(Faults {
+            error: Some(RemoteError::Transient("timed out".into())),
+            delay: FAST_FAILURE * 2,
+            ..Faults::default()
+        });
+        assert!(store.get(&ActionId([1; 32])).await.is_err());
+        assert_eq!(store.0.requests.gets(), 5);
     }
 
     #[tokio::test]

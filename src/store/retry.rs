@@ -23,9 +23,9 @@ use crate::ids::{ActionId, BuildKey};
 /// Attempts per put, the first included.
 pub const ATTEMPTS: u32 = 3;
 
-/// A get that failed within this is asked once more at once; a slower failure (a timeout)
-/// is not.
-pub const FAST_FAILURE: Duration = Duration::from_millis(250);
+/// A get that failed within this is asked once more at once; a slower failure (a timeout:
+/// `--remote-timeout` is 10 s, the connect bound 2 s) is not.
+pub const FAST_FAILURE: Duration = Duration::from_secs(1);
 
 /// The pause before attempt `n + 1` (100 ms, then 400 ms).
 fn backoff(attempt: u32) -> Duration {

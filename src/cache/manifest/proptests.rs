@@ -118,9 +118,7 @@ proptest! {
 #[test]
 fn a_manifest_past_the_text_cap_is_refused() {
     let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
-    encoder
-        .write_all(format!("{MAGIC}\n").as_bytes())
-        .unwrap();
+    encoder.write_all(format!("{MAGIC}\n").as_bytes()).unwrap();
     let line = format!("{} 1 0\n", ActionId([1; 32]).to_hex());
     let comment = [b"# padding ".as_slice(), &[b'x'; 1 << 20], b"\n"].concat();
     let mut written = MAGIC.len() as u64 + 1 + line.len() as u64;

@@ -25,7 +25,7 @@ struct Sent {
 fn sent() -> impl Strategy<Value = Sent> {
     let ids = any::<i64>();
     prop_oneof![
-        (ids.clone(), any::<[u8; 32]>()).prop_map(|(id, a)| Sent {
+        (ids, any::<[u8; 32]>()).prop_map(|(id, a)| Sent {
             id,
             command: Command::Get {
                 action_id: ActionId(a)
@@ -34,7 +34,7 @@ fn sent() -> impl Strategy<Value = Sent> {
             object_id: false,
         }),
         (
-            ids.clone(),
+            ids,
             any::<[u8; 32]>(),
             prop::collection::vec(any::<u8>(), 0..300),
             any::<bool>()
@@ -75,7 +75,11 @@ fn encode(sent: &Sent, gap: &str) -> Vec<u8> {
         } => {
             value.insert("Command".into(), "put".into());
             value.insert("ActionID".into(), B64.encode(action_id.0).into());
-            let name = if sent.object_id { "ObjectID" } else { "OutputID" };
+            let name = if sent.object_id {
+                "ObjectID"
+            } else {
+                "OutputID"
+            };
             value.insert(name.into(), B64.encode(output_id.0).into());
             if *body_size > 0 {
                 value.insert("BodySize".into(), (*body_size).into());
@@ -158,7 +162,10 @@ fn read_all(input: impl BufRead, len: usize) -> Vec<Incoming<Vec<u8>>> {
         .expect("reading from memory")
     {
         out.push(incoming);
-        assert!(out.len() <= len, "more requests than bytes: the reader loops");
+        assert!(
+            out.len() <= len,
+            "more requests than bytes: the reader loops"
+        );
     }
     out
 }

@@ -36,30 +36,44 @@ fn ask() -> impl Strategy<Value = Ask> {
         (any::<u64>(), action()).prop_map(|(id, action)| Ask::Get { id, action }),
         prop::collection::vec((action(), any::<Option<u64>>(), any::<u64>()), 0..4)
             .prop_map(|gets| Ask::Noted { gets }),
-        (action(), any::<[u8; 32]>(), any::<[u64; 3]>(), any::<bool>()).prop_map(
-            |(action, output, [size, time_ns, took_ns], already)| Ask::Put(PutNote {
-                action,
-                output: OutputId(output),
-                size,
-                time_ns,
-                already,
-                took_ns,
-            })
-        ),
+        (
+            action(),
+            any::<[u8; 32]>(),
+            any::<[u64; 3]>(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(action, output, [size, time_ns, took_ns], already)| Ask::Put(PutNote {
+                    action,
+                    output: OutputId(output),
+                    size,
+                    time_ns,
+                    already,
+                    took_ns,
+                })
+            ),
         Just(Ask::Close),
     ]
 }
 
 fn got() -> impl Strategy<Value = Answer> {
-    let found = (any::<[u8; 32]>(), any::<u64>(), any::<u64>(), any::<String>()).prop_map(
-        |(output, size, time_ns, path)| Found {
+    let found = (
+        any::<[u8; 32]>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<String>(),
+    )
+        .prop_map(|(output, size, time_ns, path)| Found {
             output: OutputId(output),
             size,
             time_ns,
             path: path.into(),
-        },
-    );
-    (any::<u64>(), prop::option::of(found), prop::option::of(any::<String>()))
+        });
+    (
+        any::<u64>(),
+        prop::option::of(found),
+        prop::option::of(any::<String>()),
+    )
         .prop_map(|(id, found, error)| Answer::Got { id, found, error })
 }
 

@@ -41,7 +41,11 @@ fn sumdb_name() -> impl Strategy<Value = SumdbName> {
 }
 
 fn tile() -> impl Strategy<Value = Tile> {
-    (1..=30u8, prop::option::of(0..=63u8), prop_oneof![0..5000u64, 0..=i64::MAX as u64])
+    (
+        1..=30u8,
+        prop::option::of(0..=63u8),
+        prop_oneof![0..5000u64, 0..=i64::MAX as u64],
+    )
         .prop_flat_map(|(height, level, index)| {
             (1..=(1u32 << height)).prop_map(move |width| Tile {
                 height,
@@ -55,18 +59,34 @@ fn tile() -> impl Strategy<Value = Tile> {
 /// Every request kind that `module` and `version` make (those the rules allow).
 fn requests(module: &ModulePath, version: &Version, name: &SumdbName, tile: Tile) -> Vec<Request> {
     let mut out = vec![
-        Request::List { module: module.clone() },
-        Request::Latest { module: module.clone() },
+        Request::List {
+            module: module.clone(),
+        },
+        Request::Latest {
+            module: module.clone(),
+        },
         Request::SumdbSupported { name: name.clone() },
         Request::SumdbLatest { name: name.clone() },
-        Request::SumdbTile { name: name.clone(), tile },
+        Request::SumdbTile {
+            name: name.clone(),
+            tile,
+        },
     ];
     if let Ok(revision) = Revision::parse(version.as_str()) {
-        out.push(Request::Info { module: module.clone(), version: revision });
+        out.push(Request::Info {
+            module: module.clone(),
+            version: revision,
+        });
     }
     if version.is_canonical() {
-        out.push(Request::Mod { module: module.clone(), version: version.clone() });
-        out.push(Request::Zip { module: module.clone(), version: version.clone() });
+        out.push(Request::Mod {
+            module: module.clone(),
+            version: version.clone(),
+        });
+        out.push(Request::Zip {
+            module: module.clone(),
+            version: version.clone(),
+        });
         out.push(Request::SumdbLookup {
             name: name.clone(),
             module: module.clone(),

@@ -242,5 +242,9 @@ fn a_long_reason_in_wide_characters_decodes_however_it_is_cut() {
     // A header line over the bound is refused whether or not its end has arrived.
     let long = [b"M ".as_slice(), &[b'0'; MAX_LINE], b"\n"].concat();
     assert!(decode(&[&long]).1.is_some());
-    assert!(decode(&[&long[..MAX_LINE + 1], &long[MAX_LINE + 1..]]).1.is_some());
+    assert!(
+        decode(&[&long[..MAX_LINE + 1], &long[MAX_LINE + 1..]])
+            .1
+            .is_some()
+    );
 }

@@ -25,7 +25,11 @@ fn fingerprints() -> impl Strategy<Value = Vec<u32>> {
 }
 
 fn made() -> impl Strategy<Value = u64> {
-    prop_oneof![any::<u32>().prop_map(u64::from), Just(0), Just(1_700_000_000)]
+    prop_oneof![
+        any::<u32>().prop_map(u64::from),
+        Just(0),
+        Just(1_700_000_000)
+    ]
 }
 
 /// `bytes` with the checksum of their fields in place of their own.

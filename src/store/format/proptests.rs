@@ -28,8 +28,12 @@ fn header() -> impl Strategy<Value = Header> {
 fn body() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..2048),
-        (prop::collection::vec(any::<u8>(), 1..8), 0usize..20_000)
-            .prop_map(|(unit, len)| unit.iter().copied().cycle().take(len).collect()),
+        (prop::collection::vec(any::<u8>(), 1..8), 0usize..20_000).prop_map(|(unit, len)| unit
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect()),
     ]
 }
 

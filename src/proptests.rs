@@ -47,6 +47,7 @@ pub fn config_scaled(divisor: u32) -> Config {
 pub fn lying_len() -> impl Strategy<Value = u64> {
     prop_oneof![
         0..4096u64,
+        Just(0),
         Just(u64::MAX),
         Just(u64::MAX - 1),
         Just(1 << 60),

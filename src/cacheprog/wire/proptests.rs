@@ -227,12 +227,19 @@ proptest! {
         );
         let next = "{\"ID\":99,\"Command\":\"close\"}\n";
         let bytes = [line.as_bytes(), next.as_bytes()].concat();
-        let read = read_all(&bytes[..], bytes.len());
+        let mut read = read_all(&bytes[..], bytes.len());
+        if claimed == 0 {
+            // A put of no body (the go command sends no body line then): its body line is a
+            // stray one, skipped.
+            prop_assert!(matches!(read.remove(1), Incoming::Bad(RequestError::StrayBody)));
+        }
         prop_assert_eq!(read.len(), 2, "{:?}", read);
         // Refused (a size over i64 is not JSON's i64, a smaller or larger one does not match
         // the body), by its ID where the line parses; nothing of the claim was allocated, and
         // the stream stays in step.
         match &read[0] {
+            Incoming::Request(Request { command: Command::Put { body_size: 0, .. }, .. }, None)
+                if claimed == 0 => {}
             Incoming::Bad(err) => {
                 if claimed <= i64::MAX as u64 {
                     prop_assert_eq!(err.id(), Some(id));

@@ -184,3 +184,6 @@ mod tests {
         assert_eq!(Namespace::parse("main").unwrap().path(), "ns/main");
     }
 }
+
+#[cfg(test)]
+mod proptests;

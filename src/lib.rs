@@ -37,6 +37,9 @@ pub mod goproxy;
 pub mod ids;
 pub mod local;
 pub mod logging;
+/// The property tests' shared configuration and mutations (tests only).
+#[cfg(test)]
+pub(crate) mod proptests;
 pub mod server;
 pub mod store;
 pub mod sync;

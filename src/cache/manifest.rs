@@ -394,9 +394,17 @@ impl Manifest {
         let mut text = String::new();
         zstd::stream::read::Decoder::new(bytes)
             .map_err(|err| format!("not zstd: {err}"))?
-            .take(MAX_TEXT)
+            .take(MAX_TEXT + 1)
             .read_to_string(&mut text)
             .map_err(|err| format!("not a zstd-compressed text: {err}"))?;
+        // Refused whole: a text cut at the cap could end at a line's end and pass for a
+        // manifest of fewer entries.
+        if text.len() as u64 > MAX_TEXT {
+            return Err(format!(
+                "the manifest's text is larger than {} MiB",
+                MAX_TEXT >> 20
+            ));
+        }
         let mut lines = text.lines();
         if lines.next() != Some(MAGIC) {
             return Err("not a goremotecache prefetch manifest (v1)".into());
@@ -488,3 +496,6 @@ impl Recorder {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

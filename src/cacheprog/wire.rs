@@ -483,3 +483,6 @@ mod tests {
         assert_eq!(line, b"abc");
     }
 }
+
+#[cfg(test)]
+mod proptests;

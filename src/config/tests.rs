@@ -664,6 +664,7 @@ fn gc_remote_takes_an_age_and_a_bucket_only() {
 
 mod daemon;
 mod namespaces;
+mod proptests;
 mod templates;
 
 #[test]

@@ -402,3 +402,6 @@ mod tests {
         assert_eq!(Found::of(&entry).into_entry(), entry);
     }
 }
+
+#[cfg(test)]
+mod proptests;

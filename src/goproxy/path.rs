@@ -950,3 +950,6 @@ fn parse_sumdb(path: &str, rest: &str) -> Result<Request, PathError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

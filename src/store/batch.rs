@@ -63,12 +63,20 @@ pub fn missing(action: &ActionId) -> Bytes {
     Bytes::from(format!("M {}\n", action.to_hex()))
 }
 
-/// `action` failed; the reason is kept on one line.
+/// The most bytes of a reason [`failed`] keeps: its line stays far within [`MAX_LINE`].
+const MAX_REASON: usize = 300;
+
+/// `action` failed; the reason is kept on one line, cut to [`MAX_REASON`] bytes (bytes, not
+/// characters: 300 four-byte characters would make a line longer than a frame header may be).
 pub fn failed(action: &ActionId, reason: &str) -> Bytes {
+    let mut kept = 0;
     let reason: String = reason
         .chars()
         .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-        .take(300)
+        .take_while(|c| {
+            kept += c.len_utf8();
+            kept <= MAX_REASON
+        })
         .collect();
     Bytes::from(format!("X {} {reason}\n", action.to_hex()))
 }
@@ -162,12 +170,17 @@ impl Decoder {
             };
             return Ok(Some(Event::Data(data)));
         }
+        // The bound holds whether or not the line's end has arrived, so that an answer
+        // decodes the same however it is cut.
         let Some(newline) = self.buf.iter().position(|&b| b == b'\n') else {
             if self.buf.len() > MAX_LINE {
                 return Err("a frame header is too long".into());
             }
             return Ok(None);
         };
+        if newline > MAX_LINE {
+            return Err("a frame header is too long".into());
+        }
         let line = self.buf.split_to(newline + 1);
         let line = std::str::from_utf8(&line[..newline])
             .map_err(|_| "a frame header is not text".to_string())?;
@@ -340,3 +353,6 @@ mod tests {
         assert_eq!(parse_keys(copies.as_bytes()).unwrap(), vec![id(9)]);
     }
 }
+
+#[cfg(test)]
+mod proptests;

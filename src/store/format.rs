@@ -231,7 +231,9 @@ pub fn read_entry_within(
             return Err(FormatError::Truncated);
         }
     } else {
-        io::copy(&mut input.take(header.size + 1), &mut checked).map_err(|err| {
+        // One byte more than the header says, to see a longer body (saturating: a header
+        // may claim u64::MAX bytes).
+        io::copy(&mut input.take(header.size.saturating_add(1)), &mut checked).map_err(|err| {
             if checked.over_limit() {
                 size_error(&checked)
             } else {
@@ -403,3 +405,6 @@ mod tests {
         assert!(!compression_pays(100, &compressible(100)));
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -362,3 +362,6 @@ mod tests {
         assert!(plan_ranges(Vec::new(), 1000, 100).is_empty());
     }
 }
+
+#[cfg(test)]
+mod proptests;

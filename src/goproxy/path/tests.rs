@@ -634,7 +634,7 @@ fn each_kind_is_classified_for_caching() {
 }
 
 /// Whether `key` keeps the storage key's contract (see `Request::storage_key`).
-fn assert_safe_key(key: &str) {
+pub(super) fn assert_safe_key(key: &str) {
     assert!(!key.is_empty() && key.len() <= MAX_REQUEST_PATH, "{key:?}");
     assert!(
         key.bytes()

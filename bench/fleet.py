@@ -549,6 +549,21 @@ def summarize(rnd):
         bytes_up_per_build=rsum("bytes_up") / n, pack_requests_per_build=pack / n,
         remote_errors=rsum("errors") + rsum("upload_errors"), killed=rnd["killed"],
         failures=[m["error"] for m in ms if m["error"]])
+    by_role = {}
+    for m in ms:
+        st = m.get("stats") or {}
+        r = st.get("remote") or {}
+        pf = r.get("prefetch") or {}
+        row = by_role.setdefault(m["role"], dict(builds=0, seconds=[], gets=0, hits=0,
+                                                 remote_gets=0, prefetched=0, pack_requests=0))
+        row["builds"] += 1
+        row["seconds"].append(round(m["seconds"], 2))
+        row["gets"] += st.get("gets", 0)
+        row["hits"] += st.get("hits", 0)
+        row["remote_gets"] += r.get("hits", 0) + r.get("misses", 0) + r.get("errors", 0)
+        row["prefetched"] += pf.get("fetched", 0)
+        row["pack_requests"] += (pf.get("pack") or {}).get("requests", 0)
+    s["by_role"] = by_role
     if "serve" in rnd["requests"]:
         s["serve_requests_per_build"] = rnd["requests"]["serve"].get("total", 0) / n
         s["serve_bytes_sent_per_build"] = rnd["requests"]["serve"].get("bytes_sent", 0) / n

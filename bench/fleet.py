@@ -248,8 +248,9 @@ class MinioCluster:
         self.wait_healthy([i], timeout)
 
     def counts(self):
-        """Requests and bytes served by all nodes so far (a dead node's last reading)."""
-        total = {}
+        """Requests and bytes served by all nodes so far (a dead node's last reading), and
+        their CPU seconds (`cpu`, a node's own since its start)."""
+        total = {"cpu_ms": int(1000 * sum(proc_cpu(p) for p in self.procs))}
         for i, reader in enumerate(self.readers):
             if self.procs[i] is not None and self.procs[i].poll() is None:
                 try:
@@ -311,7 +312,7 @@ class Replica:
     def counts(self):
         if self.proc.poll() is None:
             try:
-                self.last = compare.Serve.counts(self)
+                self.last = dict(compare.Serve.counts(self), cpu_ms=int(1000 * proc_cpu(self.proc)))
             except OSError:
                 pass
         return self.last or {}
@@ -328,6 +329,18 @@ class Replica:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def proc_cpu(proc):
+    """CPU seconds (user and system) of a running child so far; 0 once it has exited."""
+    if proc is None or proc.poll() is not None:
+        return 0.0
+    try:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def sum_counts(replicas):
@@ -644,7 +657,9 @@ def summarize(rnd):
     s["hit_rate_pr"] = by_role.get("pr", {}).get("hit_rate")
     # The wall time two fully shared cores would give if the builds' CPU were all there is
     # (other work on the machine makes the real one longer).
-    s["cpu_bound_s"] = max(s["cpu_per_build"] * n / 2, s["cpu_per_build"] / 2)
+    store_cpu = sum(max(0, rnd["requests"][k].get("cpu_ms", 0)) for k in rnd["requests"]) / 1000
+    s["store_cpu_per_build"] = store_cpu / n
+    s["cpu_bound_s"] = (s["cpu_per_build"] + s["store_cpu_per_build"]) * n / 2
     if "serve" in rnd["requests"]:
         s["serve_requests_per_build"] = rnd["requests"]["serve"].get("total", 0) / n
         s["serve_bytes_sent_per_build"] = rnd["requests"]["serve"].get("bytes_sent", 0) / n
@@ -664,7 +679,7 @@ def markdown(summaries, seeds, env_line, command):
                  f"{s['mode']} {s['median_s']:.1f} s, {s['gets_per_build']:.0f} gets, "
                  f"{s['uploads_per_build']:.0f} uploads" for s in seeds), "",
              "| mode | N | builds ok / correct | hit rate (main-branch; PR) | median | p90 | "
-             "CPU / build; N x CPU / 2 cores | gets / build | store requests / build (GET, PUT) | "
+             "CPU / build: machine + store; N x both / 2 cores | gets / build | store requests / build (GET, PUT) | "
              "serve requests / build | down / build | remote hits, misses, instant / build |",
              "|---|---:|---|---|---:|---:|---|---:|---|---:|---:|---|"]
     for s in summaries:
@@ -675,7 +690,7 @@ def markdown(summaries, seeds, env_line, command):
             f"| {s['mode']}{kill} | {s['n']} | {s['ok']} / {s['correct']} of {s['n']} | "
             f"{s['hit_rate'] * 100:.1f}% ({s['hit_rate_main'] * 100:.1f}%; {pr}) | "
             f"{s['median_s']:.1f} s | {s['p90_s']:.1f} s | "
-            f"{s['cpu_per_build']:.1f} s; {s['cpu_bound_s']:.1f} s | "
+            f"{s['cpu_per_build']:.1f} + {s['store_cpu_per_build']:.1f} s; {s['cpu_bound_s']:.1f} s | "
             f"{s['gets_per_build']:.0f} | {s['store_requests_per_build']:.0f} "
             f"({s['store_gets_per_build']:.0f}, {s['store_puts_per_build']:.0f}) | {serve} | "
             f"{mb(s['bytes_down_per_build'])} | {s['remote_hits_per_build']:.0f}, "

@@ -24,11 +24,15 @@ One run, one machine, everything on loopback:
   reproducible with -trimpath) and print the same line when run.
 
 Figures per mode and N: hit rate (the go command's gets answered from the cache, over its
-gets), median and p90 wall time of `go build`, and requests per build: at the store (the sum
-of MinIO's per-node request metrics over the round, over N; through `serve` both serve's
-requests and what serve asked of MinIO) and the bytes they moved.
+gets; also apart for main-branch and pull-request machines), median and p90 wall time of
+`go build`, CPU per build (the machine's: the go command with its compilers, and its
+goremotecache, read from /proc; the stores': the MinIO nodes and serve replicas), and
+requests per build: at the store (the sum of MinIO's per-node request metrics over the
+round, over N; through `serve` both serve's requests and what serve asked of MinIO) and the
+bytes they moved. A round ends when every machine's goremotecache has exited (the pack and
+the stats file come after the go command), so its counts are its own.
 
-    python3 bench/fleet.py --bin target/release/goremotecache            # about 10-15 minutes
+    python3 bench/fleet.py --bin target/release/goremotecache            # about 10 minutes
     python3 bench/fleet.py --bin BIN --sizes 1,2 --no-kill               # a smoke test
     python3 bench/fleet.py --bin BIN --markdown /tmp/fleet.md --json /tmp/fleet.json
 
@@ -54,6 +58,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
+import bench_serve  # noqa: E402
 import compare  # noqa: E402
 import stores  # noqa: E402
 
@@ -679,8 +684,9 @@ def markdown(summaries, seeds, env_line, command):
                  f"{s['mode']} {s['median_s']:.1f} s, {s['gets_per_build']:.0f} gets, "
                  f"{s['uploads_per_build']:.0f} uploads" for s in seeds), "",
              "| mode | N | builds ok / correct | hit rate (main-branch; PR) | median | p90 | "
-             "CPU / build: machine + store; N x both / 2 cores | gets / build | store requests / build (GET, PUT) | "
-             "serve requests / build | down / build | remote hits, misses, instant / build |",
+             "CPU / build: machine + store; N x both / 2 cores | gets / build | "
+             "store requests / build (GET, PUT) | serve requests / build | down / build | "
+             "remote hits, misses, instant / build |",
              "|---|---:|---|---|---:|---:|---|---:|---|---:|---:|---|"]
     for s in summaries:
         kill = " (kill)" if s["killed"] else ""
@@ -690,7 +696,8 @@ def markdown(summaries, seeds, env_line, command):
             f"| {s['mode']}{kill} | {s['n']} | {s['ok']} / {s['correct']} of {s['n']} | "
             f"{s['hit_rate'] * 100:.1f}% ({s['hit_rate_main'] * 100:.1f}%; {pr}) | "
             f"{s['median_s']:.1f} s | {s['p90_s']:.1f} s | "
-            f"{s['cpu_per_build']:.1f} + {s['store_cpu_per_build']:.1f} s; {s['cpu_bound_s']:.1f} s | "
+            f"{s['cpu_per_build']:.1f} + {s['store_cpu_per_build']:.1f} s; "
+            f"{s['cpu_bound_s']:.1f} s | "
             f"{s['gets_per_build']:.0f} | {s['store_requests_per_build']:.0f} "
             f"({s['store_gets_per_build']:.0f}, {s['store_puts_per_build']:.0f}) | {serve} | "
             f"{mb(s['bytes_down_per_build'])} | {s['remote_hits_per_build']:.0f}, "
@@ -709,9 +716,12 @@ def markdown(summaries, seeds, env_line, command):
 def main():
     args = parse_args()
     command = shlex.join(["python3", "bench/fleet.py", *sys.argv[1:]])
-    binary = os.path.abspath(args.bin) if args.bin else compare.build_binary()
     sizes = [int(x) for x in args.sizes.split(",")]
     modes = args.modes.split(",")
+    if not set(modes) <= {"s3", "serve"} or min(sizes) < 1:
+        raise FleetError("--modes takes s3 and serve, --sizes numbers from 1 (see --help)")
+    # Without --bin: cargo build --release, into CARGO_TARGET_DIR when it is set.
+    binary = os.path.abspath(args.bin) if args.bin else bench_serve.build(False)[0]
     tmp = tempfile.mkdtemp(prefix="goremotecache-fleet-")
     e = bench.environment_summary()
     env_line = f"{e['date']}, {e['go']}, nproc {e['nproc']}, commit {e['commit']}"

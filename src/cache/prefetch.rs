@@ -121,13 +121,8 @@ impl Prefetcher {
         let this = self.clone();
         let disk = disk.clone();
         let work = tokio::spawn(async move {
-            if let Ok(Some((index, manifest))) = lookup.await {
-                let toc = match index {
-                    0 => lock(&this.own_toc).clone(),
-                    _ => this.load_toc(index).await,
-                };
-                this.prefetch_entries(&disk, manifest, toc.map(|toc| (index, toc)))
-                    .await;
+            if let Ok(Some((_, manifest))) = lookup.await {
+                this.prefetch_entries(&disk, manifest).await;
             }
         });
         *lock(&self.task) = Some(work.abort_handle());
@@ -223,14 +218,9 @@ impl Prefetcher {
     }
 
     /// Pulls the manifest's entries into the local cache, within the budget, in its order:
-    /// those that `pack` (the pack of the manifest's namespace, with its index) holds from
-    /// it, the others one by one or in batches.
-    async fn prefetch_entries(
-        &self,
-        disk: &DiskCache,
-        manifest: Manifest,
-        pack: Option<(usize, Toc)>,
-    ) {
+    /// each from the pack of its namespace if that holds it (all packs at once), the others
+    /// one by one or in batches.
+    async fn prefetch_entries(&self, disk: &DiskCache, manifest: Manifest) {
         let start = Instant::now();
         let prefetch = self;
         let stats = self.tier.remote_stats();
@@ -267,10 +257,7 @@ impl Prefetcher {
             return;
         };
         add(&stats.prefetch_local, (wanted_len - todo.len()) as u64);
-        let todo = match pack {
-            Some((index, toc)) => self.prefetch_from_pack(disk, index, &toc, todo).await,
-            None => todo,
-        };
+        let todo = self.prefetch_from_packs(disk, todo).await;
         let concurrency = prefetch.config.concurrency;
         match self.tier.store().batch_limit() {
             0 => {

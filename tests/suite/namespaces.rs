@@ -124,6 +124,13 @@ fn a_pull_request_reads_mains_cache_and_writes_only_its_own() {
     let counts = by_namespace(&second);
     assert!(counts["pr-1"].0 + counts["pr-1"].1 > 0, "{counts:?}");
     assert!(counts["main"].0 + counts["main"].1 > 50, "{counts:?}");
+    // Its own manifest lists main's entries too: those come from main's pack (a few ranged
+    // reads), not one GET each.
+    assert!(
+        second.stat("remote.prefetch.pack.entries") > 50,
+        "main's pack was not read: {:?}",
+        second.stats
+    );
     project.assert_tests_cached();
     assert_eq!(objects(&main_dir), mains, "main's namespace was written");
 

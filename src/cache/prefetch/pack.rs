@@ -18,7 +18,7 @@
 //! ([`super::Prefetcher::write_due_pack`]), a daemon at its flush. Only when the pack is
 //! missing or stale ([`pack_is_stale`]): it re-encodes and uploads every entry.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -124,7 +124,46 @@ impl Prefetcher {
     /// Fetches `todo`'s entries of the namespace at `index` that the pack (of that
     /// namespace, with table `toc`) holds, in ranges; returns the rest of `todo`, to be
     /// fetched entry by entry, with the entries the pack failed to give.
-    pub(super) async fn prefetch_from_pack(
+    /// Fetches the entries of `todo` (each with its namespace's index) that their
+    /// namespace's pack holds, the packs of all namespaces at once: a pull request's own
+    /// manifest lists the main branch's entries too, which main's pack holds. The own
+    /// namespace's table of contents was read at start; another's is read now. Returns the
+    /// entries left to fetch alone, in their order.
+    pub(super) async fn prefetch_from_packs(
+        &self,
+        disk: &DiskCache,
+        todo: Vec<(ActionId, usize)>,
+    ) -> Vec<(ActionId, usize)> {
+        let mut by_namespace: BTreeMap<usize, Vec<(ActionId, usize)>> = BTreeMap::new();
+        for item in &todo {
+            by_namespace.entry(item.1).or_default().push(*item);
+        }
+        let own = lock(&self.own_toc).clone();
+        let left: HashSet<ActionId> =
+            futures::future::join_all(by_namespace.into_iter().map(|(index, items)| {
+                let own = own.clone();
+                async move {
+                    let toc = match index {
+                        0 => own,
+                        _ => self.load_toc(index).await,
+                    };
+                    match toc {
+                        Some(toc) => self.prefetch_from_pack(disk, index, &toc, items).await,
+                        None => items,
+                    }
+                }
+            }))
+            .await
+            .into_iter()
+            .flatten()
+            .map(|(action, _)| action)
+            .collect();
+        todo.into_iter()
+            .filter(|(action, _)| left.contains(action))
+            .collect()
+    }
+
+    async fn prefetch_from_pack(
         &self,
         disk: &DiskCache,
         index: usize,

@@ -29,7 +29,7 @@
 //! (names from the report, comma-separated) limits the faults drawn; `GOREMOTECACHE_SOAK_REPORT`
 //! names a file for the report as JSON. docs/reliability.md has the long run's report.
 
-use crate::daemon::{kill_daemon, records};
+use crate::daemon::{Flushed, kill_daemon, records};
 use crate::serve::{RW, Server};
 use crate::support::{self, GoProject};
 
@@ -117,7 +117,11 @@ impl Target {
 
     /// Where its entries are in the bucket.
     fn prefix(self) -> &'static str {
-        if self.serve() { SERVE_PREFIX } else { S3_PREFIX }
+        if self.serve() {
+            SERVE_PREFIX
+        } else {
+            S3_PREFIX
+        }
     }
 }
 
@@ -324,10 +328,7 @@ impl Module {
                 );
             }
             if package.fillers > 0 {
-                code = code.replace(
-                    &format!("Filler{}(x+1)", package.fillers),
-                    "len(Blob)",
-                );
+                code = code.replace(&format!("Filler{}(x+1)", package.fillers), "len(Blob)");
             }
             write(format!("soak/p{n}/p{n}.go"), code);
             let test = root.join(format!("soak/p{n}/p{n}_test.go"));
@@ -354,7 +355,9 @@ impl Module {
             .collect();
         write(
             "cmd/soak/main.go".into(),
-            format!("package main\n\nimport (\n\t\"fmt\"\n\n{imports})\n\nfunc main() {{\n{prints}}}\n"),
+            format!(
+                "package main\n\nimport (\n\t\"fmt\"\n\n{imports})\n\nfunc main() {{\n{prints}}}\n"
+            ),
         );
     }
 }
@@ -373,6 +376,12 @@ struct Report {
     wrong: u64,
     corrupt: u64,
     lost: u64,
+    /// Builds after which every entry they added was checked to be in the store.
+    upload_checks: u64,
+    local_verified: u64,
+    objects_verified: u64,
+    /// Timed faults (restarts, kills) that struck before the build ended.
+    struck: u64,
     problems: Vec<String>,
 }
 
@@ -390,6 +399,10 @@ impl Report {
             "wrong_outputs": self.wrong,
             "corrupt_entries": self.corrupt,
             "lost_puts": self.lost,
+            "upload_checks": self.upload_checks,
+            "timed_faults_struck": self.struck,
+            "local_files_verified": self.local_verified,
+            "store_objects_verified": self.objects_verified,
             "seconds": seconds,
             "problems": self.problems,
         })
@@ -442,7 +455,10 @@ impl Stores {
 fn local_actions(cache_dir: &Path) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for shard in std::fs::read_dir(cache_dir.join("a")).into_iter().flatten() {
-        for entry in std::fs::read_dir(shard.unwrap().path()).into_iter().flatten() {
+        for entry in std::fs::read_dir(shard.unwrap().path())
+            .into_iter()
+            .flatten()
+        {
             names.insert(entry.unwrap().file_name().to_string_lossy().into_owned());
         }
     }
@@ -463,10 +479,13 @@ fn files_below(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Verifies every entry and output of the local cache at `cache_dir`; returns the problems.
-fn verify_local(stores: &mut Stores, cache_dir: &Path) -> Vec<String> {
+/// Verifies every entry and output of the local cache at `cache_dir`; returns the problems
+/// and how many files were checked.
+fn verify_local(stores: &mut Stores, cache_dir: &Path) -> (Vec<String>, u64) {
     let mut problems = Vec::new();
+    let mut checked = 0;
     for path in files_below(&cache_dir.join("a")) {
+        checked += 1;
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let fields: Vec<&str> = text.split_whitespace().collect();
         let parsed = match fields[..] {
@@ -474,7 +493,10 @@ fn verify_local(stores: &mut Stores, cache_dir: &Path) -> Vec<String> {
             _ => None,
         };
         let Some((output, size)) = parsed else {
-            problems.push(format!("local entry {} is not an entry: {text:?}", path.display()));
+            problems.push(format!(
+                "local entry {} is not an entry: {text:?}",
+                path.display()
+            ));
             continue;
         };
         let hex = output.to_hex();
@@ -496,24 +518,31 @@ fn verify_local(stores: &mut Stores, cache_dir: &Path) -> Vec<String> {
         if !stores.is_new(&path) {
             continue;
         }
+        checked += 1;
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let good = OutputId::from_hex(&name)
             .is_some_and(|id| goremotecache::local::disk::file_has_id(&path, &id).unwrap_or(false));
         if !good {
-            problems.push(format!("local output {} does not hash to its name", path.display()));
+            problems.push(format!(
+                "local output {} does not hash to its name",
+                path.display()
+            ));
         }
     }
-    problems
+    (problems, checked)
 }
 
-/// Verifies every object of the bucket with the crate's readers; returns the problems.
-fn verify_bucket(stores: &mut Stores) -> Vec<String> {
+/// Verifies every object of the bucket that is new since the last call with the crate's
+/// readers; returns the problems and how many objects were checked.
+fn verify_bucket(stores: &mut Stores) -> (Vec<String>, u64) {
     let files = stores.s3.lock().unwrap().entry_files();
     let mut problems = Vec::new();
+    let mut checked = 0;
     for path in files {
         if !stores.is_new(&path) {
             continue;
         }
+        checked += 1;
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
@@ -537,7 +566,7 @@ fn verify_bucket(stores: &mut Stores) -> Vec<String> {
             problems.push(format!("bucket object {shown}: {err}"));
         }
     }
-    problems
+    (problems, checked)
 }
 
 fn verify_pack(bytes: &[u8]) -> Result<(), String> {
@@ -558,7 +587,11 @@ fn verify_pack(bytes: &[u8]) -> Result<(), String> {
 fn goremotecache_children(parents: &[u32]) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -567,7 +600,11 @@ fn goremotecache_children(parents: &[u32]) -> Vec<u32> {
         let Some((head, rest)) = stat.rsplit_once(") ") else {
             continue;
         };
-        let ppid: u32 = rest.split(' ').nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let ppid: u32 = rest
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         if head.ends_with("(goremotecache") && parents.contains(&ppid) {
             out.push(pid);
         }
@@ -721,7 +758,9 @@ fn judge(ran: &Ran, check: &Check) -> Verdict {
     }
     match check {
         Check::Command(exe, want) => {
-            let out = Command::new(exe).output().expect("running the built command");
+            let out = Command::new(exe)
+                .output()
+                .expect("running the built command");
             let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .map(str::to_string)
@@ -741,10 +780,36 @@ fn judge(ran: &Ran, check: &Check) -> Verdict {
             if &got == want {
                 Verdict::Right
             } else {
-                Verdict::Wrong(format!("the tests printed {got:?}, not {want:?}:\n{stdout}"))
+                Verdict::Wrong(format!(
+                    "the tests printed {got:?}, not {want:?}:\n{stdout}"
+                ))
             }
         }
     }
+}
+
+/// Runs `flush` for the daemon of `project`'s machine and settings: whether it reports
+/// every upload done (none dropped, failed or pending), with a daemon there to ask.
+fn flushed_cleanly(project: &GoProject) -> bool {
+    let mut command = Command::new(support::bin());
+    command
+        .arg("flush")
+        .arg("--cache-dir")
+        .arg(&project.cache_dir)
+        .arg("--lock-dir")
+        .arg(&project.lock_dir)
+        .args(&project.args)
+        .env_remove("GOREMOTECACHE_CACHE_DIR")
+        .env_remove("GOREMOTECACHE_LOCK_DIR")
+        .envs(project.env.iter().map(|(k, v)| (k, v)));
+    let (code, stdout, _) = support::outcome(&mut command);
+    let lines: Vec<Flushed> = (stdout.lines())
+        .filter(|line| line.contains(" uploaded, "))
+        .map(Flushed::parse)
+        .collect();
+    code == 0
+        && !lines.is_empty()
+        && (lines.iter()).all(|f| (f.dropped, f.failed, f.pending) == (0, 0, 0))
 }
 
 /// The stats' figure `remote.NAME`, 0 if absent.
@@ -752,6 +817,16 @@ fn remote_figure(stats: &Option<Value>, name: &str) -> u64 {
     (stats.as_ref())
         .and_then(|s| s["remote"][name].as_u64())
         .unwrap_or(0)
+}
+
+/// Writes the report to `GOREMOTECACHE_SOAK_REPORT`, if set; returns it.
+fn write_report(report: &Report, began: Instant) -> Value {
+    let json = report.json(began.elapsed().as_secs_f64());
+    if let Ok(path) = std::env::var("GOREMOTECACHE_SOAK_REPORT") {
+        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap() + "\n")
+            .unwrap_or_else(|err| panic!("cannot write the soak report to {path}: {err}"));
+    }
+    json
 }
 
 fn env_number(name: &str) -> Option<u64> {
@@ -778,7 +853,11 @@ impl Machines {
 
 impl Drop for Machines {
     fn drop(&mut self) {
-        for entry in std::fs::read_dir(self.root.path()).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(self.root.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             Self::kill_daemons_of(&entry.path().join("cache"));
         }
     }
@@ -787,12 +866,18 @@ impl Drop for Machines {
 #[test]
 fn builds_survive_a_seeded_storm_of_faults() {
     let seed = env_number("GOREMOTECACHE_SOAK_SEED").unwrap_or_else(|| {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
         now.as_nanos() as u64 ^ u64::from(std::process::id())
     });
     let builds = env_number("GOREMOTECACHE_SOAK_BUILDS");
     let bound = env_number("GOREMOTECACHE_SOAK_SECONDS")
-        .or(if builds.is_none() { Some(SHORT_SECONDS) } else { None })
+        .or(if builds.is_none() {
+            Some(SHORT_SECONDS)
+        } else {
+            None
+        })
         .map(Duration::from_secs);
     let builds = builds.unwrap_or(SHORT_BUILDS);
     let only: Option<Vec<String>> = std::env::var("GOREMOTECACHE_SOAK_FAULTS")
@@ -880,6 +965,7 @@ fn builds_survive_a_seeded_storm_of_faults() {
         *report.faults.entry(kind.name()).or_default() += 1;
         *report.targets.entry(target.name()).or_default() += 1;
 
+        let build_began = Instant::now();
         let machine_dir = machines.root.path().join(&machine);
         if !fresh && build > 0 && !machine_dir.exists() {
             support::copy_tree(
@@ -939,8 +1025,7 @@ fn builds_survive_a_seeded_storm_of_faults() {
         let go_pids = Mutex::new(Vec::new());
         let done = AtomicBool::new(false);
         let (ran, struck) = std::thread::scope(|scope| {
-            let controller =
-                scope.spawn(|| control(timed, &stores, &cache_dir, &go_pids, &done));
+            let controller = scope.spawn(|| control(timed, &stores, &cache_dir, &go_pids, &done));
             let ran = run_go(project, &plan, kind == Kind::SharedCache, &go_pids);
             done.store(true, Ordering::SeqCst);
             (ran, controller.join().unwrap())
@@ -951,6 +1036,10 @@ fn builds_survive_a_seeded_storm_of_faults() {
             s3.set_chaos(None);
         }
         stores.ensure_up();
+        if struck {
+            report.struck += 1;
+            eprintln!("soak: build {build}: {} struck", kind.name());
+        }
         report.builds += 1;
         report.go_commands += ran.len() as u64;
 
@@ -993,27 +1082,44 @@ fn builds_survive_a_seeded_storm_of_faults() {
         }
 
         // Nothing damaged, here or in the store.
-        let mut problems = verify_local(&mut stores, &cache_dir);
-        problems.extend(verify_bucket(&mut stores));
+        let (mut problems, local) = verify_local(&mut stores, &cache_dir);
+        let (in_bucket, objects) = verify_bucket(&mut stores);
+        problems.extend(in_bucket);
+        report.local_verified += local;
+        report.objects_verified += objects;
         for text in problems {
             report.corrupt += 1;
             report.problem(format!("build {build}: {text}"));
         }
         // Nothing acknowledged is lost.
-        let acknowledged = stores.s3.lock().unwrap().acknowledged_puts();
+        let acknowledged: BTreeSet<PathBuf> = (stores.s3.lock().unwrap().acknowledged_puts())
+            .into_iter()
+            .collect();
         let root = stores.s3.lock().unwrap().root.path().to_path_buf();
         for path in acknowledged.iter().filter(|p| !root.join(p).is_file()) {
             report.lost += 1;
-            report.problem(format!("build {build}: the acknowledged PUT of {} is gone", path.display()));
+            report.problem(format!(
+                "build {build}: the acknowledged PUT of {} is gone",
+                path.display()
+            ));
         }
-        let store_stayed_up = !matches!(kind, Kind::StoreRestart | Kind::ServeRestart | Kind::KillProgram);
-        let clean = ran.iter().all(|r| {
-            r.output.status.success()
-                && r.stats.is_some()
-                && remote_figure(&r.stats, "upload_errors") == 0
-                && remote_figure(&r.stats, "uploads_dropped") == 0
-        });
-        if !target.daemon() && store_stayed_up && clean {
+        let store_stayed_up = !matches!(
+            kind,
+            Kind::StoreRestart | Kind::ServeRestart | Kind::KillProgram
+        );
+        let clean = if target.daemon() {
+            // The daemon uploads after the build: `flush` waits for it and says how it went.
+            ran.iter().all(|r| r.output.status.success()) && flushed_cleanly(project)
+        } else {
+            ran.iter().all(|r| {
+                r.output.status.success()
+                    && r.stats.is_some()
+                    && remote_figure(&r.stats, "upload_errors") == 0
+                    && remote_figure(&r.stats, "uploads_dropped") == 0
+            })
+        };
+        if store_stayed_up && clean {
+            report.upload_checks += 1;
             let in_bucket = stores
                 .s3
                 .lock()
@@ -1039,15 +1145,19 @@ fn builds_survive_a_seeded_storm_of_faults() {
             Machines::kill_daemons_of(&cache_dir);
             let _ = std::fs::remove_dir_all(&machine_dir);
         }
+        eprintln!(
+            "soak: build {build} done in {:.1} s",
+            build_began.elapsed().as_secs_f64()
+        );
+        // Written after every build, so that a long run cut short still has its report.
+        write_report(&report, began);
     }
 
-    let seconds = began.elapsed().as_secs_f64();
-    let json = report.json(seconds);
-    eprintln!("soak: report {}", serde_json::to_string_pretty(&json).unwrap());
-    if let Ok(path) = std::env::var("GOREMOTECACHE_SOAK_REPORT") {
-        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap() + "\n")
-            .unwrap_or_else(|err| panic!("cannot write the soak report to {path}: {err}"));
-    }
+    let json = write_report(&report, began);
+    eprintln!(
+        "soak: report {}",
+        serde_json::to_string_pretty(&json).unwrap()
+    );
     drop(machines);
     assert!(
         report.failed == 0 && report.wrong == 0 && report.corrupt == 0 && report.lost == 0,

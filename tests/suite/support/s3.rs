@@ -90,7 +90,12 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
         let filter = req.uri().path().ends_with("/filter/v1/keys");
         // Faults and the count of GETs at once are for entries and manifests.
         let object_get = method == "GET" && !listing && !filter;
-        let entry_put = method == "PUT" && !listing && !filter;
+        // A multipart upload's parts are not objects: what it stores is acknowledged by the
+        // POST that completes it.
+        let multipart = req.uri().query().is_some_and(|q| q.contains("uploadId"));
+        let entry_put = method == "PUT" && !listing && !filter && !multipart;
+        let completion = method == "POST" && multipart && !filter;
+        let part_put = method == "PUT" && multipart;
         // Listings and the key filter's requests are counted apart ("LIST", "FILTER GET",
         // "FILTER PUT"), so that "GET" and "PUT" are the requests for entries and manifests.
         let method = if listing {
@@ -133,10 +138,11 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
             Fault::None
         };
         let fault = match fault {
-            Fault::None => self.shared.chaos_for(object_get, entry_put),
+            Fault::None => self.shared.chaos_for(object_get, entry_put || part_put),
             fault => fault,
         };
-        let put_path = entry_put.then(|| PathBuf::from(req.uri().path().trim_start_matches('/')));
+        let put_path = (entry_put || completion)
+            .then(|| PathBuf::from(req.uri().path().trim_start_matches('/')));
         if fault == Fault::DenyMissing
             && !self
                 .shared
@@ -300,8 +306,8 @@ impl S3Server {
         self.shared.chaos.lock().unwrap().2
     }
 
-    /// The objects (paths under [`S3Server::root`]) whose PUT was answered with success, in
-    /// order: what the server acknowledged.
+    /// The objects (paths under [`S3Server::root`]) whose PUT (or multipart upload's
+    /// completion) was answered with success, in order: what the server acknowledged.
     pub fn acknowledged_puts(&self) -> Vec<PathBuf> {
         self.shared.acknowledged.lock().unwrap().clone()
     }

@@ -141,10 +141,11 @@ enum Kind {
     KillProgram,
     KillDaemon,
     SharedCache,
+    FullDisk,
 }
 
 impl Kind {
-    const ALL: [Kind; 13] = [
+    const ALL: [Kind; 14] = [
         Kind::Calm,
         Kind::Latency,
         Kind::Stall,
@@ -158,6 +159,7 @@ impl Kind {
         Kind::KillProgram,
         Kind::KillDaemon,
         Kind::SharedCache,
+        Kind::FullDisk,
     ];
 
     fn name(self) -> &'static str {
@@ -175,6 +177,7 @@ impl Kind {
             Kind::KillProgram => "sigkill_goremotecache",
             Kind::KillDaemon => "sigkill_daemon",
             Kind::SharedCache => "shared_cache_dir",
+            Kind::FullDisk => "full_disk",
         }
     }
 
@@ -182,6 +185,8 @@ impl Kind {
         match self {
             Kind::ServeRestart => target.serve(),
             Kind::KillDaemon => target.daemon(),
+            // A daemon started on the small disk would outlive the build out of reach.
+            Kind::FullDisk => !target.daemon(),
             _ => true,
         }
     }
@@ -699,11 +704,16 @@ fn run_go(
     project: &GoProject,
     plan: &[(Vec<String>, Check)],
     together: bool,
+    disk: Option<u64>,
     go_pids: &Mutex<Vec<u32>>,
 ) -> Vec<Ran> {
     let start = |args: &[String]| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (mut command, stats_file) = project.command(&args);
+        let (command, stats_file) = project.command(&args);
+        let mut command = match disk {
+            Some(megabytes) => on_small_disk(command, &project.cache_dir, megabytes),
+            None => command,
+        };
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -736,6 +746,45 @@ fn run_go(
             })
             .collect()
     }
+}
+
+/// `command` run with `cache_dir` on a tmpfs of `megabytes` of its own, in a private mount
+/// namespace (as tests/suite/disk_errors.rs does): a disk that fills during the build. The
+/// pid stays the go command's (unshare and sh exec it).
+fn on_small_disk(command: Command, cache_dir: &Path, megabytes: u64) -> Command {
+    std::fs::create_dir_all(cache_dir).unwrap();
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o size=\"$1\",mode=0700 tmpfs \"$2\" && shift 2 && exec \"$@\"")
+        .arg("sh")
+        .arg(format!("{megabytes}m"))
+        .arg(cache_dir)
+        .arg(command.get_program())
+        .args(command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
+}
+
+/// Fails the soak at once, clearly, where the full-disk fault cannot run.
+fn require_unshare() {
+    let works = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        works,
+        "the soak's full-disk fault needs `unshare --mount` (util-linux, and root or user \
+         namespaces), as tests/suite/disk_errors.rs does"
+    );
 }
 
 /// How one go command's result compares with what it must be.
@@ -895,6 +944,7 @@ fn builds_survive_a_seeded_storm_of_faults() {
     eprintln!(
         "soak: seed {seed} (GOREMOTECACHE_SOAK_SEED={seed} replays it), {builds} builds, bound {bound:?}"
     );
+    require_unshare();
     let began = Instant::now();
     let mut rng = Rng(seed);
     let mut report = Report {
@@ -944,6 +994,12 @@ fn builds_survive_a_seeded_storm_of_faults() {
             format!("{}-{}", target.name(), rng.below(2))
         };
         let mut m = rng.below(modules.len() as u64) as usize;
+        let disk = (kind == Kind::FullDisk).then(|| 2 + rng.below(14));
+        if disk.is_some() {
+            // A cache on a small disk of its own: a fresh machine.
+            fresh = true;
+            machine = format!("disk-{build}");
+        }
         if build == 0 {
             // The first build, calm, fills the local cache that every kept machine starts
             // from: the standard library's entries come from the store once, not once per
@@ -958,9 +1014,10 @@ fn builds_survive_a_seeded_storm_of_faults() {
             down: Duration::from_millis(100 + rng.below(2000)),
         };
         eprintln!(
-            "soak: build {build}: {} on machine {machine}, module {m}, fault {} {chaos:?}",
+            "soak: build {build}: {} on machine {machine}, module {m}, fault {} {chaos:?}{}",
             target.name(),
-            kind.name()
+            kind.name(),
+            disk.map(|mb| format!(" on {mb} MiB")).unwrap_or_default()
         );
         *report.faults.entry(kind.name()).or_default() += 1;
         *report.targets.entry(target.name()).or_default() += 1;
@@ -1026,7 +1083,7 @@ fn builds_survive_a_seeded_storm_of_faults() {
         let done = AtomicBool::new(false);
         let (ran, struck) = std::thread::scope(|scope| {
             let controller = scope.spawn(|| control(timed, &stores, &cache_dir, &go_pids, &done));
-            let ran = run_go(project, &plan, kind == Kind::SharedCache, &go_pids);
+            let ran = run_go(project, &plan, kind == Kind::SharedCache, disk, &go_pids);
             done.store(true, Ordering::SeqCst);
             (ran, controller.join().unwrap())
         });
@@ -1050,7 +1107,7 @@ fn builds_survive_a_seeded_storm_of_faults() {
         if kind == Kind::KillProgram && struck && any_failed {
             report.killed += 1;
             eprintln!("soak: build {build} killed; building again");
-            let again = run_go(project, &plan, false, &Mutex::new(Vec::new()));
+            let again = run_go(project, &plan, false, disk, &Mutex::new(Vec::new()));
             report.go_commands += again.len() as u64;
             for (ran, (_, check)) in again.iter().zip(&plan) {
                 match judge(ran, check) {
@@ -1103,7 +1160,8 @@ fn builds_survive_a_seeded_storm_of_faults() {
                 path.display()
             ));
         }
-        let store_stayed_up = !matches!(
+        // (A small disk's cache is gone with its mount namespace: nothing to compare.)
+        let comparable = disk.is_none() && !matches!(
             kind,
             Kind::StoreRestart | Kind::ServeRestart | Kind::KillProgram
         );
@@ -1118,7 +1176,7 @@ fn builds_survive_a_seeded_storm_of_faults() {
                     && remote_figure(&r.stats, "uploads_dropped") == 0
             })
         };
-        if store_stayed_up && clean {
+        if comparable && clean {
             report.upload_checks += 1;
             let in_bucket = stores
                 .s3

@@ -23,9 +23,8 @@
 //! action entry the build added locally is in the store.
 //!
 //! `GOREMOTECACHE_SOAK_SEED` replays a run; `GOREMOTECACHE_SOAK_BUILDS` sets its length (the
-//! default is the short soak that runs with the suite); `GOREMOTECACHE_SOAK_SECONDS` stops
-//! starting builds after that long, once the minimum of builds is done (default: 240 for the
-//! short soak, no bound when the number of builds is given); `GOREMOTECACHE_SOAK_FAULTS`
+//! default is the short soak of 10 builds that runs with the suite); `GOREMOTECACHE_SOAK_SECONDS`
+//! stops starting builds after that long, once 10 are done; `GOREMOTECACHE_SOAK_FAULTS`
 //! (names from the report, comma-separated) limits the faults drawn; `GOREMOTECACHE_SOAK_REPORT`
 //! names a file for the report as JSON. docs/reliability.md has the long run's report.
 
@@ -47,12 +46,10 @@ use goremotecache::store::{format, pack};
 use serde_json::{Value, json};
 use support::s3::{Chaos, Fault, S3Server, SECRET_KEY, credentials, with_prefetch};
 
-/// Builds of the short soak, the suite's.
-const SHORT_BUILDS: u64 = 12;
+/// Builds of the short soak, the suite's (about 15 s each on two busy cores).
+const SHORT_BUILDS: u64 = 10;
 /// The fewest builds a run makes, whatever its time bound.
 const MIN_BUILDS: u64 = 10;
-/// The short soak's bound on starting builds.
-const SHORT_SECONDS: u64 = 240;
 /// The clients' remote timeout: a stall is longer.
 const REMOTE_TIMEOUT: &str = "2s";
 const STALL_MS: u64 = 3000;
@@ -704,14 +701,16 @@ fn run_go(
     project: &GoProject,
     plan: &[(Vec<String>, Check)],
     together: bool,
-    disk: Option<u64>,
+    disk: Option<(u64, &Path)>,
     go_pids: &Mutex<Vec<u32>>,
 ) -> Vec<Ran> {
     let start = |args: &[String]| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (command, stats_file) = project.command(&args);
         let mut command = match disk {
-            Some(megabytes) => on_small_disk(command, &project.cache_dir, megabytes),
+            Some((megabytes, template)) => {
+                on_small_disk(command, &project.cache_dir, megabytes, template)
+            }
             None => command,
         };
         command
@@ -749,17 +748,23 @@ fn run_go(
 }
 
 /// `command` run with `cache_dir` on a tmpfs of `megabytes` of its own, in a private mount
-/// namespace (as tests/suite/disk_errors.rs does): a disk that fills during the build. The
-/// pid stays the go command's (unshare and sh exec it).
-fn on_small_disk(command: Command, cache_dir: &Path, megabytes: u64) -> Command {
+/// namespace (as tests/suite/disk_errors.rs does), filled first with a copy of the cache at
+/// `template` (as much of it as fits): a disk that is full, or fills during the build, under
+/// a cache that already holds the standard library (or most of it). The pid stays the go
+/// command's (unshare and sh exec it).
+fn on_small_disk(command: Command, cache_dir: &Path, megabytes: u64, template: &Path) -> Command {
     std::fs::create_dir_all(cache_dir).unwrap();
     let mut wrapped = Command::new("unshare");
     wrapped
         .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("mount -t tmpfs -o size=\"$1\",mode=0700 tmpfs \"$2\" && shift 2 && exec \"$@\"")
+        .arg(
+            "mount -t tmpfs -o size=\"$1\",mode=0700 tmpfs \"$2\" || exit 1; \
+             cp -a \"$3\"/. \"$2\"/ 2>/dev/null; shift 3 && exec \"$@\"",
+        )
         .arg("sh")
         .arg(format!("{megabytes}m"))
         .arg(cache_dir)
+        .arg(template)
         .arg(command.get_program())
         .args(command.get_args());
     if let Some(dir) = command.get_current_dir() {
@@ -920,15 +925,8 @@ fn builds_survive_a_seeded_storm_of_faults() {
             .unwrap();
         now.as_nanos() as u64 ^ u64::from(std::process::id())
     });
-    let builds = env_number("GOREMOTECACHE_SOAK_BUILDS");
-    let bound = env_number("GOREMOTECACHE_SOAK_SECONDS")
-        .or(if builds.is_none() {
-            Some(SHORT_SECONDS)
-        } else {
-            None
-        })
-        .map(Duration::from_secs);
-    let builds = builds.unwrap_or(SHORT_BUILDS);
+    let builds = env_number("GOREMOTECACHE_SOAK_BUILDS").unwrap_or(SHORT_BUILDS);
+    let bound = env_number("GOREMOTECACHE_SOAK_SECONDS").map(Duration::from_secs);
     let only: Option<Vec<String>> = std::env::var("GOREMOTECACHE_SOAK_FAULTS")
         .ok()
         .map(|list| list.split(',').map(|k| k.trim().to_string()).collect());
@@ -994,7 +992,8 @@ fn builds_survive_a_seeded_storm_of_faults() {
             format!("{}-{}", target.name(), rng.below(2))
         };
         let mut m = rng.below(modules.len() as u64) as usize;
-        let disk = (kind == Kind::FullDisk).then(|| 2 + rng.below(14));
+        let first_cache = machines.root.path().join("first").join("cache");
+        let disk = (kind == Kind::FullDisk).then(|| (20 + rng.below(45), first_cache.as_path()));
         if disk.is_some() {
             // A cache on a small disk of its own: a fresh machine.
             fresh = true;
@@ -1017,7 +1016,7 @@ fn builds_survive_a_seeded_storm_of_faults() {
             "soak: build {build}: {} on machine {machine}, module {m}, fault {} {chaos:?}{}",
             target.name(),
             kind.name(),
-            disk.map(|mb| format!(" on {mb} MiB")).unwrap_or_default()
+            disk.map(|(mb, _)| format!(" on {mb} MiB")).unwrap_or_default()
         );
         *report.faults.entry(kind.name()).or_default() += 1;
         *report.targets.entry(target.name()).or_default() += 1;

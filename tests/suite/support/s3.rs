@@ -249,7 +249,7 @@ impl Shared {
             return Fault::None;
         }
         chaos.1 += 1;
-        if chaos.1 % plan.every.max(1) != 0 {
+        if !chaos.1.is_multiple_of(plan.every.max(1)) {
             return Fault::None;
         }
         chaos.2 += 1;

@@ -375,6 +375,8 @@ struct Report {
     requests_faulted: u64,
     failed: u64,
     killed: u64,
+    /// Builds that failed on a full disk, as the go command does on its own cache.
+    disk_full: u64,
     wrong: u64,
     corrupt: u64,
     lost: u64,
@@ -398,6 +400,7 @@ impl Report {
             "requests_faulted": self.requests_faulted,
             "builds_failed": self.failed,
             "builds_killed": self.killed,
+            "builds_failed_on_a_full_disk": self.disk_full,
             "wrong_outputs": self.wrong,
             "corrupt_entries": self.corrupt,
             "lost_puts": self.lost,
@@ -992,18 +995,19 @@ fn builds_survive_a_seeded_storm_of_faults() {
             format!("{}-{}", target.name(), rng.below(2))
         };
         let mut m = rng.below(modules.len() as u64) as usize;
-        let first_cache = machines.root.path().join("first").join("cache");
-        let disk = (kind == Kind::FullDisk).then(|| (20 + rng.below(45), first_cache.as_path()));
-        if disk.is_some() {
-            // A cache on a small disk of its own: a fresh machine.
-            fresh = true;
-            machine = format!("disk-{build}");
-        }
         if build == 0 {
             // The first build, calm, fills the local cache that every kept machine starts
             // from: the standard library's entries come from the store once, not once per
             // machine (a fault on a cold machine costs a compile of the standard library).
             (target, kind, fresh, machine, m) = (Target::S3, Kind::Calm, false, "first".into(), 0);
+        }
+        let first_cache = machines.root.path().join("first").join("cache");
+        // Room for the copied cache (about 60 MiB) and a little more, or not all of it.
+        let disk = (kind == Kind::FullDisk).then(|| (40 + rng.below(40), first_cache.as_path()));
+        if disk.is_some() {
+            // A cache on a small disk of its own: a fresh machine.
+            fresh = true;
+            machine = format!("disk-{build}");
         }
         modules[m].change(&mut rng);
         let chaos = kind.chaos(&mut rng);
@@ -1103,10 +1107,21 @@ fn builds_survive_a_seeded_storm_of_faults() {
             .map(|(ran, (_, check))| judge(ran, check))
             .collect();
         let any_failed = verdicts.iter().any(|v| !matches!(v, Verdict::Right));
-        if kind == Kind::KillProgram && struck && any_failed {
-            report.killed += 1;
-            eprintln!("soak: build {build} killed; building again");
-            let again = run_go(project, &plan, false, disk, &Mutex::new(Vec::new()));
+        // A full disk fails the go command where a put it cannot do without is refused (the
+        // module index's): the go command fails the same way on its own cache.
+        let disk_full = disk.is_some()
+            && ran.iter().any(|r| {
+                !r.output.status.success()
+                    && String::from_utf8_lossy(&r.output.stderr).contains("the disk is full")
+            });
+        if ((kind == Kind::KillProgram && struck) || disk_full) && any_failed {
+            if disk_full {
+                report.disk_full += 1;
+            } else {
+                report.killed += 1;
+            }
+            eprintln!("soak: build {build} failed as expected; building again");
+            let again = run_go(project, &plan, false, None, &Mutex::new(Vec::new()));
             report.go_commands += again.len() as u64;
             for (ran, (_, check)) in again.iter().zip(&plan) {
                 match judge(ran, check) {

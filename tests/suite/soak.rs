@@ -1020,7 +1020,8 @@ fn builds_survive_a_seeded_storm_of_faults() {
             "soak: build {build}: {} on machine {machine}, module {m}, fault {} {chaos:?}{}",
             target.name(),
             kind.name(),
-            disk.map(|(mb, _)| format!(" on {mb} MiB")).unwrap_or_default()
+            disk.map(|(mb, _)| format!(" on {mb} MiB"))
+                .unwrap_or_default()
         );
         *report.faults.entry(kind.name()).or_default() += 1;
         *report.targets.entry(target.name()).or_default() += 1;
@@ -1175,10 +1176,11 @@ fn builds_survive_a_seeded_storm_of_faults() {
             ));
         }
         // (A small disk's cache is gone with its mount namespace: nothing to compare.)
-        let comparable = disk.is_none() && !matches!(
-            kind,
-            Kind::StoreRestart | Kind::ServeRestart | Kind::KillProgram
-        );
+        let comparable = disk.is_none()
+            && !matches!(
+                kind,
+                Kind::StoreRestart | Kind::ServeRestart | Kind::KillProgram
+            );
         let clean = if target.daemon() {
             // The daemon uploads after the build: `flush` waits for it and says how it went.
             ran.iter().all(|r| r.output.status.success()) && flushed_cleanly(project)

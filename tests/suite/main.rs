@@ -27,6 +27,7 @@ mod s3_e2e;
 mod s3_protocol;
 mod serve;
 mod session;
+mod soak;
 mod store_conformance;
 mod templates;
 mod trim;

@@ -43,6 +43,17 @@ impl Server {
 
     /// A server with the token file `tokens`.
     fn with_tokens(tokens: &str, extra: &[&str], env: &[(String, String)]) -> Self {
+        Self::listening_at("127.0.0.1:0", tokens, extra, env)
+    }
+
+    /// [`Server::start`] on `listen` (the address of a server that was killed: one started
+    /// again).
+    pub(crate) fn start_at(listen: &str, extra: &[&str], env: &[(String, String)]) -> Self {
+        let tokens = format!("# test tokens\nrw {RW} # writer\nro {RO}\n");
+        Self::listening_at(listen, &tokens, extra, env)
+    }
+
+    fn listening_at(listen: &str, tokens: &str, extra: &[&str], env: &[(String, String)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("tokens");
         std::fs::write(&token_file, tokens).unwrap();
@@ -51,7 +62,7 @@ impl Server {
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--token-file",
                 token_file.to_str().unwrap(),
             ])

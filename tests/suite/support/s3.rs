@@ -1,7 +1,9 @@
 //! An in-process S3 server for tests: s3s with its filesystem backend, checking SigV4
 //! signatures, on 127.0.0.1 with a port of its own, in a thread with its own runtime. It
 //! counts requests by method and can inject HTTP-level faults (a status answer, a truncated
-//! or damaged body) into the answers to object GETs.
+//! or damaged body) into the answers to object GETs. For the chaos soak it can also inject a
+//! fault into every n-th request ([`Chaos`]), log the PUTs it acknowledged, and be stopped and
+//! started again on the same address and bucket ([`S3Server::restart`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,6 +36,19 @@ pub enum Fault {
     /// Answer a GET of a missing object with 403 AccessDenied, as S3 does for credentials
     /// without s3:ListBucket (path-style requests only).
     DenyMissing,
+    /// Close the connection without an answer (a reset, as a dying proxy gives).
+    Reset,
+    /// Answer 503 SlowDown, as S3 does when a prefix is over its request rate.
+    SlowDown,
+}
+
+/// A fault injected into every `every`-th object GET, and into PUTs of entries too when
+/// `puts` (faults that damage a body apply to GETs only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chaos {
+    pub fault: Fault,
+    pub every: u64,
+    pub puts: bool,
 }
 
 struct Shared {
@@ -41,6 +56,10 @@ struct Shared {
     /// Object GETs being answered now, and the most there were at once.
     gets_in_flight: Mutex<(u64, u64)>,
     fault: Mutex<Option<Fault>>,
+    /// The soak's fault, the requests it could apply to, and the requests it hit.
+    chaos: Mutex<(Option<Chaos>, u64, u64)>,
+    /// The objects of the PUTs answered with success, by path under the root.
+    acknowledged: Mutex<Vec<PathBuf>>,
     /// Where the buckets are: a request for any other bucket is answered NoSuchBucket, as S3
     /// does (s3s-fs alone would create it on a put).
     root: PathBuf,
@@ -71,6 +90,12 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
         let filter = req.uri().path().ends_with("/filter/v1/keys");
         // Faults and the count of GETs at once are for entries and manifests.
         let object_get = method == "GET" && !listing && !filter;
+        // A multipart upload's parts are not objects: what it stores is acknowledged by the
+        // POST that completes it.
+        let multipart = req.uri().query().is_some_and(|q| q.contains("uploadId"));
+        let entry_put = method == "PUT" && !listing && !filter && !multipart;
+        let completion = method == "POST" && multipart && !filter;
+        let part_put = method == "PUT" && multipart;
         // Listings and the key filter's requests are counted apart ("LIST", "FILTER GET",
         // "FILTER PUT"), so that "GET" and "PUT" are the requests for entries and manifests.
         let method = if listing {
@@ -112,6 +137,12 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
         } else {
             Fault::None
         };
+        let fault = match fault {
+            Fault::None => self.shared.chaos_for(object_get, entry_put || part_put),
+            fault => fault,
+        };
+        let put_path = (entry_put || completion)
+            .then(|| PathBuf::from(req.uri().path().trim_start_matches('/')));
         if fault == Fault::DenyMissing
             && !self
                 .shared
@@ -142,7 +173,22 @@ impl Service<http::Request<hyper::body::Incoming>> for Counting {
                     .body(s3s::Body::from(Bytes::new()))
                     .unwrap());
             }
+            if fault == Fault::Reset {
+                // An error from the service makes hyper drop the connection unanswered.
+                return Err(s3s::HttpError::new("injected connection reset".into()));
+            }
+            if fault == Fault::SlowDown {
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                return Ok(http::Response::builder()
+                    .status(503)
+                    .header(http::header::CONTENT_TYPE, "application/xml")
+                    .body(s3s::Body::from(Bytes::from(body)))
+                    .unwrap());
+            }
             let response = Service::call(&inner, req).await?;
+            if let Some(path) = put_path.filter(|_| response.status().is_success()) {
+                shared.acknowledged.lock().unwrap().push(path);
+            }
             if matches!(fault, Fault::None | Fault::DenyMissing) || !response.status().is_success()
             {
                 return Ok(response);
@@ -191,6 +237,26 @@ impl Drop for InFlight {
     }
 }
 
+impl Shared {
+    /// The soak's fault for this request, if it is one the fault hits.
+    fn chaos_for(&self, object_get: bool, entry_put: bool) -> Fault {
+        let mut chaos = self.chaos.lock().unwrap();
+        let Some(plan) = chaos.0 else {
+            return Fault::None;
+        };
+        let damages_body = matches!(plan.fault, Fault::Truncate | Fault::Flip);
+        if !(object_get || (entry_put && plan.puts && !damages_body)) {
+            return Fault::None;
+        }
+        chaos.1 += 1;
+        if !chaos.1.is_multiple_of(plan.every.max(1)) {
+            return Fault::None;
+        }
+        chaos.2 += 1;
+        plan.fault
+    }
+}
+
 impl S3Server {
     /// Starts a server with one bucket, [`BUCKET`].
     pub fn start() -> Self {
@@ -200,45 +266,50 @@ impl S3Server {
             counts: Mutex::default(),
             gets_in_flight: Mutex::default(),
             fault: Mutex::default(),
+            chaos: Mutex::default(),
+            acknowledged: Mutex::default(),
             root: root.path().to_path_buf(),
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
-        let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = Counting {
-            inner: builder.build(),
-            shared: shared.clone(),
-        };
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        runtime.spawn(async move {
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = socket.set_nodelay(true);
-                let connection = http
-                    .serve_connection(TokioIo::new(socket), service.clone())
-                    .into_owned();
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-            }
-        });
+        let (runtime, addr) = serve(&root, &shared, "127.0.0.1:0".parse().unwrap());
         Self {
             endpoint: format!("http://{addr}"),
             root,
             shared,
             runtime: Some(runtime),
         }
+    }
+
+    /// Starts serving again after [`S3Server::stop`], on the same address and bucket (a
+    /// store that was down and is back). Does nothing if it is serving.
+    pub fn restart(&mut self) {
+        if self.runtime.is_some() {
+            return;
+        }
+        let addr = self.endpoint.trim_start_matches("http://").parse().unwrap();
+        let (runtime, _) = serve(&self.root, &self.shared, addr);
+        self.runtime = Some(runtime);
+    }
+
+    /// Whether it is serving (not [`S3Server::stop`]ped).
+    pub fn is_up(&self) -> bool {
+        self.runtime.is_some()
+    }
+
+    /// Injects `chaos` from now on (`None`: no more); the count of requests it applies to
+    /// starts again.
+    pub fn set_chaos(&self, chaos: Option<Chaos>) {
+        *self.shared.chaos.lock().unwrap() = (chaos, 0, 0);
+    }
+
+    /// The requests the current [`Chaos`] hit so far.
+    pub fn chaos_hits(&self) -> u64 {
+        self.shared.chaos.lock().unwrap().2
+    }
+
+    /// The objects (paths under [`S3Server::root`]) whose PUT (or multipart upload's
+    /// completion) was answered with success, in order: what the server acknowledged.
+    pub fn acknowledged_puts(&self) -> Vec<PathBuf> {
+        self.shared.acknowledged.lock().unwrap().clone()
     }
 
     /// The directory that holds the bucket's objects.
@@ -299,6 +370,56 @@ impl S3Server {
         walk(&self.bucket_dir(), &mut out);
         out
     }
+}
+
+/// Serves the bucket under `root` on `addr` from a runtime of its own; returns the runtime
+/// (dropped or shut down, it stops serving) and the address it listens on.
+fn serve(
+    root: &tempfile::TempDir,
+    shared: &Arc<Shared>,
+    addr: std::net::SocketAddr,
+) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+    let mut builder = S3ServiceBuilder::new(fs);
+    builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    let service = Counting {
+        inner: builder.build(),
+        shared: shared.clone(),
+    };
+    // The address of a server that was just stopped may take a moment to be free.
+    let mut tries = 0;
+    let listener = loop {
+        match runtime.block_on(tokio::net::TcpListener::bind(addr)) {
+            Ok(listener) => break listener,
+            Err(_) if tries < 200 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            Err(err) => panic!("cannot listen on {addr} again: {err}"),
+        }
+    };
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move {
+        let http = ConnBuilder::new(TokioExecutor::new());
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = socket.set_nodelay(true);
+            let connection = http
+                .serve_connection(TokioIo::new(socket), service.clone())
+                .into_owned();
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+        }
+    });
+    (runtime, addr)
 }
 
 impl Drop for S3Server {

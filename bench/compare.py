@@ -19,8 +19,10 @@ bench/stores.py), the same latency-adding TCP proxy in front of it at each delay
   GOCACHEPROG process went on after the go command exited ("+N s after": goremotecache writing
   a prefetch pack once the go command has its last answer; the next measurement starts after
   it); requests the store served (MinIO's metrics; the server's for `serve`), and bytes moved
-  through the proxy, both until the GOCACHEPROG exited; its peak resident memory
-  (bench/peakrss, which unlike GNU time does not hold the go command's pipes open).
+  through the proxy, both until the GOCACHEPROG exited; the CPU seconds the GOCACHEPROG and
+  the store (MinIO, `serve`, bazel-remote: on the same cores as the build here) used in the
+  run; its peak resident memory (bench/peakrss, which unlike GNU time does not hold the go
+  command's pipes open).
 
 Warm-remote runs go in the order of the delays given, so with prefetch the later delays use a
 manifest refined by the earlier warm runs, as a CI job's steady state does.
@@ -330,11 +332,37 @@ def wait_for_exit(rss_file, limit=300):
 
 
 def read_rss(rss_file):
+    """The peak RSS in bytes that bench/peakrss wrote (its first line, KiB), if it has."""
     try:
         with open(rss_file) as f:
-            lines = [l for l in f.read().split() if l.isdigit()]
-        return int(lines[-1]) * 1024 if lines else None
+            first = f.readline().strip()
+        return int(first) * 1024 if first.isdigit() else None
     except OSError:
+        return None
+
+
+def read_cpu(rss_file):
+    """The tool's CPU seconds (user + system) from bench/peakrss's `cpu USER SYSTEM` line."""
+    try:
+        with open(rss_file) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == "cpu":
+                    return float(parts[1]) + float(parts[2])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def process_cpu(proc):
+    """CPU seconds (user + system) that a running process has used so far, or None."""
+    if proc is None:
+        return None
+    try:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -383,8 +411,9 @@ def test_workload(tmp):
 
 
 class Bench:
-    def __init__(self, args, binary, tmp, servers):
+    def __init__(self, args, binary, tmp, servers, store=None):
         self.args, self.binary, self.tmp, self.servers = args, binary, tmp, servers
+        self.store = store  # MinIO, whose CPU the S3 tools' rows report
         self.delays = [int(d) for d in args.delays.split(",")]
         self.results = []   # dicts
         self.runs = 0
@@ -401,11 +430,17 @@ class Bench:
         rss_file = os.path.join(self.tmp, "runs", f"rss-{self.runs}-{scenario}")
         prog, env = tool.make(endpoint, prefix, local_dir, stats_file)
         before, moved_before = counter(), proxy.bytes_total() if proxy else 0
+        store_proc = (self.store.proc if self.store else None) if tool.store == "s3" else \
+            getattr(self.servers.get(tool.store), "proc", None)
+        store_cpu_before = process_cpu(store_proc)
         gocache = os.path.join(local_dir, "gocache")
         os.makedirs(gocache, exist_ok=True)
         took, _ = wl.run(gocache, peak_rss_wrapped(prog, rss_file), env,
                          label=f"{tool.name}, {scenario}, {delay} ms")
         after = wait_for_exit(rss_file)
+        store_cpu = process_cpu(store_proc)
+        if store_cpu is not None and store_cpu_before is not None:
+            store_cpu -= store_cpu_before
         requests = diff(counter(), before)
         moved = (proxy.bytes_total() - moved_before) if proxy else None
         stats = None
@@ -414,7 +449,8 @@ class Bench:
                 stats = json.load(f)
         row = {"workload": wl.name, "tool": tool.name, "scenario": scenario, "delay_ms": delay,
                "seconds": took, "after_exit": after, "requests": requests.get("total"), "requests_by_kind": requests,
-               "bytes_moved": moved, "peak_rss": read_rss(rss_file), "stats": stats}
+               "bytes_moved": moved, "peak_rss": read_rss(rss_file), "tool_cpu": read_cpu(rss_file),
+               "store_cpu": store_cpu, "stats": stats}
         if record:
             self.results.append(row)
         progress(f"  {wl.name} | {tool.name} | {scenario} | {delay} ms: {took:.2f} s "
@@ -493,8 +529,9 @@ def markdown(bench, env_line, missing, checks, versions=None):
             out.append(f"### {scenario}")
             out.append("")
             head = "| tool | " + " | ".join(f"{d} ms: time (x Go warm)" for d in delays) + \
-                f" | requests at {delays[-1]} ms | MiB moved at {delays[-1]} ms | peak RSS |"
-            out += [head, "|---" * (len(delays) + 4) + "|"]
+                f" | requests at {delays[-1]} ms | MiB moved at {delays[-1]} ms | CPU s at {delays[-1]} ms: " \
+                f"tool + store | peak RSS |"
+            out += [head, "|---" * (len(delays) + 5) + "|"]
             tools = list(dict.fromkeys(r["tool"] for r in sub))
             for tool in tools:
                 cells = []
@@ -507,13 +544,21 @@ def markdown(bench, env_line, missing, checks, versions=None):
                 rss = max((r["peak_rss"] or 0 for r in sub if r["tool"] == tool), default=0)
                 out.append(f"| {tool} | " + " | ".join(cells) +
                            f" | {last.get('requests', '-')} | {'-' if moved is None else f'{moved / 2**20:.1f}'}"
-                           f" | {rss / 2**20:.1f} MiB |")
+                           f" | {cpu_cell(last)} | {rss / 2**20:.1f} MiB |")
             out.append("")
     out += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for label, measured, ok in checks:
         out.append(f"| {label} | {measured} | {'yes' if ok else 'NO'} |")
     out.append("")
     return "\n".join(out)
+
+
+def cpu_cell(row):
+    """The GOCACHEPROG's CPU seconds and the store's (MinIO, serve or bazel-remote) in a run."""
+    tool, store = row.get("tool_cpu"), row.get("store_cpu")
+    if tool is None:
+        return "-"
+    return f"{tool:.1f} + {store:.1f}" if store is not None else f"{tool:.1f}"
 
 
 def after_exit(row):
@@ -659,7 +704,7 @@ def main():
         if "bazel-remote" in kinds:
             servers["bazel-remote"] = BazelRemote(bazel_remote, tmp)
             counters["bazel-remote"] = (servers["bazel-remote"].port, servers["bazel-remote"].counts)
-        bench = Bench(args, binary, tmp, servers)
+        bench = Bench(args, binary, tmp, servers, store)
         endpoints = {}
         for delay in bench.delays:
             for kind, (port, counter) in counters.items():

@@ -1,6 +1,7 @@
 // Command peakrss runs a program and writes its peak resident set size (KiB) to a file when
 // it exits, as GNU time's `-f %M -o FILE` does, but without holding the program's standard
-// input, output and error open while it runs.
+// input, output and error open while it runs. A second line gives its CPU time in seconds:
+// `cpu USER SYSTEM`.
 //
 // That matters for a GOCACHEPROG: the go command waits for the end of the program's stdout,
 // and a wrapper that keeps its own copy open (GNU time does) makes the go command wait for
@@ -47,9 +48,11 @@ func main() {
 	if usage, ok := state.SysUsage().(*syscall.Rusage); ok {
 		kib = usage.Maxrss
 	}
+	text := strconv.FormatInt(kib, 10) + "\n" + fmt.Sprintf("cpu %.3f %.3f\n",
+		state.UserTime().Seconds(), state.SystemTime().Seconds())
 	// Written once the program has exited: its appearance says so.
 	tmp := out + ".tmp"
-	if os.WriteFile(tmp, []byte(strconv.FormatInt(kib, 10)+"\n"), 0o644) == nil {
+	if os.WriteFile(tmp, []byte(text), 0o644) == nil {
 		os.Rename(tmp, out)
 	}
 	os.Exit(state.ExitCode())

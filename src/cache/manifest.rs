@@ -42,8 +42,8 @@ const MAGIC: &str = "goremotecache prefetch manifest v1";
 /// An entry is kept for this many runs after the last run that asked for it: a job that
 /// alternates between a few branches keeps the entries of each.
 pub const MAX_AGE: u8 = 4;
-/// The most entries a manifest keeps (a few MiB of text at most).
-pub const MAX_ENTRIES: usize = 200_000;
+/// The most entries a manifest keeps (a few MiB of text at most); a pack lists as many.
+pub const MAX_ENTRIES: usize = crate::store::pack::MAX_ENTRIES as usize;
 /// The largest decompressed manifest read.
 const MAX_TEXT: u64 = 64 << 20;
 /// A run that would leave its manifest unchanged writes it again when it was written longer

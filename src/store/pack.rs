@@ -34,8 +34,9 @@ pub const VERSION: u16 = 1;
 pub const HEADER_LEN: u64 = 24;
 /// One row of the table of contents.
 pub const ROW_LEN: u64 = 48;
-/// The most entries a pack lists (as many as a manifest keeps).
-pub const MAX_ENTRIES: u32 = crate::cache::manifest::MAX_ENTRIES as u32;
+/// The most entries a pack lists: as many as a manifest keeps (the manifest's limit is this
+/// one, so that the store's format does not depend on the cache above it).
+pub const MAX_ENTRIES: u32 = 200_000;
 /// What the first ranged GET of a pack asks for: the header and the table of contents of
 /// packs up to about 5,000 entries. A longer table costs a second GET.
 pub const FIRST_READ: u64 = 256 * 1024;

@@ -114,7 +114,7 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let cache = runtime.block_on(async {
+    let (cache, warming) = runtime.block_on(async {
         let cache = Arc::new(Cache::open_idle(&config.build));
         let explicit =
             (config.build.remote.as_ref()).and_then(|r| r.prefetch.as_ref()?.key.clone());
@@ -126,7 +126,6 @@ pub fn run(config: &DaemonConfig) -> anyhow::Result<()> {
         });
         (cache, warming)
     });
-    let (cache, warming) = cache;
     tracing::info!(
         "goremotecache {} started: daemon on {}, {}",
         env!("CARGO_PKG_VERSION"),

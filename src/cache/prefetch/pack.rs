@@ -121,9 +121,6 @@ impl Prefetcher {
         Some(bytes)
     }
 
-    /// Fetches `todo`'s entries of the namespace at `index` that the pack (of that
-    /// namespace, with table `toc`) holds, in ranges; returns the rest of `todo`, to be
-    /// fetched entry by entry, with the entries the pack failed to give.
     /// Fetches the entries of `todo` (each with its namespace's index) that their
     /// namespace's pack holds, the packs of all namespaces at once: a pull request's own
     /// manifest lists the main branch's entries too, which main's pack holds. The own
@@ -163,6 +160,9 @@ impl Prefetcher {
             .collect()
     }
 
+    /// Fetches `todo`'s entries of the namespace at `index` that the pack (of that
+    /// namespace, with table `toc`) holds, in ranges; returns the rest of `todo`, to be
+    /// fetched entry by entry, with the entries the pack failed to give.
     async fn prefetch_from_pack(
         &self,
         disk: &DiskCache,

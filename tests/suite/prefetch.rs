@@ -199,9 +199,11 @@ fn prefetch_off_asks_for_no_manifest_and_writes_none() {
     let server = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
     let mut writer = client(&server.endpoint, dir.path(), &["--prefetch=off"]);
-    writer.put(1, action(1), b"one");
+    // The get first: it waits for the key filter, which the empty bucket's listing gives
+    // (a put's upload landing before that listing would leave the run without a filter).
+    writer.get(1, action(2));
     writer.read().unwrap();
-    writer.get(2, action(2));
+    writer.put(2, action(1), b"one");
     writer.read().unwrap();
     let stderr = close(writer, 3);
     assert!(!stderr.contains("prefetch:"), "{stderr}");

@@ -131,7 +131,9 @@ fn the_order_survives_a_restart_through_the_files_mtimes() {
     assert!(store.usage().oldest_access_age >= 3 * 3600 - 61);
     futures::executor::block_on(store.root().head(&id(1))).unwrap();
     drop(store);
-    let (store, _) = BoundedDisk::open(disk, Some(3 * one)).unwrap();
+    // Without the eviction thread, which would start evicting at once (the store is over its
+    // bound) while the order is read.
+    let (store, _) = BoundedDisk::open_with(disk, Some(3 * one), false).unwrap();
     let mut state = crate::sync::lock(&store.state);
     let order: Vec<u8> =
         std::iter::from_fn(|| state.index.pop_oldest().map(|(key, _)| key.action.0[0])).collect();
